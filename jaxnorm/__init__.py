@@ -1,0 +1,25 @@
+"""jaxnorm: normalization layers for JAX as pure functions over explicit parameter and state pytrees.
+
+Public API:
+
+- functional ops: :func:`moments`, :func:`batch_normalization`, :func:`normalize_batch_in_training`,
+  :func:`layer_norm`;
+- layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`;
+- Flax drop-ins in :mod:`jaxnorm.linen` and :mod:`jaxnorm.nnx` (need ``flax``).
+"""
+
+from jaxnorm._src.batch_norm import BatchNorm
+from jaxnorm._src.layer_norm import LayerNorm
+from jaxnorm._src.ops import batch_normalization, layer_norm, normalize_batch_in_training
+from jaxnorm._src.stats import moments
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchNorm",
+    "LayerNorm",
+    "batch_normalization",
+    "layer_norm",
+    "moments",
+    "normalize_batch_in_training",
+]

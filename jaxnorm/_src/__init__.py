@@ -1,0 +1,1 @@
+"""Private implementation of jaxnorm. Import public names from :mod:`jaxnorm`."""

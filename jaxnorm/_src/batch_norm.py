@@ -1,0 +1,226 @@
+"""BatchNorm as a pure init/apply spec with Keras semantics."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm._src import layer, ops, stats, validation
+from jaxnorm._src.layer import Layer
+
+
+def _neutral(value: Any) -> bool:
+    return value is None
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class BatchNorm(Layer):
+    r"""Batch normalization (Ioffe & Szegedy 2015) as a pure spec: ``init`` and ``apply``, no hidden state.
+
+    In training, each feature is normalized by the statistics of the batch over every axis but ``axis``:
+
+    .. math::
+        \mu_B, \sigma_B^2 = \text{moments}(x, \text{all axes but axis}), \qquad
+        y = \frac{x - \mu_B}{\sqrt{\sigma_B^2 + \epsilon}}\,\text{scale} + \text{bias}
+
+    and the moving statistics are updated with the Keras/Flax convention
+
+    .. math::
+        \text{mean} \leftarrow m\,\text{mean} + (1 - m)\,\mu_B, \qquad
+        \text{var} \leftarrow m\,\text{var} + (1 - m)\,\sigma_B^2
+
+    (:math:`m` = ``momentum``; PyTorch's ``momentum`` is :math:`1 - m`, and PyTorch stores the unbiased
+    variance). In inference, ``mean`` and ``var`` replace the batch statistics and the state is returned
+    unchanged. Statistics are two-pass in at least float32 (stable on data with a large offset); the output has
+    the input's dtype.
+
+    Attributes:
+      axis: int or sequence of ints, the feature axes (-1: channels-last; 1: channels-first). Parameters and
+        statistics have shape ``[x.shape[a] for a in sorted(axis)]``.
+      momentum: float in [0, 1], the moving-average decay (Keras and Flax default 0.99).
+      epsilon: float >= 0 added to the variance (Keras default 1e-3; Flax and PyTorch use 1e-5).
+      use_scale: learn a multiplier ``scale`` (Keras ``scale``, ``gamma``).
+      use_bias: learn an offset ``bias`` (Keras ``center``, ``beta``).
+      scale_init, bias_init, mean_init, var_init: initializers of ``scale`` (default 'ones'), ``bias``
+        ('zeros'), the moving ``mean`` ('zeros') and moving ``var`` ('ones'): a Keras name, a Keras
+        initializer config dict, or a JAX initializer ``(key, shape, dtype) -> array``.
+      param_dtype: dtype of ``scale`` and ``bias`` (default float32).
+      axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``:
+        the batch statistics are then those of the whole global batch, exactly count-weighted.
+
+    ``init(key, x) -> (params, state)``: ``params = {'scale', 'bias'}`` (each present when enabled) and
+    ``state = {'mean', 'var'}``, the same trees as Flax's ``variables['params']`` and
+    ``variables['batch_stats']``. The state's dtype is ``promote_types(x.dtype, float32)``.
+
+    ``apply(params, state, x, *, training, mask=None) -> (y, new_state)``.
+
+    Raises:
+      TypeError / ValueError at construction for bad hyperparameters and in ``init``/``apply`` for bad input,
+      each naming the argument and the fix (see :meth:`apply`).
+
+    Source: Ioffe & Szegedy 2015, "Batch Normalization"; semantics and defaults of
+    ``keras.layers.BatchNormalization`` (Keras 3), tree layout of ``flax.linen.BatchNorm``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxnorm
+      >>> bn = jaxnorm.BatchNorm(momentum=0.9)
+      >>> x = jnp.array([[0.0, 10.0], [2.0, 30.0]])
+      >>> params, state = bn.init(jax.random.key(0), x)
+      >>> jax.tree.map(jnp.shape, (params, state))
+      ({'bias': (2,), 'scale': (2,)}, {'mean': (2,), 'var': (2,)})
+      >>> y, state = bn.apply(params, state, x, training=True)
+      >>> print(state['mean'])
+      [0.1 2. ]
+      >>> y, _ = bn.apply(params, state, x, training=False)  # moving statistics, state unchanged
+    """
+
+    axis: int | tuple[int, ...] = -1
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    use_scale: bool = True
+    use_bias: bool = True
+    scale_init: Any = "ones"
+    bias_init: Any = "zeros"
+    mean_init: Any = "zeros"
+    var_init: Any = "ones"
+    param_dtype: Any = "float32"
+    axis_name: Any = None
+
+    _INITIALIZER_FIELDS = ("scale_init", "bias_init", "mean_init", "var_init")
+    _KERAS_CLASS = "BatchNormalization"
+    _KERAS_RENAMES = {
+        "axis": "axis",
+        "momentum": "momentum",
+        "epsilon": "epsilon",
+        "center": "use_bias",
+        "scale": "use_scale",
+        "beta_initializer": "bias_init",
+        "gamma_initializer": "scale_init",
+        "moving_mean_initializer": "mean_init",
+        "moving_variance_initializer": "var_init",
+    }
+    _KERAS_RESTRICTED = {
+        **Layer._KERAS_RESTRICTED,
+        "beta_regularizer": (_neutral, "None"),
+        "gamma_regularizer": (_neutral, "None"),
+        "beta_constraint": (_neutral, "None"),
+        "gamma_constraint": (_neutral, "None"),
+        "synchronized": (lambda v: v is False, "False"),
+        "renorm": (lambda v: v is False, "False"),
+        "renorm_clipping": (_neutral, "None"),
+        "renorm_momentum": (lambda v: True, "any (unused without renorm)"),
+    }
+
+    def __post_init__(self):
+        object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
+        validation.check_unit_interval(self.momentum, "momentum")
+        validation.check_bool(self.use_scale, "use_scale")
+        validation.check_bool(self.use_bias, "use_bias")
+        if isinstance(self.axis_name, list):
+            object.__setattr__(self, "axis_name", tuple(self.axis_name))
+        self._post_init_common()
+
+    def _axes(self, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        feature_axes = validation.canonicalize_axes(self.axis, ndim, "axis")
+        if len(feature_axes) == ndim:
+            raise ValueError(
+                f"`axis`={self.axis!r} covers every axis of the rank-{ndim} input, leaving nothing to take batch "
+                "statistics over. Pass the feature axis only (e.g. axis=-1), or use LayerNorm."
+            )
+        return feature_axes, validation.complement_axes(feature_axes, ndim)
+
+    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """Creates ``(params, state)`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
+
+        Args:
+          key: a ``jax.random`` key for random initializers (None uses ``jax.random.key(0)``).
+          x: example input, floating, of any rank > len(axis).
+
+        Returns:
+          ``params``: ``{'scale', 'bias'}`` of ``param_dtype`` (only those enabled); ``state``: ``{'mean',
+          'var'}`` of ``promote_types(x.dtype, float32)``; all of shape ``[x.shape[a] for a in axis]``.
+
+        Raises:
+          TypeError: ``x`` is not floating.
+          ValueError: ``axis`` is out of range or repeated for ``x``.
+        """
+        shape, dtype = layer.init_input(x)
+        feature_axes, _ = self._axes(len(shape))
+        fshape = tuple(shape[a] for a in feature_axes)
+        sdtype = validation.stats_dtype(dtype)
+        param_specs = {}
+        if self.use_scale:
+            param_specs["scale"] = (self.scale_init, fshape, self.param_dtype)
+        if self.use_bias:
+            param_specs["bias"] = (self.bias_init, fshape, self.param_dtype)
+        params = layer.init_arrays(key, param_specs)
+        state_key = None if key is None else jax.random.fold_in(key, 1)
+        state = layer.init_arrays(
+            state_key, {"mean": (self.mean_init, fshape, sdtype), "var": (self.var_init, fshape, sdtype)}
+        )
+        return params, state
+
+    def apply(
+        self,
+        params: dict[str, jax.Array],
+        state: dict[str, jax.Array],
+        x: jax.Array,
+        *,
+        training: bool | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Normalizes ``x``; in training also returns the updated moving statistics.
+
+        Args:
+          params: ``{'scale', 'bias'}`` from :meth:`init` (or updated by an optimizer).
+          state: ``{'mean', 'var'}`` from :meth:`init` or a previous ``apply``.
+          x: floating array, the same rank and feature sizes as at ``init``; any dtype (bf16 in, bf16 out).
+          training: required Python bool. True: normalize with the batch statistics and return updated moving
+            statistics. False: normalize with the moving statistics; the state is returned unchanged.
+          mask: optional boolean array broadcastable to ``x`` (or of shape ``x.shape[:-1]``, Keras's); in
+            training only the True positions enter the batch statistics (values elsewhere may be NaN).
+
+        Returns:
+          ``(y, new_state)``: ``y`` of ``x``'s shape and dtype; ``new_state`` the same tree as ``state``.
+
+        Raises:
+          TypeError: ``training`` missing or not a Python bool; ``x`` not floating; ``mask`` not boolean.
+          ValueError: ``axis`` out of range for ``x``; ``params``/``state`` keys or shapes not matching ``x``;
+            ``mask`` not broadcastable to ``x``.
+        """
+        training = layer.check_training(training, "BatchNorm", required=True)
+        x = validation.check_float_array(x, "x")
+        feature_axes, reduction_axes = self._axes(x.ndim)
+        fshape = tuple(x.shape[a] for a in feature_axes)
+        fix = (
+            f"They must match the input's features along axis={self.axis!r} (shape {fshape}); re-create "
+            "them with `init` for this input and spec."
+        )
+        expected_params = {}
+        if self.use_scale:
+            expected_params["scale"] = (fshape, None)
+        if self.use_bias:
+            expected_params["bias"] = (fshape, None)
+        params = validation.check_tree(params, expected_params, "params", fix)
+        state = validation.check_tree(state, {"mean": (fshape, None), "var": (fshape, None)}, "state", fix)
+        expand = lambda v: validation.expand_to_rank(v, x.ndim, feature_axes)  # noqa: E731
+
+        if training:
+            m = None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
+            mean, var = stats.mean_var(x, reduction_axes, m, self.axis_name)
+            batch_mean, batch_var = jnp.squeeze(mean, reduction_axes), jnp.squeeze(var, reduction_axes)
+            momentum = self.momentum
+            new_state = {
+                k: lax.stop_gradient(momentum * state[k] + (1 - momentum) * b).astype(state[k].dtype)
+                for k, b in (("mean", batch_mean), ("var", batch_var))
+            }
+        else:
+            mean, var = expand(state["mean"]), expand(state["var"])
+            new_state = state
+        scale = expand(params["scale"]) if self.use_scale else None
+        bias = expand(params["bias"]) if self.use_bias else None
+        return ops.normalize(x, mean, var, bias, scale, self.epsilon), new_state

@@ -1,0 +1,157 @@
+"""LayerNorm as a pure init/apply spec with Keras semantics."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from jaxnorm._src import layer, ops, validation
+from jaxnorm._src.layer import Layer
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class LayerNorm(Layer):
+    r"""Layer normalization (Ba, Kiros & Hinton 2016) as a pure spec: ``init`` and ``apply``.
+
+    Each example is normalized by its own statistics over ``axis``; ``scale`` and ``bias`` span those axes:
+
+    .. math::
+        y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\text{scale} + \text{bias}, \qquad
+        \mu, \sigma^2 = \text{moments}(x, \text{axis})
+
+    LayerNorm has no moving statistics: its state is ``{}`` and training and inference compute the same thing.
+
+    Attributes:
+      axis: int or sequence of ints, the normalized axes (default -1, the last; Keras's ``axis``).
+      epsilon: float >= 0 added to the variance (Keras default 1e-3; Flax uses 1e-6, PyTorch 1e-5).
+      use_scale: learn a multiplier ``scale`` (Keras ``scale``/``gamma``).
+      use_bias: learn an offset ``bias`` (Keras ``center``/``beta``).
+      scale_init, bias_init: initializers (default 'ones' and 'zeros'): a Keras name, a Keras initializer
+        config dict, or a JAX initializer ``(key, shape, dtype) -> array``.
+      param_dtype: dtype of ``scale`` and ``bias`` (default float32).
+
+    ``init(key, x) -> (params, {})`` with ``params = {'scale', 'bias'}`` of shape
+    ``[x.shape[a] for a in sorted(axis)]``, the tree of ``flax.linen.LayerNorm``'s ``variables['params']``.
+
+    ``apply(params, state, x, *, training=None, mask=None) -> (y, state)``; ``training`` is accepted so that
+    generic code can drive every layer the same way, and changes nothing.
+
+    Source: Ba, Kiros & Hinton 2016, "Layer Normalization"; semantics and defaults of
+    ``keras.layers.LayerNormalization``, tree layout of ``flax.linen.LayerNorm``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxnorm
+      >>> ln = jaxnorm.LayerNorm(epsilon=0.0)
+      >>> x = jnp.array([[1.0, 3.0], [10.0, 30.0]])
+      >>> params, state = ln.init(jax.random.key(0), x)
+      >>> y, _ = ln.apply(params, state, x)
+      >>> print(y)
+      [[-1.  1.]
+       [-1.  1.]]
+    """
+
+    axis: int | tuple[int, ...] = -1
+    epsilon: float = 1e-3
+    use_scale: bool = True
+    use_bias: bool = True
+    scale_init: Any = "ones"
+    bias_init: Any = "zeros"
+    param_dtype: Any = "float32"
+
+    _INITIALIZER_FIELDS = ("scale_init", "bias_init")
+    _KERAS_CLASS = "LayerNormalization"
+    _KERAS_RENAMES = {
+        "axis": "axis",
+        "epsilon": "epsilon",
+        "center": "use_bias",
+        "scale": "use_scale",
+        "beta_initializer": "bias_init",
+        "gamma_initializer": "scale_init",
+    }
+    _KERAS_RESTRICTED = {
+        **Layer._KERAS_RESTRICTED,
+        "rms_scaling": (lambda v: v is False, "False"),
+        "beta_regularizer": (lambda v: v is None, "None"),
+        "gamma_regularizer": (lambda v: v is None, "None"),
+        "beta_constraint": (lambda v: v is None, "None"),
+        "gamma_constraint": (lambda v: v is None, "None"),
+    }
+
+    def __post_init__(self):
+        object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
+        validation.check_bool(self.use_scale, "use_scale")
+        validation.check_bool(self.use_bias, "use_bias")
+        self._post_init_common()
+
+    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """Creates ``(params, {})`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
+
+        Args:
+          key: a ``jax.random`` key for random initializers (None uses ``jax.random.key(0)``).
+          x: example input, floating, of any rank.
+
+        Returns:
+          ``params``: ``{'scale', 'bias'}`` (only those enabled) of ``param_dtype`` and shape
+          ``[x.shape[a] for a in axis]``; ``state``: ``{}``.
+
+        Raises:
+          TypeError: ``x`` is not floating.
+          ValueError: ``axis`` is out of range or repeated for ``x``.
+        """
+        shape, _ = layer.init_input(x)
+        axes = validation.canonicalize_axes(self.axis, len(shape), "axis")
+        pshape = tuple(shape[a] for a in axes)
+        specs = {}
+        if self.use_scale:
+            specs["scale"] = (self.scale_init, pshape, self.param_dtype)
+        if self.use_bias:
+            specs["bias"] = (self.bias_init, pshape, self.param_dtype)
+        return layer.init_arrays(key, specs), {}
+
+    def apply(
+        self,
+        params: dict[str, jax.Array],
+        state: dict[str, jax.Array],
+        x: jax.Array,
+        *,
+        training: bool | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Normalizes each example of ``x`` over ``axis``.
+
+        Args:
+          params: ``{'scale', 'bias'}`` from :meth:`init`.
+          state: ``{}`` from :meth:`init`.
+          x: floating array, same rank and normalized sizes as at ``init``.
+          training: optional Python bool, ignored (LayerNorm behaves the same in both modes).
+          mask: optional boolean array broadcastable to ``x``; only the True positions enter each example's
+            statistics (values elsewhere may be NaN).
+
+        Returns:
+          ``(y, state)``: ``y`` of ``x``'s shape and dtype, and the (empty) state.
+
+        Raises:
+          TypeError: ``x`` not floating, ``mask`` not boolean, ``training`` not a bool.
+          ValueError: ``axis`` out of range; ``params`` keys or shapes not matching ``x``; non-empty ``state``.
+        """
+        layer.check_training(training, "LayerNorm", required=False)
+        x = validation.check_float_array(x, "x")
+        axes = validation.canonicalize_axes(self.axis, x.ndim, "axis")
+        pshape = tuple(x.shape[a] for a in axes)
+        fix = (
+            f"They must match the input's sizes along axis={self.axis!r} (shape {pshape}); re-create them "
+            "with `init` for this input and spec."
+        )
+        expected = {}
+        if self.use_scale:
+            expected["scale"] = (pshape, None)
+        if self.use_bias:
+            expected["bias"] = (pshape, None)
+        params = validation.check_tree(params, expected, "params", fix)
+        state = validation.check_tree(state, {}, "state", "LayerNorm's state is always {}.")
+        y = ops.layer_norm(
+            x, params.get("scale"), params.get("bias"), axis=axes, epsilon=self.epsilon, where=mask
+        )
+        return y, state

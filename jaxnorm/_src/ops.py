@@ -1,0 +1,185 @@
+"""Functional normalization ops: pure functions of arrays, jit-compatible, any rank.
+
+Every op computes in ``promote_types(x.dtype, float32)`` and returns ``x.dtype`` (bf16 in, bf16 out).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm._src import stats, validation
+
+
+def batch_normalization(
+    x: jax.Array,
+    mean: jax.Array,
+    variance: jax.Array,
+    offset: jax.Array | None = None,
+    scale: jax.Array | None = None,
+    epsilon: float = 1e-3,
+) -> jax.Array:
+    r"""Normalizes ``x`` with given statistics: the TensorFlow / TF.js ``batch_normalization`` op.
+
+    .. math::
+        y = (x - \text{mean}) \cdot \frac{\text{scale}}{\sqrt{\text{variance} + \epsilon}} + \text{offset}
+
+    Args:
+      x: floating array of any shape.
+      mean: floating array broadcastable to ``x`` (e.g. ``(C,)`` for channels-last, ``(1, C, 1, 1)`` for NCHW).
+      variance: floating array broadcastable to ``x``, non-negative.
+      offset: optional floating array broadcastable to ``x`` (Keras's beta, Flax's bias); None adds nothing.
+      scale: optional floating array broadcastable to ``x`` (Keras's gamma); None multiplies by 1.
+      epsilon: non-negative float added to the variance (1e-3, TensorFlow's and Keras's default).
+
+    Returns:
+      An array of ``x``'s shape and dtype, computed in ``promote_types(x.dtype, float32)``.
+
+    Raises:
+      TypeError: ``x`` or an operand is not floating.
+      ValueError: an operand does not broadcast to ``x`` without enlarging it; ``epsilon`` < 0.
+
+    Source: ``tf.nn.batch_normalization`` / ``tf.batchNorm`` (note the argument order: offset before scale).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxnorm
+      >>> x = jnp.array([[1.0, 2.0], [3.0, 6.0]])
+      >>> jaxnorm.batch_normalization(x, mean=jnp.array([2.0, 4.0]), variance=jnp.array([1.0, 4.0]),
+      ...                             epsilon=0.0)
+      Array([[-1., -1.],
+             [ 1.,  1.]], dtype=float32)
+    """
+    x = validation.check_float_array(x, "x")
+    validation.check_epsilon(epsilon)
+    mean = validation.broadcast_operand(mean, x.shape, "mean")
+    variance = validation.broadcast_operand(variance, x.shape, "variance")
+    offset = None if offset is None else validation.broadcast_operand(offset, x.shape, "offset")
+    scale = None if scale is None else validation.broadcast_operand(scale, x.shape, "scale")
+    return normalize(x, mean, variance, offset, scale, epsilon)
+
+
+def normalize(x, mean, variance, offset, scale, epsilon):
+    """``(x - mean) * rsqrt(variance + epsilon) * scale + offset`` in the statistics dtype, cast to x's dtype."""
+    dtype = validation.stats_dtype(x.dtype)
+    inv = lax.rsqrt(variance.astype(dtype) + jnp.asarray(epsilon, dtype))
+    if scale is not None:
+        inv = inv * scale.astype(dtype)
+    y = (x.astype(dtype) - mean.astype(dtype)) * inv
+    if offset is not None:
+        y = y + offset.astype(dtype)
+    return y.astype(x.dtype)
+
+
+def normalize_batch_in_training(
+    x: jax.Array,
+    scale: jax.Array | None,
+    offset: jax.Array | None,
+    reduction_axes: validation.Axes,
+    epsilon: float = 1e-3,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""Computes the batch statistics over ``reduction_axes`` and normalizes ``x`` with them.
+
+    .. math::
+        \mu, \sigma^2 = \text{moments}(x, \text{reduction\_axes}), \qquad
+        y = (x - \mu) \cdot \frac{\text{scale}}{\sqrt{\sigma^2 + \epsilon}} + \text{offset}
+
+    Args:
+      x: floating array of any shape.
+      scale: None, or a floating array with the sizes of the kept (non-reduced) axes, e.g. ``(C,)`` for
+        both NHWC with ``reduction_axes=(0, 1, 2)`` and NCHW with ``(0, 2, 3)``, or any shape broadcastable
+        to ``x``.
+      offset: None, or an array shaped like ``scale``.
+      reduction_axes: int or sequence of ints, the axes the statistics are taken over.
+      epsilon: non-negative float added to the variance.
+
+    Returns:
+      ``(y, mean, variance)``: ``y`` of ``x``'s shape and dtype; ``mean`` and ``variance`` of the kept axes'
+      sizes (``x.shape`` without ``reduction_axes``) in ``promote_types(x.dtype, float32)``; the variance is
+      the biased (population) one.
+
+    Raises:
+      TypeError: ``x``, ``scale`` or ``offset`` is not floating.
+      ValueError: an axis is out of range or repeated; ``scale`` or ``offset`` has the wrong shape.
+
+    Source: ``keras.backend.normalize_batch_in_training`` (Keras 2 / TF.js ``normalizeBatchInTraining``).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxnorm
+      >>> x = jnp.array([[0.0, 10.0], [2.0, 30.0]])
+      >>> y, mean, var = jaxnorm.normalize_batch_in_training(x, None, None, reduction_axes=0, epsilon=0.0)
+      >>> print(y)
+      [[-1. -1.]
+       [ 1.  1.]]
+      >>> print(mean, var)
+      [ 1. 20.] [  1. 100.]
+    """
+    x = validation.check_float_array(x, "x")
+    validation.check_epsilon(epsilon)
+    axes = validation.canonicalize_axes(reduction_axes, x.ndim, "reduction_axes")
+    kept = validation.complement_axes(axes, x.ndim)
+    if scale is not None:
+        scale = validation.axes_operand(scale, x.shape, kept, "scale", "kept (non-reduced) axes")
+    if offset is not None:
+        offset = validation.axes_operand(offset, x.shape, kept, "offset", "kept (non-reduced) axes")
+    mean, var = stats.mean_var(x, axes)
+    y = normalize(x, mean, var, offset, scale, epsilon)
+    return y, jnp.squeeze(mean, axes), jnp.squeeze(var, axes)
+
+
+def layer_norm(
+    x: jax.Array,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    *,
+    axis: validation.Axes = -1,
+    epsilon: float = 1e-3,
+    where: Any = None,
+    axis_name: Any = None,
+) -> jax.Array:
+    r"""Layer normalization: each example normalized over ``axis`` by its own statistics.
+
+    .. math::
+        y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \cdot \text{scale} + \text{bias}, \qquad
+        \mu, \sigma^2 = \text{moments}(x, \text{axis})
+
+    Args:
+      x: floating array of any shape.
+      scale: None, or a floating array with the sizes of the normalized axes (``(x.shape[-1],)`` for the
+        default axis) or a shape broadcastable to ``x``.
+      bias: None, or an array shaped like ``scale``.
+      axis: int or sequence of ints, the axes normalized over (-1: the last, Keras's and Flax's default).
+      epsilon: non-negative float (1e-3, Keras ``LayerNormalization``'s default; Flax uses 1e-6).
+      where: optional boolean mask broadcastable to ``x``; the statistics use only the positions where it is
+        True (values elsewhere may be NaN). Every position is normalized.
+      axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
+        across which the normalized axes are split (e.g. sequence parallelism); statistics are then exact
+        over the whole example.
+
+    Returns:
+      An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
+
+    Raises:
+      TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` not boolean.
+      ValueError: an axis out of range or repeated; ``scale``/``bias`` of the wrong shape; ``epsilon`` < 0.
+
+    Source: Ba, Kiros & Hinton 2016, "Layer Normalization"; semantics of ``keras.layers.LayerNormalization``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxnorm
+      >>> jaxnorm.layer_norm(jnp.array([[1.0, 3.0], [10.0, 30.0]]), epsilon=0.0)
+      Array([[-1.,  1.],
+             [-1.,  1.]], dtype=float32)
+    """
+    x = validation.check_float_array(x, "x")
+    validation.check_epsilon(epsilon)
+    axes = validation.canonicalize_axes(axis, x.ndim, "axis")
+    if scale is not None:
+        scale = validation.axes_operand(scale, x.shape, axes, "scale", "normalized axes")
+    if bias is not None:
+        bias = validation.axes_operand(bias, x.shape, axes, "bias", "normalized axes")
+    mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
+    mean, var = stats.mean_var(x, axes, mask, axis_name)
+    return normalize(x, mean, var, bias, scale, epsilon)

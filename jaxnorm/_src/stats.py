@@ -1,0 +1,143 @@
+"""The statistics kernel: every layer's mean and variance come from :func:`moments` and its helper.
+
+Statistics are two-pass (mean, then the mean of squared deviations about it), computed in at least float32
+whatever the input dtype. Unlike ``E[x^2] - E[x]^2`` (Flax's and Haiku's default "fast variance"), this has no
+catastrophic cancellation: on float32 ``1e4 + N(0, 1)`` it returns variance 1, where the fast formula returns 0.
+
+Masked-out values are replaced by zero *before* any arithmetic, so NaN or inf there touches neither the
+statistics nor their gradients. Across devices (``axis_name``) the per-device ``(count, mean, M2)`` triples are
+gathered in one collective and merged exactly (Chan, Golub & LeVeque 1979), so devices holding different
+numbers of valid elements are weighted by their counts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm._src import validation
+
+
+def count_mean_m2(
+    x: jax.Array,
+    axes: tuple[int, ...],
+    mask: jax.Array | None,
+    axis_name: Any = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Count, mean and sum of squared deviations (M2) of ``x`` over ``axes``, reduced with keepdims.
+
+    Args:
+      x: floating array. Statistics are computed in ``stats_dtype(x.dtype)``.
+      axes: sorted non-negative axes to reduce.
+      mask: None, or a boolean array of x's shape (True counts).
+      axis_name: None, or a named axis (or tuple of names) over which to merge the statistics exactly.
+
+    Returns:
+      ``(count, mean, m2)``, each of x's rank with size-1 reduced axes, in the statistics dtype. ``mean`` is 0
+      where ``count`` is 0.
+    """
+    dtype = validation.stats_dtype(x.dtype)
+    xs = x.astype(dtype)
+    if mask is None:
+        n = math.prod(x.shape[a] for a in axes)
+        count = jnp.full([1 if i in axes else d for i, d in enumerate(x.shape)], n, dtype)
+        mean = jnp.sum(xs, axes, keepdims=True) / max(n, 1)
+        m2 = jnp.sum(jnp.square(xs - mean), axes, keepdims=True)
+    else:
+        xs = jnp.where(mask, xs, 0)  # before any arithmetic: NaN/inf outside the mask never propagate
+        count = jnp.sum(mask, axes, keepdims=True, dtype=dtype)
+        mean = jnp.sum(xs, axes, keepdims=True) / jnp.maximum(count, 1)
+        m2 = jnp.sum(jnp.where(mask, jnp.square(xs - mean), 0), axes, keepdims=True)
+    if axis_name is not None:
+        count, mean, m2 = _merge_across(count, mean, m2, axis_name)
+    return count, mean, m2
+
+
+def _merge_across(count, mean, m2, axis_name):
+    """Exact merge of per-device (count, mean, M2) triples over a named axis, in one all_gather."""
+    try:
+        stacked = lax.all_gather(jnp.stack([count, mean, m2]), axis_name)  # (devices, 3, ...)
+    except NameError as err:
+        raise ValueError(
+            f"`axis_name`={axis_name!r} is not bound here ({err}). Call the layer inside "
+            f"`jax.shard_map`, `jax.pmap` or `jax.vmap` with axis_name={axis_name!r}, or pass axis_name=None "
+            "(under jax.jit with a sharded input the statistics are already global)."
+        ) from None
+    counts, means, m2s = stacked[:, 0], stacked[:, 1], stacked[:, 2]
+    total = jnp.sum(counts, 0)
+    mean_all = jnp.sum(counts * means, 0) / jnp.maximum(total, 1)
+    m2_all = jnp.sum(m2s + counts * jnp.square(means - mean_all), 0)
+    return total, mean_all, m2_all
+
+
+def mean_var(
+    x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None = None, axis_name: Any = None
+) -> tuple[jax.Array, jax.Array]:
+    """Mean and population variance over ``axes`` with keepdims (0 and 0 where nothing is selected)."""
+    count, mean, m2 = count_mean_m2(x, axes, mask, axis_name)
+    return mean, m2 / jnp.maximum(count, 1)
+
+
+def moments(
+    x: jax.Array,
+    axes: validation.Axes,
+    *,
+    where: jax.Array | None = None,
+    keepdims: bool = False,
+    axis_name: Any = None,
+) -> tuple[jax.Array, jax.Array]:
+    r"""Mean and population variance of ``x`` over ``axes``, numerically stable, in at least float32.
+
+    .. math::
+        \mu = \frac{1}{n}\sum_{i \in S} x_i, \qquad
+        \sigma^2 = \frac{1}{n}\sum_{i \in S} (x_i - \mu)^2
+
+    where :math:`S` is the set of positions selected by ``where`` along ``axes`` and :math:`n = |S|`.
+    The variance is the biased (population, ``/n``) estimator that Keras, Flax and PyTorch normalize with.
+    It is computed in two passes, so a large common offset does not cancel the variance away (float32
+    ``1e4 + N(0, 1)`` gives 1.000, where Flax's default ``E[x^2] - E[x]^2`` gives 0).
+
+    Args:
+      x: floating array of any shape and rank; bf16, f16, f32 or f64.
+      axes: int or sequence of ints, the axes to reduce (negative values count from the end).
+      where: optional boolean array broadcastable to ``x`` (or of shape ``x.shape[:-1]``, Keras's mask);
+        only positions where it is True count. Values elsewhere, even NaN or inf, touch neither the result
+        nor its gradient.
+      keepdims: keep the reduced axes with size 1, so the results broadcast against ``x``.
+      axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``;
+        the statistics are then those of the global batch, each device weighted by its number of valid
+        elements (exact, unlike a mean of per-device means).
+
+    Returns:
+      ``(mean, variance)``: arrays of ``x``'s shape without ``axes`` (with size-1 axes if ``keepdims``), in
+      ``promote_types(x.dtype, float32)``. Where ``where`` selects nothing, both are 0.
+
+    Raises:
+      TypeError: ``x`` is not floating, or ``where`` is not boolean.
+      ValueError: an axis is out of range or repeated; ``where`` does not broadcast to ``x``; ``axis_name``
+        is not bound.
+
+    Source: the two-pass algorithm (Chan, Golub & LeVeque 1983, "Algorithms for computing the sample
+    variance"); the signature follows ``tf.nn.moments`` and ``jax.numpy``'s ``where``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxnorm
+      >>> x = 1e4 + jnp.array([[-1.0], [1.0]])
+      >>> mean, var = jaxnorm.moments(x, axes=0)
+      >>> print(mean, var)
+      [10000.] [1.]
+      >>> mean, var = jaxnorm.moments(jnp.array([1.0, 3.0, jnp.nan]), 0, where=jnp.array([True, True, False]))
+      >>> print(mean, var)
+      2.0 1.0
+    """
+    x = validation.check_float_array(x, "x")
+    axes_t = validation.canonicalize_axes(axes, x.ndim, "axes")
+    mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
+    mean, var = mean_var(x, axes_t, mask, axis_name)
+    if not keepdims:
+        mean, var = jnp.squeeze(mean, axes_t), jnp.squeeze(var, axes_t)
+    return mean, var

@@ -1,0 +1,245 @@
+"""Argument checks shared by every op and layer.
+
+All user errors are raised here, at trace time, as ``TypeError`` or ``ValueError`` whose message names the
+argument, says what was received and how to fix it. Nothing in this module touches array values, only shapes
+and dtypes, so every check is free under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Axes = int | Sequence[int]
+
+
+def stats_dtype(dtype: Any) -> jnp.dtype:
+    """The dtype statistics are computed in: at least float32, float64 kept (the input dtype promoted)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def check_float_array(x: Any, name: str = "x") -> jax.Array:
+    """Returns ``x`` as a JAX array, raising ``TypeError`` unless it is a real floating-point array."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"`{name}` must be an array, got a jax.ShapeDtypeStruct {x}. Pass real data here; "
+            "ShapeDtypeStruct is accepted only by `init`."
+        )
+    try:
+        arr = jnp.asarray(x)
+    except TypeError as err:
+        raise TypeError(f"`{name}` must be an array, got {type(x).__name__}: {err}") from None
+    check_float_dtype(arr.dtype, name)
+    return arr
+
+
+def check_float_dtype(dtype: Any, name: str = "x") -> None:
+    """Raises ``TypeError`` unless ``dtype`` is a real floating-point dtype."""
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}` must have a floating-point dtype, got {np.dtype(dtype).name}. "
+            f"Cast it first, e.g. `{name}.astype(jnp.float32)`."
+        )
+
+
+def canonicalize_axes(axes: Any, ndim: int, name: str = "axis") -> tuple[int, ...]:
+    """Turns an int or a sequence of ints into a sorted tuple of non-negative axes of an ``ndim``-array.
+
+    Raises:
+      TypeError: an axis is not an int.
+      ValueError: an axis is out of range, an axis is repeated, or no axis is given.
+    """
+    if isinstance(axes, numbers.Integral) and not isinstance(axes, bool):
+        seq = (int(axes),)
+    elif isinstance(axes, Sequence) and not isinstance(axes, str):
+        seq = tuple(axes)
+        if not seq:
+            raise ValueError(f"`{name}` must name at least one axis, got an empty sequence {axes!r}.")
+    else:
+        raise TypeError(f"`{name}` must be an int or a sequence of ints, got {axes!r} ({type(axes).__name__}).")
+    out = []
+    for a in seq:
+        if not isinstance(a, numbers.Integral) or isinstance(a, bool):
+            raise TypeError(f"`{name}` must contain only ints, got {a!r} ({type(a).__name__}) in {axes!r}.")
+        a = int(a)
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"`{name}`={axes!r} is out of range for an input of rank {ndim}: each axis must be in "
+                f"[{-ndim}, {ndim - 1}]. Pass axes that exist in the input, or check the input's shape."
+            )
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(
+            f"`{name}`={axes!r} names the same axis more than once (as non-negative axes: {out}). "
+            "List each axis once."
+        )
+    return tuple(sorted(out))
+
+
+def complement_axes(axes: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    """The axes of an ``ndim``-array that are not in ``axes``."""
+    return tuple(i for i in range(ndim) if i not in axes)
+
+
+def check_axes_static(axes: Any, name: str = "axis") -> Any:
+    """Validates an axis hyperparameter before any input is seen (types only); returns it hashable."""
+    if isinstance(axes, numbers.Integral) and not isinstance(axes, bool):
+        return int(axes)
+    if isinstance(axes, Sequence) and not isinstance(axes, str):
+        if not axes:
+            raise ValueError(f"`{name}` must name at least one axis, got an empty sequence {axes!r}.")
+        for a in axes:
+            if not isinstance(a, numbers.Integral) or isinstance(a, bool):
+                raise TypeError(f"`{name}` must contain only ints, got {a!r} in {axes!r}.")
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"`{name}`={axes!r} names the same axis more than once. List each axis once.")
+        return tuple(int(a) for a in axes)
+    raise TypeError(f"`{name}` must be an int or a sequence of ints, got {axes!r} ({type(axes).__name__}).")
+
+
+def check_epsilon(epsilon: Any, name: str = "epsilon") -> None:
+    """Raises unless ``epsilon`` is a real number >= 0 (a traced scalar is accepted unchecked)."""
+    if isinstance(epsilon, jax.core.Tracer):
+        return
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real | np.ndarray | jax.Array):
+        raise TypeError(f"`{name}` must be a non-negative float, got {epsilon!r} ({type(epsilon).__name__}).")
+    if np.ndim(epsilon) != 0:
+        raise ValueError(f"`{name}` must be a scalar, got an array of shape {np.shape(epsilon)}.")
+    if not float(epsilon) >= 0:
+        raise ValueError(f"`{name}` must be >= 0, got {epsilon!r}. Use a small positive value such as 1e-3.")
+
+
+def check_unit_interval(value: Any, name: str) -> None:
+    """Raises unless ``value`` is a real number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a float in [0, 1], got {value!r} ({type(value).__name__}).")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"`{name}` must be in [0, 1], got {value!r}. jaxnorm uses the Keras/Flax convention "
+            f"moving = {name} * moving + (1 - {name}) * batch; a PyTorch momentum m corresponds to 1 - m."
+        )
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Returns ``value`` as a Python bool, raising ``TypeError`` for anything that is not a concrete bool."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"`{name}` must be a Python bool, got a traced value {value}. It selects the computation, so it "
+            f"must be known at trace time: mark it static, e.g. `jax.jit(f, static_argnames='{name}')`, "
+            f"or write two functions."
+        )
+    raise TypeError(f"`{name}` must be a Python bool (True or False), got {value!r} ({type(value).__name__}).")
+
+
+def broadcast_operand(value: Any, x_shape: tuple[int, ...], name: str, hint: str = "") -> jax.Array:
+    """Returns ``value`` as an array checked to be floating and broadcastable to ``x_shape``.
+
+    Broadcasting must not enlarge ``x``: the operand's rank is at most x's and each dimension is 1 or x's.
+    """
+    arr = jnp.asarray(value)
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}` must have a floating-point dtype, got {arr.dtype.name}. Cast it, e.g. "
+            f"`{name}.astype(jnp.float32)`."
+        )
+    if not _broadcasts_to(arr.shape, x_shape):
+        raise ValueError(
+            f"`{name}` has shape {arr.shape}, which does not broadcast to x's shape {x_shape}. "
+            + (hint or f"Give `{name}` a shape that broadcasts to {x_shape}, e.g. with size-1 reduced axes.")
+        )
+    return arr
+
+
+def broadcast_mask(mask: Any, x_shape: tuple[int, ...], name: str = "mask") -> jax.Array:
+    """Returns a boolean mask broadcast to ``x_shape``.
+
+    A mask of shape ``x_shape[:-1]`` (the Keras convention: one flag per position, shared by the channels)
+    is expanded on the last axis; any other mask must broadcast to ``x_shape`` under NumPy rules.
+    """
+    m = jnp.asarray(mask)
+    if m.dtype != jnp.bool_:
+        raise TypeError(
+            f"`{name}` must be a boolean array, got dtype {m.dtype.name}. Pass e.g. `{name}.astype(bool)` "
+            "(True marks the positions that count)."
+        )
+    if len(x_shape) >= 1 and m.ndim == len(x_shape) - 1 and m.shape == tuple(x_shape[:-1]):
+        m = m[..., None]
+    if not _broadcasts_to(m.shape, x_shape):
+        raise ValueError(
+            f"`{name}` has shape {m.shape}, which does not broadcast to x's shape {x_shape}. Give it x's "
+            f"shape, a shape that broadcasts to it, or x.shape[:-1] = {tuple(x_shape[:-1])} (Keras)."
+        )
+    return jnp.broadcast_to(m, x_shape)
+
+
+def expand_to_rank(value: jax.Array, ndim: int, axes: tuple[int, ...]) -> jax.Array:
+    """Reshapes an array whose dims are the sizes of ``axes`` into a rank-``ndim`` array (1 elsewhere)."""
+    shape = [1] * ndim
+    for a, d in zip(axes, value.shape, strict=True):
+        shape[a] = d
+    return value.reshape(shape)
+
+
+def axes_operand(
+    value: Any, x_shape: tuple[int, ...], axes: tuple[int, ...], name: str, what: str
+) -> jax.Array:
+    """An operand given either with the sizes of ``axes`` (e.g. ``(C,)``) or broadcastable to ``x_shape``.
+
+    Returns it broadcastable to ``x_shape``. ``what`` names the axes in error messages.
+    """
+    arr = jnp.asarray(value)
+    expected = tuple(x_shape[a] for a in axes)
+    if arr.shape == expected and arr.ndim != len(x_shape):
+        if not jnp.issubdtype(arr.dtype, jnp.floating):
+            check_float_dtype(arr.dtype, name)
+        return expand_to_rank(arr, len(x_shape), axes)
+    return broadcast_operand(
+        arr,
+        x_shape,
+        name,
+        hint=f"It must have the sizes of the {what} {axes}, i.e. shape {expected}, or a shape that "
+        f"broadcasts to x's shape {x_shape}. Was it created for another input or axis?",
+    )
+
+
+def check_tree(
+    tree: Any, expected: dict[str, tuple[tuple[int, ...], Any]], name: str, fix: str
+) -> dict[str, jax.Array]:
+    """Checks a params or state dict: exactly the expected keys, each of the expected shape, floating."""
+    if not isinstance(tree, dict):
+        raise TypeError(f"`{name}` must be a dict, got {type(tree).__name__}. {fix}")
+    missing = sorted(set(expected) - set(tree))
+    extra = sorted(set(tree) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if extra:
+            parts.append(f"unexpected {extra}")
+        raise ValueError(
+            f"`{name}` has keys {sorted(tree)} but this layer expects {sorted(expected)} ({', '.join(parts)}). "
+            f"{fix}"
+        )
+    out = {}
+    for key, (shape, _) in expected.items():
+        arr = jnp.asarray(tree[key])
+        if arr.shape != tuple(shape):
+            raise ValueError(
+                f"`{name}['{key}']` has shape {arr.shape} but the input needs {tuple(shape)}. {fix}"
+            )
+        check_float_dtype(arr.dtype, f"{name}['{key}']")
+        out[key] = arr
+    return out
+
+
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    if len(shape) > len(target):
+        return False
+    return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target)))
