@@ -1,7 +1,7 @@
 """The statistics kernel: every layer's mean and variance come from :func:`moments` and its helper.
 
-Statistics are two-pass (mean, then the mean of squared deviations about it), computed in at least float32
-whatever the input dtype. Unlike ``E[x^2] - E[x]^2`` (Flax's and Haiku's default "fast variance"), this has no
+Statistics are two-pass (mean, then the mean of squared deviations about it) on data shifted by one of its
+own samples, computed in at least float32 whatever the input dtype. Unlike ``E[x^2] - E[x]^2`` (Flax's and Haiku's default "fast variance"), this has no
 catastrophic cancellation: on float32 ``1e4 + N(0, 1)`` it returns variance 1, where the fast formula returns 0.
 
 Masked-out values are replaced by zero *before* any arithmetic, so NaN or inf there touches neither the
@@ -42,16 +42,24 @@ def count_mean_m2(
     """
     dtype = validation.stats_dtype(x.dtype)
     xs = x.astype(dtype)
+    if mask is not None:
+        xs = jnp.where(mask, xs, 0)  # before any arithmetic: NaN/inf outside the mask never propagate
+    # Shift by one sample per reduction (a constant for the gradient): sums of x - shift are O(std * n),
+    # not O(offset * n), so the mean keeps its float32 precision on offset data.
+    first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))
+    shift = lax.stop_gradient(xs[first])
+    d = xs - shift
     if mask is None:
         n = math.prod(x.shape[a] for a in axes)
-        count = jnp.full([1 if i in axes else d for i, d in enumerate(x.shape)], n, dtype)
-        mean = jnp.sum(xs, axes, keepdims=True) / max(n, 1)
-        m2 = jnp.sum(jnp.square(xs - mean), axes, keepdims=True)
+        count = jnp.full(shift.shape, n, dtype)
+        mean_d = jnp.sum(d, axes, keepdims=True) / max(n, 1)
+        m2 = jnp.sum(jnp.square(d - mean_d), axes, keepdims=True)
     else:
-        xs = jnp.where(mask, xs, 0)  # before any arithmetic: NaN/inf outside the mask never propagate
+        d = jnp.where(mask, d, 0)
         count = jnp.sum(mask, axes, keepdims=True, dtype=dtype)
-        mean = jnp.sum(xs, axes, keepdims=True) / jnp.maximum(count, 1)
-        m2 = jnp.sum(jnp.where(mask, jnp.square(xs - mean), 0), axes, keepdims=True)
+        mean_d = jnp.sum(d, axes, keepdims=True) / jnp.maximum(count, 1)
+        m2 = jnp.sum(jnp.where(mask, jnp.square(d - mean_d), 0), axes, keepdims=True)
+    mean = jnp.where(count > 0, shift + mean_d, 0)
     if axis_name is not None:
         count, mean, m2 = _merge_across(count, mean, m2, axis_name)
     return count, mean, m2
@@ -68,10 +76,10 @@ def _merge_across(count, mean, m2, axis_name):
             "(under jax.jit with a sharded input the statistics are already global)."
         ) from None
     counts, means, m2s = stacked[:, 0], stacked[:, 1], stacked[:, 2]
-    total = jnp.sum(counts, 0)
-    mean_all = jnp.sum(counts * means, 0) / jnp.maximum(total, 1)
-    m2_all = jnp.sum(m2s + counts * jnp.square(means - mean_all), 0)
-    return total, mean_all, m2_all
+    total = jnp.sum(counts, 0, keepdims=True)
+    mean_all = jnp.sum(counts * means, 0, keepdims=True) / jnp.maximum(total, 1)
+    m2_all = jnp.sum(m2s + counts * jnp.square(means - mean_all), 0, keepdims=True)
+    return total[0], mean_all[0], m2_all[0]
 
 
 def mean_var(

@@ -154,7 +154,7 @@ def broadcast_operand(value: Any, x_shape: tuple[int, ...], name: str, hint: str
             f"`{name}` has shape {arr.shape}, which does not broadcast to x's shape {x_shape}. "
             + (hint or f"Give `{name}` a shape that broadcasts to {x_shape}, e.g. with size-1 reduced axes.")
         )
-    return arr
+    return arr.reshape((1,) * (len(x_shape) - arr.ndim) + arr.shape)  # explicit rank: no rank promotion
 
 
 def broadcast_mask(mask: Any, x_shape: tuple[int, ...], name: str = "mask") -> jax.Array:
