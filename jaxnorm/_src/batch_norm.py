@@ -206,6 +206,7 @@ class BatchNorm(Layer):
         if self.use_bias:
             expected_params["bias"] = (fshape, None)
         params = validation.check_tree(params, expected_params, "params", fix)
+        given_state = state
         state = validation.check_tree(state, {"mean": (fshape, None), "var": (fshape, None)}, "state", fix)
         expand = lambda v: validation.expand_to_rank(v, x.ndim, feature_axes)  # noqa: E731
 
@@ -220,7 +221,7 @@ class BatchNorm(Layer):
             }
         else:
             mean, var = expand(state["mean"]), expand(state["var"])
-            new_state = state
+            new_state = given_state
         scale = expand(params["scale"]) if self.use_scale else None
         bias = expand(params["bias"]) if self.use_bias else None
         return ops.normalize(x, mean, var, bias, scale, self.epsilon), new_state

@@ -115,7 +115,8 @@ class Layer:
             )
         if unsupported:
             raise ValueError(
-                f"Keras config key(s) not supported yet by jaxnorm.{cls.__name__}: {'; '.join(unsupported)}. "
+                f"Keras config key(s) not supported yet by jaxnorm.{cls.__name__}: "
+                f"{'; '.join(sorted(unsupported))}. "
                 "Remove them or set them to the supported value to build the layer."
             )
         return kwargs
@@ -150,7 +151,7 @@ def init_arrays(key: Any, specs: dict[str, tuple[Any, tuple[int, ...], Any]]) ->
         key = jax.random.key(0)
     keys = jax.random.split(key, len(specs))
     out = {}
-    for k, (name, (init, shape, dtype)) in zip(keys, specs.items()):
+    for k, (name, (init, shape, dtype)) in zip(keys, specs.items(), strict=False):
         value = initializers.resolve(init, name)(k, shape, dtype)
         out[name] = jnp.asarray(value, dtype)
     return out

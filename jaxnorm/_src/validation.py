@@ -242,4 +242,4 @@ def check_tree(
 def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
     if len(shape) > len(target):
         return False
-    return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target)))
+    return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target), strict=False))
