@@ -45,7 +45,8 @@ def test_batch_norm_init_tree(axis, shape, fshape):
 
 def test_init_switches_and_initializers():
     bn = jaxnorm.BatchNorm(use_scale=False, use_bias=True,
-                           bias_init={"class_name": "Constant", "config": {"value": 2.5}}, var_init="Ones", mean_init=jax.nn.initializers.constant(-1.0), param_dtype=jnp.bfloat16)
+                           bias_init={"class_name": "Constant", "config": {"value": 2.5}}, var_init="Ones",
+                           mean_init=jax.nn.initializers.constant(-1.0), param_dtype=jnp.bfloat16)
     params, state = bn.init(jax.random.key(0), jnp.ones((2, 3)))
     assert set(params) == {"bias"} and params["bias"].dtype == jnp.bfloat16
     np.testing.assert_array_equal(params["bias"], 2.5)
