@@ -178,7 +178,8 @@ class BatchNorm(Layer):
         Args:
           params: ``{'scale', 'bias'}`` from :meth:`init` (or updated by an optimizer).
           state: ``{'mean', 'var'}`` from :meth:`init` or a previous ``apply``.
-          x: floating array, the same rank and feature sizes as at ``init``; any dtype (bf16 in, bf16 out).
+          x: floating array whose sizes along ``axis`` match ``params``/``state`` (any rank, any float dtype;
+            bf16 in, bf16 out).
           training: required Python bool. True: normalize with the batch statistics and return updated moving
             statistics. False: normalize with the moving statistics; the state is returned unchanged.
           mask: optional boolean array broadcastable to ``x`` (or of shape ``x.shape[:-1]``, Keras's); in

@@ -124,7 +124,7 @@ class LayerNorm(Layer):
         Args:
           params: ``{'scale', 'bias'}`` from :meth:`init`.
           state: ``{}`` from :meth:`init`.
-          x: floating array, same rank and normalized sizes as at ``init``.
+          x: floating array whose sizes along ``axis`` match ``params``.
           training: optional Python bool, ignored (LayerNorm behaves the same in both modes).
           mask: optional boolean array broadcastable to ``x``; only the True positions enter each example's
             statistics (values elsewhere may be NaN).

@@ -1,0 +1,53 @@
+"""Smoke test of examples/train_digits.py: a short run in-process (the full run is documented in its README)."""
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_digits.py"
+
+
+def load_example():
+    # examples/ is not a package: import the script from its path.
+    spec = importlib.util.spec_from_file_location("train_digits", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_digits_smoke(tmp_path, capsys):
+    example = load_example()
+    result = example.main(["--epochs", "2", "--norm", "batch", "none", "--seed", "0", "--out", str(tmp_path)])
+    lines = capsys.readouterr().out.strip().splitlines()
+
+    # The last printed line is the first --norm's accuracy; one line per norm before it.
+    assert re.fullmatch(r"test_accuracy=\d\.\d{4}", lines[-1]), lines
+    assert re.fullmatch(r"test_accuracy\[none\]=\d\.\d{4}", lines[-2]), lines
+    assert float(lines[-1].split("=")[1]) == round(result["test_accuracy"], 4)
+
+    # Files written, and metrics.json holds what main returned (minus the pytrees).
+    assert (tmp_path / "train_digits.png").stat().st_size > 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == result["test_accuracy"]
+    assert set(metrics["runs"]) == {"batch", "none"}
+    for history in metrics["runs"].values():
+        assert len(history["test_accuracy"]) == len(history["train_loss"]) == 2
+
+    # A real number well above chance (0.1) after two epochs, in inference mode.
+    accuracy = result["test_accuracy"]
+    assert np.isfinite(accuracy) and 0.5 < accuracy <= 1.0
+
+    # The moving statistics were threaded through the jitted train step and updated.
+    _, init_state = example.init_model(jax.random.key(0), "batch")
+    state = result["state"]["batch"]
+    assert set(state) == set(init_state) == {"norm0", "norm1", "norm2", "norm_head"}
+    assert state["norm_head"] == {}  # LayerNorm has no state
+    for name in ("norm0", "norm1", "norm2"):
+        assert np.all(np.isfinite(state[name]["mean"])) and np.all(np.isfinite(state[name]["var"]))
+        assert not np.allclose(state[name]["mean"], init_state[name]["mean"]), name
+        assert not np.allclose(state[name]["var"], init_state[name]["var"]), name
+    assert result["state"]["none"] == {}
