@@ -152,12 +152,7 @@ class BatchNorm(Layer):
         feature_axes, _ = self._axes(len(shape))
         fshape = tuple(shape[a] for a in feature_axes)
         sdtype = validation.stats_dtype(dtype)
-        param_specs = {}
-        if self.use_scale:
-            param_specs["scale"] = (self.scale_init, fshape, self.param_dtype)
-        if self.use_bias:
-            param_specs["bias"] = (self.bias_init, fshape, self.param_dtype)
-        params = layer.init_arrays(key, param_specs)
+        params = layer.init_arrays(key, self._affine_init_specs(fshape))
         state_key = None if key is None else jax.random.fold_in(key, 1)
         state = layer.init_arrays(
             state_key, {"mean": (self.mean_init, fshape, sdtype), "var": (self.var_init, fshape, sdtype)}
@@ -201,12 +196,7 @@ class BatchNorm(Layer):
             f"They must match the input's features along axis={self.axis!r} (shape {fshape}); re-create "
             "them with `init` for this input and spec."
         )
-        expected_params = {}
-        if self.use_scale:
-            expected_params["scale"] = (fshape, None)
-        if self.use_bias:
-            expected_params["bias"] = (fshape, None)
-        params = validation.check_tree(params, expected_params, "params", fix)
+        params = self._check_params(params, fshape, fix)
         given_state = state
         state = validation.check_tree(state, {"mean": (fshape, None), "var": (fshape, None)}, "state", fix)
         expand = lambda v: validation.expand_to_rank(v, x.ndim, feature_axes)  # noqa: E731

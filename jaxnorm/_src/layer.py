@@ -51,6 +51,20 @@ class Layer:
         if hasattr(self, "epsilon"):
             validation.check_epsilon(self.epsilon)
 
+    def _affine_init_specs(self, shape: tuple[int, ...]) -> dict[str, tuple[Any, tuple[int, ...], Any]]:
+        """``{'scale', 'bias'}`` (those enabled) -> (initializer, shape, param_dtype), for ``init_arrays``."""
+        specs = {}
+        if self.use_scale:
+            specs["scale"] = (self.scale_init, shape, self.param_dtype)
+        if self.use_bias:
+            specs["bias"] = (self.bias_init, shape, self.param_dtype)
+        return specs
+
+    def _check_params(self, params: Any, shape: tuple[int, ...], fix: str) -> dict[str, jax.Array]:
+        """Checks ``params`` holds exactly the enabled ``scale``/``bias``, each of ``shape``."""
+        expected = {k: (shape, None) for k in self._affine_init_specs(shape)}
+        return validation.check_tree(params, expected, "params", fix)
+
     def get_config(self) -> dict[str, Any]:
         """The spec's hyperparameters as a JSON-serializable dict; ``type(self).from_config`` inverts it.
 

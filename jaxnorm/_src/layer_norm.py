@@ -103,12 +103,7 @@ class LayerNorm(Layer):
         shape, _ = layer.init_input(x)
         axes = validation.canonicalize_axes(self.axis, len(shape), "axis")
         pshape = tuple(shape[a] for a in axes)
-        specs = {}
-        if self.use_scale:
-            specs["scale"] = (self.scale_init, pshape, self.param_dtype)
-        if self.use_bias:
-            specs["bias"] = (self.bias_init, pshape, self.param_dtype)
-        return layer.init_arrays(key, specs), {}
+        return layer.init_arrays(key, self._affine_init_specs(pshape)), {}
 
     def apply(
         self,
@@ -144,12 +139,7 @@ class LayerNorm(Layer):
             f"They must match the input's sizes along axis={self.axis!r} (shape {pshape}); re-create them "
             "with `init` for this input and spec."
         )
-        expected = {}
-        if self.use_scale:
-            expected["scale"] = (pshape, None)
-        if self.use_bias:
-            expected["bias"] = (pshape, None)
-        params = validation.check_tree(params, expected, "params", fix)
+        params = self._check_params(params, pshape, fix)
         state = validation.check_tree(state, {}, "state", "LayerNorm's state is always {}.")
         y = ops.layer_norm(
             x, params.get("scale"), params.get("bias"), axis=axes, epsilon=self.epsilon, where=mask
