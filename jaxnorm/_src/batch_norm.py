@@ -205,9 +205,8 @@ class BatchNorm(Layer):
             m = None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
             mean, var = stats.mean_var(x, reduction_axes, m, self.axis_name)
             batch_mean, batch_var = jnp.squeeze(mean, reduction_axes), jnp.squeeze(var, reduction_axes)
-            momentum = self.momentum
             new_state = {
-                k: lax.stop_gradient(momentum * state[k] + (1 - momentum) * b).astype(state[k].dtype)
+                k: lax.stop_gradient(stats.moving_average(state[k], b, self.momentum))
                 for k, b in (("mean", batch_mean), ("var", batch_var))
             }
         else:

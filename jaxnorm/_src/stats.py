@@ -150,3 +150,8 @@ def moments(
     if not keepdims:
         mean, var = jnp.squeeze(mean, axes_t), jnp.squeeze(var, axes_t)
     return mean, var
+
+
+def moving_average(moving: jax.Array, batch: jax.Array, momentum: float) -> jax.Array:
+    """The Keras/Flax update ``momentum * moving + (1 - momentum) * batch``, in ``moving``'s dtype."""
+    return (momentum * moving + (1 - momentum) * batch).astype(moving.dtype)

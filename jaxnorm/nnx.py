@@ -1,0 +1,342 @@
+"""Drop-in replacements for ``flax.nnx.BatchNorm`` and ``flax.nnx.LayerNorm`` with stable statistics.
+
+Usage: swap ``from flax import nnx`` ... ``nnx.BatchNorm(...)`` for ``from jaxnorm import nnx as jnnx`` ...
+``jnnx.BatchNorm(...)`` (and likewise ``LayerNorm``), as you would swap ``from flax import linen as nn`` for
+:mod:`jaxnorm.linen`. The constructor, ``__call__`` and ``set_view`` have Flax's arguments and defaults, the
+variables are Flax's (``nnx.Param`` ``scale``/``bias``, ``nnx.BatchStat`` ``mean``/``var``, same shapes, dtypes
+and rng draws), so ``nnx.state``/``nnx.split``/``nnx.merge``/``nnx.update`` states move freely between a model
+built with Flax's classes and one built with these, and ``model.train()``, ``model.eval()`` and ``nnx.view``
+behave the same.
+
+The modules only hold the variables and apply Flax's dtype policy (``promote_dtype``); the statistics and
+the normalization come from jaxnorm's functional core. The intended differences from Flax are those of
+:mod:`jaxnorm.linen`: the variance is always two-pass in at least float32 (``use_fast_variance`` is accepted
+and ignored; Flax's default ``E[x^2] - E[x]^2`` cancels on data with a large offset), ``axis_name``
+statistics are merged exactly with per-device counts, masked-out values never reach the statistics (nor their
+gradients), an empty selection gives mean and variance 0 (Flax: NaN), complex inputs raise, and
+``axis_index_groups`` is not supported yet (``ValueError``).
+"""
+
+from __future__ import annotations
+
+import typing as tp
+from types import MappingProxyType
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx import rnglib
+from flax.nnx.module import first_from
+from flax.nnx.nn import dtypes, initializers
+from flax.typing import Axes, Dtype, Initializer, PromoteDtypeFn
+from jax import lax
+
+from jaxnorm._src import ops, stats, validation
+from jaxnorm._src.flax_compat import check_axis_index_groups, compute_input, full_mask, stats_dtype
+
+__all__ = ["BatchNorm", "LayerNorm"]
+
+_ZEROS_INIT = initializers.zeros_init()  # Flax's default objects, so signatures compare equal
+_ONES_INIT = initializers.ones_init()
+
+_NO_USE_RUNNING_AVERAGE = (
+    "No `use_running_average` argument was provided to BatchNorm."
+    " Consider one of the following options:\n\n"
+    "1. Pass `use_running_average` to the BatchNorm constructor:\n\n"
+    "  self.bn = nnx.BatchNorm(..., use_running_average=True/False)\n\n"
+    "2. Pass `use_running_average` to the BatchNorm __call__:\n\n"
+    "  self.bn(x, use_running_average=True/False)\n\n"
+    "3. Use `nnx.view` to create a view of the model with a"
+    " specific `use_running_average` value:\n\n"
+    "  model_view = nnx.view(model, use_running_average=True/False)\n"
+)
+
+
+def _features_shape(x: jax.Array, feature_axes: tuple[int, ...]) -> list[int]:
+    """Flax NNX's broadcast shape of ``scale``/``bias`` (``(num_features,)`` is reshaped into it)."""
+    return [d if i in feature_axes else 1 for i, d in enumerate(x.shape)]
+
+
+class BatchNorm(nnx.Module):
+    r"""Batch normalization, a drop-in for ``flax.nnx.BatchNorm`` with stable statistics.
+
+    .. math::
+        y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \cdot \text{scale} + \text{bias}
+
+    In training (``use_running_average=False``, or after ``model.train()``) :math:`\mu, \sigma^2` are the batch
+    mean and (biased, two-pass) variance over every axis but ``axis``, and the ``nnx.BatchStat`` ``mean`` and
+    ``var`` are updated in place, ``mean = momentum * mean + (1 - momentum) * batch_mean`` (under
+    ``stop_gradient``, as in Flax). In evaluation (``use_running_average=True``, ``model.eval()`` or
+    ``nnx.view(model, use_running_average=True)``) the stored ``mean``/``var`` are used.
+
+    Args:
+      num_features: int, the size of the feature axis.
+      use_running_average: bool or None (False); the default for ``__call__``'s argument, which wins when
+        given. None with no call argument raises ``ValueError``.
+      axis: int, the feature axis (-1: channels-last; 1: channels-first).
+      momentum: float, decay of the running averages (0.99).
+      epsilon: float added to the variance (1e-5).
+      dtype: output and compute dtype handed to ``promote_dtype`` (None: inferred from ``x`` and the
+        variables, float32 for a bf16 input with float32 params).
+      param_dtype: dtype of ``scale`` and ``bias`` (float32); ``mean``/``var`` are float32.
+      use_bias: create ``bias`` (an ``nnx.Param``; otherwise ``self.bias`` is None).
+      use_scale: create ``scale`` (an ``nnx.Param``; otherwise ``self.scale`` is None).
+      bias_init: initializer ``(key, shape, dtype) -> array`` of the bias (zeros).
+      scale_init: initializer of the scale (ones).
+      axis_name: None, or the named axis (or tuple of names) of an enclosing ``pmap``/``shard_map``/``vmap``
+        over which the batch statistics are merged (exactly, count-weighted).
+      axis_index_groups: must be None (``ValueError`` otherwise: not supported yet).
+      use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
+      promote_dtype: Flax's dtype-promotion function, called on ``(x, mean, var, scale, bias)``.
+      rngs: ``nnx.Rngs``; ``rngs.params()`` is drawn for ``scale`` then ``bias``, as in Flax.
+      bias_metadata, scale_metadata: metadata mappings given to the ``nnx.Param``.
+
+    Call ``__call__(x, use_running_average=None, *, mask=None)``:
+      x: array whose ``axis`` has ``num_features`` entries; real floating (or integer, as in Flax).
+      use_running_average: bool or None, see above.
+      mask: optional array broadcastable to ``x`` (NumPy rules; cast to bool); only True positions enter the
+        batch statistics (values elsewhere, even NaN, do not touch them). Every position is normalized (a
+        NaN input stays NaN in ``y``).
+
+    Returns:
+      ``y`` of ``x``'s shape, in the dtype ``promote_dtype`` gives (``self.dtype`` if set).
+
+    Raises:
+      ValueError: ``axis_index_groups`` is not None; no ``use_running_average`` anywhere; ``axis`` out of
+        range; ``mask`` not broadcastable to ``x``; ``axis_name`` not bound.
+      TypeError: complex ``x``.
+
+    Source: mirrors ``flax.nnx.BatchNorm`` (Flax 0.12); Ioffe & Szegedy 2015, "Batch Normalization".
+    Differences from Flax: two-pass variance (Flax's default ``E[x^2] - E[x]^2`` gives 0 or 8 for float32
+    ``1e4 + N(0, 1)``; this gives 1) and exact count-weighted ``axis_name`` statistics.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxnorm import nnx as jnnx
+      >>> bn = jnnx.BatchNorm(2, momentum=0.0, rngs=nnx.Rngs(0))
+      >>> x = 1e4 + jnp.array([[-1.0, 0.0], [1.0, 2.0]])
+      >>> print(bn(x).round(3))
+      [[-1. -1.]
+       [ 1.  1.]]
+      >>> print(bn.var[...])  # flax.nnx.BatchNorm gives [0. 0.] here
+      [1. 1.]
+      >>> bn.eval()  # use the running averages from now on
+      >>> bn.use_running_average
+      True
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        use_running_average: bool | None = False,
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-5,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = _ZEROS_INIT,
+        scale_init: Initializer = _ONES_INIT,
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = dtypes.promote_dtype,
+        rngs: rnglib.Rngs,
+        bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+        scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+    ):
+        check_axis_index_groups(axis_index_groups, "jaxnorm.nnx.BatchNorm")
+        feature_shape = (num_features,)
+        self.mean = nnx.BatchStat(jnp.zeros(feature_shape, jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones(feature_shape, jnp.float32))
+        self.scale: nnx.Param[jax.Array] | None
+        if use_scale:
+            self.scale = nnx.Param(scale_init(rngs.params(), feature_shape, param_dtype), **scale_metadata)
+        else:
+            self.scale = nnx.data(None)
+        self.bias: nnx.Param[jax.Array] | None
+        if use_bias:
+            self.bias = nnx.Param(bias_init(rngs.params(), feature_shape, param_dtype), **bias_metadata)
+        else:
+            self.bias = nnx.data(None)
+
+        self.num_features = num_features
+        self.use_running_average = use_running_average
+        self.axis = axis
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: jax.Array | None = None):
+        """Normalizes ``x`` (batch statistics, or running averages); see the class docstring."""
+        use_running_average = first_from(
+            use_running_average, self.use_running_average, error_msg=_NO_USE_RUNNING_AVERAGE
+        )
+        x = jnp.asarray(x)
+        feature_axes = validation.canonicalize_axes(self.axis, x.ndim, "axis")
+        reduction_axes = validation.complement_axes(feature_axes, x.ndim)
+        stats_shape = [1 if i in reduction_axes else d for i, d in enumerate(x.shape)]
+
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        x, mean, var, scale, bias = self.promote_dtype(
+            (x, self.mean[...], self.var[...], scale, bias), dtype=self.dtype
+        )
+        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+        xc = compute_input(x, out_dtype)
+        if not use_running_average:
+            mean, var = stats.mean_var(xc, reduction_axes, full_mask(mask, xc), self.axis_name)
+            sdt = stats_dtype(x, self.dtype)
+            batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
+            batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
+            self.mean[...] = lax.stop_gradient(stats.moving_average(self.mean[...], batch_mean, self.momentum))
+            self.var[...] = lax.stop_gradient(stats.moving_average(self.var[...], batch_var, self.momentum))
+        else:
+            mean, var = mean.reshape(stats_shape), var.reshape(stats_shape)
+
+        fshape = _features_shape(x, feature_axes)
+        scale = None if scale is None else scale.reshape(fshape)
+        bias = None if bias is None else bias.reshape(fshape)
+        return ops.normalize(xc, mean, var, bias, scale, self.epsilon).astype(out_dtype)
+
+    def set_view(self, use_running_average: bool | None = None):
+        """Used by ``nnx.view``: sets ``use_running_average`` when it is not None.
+
+        Args:
+          use_running_average: if True, the stored batch statistics will be used instead of computing the
+            batch statistics on the input.
+        """
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
+
+class LayerNorm(nnx.Module):
+    r"""Layer normalization, a drop-in for ``flax.nnx.LayerNorm`` with stable statistics.
+
+    .. math::
+        y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \cdot \text{scale} + \text{bias}, \qquad
+        \mu, \sigma^2 = \text{mean and (biased, two-pass) variance of } x \text{ over reduction\_axes}
+
+    Args:
+      num_features: int, the number of entries of ``scale`` and ``bias``: the product of the sizes of
+        ``feature_axes`` (as in Flax, ``(num_features,)`` is reshaped onto them).
+      epsilon: float added to the variance (1e-6).
+      dtype: output and compute dtype handed to ``promote_dtype`` (None: inferred).
+      param_dtype: dtype of ``scale`` and ``bias`` (float32).
+      use_bias: create ``bias`` (an ``nnx.Param``; otherwise ``self.bias`` is None).
+      use_scale: create ``scale`` (an ``nnx.Param``; otherwise ``self.scale`` is None).
+      bias_init: initializer ``(key, shape, dtype) -> array`` of the bias (zeros).
+      scale_init: initializer of the scale (ones).
+      reduction_axes: int or tuple of ints, the axes the statistics are taken over (-1).
+      feature_axes: int or tuple of ints, the axes ``scale`` and ``bias`` span (-1).
+      axis_name: None, or the named axis (or tuple of names) of an enclosing ``pmap``/``shard_map``/``vmap``
+        across which the reduced axes are split; statistics are merged exactly (count-weighted).
+      axis_index_groups: must be None (``ValueError`` otherwise: not supported yet).
+      use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
+      promote_dtype: Flax's dtype-promotion function, called on ``(x, scale, bias)``.
+      rngs: ``nnx.Rngs``; ``rngs.params()`` is drawn for ``scale`` then ``bias``, as in Flax.
+      bias_metadata, scale_metadata: metadata mappings given to the ``nnx.Param``.
+
+    Call ``__call__(x, *, mask=None)``:
+      x: array of any rank; real floating (or integer, as in Flax).
+      mask: optional array broadcastable to ``x`` (cast to bool); only True positions enter each example's
+        statistics (values elsewhere, even NaN, do not touch them). Every position is normalized (a
+        NaN input stays NaN in ``y``).
+
+    Returns:
+      ``y`` of ``x``'s shape, in the dtype ``promote_dtype`` gives (``self.dtype`` if set).
+
+    Raises:
+      ValueError: ``axis_index_groups`` is not None; an axis out of range or repeated; ``mask`` not
+        broadcastable to ``x``; ``axis_name`` not bound.
+      TypeError: complex ``x``.
+
+    Source: mirrors ``flax.nnx.LayerNorm`` (Flax 0.12); Ba, Kiros & Hinton 2016, "Layer Normalization".
+    Differences from Flax: two-pass variance (stable on inputs with a large offset, where Flax's default
+    cancels) and exact count-weighted ``axis_name`` statistics.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxnorm import nnx as jnnx
+      >>> ln = jnnx.LayerNorm(2, rngs=nnx.Rngs(0))
+      >>> x = 1e4 + jnp.array([[-1.0, 1.0], [0.0, 2.0]])
+      >>> print(ln(x).round(3))  # flax.nnx.LayerNorm gives +-1000 here
+      [[-1.  1.]
+       [-1.  1.]]
+      >>> sorted(nnx.to_pure_dict(nnx.state(ln)))
+      ['bias', 'scale']
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = _ZEROS_INIT,
+        scale_init: Initializer = _ONES_INIT,
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = dtypes.promote_dtype,
+        rngs: rnglib.Rngs,
+        bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+        scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+    ):
+        check_axis_index_groups(axis_index_groups, "jaxnorm.nnx.LayerNorm")
+        feature_shape = (num_features,)
+        self.scale: nnx.Param[jax.Array] | None
+        if use_scale:
+            self.scale = nnx.Param(scale_init(rngs.params(), feature_shape, param_dtype), **scale_metadata)
+        else:
+            self.scale = nnx.data(None)
+        self.bias: nnx.Param[jax.Array] | None
+        if use_bias:
+            self.bias = nnx.Param(bias_init(rngs.params(), feature_shape, param_dtype), **bias_metadata)
+        else:
+            self.bias = nnx.data(None)
+
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.reduction_axes = reduction_axes
+        self.feature_axes = feature_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
+
+    def __call__(self, x, *, mask: jax.Array | None = None):
+        """Normalizes each example of ``x`` over ``reduction_axes``; see the class docstring."""
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
+        reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
+        feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
+        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+        xc = compute_input(x, out_dtype)
+
+        mean, var = stats.mean_var(xc, reduction_axes, full_mask(mask, xc), self.axis_name)
+        fshape = _features_shape(x, feature_axes)
+        scale = None if scale is None else scale.reshape(fshape)
+        bias = None if bias is None else bias.reshape(fshape)
+        return ops.normalize(xc, mean, var, bias, scale, self.epsilon).astype(out_dtype)
