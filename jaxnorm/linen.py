@@ -42,6 +42,17 @@ from jaxnorm._src.flax_compat import check_axis_index_groups, compute_input, ful
 __all__ = ["BatchNorm", "LayerNorm"]
 
 
+def _affine_params(mdl: module.Module, feature_shape: list[int]) -> tuple[Any, Any]:
+    """``scale`` then ``bias`` created as Flax creates them (same order and keys); None when disabled."""
+    out = []
+    for name, use, init in (("scale", mdl.use_scale, mdl.scale_init), ("bias", mdl.use_bias, mdl.bias_init)):
+        p = mdl.param(name, init, feature_shape, mdl.param_dtype) if use else None
+        if p is not None and not mdl.force_float32_reductions:
+            p = jnp.asarray(p, mdl.param_dtype)
+        out.append(p)
+    return out[0], out[1]
+
+
 class BatchNorm(module.Module):
     r"""Batch normalization, a drop-in for ``flax.linen.BatchNorm`` with stable statistics.
 
@@ -153,15 +164,7 @@ class BatchNorm(module.Module):
         stat_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stat_dtype), feature_shape)
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stat_dtype), feature_shape)
-        scale = bias = None
-        if self.use_scale:
-            scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
-            if not self.force_float32_reductions:
-                scale = jnp.asarray(scale, self.param_dtype)
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
-            if not self.force_float32_reductions:
-                bias = jnp.asarray(bias, self.param_dtype)
+        scale, bias = _affine_params(self, feature_shape)
         out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
 
@@ -274,15 +277,7 @@ class LayerNorm(module.Module):
         feature_shape = [x.shape[a] for a in feature_axes]
         expand = lambda v: validation.expand_to_rank(v, x.ndim, feature_axes)
 
-        scale = bias = None
-        if self.use_scale:
-            scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
-            if not self.force_float32_reductions:
-                scale = jnp.asarray(scale, self.param_dtype)
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
-            if not self.force_float32_reductions:
-                bias = jnp.asarray(bias, self.param_dtype)
+        scale, bias = _affine_params(self, feature_shape)
         out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
 

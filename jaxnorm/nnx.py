@@ -57,6 +57,11 @@ def _features_shape(x: jax.Array, feature_axes: tuple[int, ...]) -> list[int]:
     return [d if i in feature_axes else 1 for i, d in enumerate(x.shape)]
 
 
+def _affine_param(use, init, rngs, shape, dtype, metadata) -> nnx.Param | None:
+    """An ``nnx.Param`` created as Flax creates ``scale``/``bias``, or ``nnx.data(None)`` when disabled."""
+    return nnx.Param(init(rngs.params(), shape, dtype), **metadata) if use else nnx.data(None)
+
+
 class BatchNorm(nnx.Module):
     r"""Batch normalization, a drop-in for ``flax.nnx.BatchNorm`` with stable statistics.
 
@@ -152,16 +157,9 @@ class BatchNorm(nnx.Module):
         feature_shape = (num_features,)
         self.mean = nnx.BatchStat(jnp.zeros(feature_shape, jnp.float32))
         self.var = nnx.BatchStat(jnp.ones(feature_shape, jnp.float32))
-        self.scale: nnx.Param[jax.Array] | None
-        if use_scale:
-            self.scale = nnx.Param(scale_init(rngs.params(), feature_shape, param_dtype), **scale_metadata)
-        else:
-            self.scale = nnx.data(None)
-        self.bias: nnx.Param[jax.Array] | None
-        if use_bias:
-            self.bias = nnx.Param(bias_init(rngs.params(), feature_shape, param_dtype), **bias_metadata)
-        else:
-            self.bias = nnx.data(None)
+        # scale before bias: the same rngs.params() draws as Flax.
+        self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
+        self.bias = _affine_param(use_bias, bias_init, rngs, feature_shape, param_dtype, bias_metadata)
 
         self.num_features = num_features
         self.use_running_average = use_running_average
@@ -301,16 +299,9 @@ class LayerNorm(nnx.Module):
     ):
         check_axis_index_groups(axis_index_groups, "jaxnorm.nnx.LayerNorm")
         feature_shape = (num_features,)
-        self.scale: nnx.Param[jax.Array] | None
-        if use_scale:
-            self.scale = nnx.Param(scale_init(rngs.params(), feature_shape, param_dtype), **scale_metadata)
-        else:
-            self.scale = nnx.data(None)
-        self.bias: nnx.Param[jax.Array] | None
-        if use_bias:
-            self.bias = nnx.Param(bias_init(rngs.params(), feature_shape, param_dtype), **bias_metadata)
-        else:
-            self.bias = nnx.data(None)
+        # scale before bias: the same rngs.params() draws as Flax.
+        self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
+        self.bias = _affine_param(use_bias, bias_init, rngs, feature_shape, param_dtype, bias_metadata)
 
         self.num_features = num_features
         self.epsilon = epsilon
