@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -15,6 +16,18 @@ from jaxnorm._src.layer import Layer
 
 def _neutral(value: Any) -> bool:
     return value is None
+
+
+_MOMENTUM_CONVENTIONS = {
+    "keras": "momentum weighs the old value (Keras, Flax, equinox)",
+    "torch": "momentum weighs the batch (PyTorch)",
+}
+_MOVING_VARS = {"biased": "M2 / n (Keras, Flax)", "unbiased": "M2 / (n - 1) (PyTorch)"}
+_AVERAGINGS = {
+    "exponential": "moving average (Keras, Flax, PyTorch)",
+    "cumulative": "mean of all batches so far (PyTorch momentum=None)",
+    "debiased": "zero-debiased moving average (Haiku)",
+}
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -51,6 +64,25 @@ class BatchNorm(Layer):
       param_dtype: dtype of ``scale`` and ``bias`` (default float32).
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``:
         the batch statistics are then those of the whole global batch, exactly count-weighted.
+      momentum_convention: which weight ``momentum`` is. 'keras' (default; also Flax and equinox): the
+        weight of the old value, ``moving = m * moving + (1 - m) * batch``. 'torch': the weight of the batch,
+        ``moving = (1 - m) * moving + m * batch`` (PyTorch's ``momentum=0.1`` is Keras's 0.9).
+      moving_var: the variance the moving average tracks. 'biased' (default; Keras, Flax): the population
+        variance ``M2 / n`` the batch is normalized with. 'unbiased' (PyTorch): ``M2 / (n - 1)``; the batch
+        itself is still normalized with the biased one.
+      averaging: 'exponential' (default; Keras, Flax, PyTorch with a momentum); 'cumulative' (PyTorch's
+        ``momentum=None``): the plain mean of all batch statistics so far, ``moving += (batch - moving) / t``,
+        ``momentum`` unused and the initial value dropping out; 'debiased' (Haiku): the zero-debiased EMA
+        ``hidden_t = d * hidden_{t-1} + (1 - d) * batch``, ``moving = hidden_t / (1 - d^t)`` with
+        ``hidden_0 = 0`` and ``d`` the old value's weight. The last two add a step counter ``state['count']``
+        (int32, PyTorch's ``num_batches_tracked``).
+      safe_update: if True (default), a training batch whose statistics are not all finite, or whose mask
+        selects nothing for some feature, leaves the whole state (moving statistics and counter) exactly as it
+        was. The output is still computed from the batch (finite for an all-masked batch of finite values).
+      allow_single_value: if False (default), training on an input with a single value per feature (e.g. a
+        batch of one without spatial axes) raises ``ValueError`` at trace time, as PyTorch does: its variance
+        is 0 and the output is all ``bias``. Set True to allow it. Not checked with a mask or ``axis_name``
+        (the count is not known at trace time).
 
     ``init(key, x) -> (params, state)``: ``params = {'scale', 'bias'}`` (each present when enabled) and
     ``state = {'mean', 'var'}``, the same trees as Flax's ``variables['params']`` and
@@ -89,6 +121,11 @@ class BatchNorm(Layer):
     var_init: Any = "ones"
     param_dtype: Any = "float32"
     axis_name: Any = None
+    momentum_convention: str = "keras"
+    moving_var: str = "biased"
+    averaging: str = "exponential"
+    safe_update: bool = True
+    allow_single_value: bool = False
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init", "mean_init", "var_init")
     _KERAS_CLASS = "BatchNormalization"
@@ -120,6 +157,11 @@ class BatchNorm(Layer):
         validation.check_unit_interval(self.momentum, "momentum")
         validation.check_bool(self.use_scale, "use_scale")
         validation.check_bool(self.use_bias, "use_bias")
+        validation.check_choice(self.momentum_convention, "momentum_convention", _MOMENTUM_CONVENTIONS)
+        validation.check_choice(self.moving_var, "moving_var", _MOVING_VARS)
+        validation.check_choice(self.averaging, "averaging", _AVERAGINGS)
+        validation.check_bool(self.safe_update, "safe_update")
+        validation.check_bool(self.allow_single_value, "allow_single_value")
         if isinstance(self.axis_name, list):
             object.__setattr__(self, "axis_name", tuple(self.axis_name))
         self._post_init_common()
@@ -157,7 +199,43 @@ class BatchNorm(Layer):
         state = layer.init_arrays(
             state_key, {"mean": (self.mean_init, fshape, sdtype), "var": (self.var_init, fshape, sdtype)}
         )
+        if self._counts_steps:
+            state["count"] = jnp.zeros((), jnp.int32)
         return params, state
+
+    @property
+    def _counts_steps(self) -> bool:
+        return self.averaging != "exponential"
+
+    def _state_spec(self, fshape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], Any]]:
+        spec = {"mean": (fshape, None), "var": (fshape, None)}
+        if self._counts_steps:
+            spec["count"] = ((), "int")
+        return spec
+
+    def _updated_state(self, state, count, mean, var):
+        """The new state from the old one and this batch's feature-shaped (count, mean, biased var)."""
+        if self.moving_var == "unbiased":
+            var = var * jnp.where(count > 1, count / jnp.maximum(count - 1, 1), 1)
+        keep = self.momentum if self.momentum_convention == "keras" else 1 - self.momentum  # old value's weight
+        new = {}
+        if self._counts_steps:
+            new["count"] = state["count"] + 1
+            t = new["count"].astype(mean.dtype)
+        for key, batch in (("mean", mean), ("var", var)):
+            old = state[key]
+            if self.averaging == "exponential":
+                value = stats.moving_average(old, batch, keep)
+            elif self.averaging == "cumulative":
+                value = old + (batch - old) / t
+            else:  # debiased: recover hidden_{t-1} = old * (1 - d^(t-1)); hidden_0 = 0
+                hidden = keep * (old * (1 - keep ** (t - 1))) + (1 - keep) * batch
+                value = hidden / (1 - keep**t)
+            new[key] = lax.stop_gradient(value.astype(old.dtype))
+        if self.safe_update:
+            ok = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(var)) & jnp.all(count > 0)
+            new = {k: jnp.where(ok, v, state[k]) for k, v in new.items()}
+        return new
 
     def apply(
         self,
@@ -198,17 +276,22 @@ class BatchNorm(Layer):
         )
         params = self._check_params(params, fshape, fix)
         given_state = state
-        state = validation.check_tree(state, {"mean": (fshape, None), "var": (fshape, None)}, "state", fix)
+        state = validation.check_tree(state, self._state_spec(fshape), "state", fix)
         expand = lambda v: validation.expand_to_rank(v, x.ndim, feature_axes)  # noqa: E731
 
         if training:
             m = None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
-            mean, var = stats.mean_var(x, reduction_axes, m, self.axis_name)
-            batch_mean, batch_var = jnp.squeeze(mean, reduction_axes), jnp.squeeze(var, reduction_axes)
-            new_state = {
-                k: lax.stop_gradient(stats.moving_average(state[k], b, self.momentum))
-                for k, b in (("mean", batch_mean), ("var", batch_var))
-            }
+            n = math.prod(x.shape[a] for a in reduction_axes)
+            if n == 1 and m is None and self.axis_name is None and not self.allow_single_value:
+                raise ValueError(
+                    f"BatchNorm in training needs more than one value per feature, but x has shape {x.shape} "
+                    f"with axis={self.axis!r}: one value per feature, so the batch variance is 0 and the output "
+                    "is all `bias` (PyTorch raises here too). Train on a batch of at least 2, use "
+                    "training=False, or pass allow_single_value=True."
+                )
+            count, mean, var = stats.count_mean_var(x, reduction_axes, m, self.axis_name)
+            squeeze = lambda v: jnp.squeeze(v, reduction_axes)  # noqa: E731
+            new_state = self._updated_state(state, squeeze(count), squeeze(mean), squeeze(var))
         else:
             mean, var = expand(state["mean"]), expand(state["var"])
             new_state = given_state

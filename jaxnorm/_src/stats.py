@@ -83,12 +83,19 @@ def _merge_across(count, mean, m2, axis_name):
     return total[0], mean_all[0], m2_all[0]
 
 
+def count_mean_var(
+    x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None = None, axis_name: Any = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Count, mean and population variance over ``axes`` with keepdims (mean and var 0 where count is 0)."""
+    count, mean, m2 = count_mean_m2(x, axes, mask, axis_name)
+    return count, mean, m2 / jnp.maximum(count, 1)
+
+
 def mean_var(
     x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None = None, axis_name: Any = None
 ) -> tuple[jax.Array, jax.Array]:
     """Mean and population variance over ``axes`` with keepdims (0 and 0 where nothing is selected)."""
-    count, mean, m2 = count_mean_m2(x, axes, mask, axis_name)
-    return mean, m2 / jnp.maximum(count, 1)
+    return count_mean_var(x, axes, mask, axis_name)[1:]
 
 
 def moments(

@@ -125,6 +125,13 @@ def check_unit_interval(value: Any, name: str) -> None:
         )
 
 
+def check_choice(value: Any, name: str, choices: dict[str, str]) -> None:
+    """Raises ``ValueError`` unless ``value`` is one of ``choices`` (a mapping of choice -> what it means)."""
+    if value not in choices:
+        listed = "; ".join(f"{k!r}: {v}" for k, v in choices.items())
+        raise ValueError(f"`{name}`={value!r} is not one of the supported choices: {listed}.")
+
+
 def check_bool(value: Any, name: str) -> bool:
     """Returns ``value`` as a Python bool, raising ``TypeError`` for anything that is not a concrete bool."""
     if isinstance(value, bool | np.bool_):
@@ -212,7 +219,11 @@ def axes_operand(
 def check_tree(
     tree: Any, expected: dict[str, tuple[tuple[int, ...], Any]], name: str, fix: str
 ) -> dict[str, jax.Array]:
-    """Checks a params or state dict: exactly the expected keys, each of the expected shape, floating."""
+    """Checks a params or state dict: exactly the expected keys, each of the expected shape.
+
+    ``expected`` maps each key to ``(shape, kind)``; kind ``"int"`` requires an integer array (a step counter),
+    anything else a floating one.
+    """
     if not isinstance(tree, dict):
         raise TypeError(f"`{name}` must be a dict, got {type(tree).__name__}. {fix}")
     missing = sorted(set(expected) - set(tree))
@@ -228,13 +239,17 @@ def check_tree(
             f"{fix}"
         )
     out = {}
-    for key, (shape, _) in expected.items():
+    for key, (shape, kind) in expected.items():
         arr = jnp.asarray(tree[key])
         if arr.shape != tuple(shape):
             raise ValueError(
                 f"`{name}['{key}']` has shape {arr.shape} but the input needs {tuple(shape)}. {fix}"
             )
-        check_float_dtype(arr.dtype, f"{name}['{key}']")
+        if kind == "int":
+            if not jnp.issubdtype(arr.dtype, jnp.integer):
+                raise TypeError(f"`{name}['{key}']` must be an integer step counter, got {arr.dtype.name}. {fix}")
+        else:
+            check_float_dtype(arr.dtype, f"{name}['{key}']")
         out[key] = arr
     return out
 

@@ -1,0 +1,151 @@
+"""BatchNorm's explicit conventions (momentum, running variance, averaging) and safe state updates."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnorm
+from tests import reference as ref
+from tests.tolerances import assert_close
+
+
+def _batches(k=4, shape=(6, 2, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.standard_normal(shape) * (i + 1) + i, jnp.float32) for i in range(k)]
+
+
+def _run(spec, xs, **kw):
+    params, state = spec.init(None, xs[0])
+    ys = []
+    for x in xs:
+        y, state = spec.apply(params, state, x, training=True, **kw)
+        ys.append(y)
+    return ys, state
+
+
+def _batch_stats(x, ddof=0):
+    x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+    return x.mean(0), x.var(0, ddof=ddof)
+
+
+def test_torch_momentum_convention_is_one_minus_keras():
+    xs = _batches()
+    _, keras_state = _run(jaxnorm.BatchNorm(momentum=0.9), xs)
+    _, torch_state = _run(jaxnorm.BatchNorm(momentum=0.1, momentum_convention="torch"), xs)
+    assert_close(torch_state["mean"], keras_state["mean"])
+    assert_close(torch_state["var"], keras_state["var"])
+    # and not the same as reading 0.1 with the Keras convention
+    _, wrong = _run(jaxnorm.BatchNorm(momentum=0.1), xs)
+    assert not np.allclose(wrong["mean"], keras_state["mean"], atol=1e-3)
+
+
+def test_unbiased_moving_variance_normalizes_with_biased():
+    xs = _batches(k=1)
+    ys_u, state_u = _run(jaxnorm.BatchNorm(momentum=0.0, moving_var="unbiased"), xs)
+    ys_b, state_b = _run(jaxnorm.BatchNorm(momentum=0.0), xs)
+    mean, var_unbiased = _batch_stats(xs[0], ddof=1)
+    assert_close(state_u["var"], var_unbiased)
+    assert_close(state_b["var"], _batch_stats(xs[0])[1])
+    assert_close(ys_u[0], ys_b[0])  # the output uses the biased variance either way
+
+
+def test_cumulative_average_is_mean_of_batches_pytorch_momentum_none():
+    xs = _batches()
+    spec = jaxnorm.BatchNorm(averaging="cumulative", moving_var="unbiased",
+                             mean_init={"class_name": "Constant", "config": {"value": 123.0}})
+    _, state = _run(spec, xs)
+    stats = [_batch_stats(x, ddof=1) for x in xs]
+    assert int(state["count"]) == len(xs)
+    assert_close(state["mean"], np.mean([m for m, _ in stats], 0))  # the initial 123 dropped out
+    assert_close(state["var"], np.mean([v for _, v in stats], 0))
+
+
+def test_debiased_average_matches_haiku_formula():
+    xs = _batches()
+    d = 0.9
+    _, state = _run(jaxnorm.BatchNorm(momentum=d, averaging="debiased"), xs)
+    hidden = np.zeros(3)
+    for t, x in enumerate(xs, start=1):
+        hidden = d * hidden + (1 - d) * _batch_stats(x)[0]
+        want = hidden / (1 - d**t)
+    assert_close(state["mean"], want, scale=10)
+    # after a single step the debiased average is the batch statistic itself
+    _, one = _run(jaxnorm.BatchNorm(momentum=d, averaging="debiased"), xs[:1])
+    assert_close(one["var"], _batch_stats(xs[0])[1])
+
+
+@pytest.mark.parametrize("averaging", ["exponential", "cumulative", "debiased"])
+def test_non_finite_batch_leaves_state_exactly(averaging):
+    spec = jaxnorm.BatchNorm(momentum=0.5, averaging=averaging)
+    xs = _batches(k=2)
+    params, state = spec.init(None, xs[0])
+    _, state = spec.apply(params, state, xs[0], training=True)
+    bad = xs[1].at[0, 0, 1].set(jnp.nan)
+    _, after = jax.jit(spec.apply, static_argnames="training")(params, state, bad, training=True)
+    for k in state:
+        np.testing.assert_array_equal(after[k], state[k])
+    unsafe = jaxnorm.BatchNorm(momentum=0.5, averaging=averaging, safe_update=False)
+    _, poisoned = unsafe.apply(params, state, bad, training=True)
+    assert np.isnan(np.asarray(poisoned["mean"])[1])
+
+
+def test_empty_mask_leaves_state_and_gives_finite_output():
+    spec = jaxnorm.BatchNorm(momentum=0.5)
+    x = _batches(k=1)[0]
+    params, state = spec.init(None, x)
+    params = {"scale": params["scale"] * 2, "bias": params["bias"] + 1}
+    y, after = spec.apply(params, state, x, training=True, mask=jnp.zeros(x.shape[:-1], bool))
+    assert np.all(np.isfinite(y))
+    for k in state:
+        np.testing.assert_array_equal(after[k], state[k])
+
+
+def test_partly_masked_batch_still_updates():
+    spec = jaxnorm.BatchNorm(momentum=0.0)
+    x = np.asarray(_batches(k=1)[0])
+    keep = np.zeros(x.shape[:-1], bool)
+    keep[0, 0] = keep[3, 1] = True
+    _, after = spec.apply(*spec.init(None, x), jnp.asarray(x), training=True, mask=jnp.asarray(keep))
+    rm, rv = ref.moments(x, (0, 1), np.broadcast_to(keep[..., None], x.shape))
+    assert_close(after["mean"], rm.ravel())
+    assert_close(after["var"], rv.ravel())
+
+
+def test_single_value_per_feature_raises_unless_allowed():
+    spec = jaxnorm.BatchNorm()
+    x = jnp.ones((1, 3))
+    params, state = spec.init(None, x)
+    with pytest.raises(ValueError, match=r"more than one value per feature.*shape \(1, 3\).*allow_single_value"):
+        spec.apply(params, state, x, training=True)
+    y, _ = jaxnorm.BatchNorm(allow_single_value=True).apply(params, state, x, training=True)
+    np.testing.assert_array_equal(y, 0.0)
+    spec.apply(params, state, x, training=False)  # inference is fine
+    spec.apply(params, state, jnp.ones((1, 2, 3)), training=True)  # two values per feature is fine
+
+
+def test_counter_in_state_tree_and_config_round_trip():
+    spec = jaxnorm.BatchNorm(momentum=0.1, momentum_convention="torch", moving_var="unbiased",
+                             averaging="cumulative", safe_update=False, allow_single_value=True)
+    params, state = spec.init(None, jnp.ones((2, 3)))
+    assert state["count"].dtype == jnp.int32 and state["count"].shape == ()
+    assert type(spec).from_config(json.loads(json.dumps(spec.get_config()))) == spec
+    with pytest.raises(TypeError, match=r"`state\['count'\]` must be an integer step counter"):
+        spec.apply(params, {**state, "count": jnp.zeros(())}, jnp.ones((2, 3)), training=True)
+    with pytest.raises(ValueError, match=r"missing \['count'\]"):
+        spec.apply(params, {"mean": state["mean"], "var": state["var"]}, jnp.ones((2, 3)), training=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"momentum_convention": "pytorch"}, r"`momentum_convention`='pytorch' is not one of .*'torch'"),
+        ({"moving_var": "sample"}, r"`moving_var`='sample' is not one of .*'unbiased'"),
+        ({"averaging": "ema"}, r"`averaging`='ema' is not one of .*'debiased'"),
+    ],
+)
+def test_bad_convention_names(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jaxnorm.BatchNorm(**kwargs)
