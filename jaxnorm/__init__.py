@@ -5,6 +5,9 @@ Public API:
 - functional ops: :func:`moments`, :func:`batch_normalization`, :func:`normalize_batch_in_training`,
   :func:`layer_norm`;
 - layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`;
+- train-step helpers over a model's params: :func:`regularization_loss`, :func:`apply_constraints`,
+  :func:`constraints_transform` (Optax), :func:`trainable_mask`, :func:`decay_mask`;
+- converters to and from Keras and PyTorch layers in :mod:`jaxnorm.interop`;
 - Flax drop-ins in :mod:`jaxnorm.linen` and :mod:`jaxnorm.nnx` (need ``flax``).
 """
 
@@ -12,14 +15,26 @@ from jaxnorm._src.batch_norm import BatchNorm
 from jaxnorm._src.layer_norm import LayerNorm
 from jaxnorm._src.ops import batch_normalization, layer_norm, normalize_batch_in_training
 from jaxnorm._src.stats import moments
+from jaxnorm._src.training import (
+    apply_constraints,
+    constraints_transform,
+    decay_mask,
+    regularization_loss,
+    trainable_mask,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm",
     "LayerNorm",
+    "apply_constraints",
     "batch_normalization",
+    "constraints_transform",
+    "decay_mask",
     "layer_norm",
     "moments",
     "normalize_batch_in_training",
+    "regularization_loss",
+    "trainable_mask",
 ]

@@ -4,18 +4,44 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._src import layer, ops, stats, validation
+from jaxnorm._src import initializers, layer, ops, stats, validation
 from jaxnorm._src.layer import Layer
 
+_RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
-def _neutral(value: Any) -> bool:
-    return value is None
+
+def _check_renorm_clipping(clipping: Any) -> Any:
+    """Validates Keras's ``renorm_clipping`` dict; returns it hashable (or None)."""
+    if clipping is None:
+        return None
+    if not isinstance(clipping, Mapping):
+        raise TypeError(
+            f"`renorm_clipping` must be None or a dict with keys among {list(_RENORM_CLIPPING_KEYS)}, got "
+            f"{clipping!r} ({type(clipping).__name__})."
+        )
+    unknown = sorted(set(clipping) - set(_RENORM_CLIPPING_KEYS))
+    if unknown:
+        raise ValueError(
+            f"`renorm_clipping` has unknown key(s) {unknown}; the keys are 'rmax', 'rmin' (bounds of r) and "
+            f"'dmax' (bound of |d|). Got {dict(clipping)!r}."
+        )
+    for k, v in clipping.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v)):
+            raise TypeError(f"`renorm_clipping[{k!r}]` must be a float or None, got {v!r}.")
+    rmin, rmax, dmax = (clipping.get(k) for k in ("rmin", "rmax", "dmax"))
+    if rmin is not None and rmax is not None and rmax < rmin:
+        raise ValueError(f"`renorm_clipping` needs rmax >= rmin, got rmax={rmax}, rmin={rmin}.")
+    if dmax is not None and dmax < 0:
+        raise ValueError(f"`renorm_clipping` needs dmax >= 0, got dmax={dmax}.")
+    return initializers.freeze(dict(clipping))
 
 
 _MOMENTUM_CONVENTIONS = {
@@ -83,10 +109,34 @@ class BatchNorm(Layer):
         batch of one without spatial axes) raises ``ValueError`` at trace time, as PyTorch does: its variance
         is 0 and the output is all ``bias``. Set True to allow it. Not checked with a mask or ``axis_name``
         (the count is not known at trace time).
+      renorm: batch renormalization (Ioffe 2017) as Keras 3 does it. In training the batch-normalized
+        :math:`\hat x` becomes :math:`(\hat x\,r + d)\,\text{scale} + \text{bias}` with
+        :math:`r = \sqrt{\sigma_B^2 + \epsilon} / s`, :math:`d = (\mu_B - \mu_R) / s`,
+        :math:`s = \max(\text{renorm\_stddev}, \sqrt\epsilon)`, both clipped by ``renorm_clipping`` and
+        held constant in the gradient. The state gains ``renorm_mean`` and ``renorm_stddev`` (averaged with
+        ``renorm_momentum``) and ``stddev`` (averaged with ``momentum``; ``var = max(stddev^2 - eps, 0)`` is
+        derived from it, as Keras does). Inference is unchanged. Needs the default ``averaging`` and
+        ``moving_var``.
+      renorm_clipping: None or a dict with optional keys 'rmax', 'rmin', 'dmax': ``r`` is clipped to
+        ``[rmin, rmax]`` and ``d`` to ``[-dmax, dmax]`` (missing keys: no bound).
+      renorm_momentum: float in [0, 1], the momentum of ``renorm_mean``/``renorm_stddev`` (default 0.99).
+      scale_regularizer, bias_regularizer: None, a Keras regularizer name ('l1', 'l2', 'l1_l2') or config
+        dict, or a callable ``w -> scalar``; :meth:`regularization_loss` sums them (Keras's
+        ``gamma_regularizer``/``beta_regularizer``).
+      scale_constraint, bias_constraint: None, a Keras constraint name ('non_neg', 'max_norm',
+        'min_max_norm', 'unit_norm') or config dict, or a callable ``w -> w``; :meth:`apply_constraints`
+        projects the params onto them after an optimizer step (Keras's ``gamma_constraint``/``beta_constraint``).
+      trainable: False freezes the layer as Keras's ``trainable=False`` does: ``apply`` runs in inference mode
+        even with ``training=True`` (moving statistics used and returned unchanged), the params get no gradient
+        (``stop_gradient``), no regularization loss and no constraint. Exclude them from the optimizer with
+        :func:`jaxnorm.trainable_mask` (so that weight decay does not move them either).
+      count_steps: keep the step counter ``state['count']`` (PyTorch's ``num_batches_tracked``) also with
+        exponential averaging; on by itself for 'cumulative' and 'debiased'.
 
     ``init(key, x) -> (params, state)``: ``params = {'scale', 'bias'}`` (each present when enabled) and
     ``state = {'mean', 'var'}``, the same trees as Flax's ``variables['params']`` and
-    ``variables['batch_stats']``. The state's dtype is ``promote_types(x.dtype, float32)``.
+    ``variables['batch_stats']`` (plus ``stddev``, ``renorm_mean``, ``renorm_stddev`` with ``renorm`` and
+    ``count`` when counting steps). The state's dtype is ``promote_types(x.dtype, float32)``.
 
     ``apply(params, state, x, *, training, mask=None) -> (y, new_state)``.
 
@@ -94,8 +144,8 @@ class BatchNorm(Layer):
       TypeError / ValueError at construction for bad hyperparameters and in ``init``/``apply`` for bad input,
       each naming the argument and the fix (see :meth:`apply`).
 
-    Source: Ioffe & Szegedy 2015, "Batch Normalization"; semantics and defaults of
-    ``keras.layers.BatchNormalization`` (Keras 3), tree layout of ``flax.linen.BatchNorm``.
+    Source: Ioffe & Szegedy 2015, "Batch Normalization"; Ioffe 2017, "Batch Renormalization"; semantics and
+    defaults of ``keras.layers.BatchNormalization`` (Keras 3), tree layout of ``flax.linen.BatchNorm``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxnorm
@@ -126,6 +176,15 @@ class BatchNorm(Layer):
     averaging: str = "exponential"
     safe_update: bool = True
     allow_single_value: bool = False
+    renorm: bool = False
+    renorm_clipping: Any = None
+    renorm_momentum: float = 0.99
+    scale_regularizer: Any = None
+    bias_regularizer: Any = None
+    scale_constraint: Any = None
+    bias_constraint: Any = None
+    trainable: bool = True
+    count_steps: bool = False
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init", "mean_init", "var_init")
     _KERAS_CLASS = "BatchNormalization"
@@ -139,17 +198,30 @@ class BatchNorm(Layer):
         "gamma_initializer": "scale_init",
         "moving_mean_initializer": "mean_init",
         "moving_variance_initializer": "var_init",
+        "beta_regularizer": "bias_regularizer",
+        "gamma_regularizer": "scale_regularizer",
+        "beta_constraint": "bias_constraint",
+        "gamma_constraint": "scale_constraint",
+        "renorm": "renorm",
+        "renorm_clipping": "renorm_clipping",
+        "renorm_momentum": "renorm_momentum",
+        "trainable": "trainable",
     }
     _KERAS_RESTRICTED = {
         **Layer._KERAS_RESTRICTED,
-        "beta_regularizer": (_neutral, "None"),
-        "gamma_regularizer": (_neutral, "None"),
-        "beta_constraint": (_neutral, "None"),
-        "gamma_constraint": (_neutral, "None"),
-        "synchronized": (lambda v: v is False, "False"),
-        "renorm": (lambda v: v is False, "False"),
-        "renorm_clipping": (_neutral, "None"),
-        "renorm_momentum": (lambda v: True, "any (unused without renorm)"),
+        "synchronized": (
+            lambda v: v is False,
+            "False; for statistics across devices give jaxnorm's BatchNorm `axis_name` instead",
+        ),
+    }
+    _KERAS_FIXED = {"synchronized": False}
+    _KERAS_EQUIVALENT = {
+        **Layer._KERAS_EQUIVALENT,
+        "axis": (lambda v: isinstance(v, int), "one feature axis, an int"),
+        "axis_name": (lambda v: v is None, "statistics of the local batch, axis_name=None"),
+        "momentum_convention": (lambda v: v == "keras", "'keras'"),
+        "moving_var": (lambda v: v == "biased", "'biased'"),
+        "averaging": (lambda v: v == "exponential", "'exponential'"),
     }
 
     def __post_init__(self):
@@ -162,6 +234,16 @@ class BatchNorm(Layer):
         validation.check_choice(self.averaging, "averaging", _AVERAGINGS)
         validation.check_bool(self.safe_update, "safe_update")
         validation.check_bool(self.allow_single_value, "allow_single_value")
+        validation.check_bool(self.renorm, "renorm")
+        validation.check_bool(self.count_steps, "count_steps")
+        validation.check_unit_interval(self.renorm_momentum, "renorm_momentum")
+        object.__setattr__(self, "renorm_clipping", _check_renorm_clipping(self.renorm_clipping))
+        if self.renorm and (self.averaging != "exponential" or self.moving_var != "biased"):
+            raise ValueError(
+                f"renorm=True follows Keras's batch renormalization, which keeps exponential averages of the "
+                f"biased statistics; got averaging={self.averaging!r}, moving_var={self.moving_var!r}. Use "
+                "averaging='exponential', moving_var='biased' with renorm, or renorm=False."
+            )
         if isinstance(self.axis_name, list):
             object.__setattr__(self, "axis_name", tuple(self.axis_name))
         self._post_init_common()
@@ -199,30 +281,61 @@ class BatchNorm(Layer):
         state = layer.init_arrays(
             state_key, {"mean": (self.mean_init, fshape, sdtype), "var": (self.var_init, fshape, sdtype)}
         )
+        if self.renorm:  # Keras: moving_stddev and renorm_stddev start at sqrt(var_init), renorm_mean at mean_init
+            state["stddev"] = jnp.sqrt(state["var"])
+            state["renorm_mean"] = state["mean"]
+            state["renorm_stddev"] = state["stddev"]
         if self._counts_steps:
             state["count"] = jnp.zeros((), jnp.int32)
         return params, state
 
     @property
     def _counts_steps(self) -> bool:
-        return self.averaging != "exponential"
+        return self.averaging != "exponential" or self.count_steps
+
+    def _keep(self, momentum: float) -> float:
+        """The old value's weight in the moving average, from a momentum in this spec's convention."""
+        return momentum if self.momentum_convention == "keras" else 1 - momentum
 
     def _state_spec(self, fshape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], Any]]:
-        spec = {"mean": (fshape, None), "var": (fshape, None)}
+        keys = ("mean", "var") + (("stddev", "renorm_mean", "renorm_stddev") if self.renorm else ())
+        spec = {k: (fshape, None) for k in keys}
         if self._counts_steps:
             spec["count"] = ((), "int")
         return spec
+
+    def _renorm_correction(self, state, mean, var):
+        """Keras's batch-renorm correction ``(r, d)`` from the old renorm statistics, clipped, as constants."""
+        eps = jnp.asarray(self.epsilon, mean.dtype)
+        renorm_stddev = jnp.maximum(state["renorm_stddev"].astype(mean.dtype), jnp.sqrt(eps))
+        r = jnp.sqrt(var + eps) / renorm_stddev
+        d = (mean - state["renorm_mean"].astype(mean.dtype)) / renorm_stddev
+        clipping = initializers.thaw(self.renorm_clipping) or {}
+        if clipping.get("rmin") is not None:
+            r = jnp.maximum(r, clipping["rmin"])
+        if clipping.get("rmax") is not None:
+            r = jnp.minimum(r, clipping["rmax"])
+        if clipping.get("dmax") is not None:
+            d = jnp.clip(d, -clipping["dmax"], clipping["dmax"])
+        return lax.stop_gradient(r), lax.stop_gradient(d)
 
     def _updated_state(self, state, count, mean, var):
         """The new state from the old one and this batch's feature-shaped (count, mean, biased var)."""
         if self.moving_var == "unbiased":
             var = var * jnp.where(count > 1, count / jnp.maximum(count - 1, 1), 1)
-        keep = self.momentum if self.momentum_convention == "keras" else 1 - self.momentum  # old value's weight
+        keep = self._keep(self.momentum)
         new = {}
         if self._counts_steps:
             new["count"] = state["count"] + 1
             t = new["count"].astype(mean.dtype)
-        for key, batch in (("mean", mean), ("var", var)):
+        batches = {"mean": mean, "var": var}
+        if self.renorm:  # Keras: averages of the stddev; the variance is derived from the moving stddev
+            stddev = jnp.sqrt(var + self.epsilon)
+            batches = {"mean": mean, "stddev": stddev}
+            renorm_keep = self._keep(self.renorm_momentum)
+            for key, batch in (("renorm_mean", mean), ("renorm_stddev", stddev)):
+                new[key] = stats.moving_average(state[key], batch, renorm_keep)
+        for key, batch in batches.items():
             old = state[key]
             if self.averaging == "exponential":
                 value = stats.moving_average(old, batch, keep)
@@ -231,7 +344,10 @@ class BatchNorm(Layer):
             else:  # debiased: recover hidden_{t-1} = old * (1 - d^(t-1)); hidden_0 = 0
                 hidden = keep * (old * (1 - keep ** (t - 1))) + (1 - keep) * batch
                 value = hidden / (1 - keep**t)
-            new[key] = lax.stop_gradient(value.astype(old.dtype))
+            new[key] = value
+        if self.renorm:
+            new["var"] = jnp.maximum(new["stddev"] ** 2 - self.epsilon, 0)
+        new = {k: lax.stop_gradient(v.astype(state[k].dtype)) for k, v in new.items()}
         if self.safe_update:
             ok = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(var)) & jnp.all(count > 0)
             new = {k: jnp.where(ok, v, state[k]) for k, v in new.items()}
@@ -254,7 +370,8 @@ class BatchNorm(Layer):
           x: floating array whose sizes along ``axis`` match ``params``/``state`` (any rank, any float dtype;
             bf16 in, bf16 out).
           training: required Python bool. True: normalize with the batch statistics and return updated moving
-            statistics. False: normalize with the moving statistics; the state is returned unchanged.
+            statistics. False (or a frozen layer, ``trainable=False``): normalize with the moving statistics;
+            the state is returned unchanged.
           mask: optional boolean array broadcastable to ``x`` (or of shape ``x.shape[:-1]``, Keras's); in
             training only the True positions enter the batch statistics (values elsewhere may be NaN).
 
@@ -274,12 +391,14 @@ class BatchNorm(Layer):
             f"They must match the input's features along axis={self.axis!r} (shape {fshape}); re-create "
             "them with `init` for this input and spec."
         )
-        params = self._check_params(params, fshape, fix)
+        params = self._params_in_use(self._check_params(params, fshape, fix))
         given_state = state
         state = validation.check_tree(state, self._state_spec(fshape), "state", fix)
         expand = lambda v: validation.expand_to_rank(v, x.ndim, feature_axes)  # noqa: E731
+        scale = expand(params["scale"]) if self.use_scale else None
+        bias = expand(params["bias"]) if self.use_bias else None
 
-        if training:
+        if training and self.trainable:
             m = None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
             n = math.prod(x.shape[a] for a in reduction_axes)
             if n == 1 and m is None and self.axis_name is None and not self.allow_single_value:
@@ -291,10 +410,13 @@ class BatchNorm(Layer):
                 )
             count, mean, var = stats.count_mean_var(x, reduction_axes, m, self.axis_name)
             squeeze = lambda v: jnp.squeeze(v, reduction_axes)  # noqa: E731
+            if self.renorm:  # (x_hat * r + d) * scale + bias, r and d constants of the gradient
+                r, d = (expand(v) for v in self._renorm_correction(state, squeeze(mean), squeeze(var)))
+                shift = d if scale is None else d * scale
+                bias = shift if bias is None else shift + bias
+                scale = r if scale is None else r * scale
             new_state = self._updated_state(state, squeeze(count), squeeze(mean), squeeze(var))
         else:
             mean, var = expand(state["mean"]), expand(state["var"])
             new_state = given_state
-        scale = expand(params["scale"]) if self.use_scale else None
-        bias = expand(params["bias"]) if self.use_bias else None
         return ops.normalize(x, mean, var, bias, scale, self.epsilon), new_state

@@ -113,6 +113,9 @@ def serialize(spec: Any, name: str) -> Any:
 class FrozenDict(tuple):
     """A hashable, immutable stand-in for a config dict stored on a frozen spec: sorted (key, value) pairs."""
 
+    def __repr__(self) -> str:
+        return repr(thaw(self))
+
 
 def freeze(value: Any) -> Any:
     """Recursively turns dicts into hashable FrozenDicts and lists into tuples."""

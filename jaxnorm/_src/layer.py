@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxnorm._src import initializers, validation
+from jaxnorm._src import constraints, initializers, regularizers, validation
 
 
 def _is_float32_dtype(value: Any) -> bool:
@@ -31,19 +31,32 @@ class Layer:
 
     # Fields holding initializers (stored frozen, resolved at init).
     _INITIALIZER_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # Regularizer / constraint fields -> the parameter they act on.
+    _REGULARIZER_FIELDS: ClassVar[dict[str, str]] = {"scale_regularizer": "scale", "bias_regularizer": "bias"}
+    _CONSTRAINT_FIELDS: ClassVar[dict[str, str]] = {"scale_constraint": "scale", "bias_constraint": "bias"}
+    # Fields with no Keras key and the value that computes what Keras computes: field -> (accepts, description).
+    _KERAS_EQUIVALENT: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
+        "param_dtype": (lambda v: v == "float32", "'float32'"),
+    }
     # Keras config key -> jaxnorm field.
     _KERAS_RENAMES: ClassVar[dict[str, str]] = {}
     # Keras config keys jaxnorm accepts only at the given values: key -> (accepts(value), what is accepted).
     _KERAS_RESTRICTED: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
         "name": (lambda v: True, "any"),
-        "trainable": (lambda v: v is True, "True"),
         "dtype": (_is_float32_dtype, "'float32'"),
     }
     _KERAS_CLASS: ClassVar[str] = ""
+    # Keras config entries jaxnorm always writes in to_keras_config.
+    _KERAS_FIXED: ClassVar[dict[str, Any]] = {}
 
     def _post_init_common(self) -> None:
         for f in self._INITIALIZER_FIELDS:
             object.__setattr__(self, f, initializers.check(getattr(self, f), f))
+        for f in self._REGULARIZER_FIELDS:
+            object.__setattr__(self, f, regularizers.check(getattr(self, f), f))
+        for f in self._CONSTRAINT_FIELDS:
+            object.__setattr__(self, f, constraints.check(getattr(self, f), f))
+        validation.check_bool(self.trainable, "trainable")
         if hasattr(self, "param_dtype"):
             dt = jnp.dtype(self.param_dtype)
             validation.check_float_dtype(dt, "param_dtype")
@@ -51,12 +64,20 @@ class Layer:
         if hasattr(self, "epsilon"):
             validation.check_epsilon(self.epsilon)
 
+    @property
+    def _has_scale(self) -> bool:
+        return self.use_scale
+
+    @property
+    def _has_bias(self) -> bool:
+        return self.use_bias
+
     def _affine_init_specs(self, shape: tuple[int, ...]) -> dict[str, tuple[Any, tuple[int, ...], Any]]:
         """``{'scale', 'bias'}`` (those enabled) -> (initializer, shape, param_dtype), for ``init_arrays``."""
         specs = {}
-        if self.use_scale:
+        if self._has_scale:
             specs["scale"] = (self.scale_init, shape, self.param_dtype)
-        if self.use_bias:
+        if self._has_bias:
             specs["bias"] = (self.bias_init, shape, self.param_dtype)
         return specs
 
@@ -64,6 +85,98 @@ class Layer:
         """Checks ``params`` holds exactly the enabled ``scale``/``bias``, each of ``shape``."""
         expected = {k: (shape, None) for k in self._affine_init_specs(shape)}
         return validation.check_tree(params, expected, "params", fix)
+
+    def _params_in_use(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """A frozen layer's (``trainable=False``) parameters get no gradient, as Keras's non-trainable weights."""
+        return params if self.trainable else jax.tree.map(jax.lax.stop_gradient, params)
+
+    def regularization_loss(self, params: Mapping[str, jax.Array]) -> jax.Array:
+        r"""The weight penalty of this layer's regularizers, to add to the loss.
+
+        .. math::
+            \text{loss} = R_\text{scale}(\text{scale}) + R_\text{bias}(\text{bias})
+
+        with each :math:`R` the layer's ``scale_regularizer``/``bias_regularizer`` (Keras's L1: ``l1 * sum|w|``,
+        L2: ``l2 * sum(w^2)``, L1L2: both). A frozen layer (``trainable=False``) contributes 0, as in Keras,
+        whose ``layer.losses`` only regularize trainable weights.
+
+        Args:
+          params: the layer's ``{'scale', 'bias'}`` (those enabled), any float dtype.
+
+        Returns:
+          A float32 scalar (float64 for float64 params); 0 when the layer has no regularizer.
+
+        Raises:
+          ValueError: ``params`` misses a regularized parameter.
+
+        Source: ``keras.regularizers``, ``keras.layers.Layer.losses``.
+        """
+        total = jnp.zeros((), jnp.float32)
+        if not self.trainable:
+            return total
+        for f, pname in self._REGULARIZER_FIELDS.items():
+            penalty = regularizers.resolve(getattr(self, f), f)
+            if penalty is None:
+                continue
+            value = _param(params, pname, f)
+            total = total + penalty(value)
+        return total
+
+    def apply_constraints(self, params: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Projects ``params`` onto the layer's constraints; run it after each optimizer step, as Keras does.
+
+        ``scale`` goes through ``scale_constraint`` and ``bias`` through ``bias_constraint`` (Keras's
+        ``non_neg``: ``w * (w >= 0)``; ``max_norm``, ``min_max_norm``, ``unit_norm``: rescale to the norm bound
+        along their ``axis``). Parameters without a constraint, and every parameter of a frozen layer, are
+        returned as they are. Pure: returns a new dict.
+
+        Args:
+          params: the layer's ``{'scale', 'bias'}`` (those enabled).
+
+        Returns:
+          The projected params, same tree, shapes and dtypes.
+
+        Raises:
+          ValueError: ``params`` misses a constrained parameter, or a constraint's ``axis`` does not fit it.
+
+        Source: ``keras.constraints``; Keras applies them after the optimizer's update
+        (``variable.assign(variable.constraint(variable))``).
+        """
+        out = dict(params)
+        if not self.trainable:
+            return out
+        for f, pname in self._CONSTRAINT_FIELDS.items():
+            project = constraints.resolve(getattr(self, f), f)
+            if project is not None:
+                out[pname] = project(_param(params, pname, f))
+        return out
+
+    def to_keras_config(self) -> dict[str, Any]:
+        """The config of the equivalent Keras layer: ``keras.layers.<Class>.from_config(spec.to_keras_config())``.
+
+        Returns:
+          A dict with Keras's keys (``center``, ``gamma_initializer``, ...); initializers, regularizers and
+          constraints in the forms Keras deserializes.
+
+        Raises:
+          ValueError: a setting Keras cannot express (e.g. several feature axes for BatchNorm,
+            ``momentum_convention='torch'``, a ``param_dtype`` other than float32); the message names it.
+          TypeError: an initializer, regularizer or constraint is a callable with no Keras form.
+        """
+        config = self.get_config()
+        bad = [
+            f"{f}={config[f]!r} (Keras computes {what})"
+            for f, (accepts, what) in self._KERAS_EQUIVALENT.items()
+            if not accepts(getattr(self, f))
+        ]
+        if bad:
+            raise ValueError(
+                f"jaxnorm.{type(self).__name__} settings with no Keras {self._KERAS_CLASS} equivalent: "
+                f"{'; '.join(bad)}. Use the value Keras computes to convert this layer."
+            )
+        out = {keras_key: config[field] for keras_key, field in self._KERAS_RENAMES.items()}
+        out.update(self._KERAS_FIXED)
+        return out
 
     def get_config(self) -> dict[str, Any]:
         """The spec's hyperparameters as a JSON-serializable dict; ``type(self).from_config`` inverts it.
@@ -77,6 +190,12 @@ class Layer:
             value = getattr(self, f.name)
             if f.name in self._INITIALIZER_FIELDS:
                 value = initializers.serialize(value, f.name)
+            elif f.name in self._REGULARIZER_FIELDS:
+                value = regularizers.serialize(value, f.name)
+            elif f.name in self._CONSTRAINT_FIELDS:
+                value = constraints.serialize(value, f.name)
+            elif isinstance(value, initializers.FrozenDict):
+                value = initializers.thaw(value)
             elif isinstance(value, tuple):
                 value = list(value)
             config[f.name] = value
@@ -134,6 +253,15 @@ class Layer:
                 "Remove them or set them to the supported value to build the layer."
             )
         return kwargs
+
+
+def _param(params: Mapping[str, jax.Array], name: str, field: str) -> jax.Array:
+    if not isinstance(params, Mapping) or name not in params:
+        keys = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(
+            f"`params` has no {name!r} for `{field}` (got {keys}). Pass the layer's own params from `init`."
+        )
+    return params[name]
 
 
 def check_training(training: Any, layer: str, required: bool) -> bool:

@@ -6,8 +6,9 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
-from jaxnorm._src import layer, ops, validation
+from jaxnorm._src import layer, ops, stats, validation
 from jaxnorm._src.layer import Layer
 
 
@@ -31,6 +32,18 @@ class LayerNorm(Layer):
       scale_init, bias_init: initializers (default 'ones' and 'zeros'): a Keras name, a Keras initializer
         config dict, or a JAX initializer ``(key, shape, dtype) -> array``.
       param_dtype: dtype of ``scale`` and ``bias`` (default float32).
+      rms_scaling: Keras's deprecated ``rms_scaling``, kept so that Keras configs and weights load:
+        :math:`y = x / \sqrt{\sigma^2 + \epsilon} \cdot \text{scale}` (divides by the standard deviation, not
+        the root mean square, and does not center); ``scale`` is always created, ``bias`` never. For RMS
+        normalization proper use an RMSNorm layer.
+      scale_regularizer, bias_regularizer: None, a Keras regularizer name ('l1', 'l2', 'l1_l2') or config
+        dict, or a callable ``w -> scalar``; summed by :meth:`regularization_loss`.
+      scale_constraint, bias_constraint: None, a Keras constraint name ('non_neg', 'max_norm',
+        'min_max_norm', 'unit_norm') or config dict, or a callable ``w -> w``; applied by
+        :meth:`apply_constraints` after an optimizer step.
+      trainable: False freezes the params as Keras's ``trainable=False`` does: no gradient (``stop_gradient``),
+        no regularization loss, no constraint; exclude them from the optimizer with
+        :func:`jaxnorm.trainable_mask`.
 
     ``init(key, x) -> (params, {})`` with ``params = {'scale', 'bias'}`` of shape
     ``[x.shape[a] for a in sorted(axis)]``, the tree of ``flax.linen.LayerNorm``'s ``variables['params']``.
@@ -59,6 +72,12 @@ class LayerNorm(Layer):
     scale_init: Any = "ones"
     bias_init: Any = "zeros"
     param_dtype: Any = "float32"
+    rms_scaling: bool = False
+    scale_regularizer: Any = None
+    bias_regularizer: Any = None
+    scale_constraint: Any = None
+    bias_constraint: Any = None
+    trainable: bool = True
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
     _KERAS_CLASS = "LayerNormalization"
@@ -69,21 +88,28 @@ class LayerNorm(Layer):
         "scale": "use_scale",
         "beta_initializer": "bias_init",
         "gamma_initializer": "scale_init",
-    }
-    _KERAS_RESTRICTED = {
-        **Layer._KERAS_RESTRICTED,
-        "rms_scaling": (lambda v: v is False, "False"),
-        "beta_regularizer": (lambda v: v is None, "None"),
-        "gamma_regularizer": (lambda v: v is None, "None"),
-        "beta_constraint": (lambda v: v is None, "None"),
-        "gamma_constraint": (lambda v: v is None, "None"),
+        "rms_scaling": "rms_scaling",
+        "beta_regularizer": "bias_regularizer",
+        "gamma_regularizer": "scale_regularizer",
+        "beta_constraint": "bias_constraint",
+        "gamma_constraint": "scale_constraint",
+        "trainable": "trainable",
     }
 
     def __post_init__(self):
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
         validation.check_bool(self.use_scale, "use_scale")
         validation.check_bool(self.use_bias, "use_bias")
+        validation.check_bool(self.rms_scaling, "rms_scaling")
         self._post_init_common()
+
+    @property
+    def _has_scale(self) -> bool:
+        return self.use_scale or self.rms_scaling  # Keras creates gamma for rms_scaling
+
+    @property
+    def _has_bias(self) -> bool:
+        return self.use_bias and not self.rms_scaling
 
     def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         """Creates ``(params, {})`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
@@ -139,8 +165,13 @@ class LayerNorm(Layer):
             f"They must match the input's sizes along axis={self.axis!r} (shape {pshape}); re-create them "
             "with `init` for this input and spec."
         )
-        params = self._check_params(params, pshape, fix)
+        params = self._params_in_use(self._check_params(params, pshape, fix))
         state = validation.check_tree(state, {}, "state", "LayerNorm's state is always {}.")
+        if self.rms_scaling:  # Keras's deprecated rms_scaling: x * rsqrt(var + eps) * scale, no centering
+            m = None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
+            mean, var = stats.mean_var(x, axes, m)
+            scale = validation.expand_to_rank(params["scale"], x.ndim, axes)
+            return ops.normalize(x, jnp.zeros_like(mean), var, None, scale, self.epsilon), state
         y = ops.layer_norm(
             x, params.get("scale"), params.get("bias"), axis=axes, epsilon=self.epsilon, where=mask
         )
