@@ -119,6 +119,10 @@ def _fits(kwargs, shape):
     return all(-len(shape) <= a < len(shape) for a in (axis if isinstance(axis, list) else [axis]))
 
 
+# Every constraint with every shape its axis fits (out-of-range axes: test_constraint_axis_errors).
+CONSTRAINT_CASES = [(*case, shape) for case in CONSTRAINTS for shape in SHAPES if _fits(case[2], shape)]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Regularizers
 
@@ -129,7 +133,7 @@ def _fits(kwargs, shape):
 def test_regularizer_matches_numpy(spec, factors, dtype, shape):
     w = _weight(shape, dtype)
     penalty = regularizers.resolve(regularizers.check(spec, "kernel_regularizer"), "kernel_regularizer")
-    out = jax.jit(penalty)(w)
+    out = penalty(w)
     assert out.shape == () and out.dtype == jnp.float32  # float32 also for bfloat16 weights
     # bf16 values are exact in float64, so the float32 penalty matches to float32 rounding.
     assert_close(out, ref_penalty(w, **factors), jnp.float32)
@@ -145,6 +149,20 @@ def test_regularizer_matches_keras(keras, spec, factors, dtype, shape):
     # Keras computes in the weight's dtype; compare at that dtype's tolerance.
     assert_close(ours(w), np.asarray(theirs(w), np.float64), dtype)
     assert regularizers.serialize(spec, "r") == keras.regularizers.serialize(theirs)
+
+
+def test_jit_and_grad():
+    w = _weight((3, 5), jnp.bfloat16)
+    penalty = regularizers.resolve({"class_name": "L1L2", "config": {"l1": 0.1, "l2": 0.2}}, "r")
+    assert_close(jax.jit(penalty)(w), penalty(w))
+    grad = jax.grad(penalty)(w.astype(jnp.float32))
+    w64 = np.asarray(w, np.float64)
+    assert_close(grad, 0.1 * np.sign(w64) + 0.4 * w64)
+    for spec in ("non_neg", "max_norm", "unit_norm", {"class_name": "MinMaxNorm", "config": {"rate": 0.3}}):
+        project = constraints.resolve(spec, "c")
+        out = jax.jit(project)(w)
+        assert out.dtype == jnp.bfloat16
+        assert_close(out, project(w), jnp.bfloat16)
 
 
 def test_regularizer_float64_and_zero_terms():
@@ -272,25 +290,19 @@ def test_regularizer_class_is_rejected(keras):
 # Constraints
 
 
-@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("spec, cls, kwargs", CONSTRAINTS)
+@pytest.mark.parametrize("spec, cls, kwargs, shape", CONSTRAINT_CASES)
 def test_constraint_matches_numpy(spec, cls, kwargs, dtype, shape):
-    if not _fits(kwargs, shape):
-        pytest.skip("axis out of range for this shape (tested in test_constraint_axis_errors)")
     w = _weight(shape, dtype)
     project = constraints.resolve(constraints.check(spec, "kernel_constraint"), "kernel_constraint")
-    out = jax.jit(project)(w)
+    out = project(w)
     assert out.shape == w.shape and out.dtype == w.dtype
     assert_close(out, ref_project(cls, w, **kwargs), dtype)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("spec, cls, kwargs", CONSTRAINTS)
+@pytest.mark.parametrize("spec, cls, kwargs, shape", CONSTRAINT_CASES)
 def test_constraint_matches_keras(keras, spec, cls, kwargs, dtype, shape):
-    if not _fits(kwargs, shape):
-        pytest.skip("axis out of range for this shape (tested in test_constraint_axis_errors)")
     w = _weight(shape, dtype, seed=3)
     theirs = keras.constraints.get(spec)
     out = constraints.resolve(spec, "c")(w)

@@ -1,0 +1,429 @@
+"""Exact converters between jaxnorm specs and Keras 3 / PyTorch normalization layers.
+
+Each converter returns or takes the triple ``(spec, params, state)``. Hyperparameters are translated so that the
+jaxnorm layer computes what the peer computes (Keras: the same config keys; PyTorch: ``momentum_convention
+='torch'``, ``moving_var='unbiased'``, ``axis=1``, ``count_steps=True`` for ``num_batches_tracked``, cumulative
+averaging for ``momentum=None``); arrays are copied bit for bit. Keras and torch are imported only when a
+converter for them is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnorm._src import validation
+from jaxnorm._src.batch_norm import BatchNorm
+from jaxnorm._src.layer_norm import LayerNorm
+
+# jaxnorm name -> Keras weight name.
+_KERAS_PARAMS = {"scale": "gamma", "bias": "beta"}
+_KERAS_STATE = {
+    "mean": "moving_mean",
+    "var": "moving_variance",
+    "stddev": "moving_stddev",
+    "renorm_mean": "renorm_mean",
+    "renorm_stddev": "renorm_stddev",
+}
+# jaxnorm name -> PyTorch state_dict key.
+_TORCH_PARAMS = {"scale": "weight", "bias": "bias"}
+_TORCH_STATE = {"mean": "running_mean", "var": "running_var", "count": "num_batches_tracked"}
+
+
+def _import_keras():
+    try:
+        import keras
+    except ImportError as err:
+        raise ImportError(
+            "jaxnorm.interop's Keras converters need keras: `pip install keras` and set KERAS_BACKEND=jax "
+            "before importing it."
+        ) from err
+    return keras
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError("jaxnorm.interop's PyTorch converters need torch: `pip install torch`.") from err
+    return torch
+
+
+def _keras_class(keras: Any, spec: Any) -> Any:
+    if isinstance(spec, BatchNorm):
+        return keras.layers.BatchNormalization
+    if isinstance(spec, LayerNorm):
+        return keras.layers.LayerNormalization
+    raise TypeError(
+        f"`spec` must be a jaxnorm.BatchNorm or jaxnorm.LayerNorm to convert to Keras, got {type(spec).__name__}."
+    )
+
+
+def _check_input_shape(input_shape: Any, name: str = "input_shape") -> tuple[Any, ...]:
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
+        raise TypeError(
+            f"`{name}` must be the layer's input shape as a tuple (None allowed for the batch size), got "
+            f"{input_shape!r}."
+        )
+    return tuple(input_shape)
+
+
+def _spec_arrays(spec: Any, params: Any, state: Any, shape: tuple[Any, ...]):
+    """Checks ``params``/``state`` against ``spec`` for inputs of ``shape`` and returns them as NumPy arrays."""
+    feature_axes = validation.canonicalize_axes(spec.axis, len(shape), "axis")
+    fshape = tuple(shape[a] for a in feature_axes)
+    if any(d is None for d in fshape):
+        raise ValueError(
+            f"`input_shape`={shape} leaves a size along axis={spec.axis!r} unknown; give the feature sizes."
+        )
+    fix = f"They must match the features of inputs of shape {shape} along axis={spec.axis!r} (shape {fshape})."
+    params = spec._check_params(params, fshape, fix)
+    expected = spec._state_spec(fshape) if isinstance(spec, BatchNorm) else {}
+    state = validation.check_tree(state, expected, "state", fix)
+    as_np = lambda tree: {k: np.asarray(v) for k, v in tree.items()}  # noqa: E731
+    return as_np(params), as_np(state)
+
+
+def from_keras(layer: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Converts a built ``keras.layers.BatchNormalization`` or ``LayerNormalization`` to jaxnorm.
+
+    The spec comes from the layer's ``get_config()`` (every key, nested initializer, regularizer and constraint
+    configs included); ``gamma``/``beta`` become ``params['scale']``/``params['bias']`` and ``moving_mean``,
+    ``moving_variance`` (and with renorm ``moving_stddev``, ``renorm_mean``, ``renorm_stddev``) become
+    ``state['mean']``, ``state['var']`` (``state['stddev']``, ...). Values are copied exactly.
+
+    Args:
+      layer: a built Keras 3 ``BatchNormalization`` or ``LayerNormalization`` (call it once, or ``build``).
+
+    Returns:
+      ``(spec, params, state)``: ``spec.apply(params, state, x, training=...)`` gives the layer's outputs and
+      moving-statistic updates.
+
+    Raises:
+      ImportError: keras is not installed.
+      TypeError: ``layer`` is another kind of layer.
+      ValueError: ``layer`` is not built yet, or its config has keys jaxnorm does not support.
+
+    Source: Keras 3 ``BatchNormalization``/``LayerNormalization`` (weights and config keys).
+    """
+    keras = _import_keras()
+    if isinstance(layer, keras.layers.BatchNormalization):
+        cls = BatchNorm
+    elif isinstance(layer, keras.layers.LayerNormalization):
+        cls = LayerNorm
+    else:
+        raise TypeError(
+            "`layer` must be a keras.layers.BatchNormalization or keras.layers.LayerNormalization, got "
+            f"{type(layer).__name__}."
+        )
+    if not layer.built:
+        raise ValueError(
+            f"the Keras layer {layer.name!r} is not built, so it has no weights yet. Call it on an input once or "
+            "call layer.build(input_shape) first."
+        )
+    spec = cls.from_config(layer.get_config())
+    weights = {w.name: np.asarray(w.value) for w in layer.weights}
+    params = {k: jnp.asarray(weights[name]) for k, name in _KERAS_PARAMS.items() if name in weights}
+    state = {k: jnp.asarray(weights[name]) for k, name in _KERAS_STATE.items() if name in weights}
+    return spec, params, state
+
+
+def to_keras(
+    spec: Any,
+    params: Mapping[str, Any],
+    state: Mapping[str, Any],
+    input_shape: Sequence[Any],
+    *,
+    name: str | None = None,
+) -> Any:
+    """Builds the Keras 3 layer equivalent to ``(spec, params, state)``.
+
+    Args:
+      spec: a ``jaxnorm.BatchNorm`` or ``jaxnorm.LayerNorm`` that Keras can express (see
+        ``spec.to_keras_config()``).
+      params: the spec's ``{'scale', 'bias'}``.
+      state: the spec's state (``{'mean', 'var'}``, plus the renorm statistics with ``renorm``; ``{}`` for
+        LayerNorm).
+      input_shape: the input shape to build the layer for, a tuple (None allowed for the batch size); its
+        rank fixes Keras's reduction axes.
+      name: the Keras layer's name (None: Keras picks one).
+
+    Returns:
+      A built ``keras.layers.BatchNormalization`` or ``LayerNormalization`` holding copies of the arrays.
+
+    Raises:
+      ImportError: keras is not installed.
+      TypeError: ``spec`` is not a BatchNorm/LayerNorm; an initializer or regularizer has no Keras form.
+      ValueError: a setting Keras cannot express (several BatchNorm axes, ``momentum_convention='torch'``, ...)
+        or ``params``/``state`` not matching ``spec`` and ``input_shape``.
+
+    Source: Keras 3 ``BatchNormalization``/``LayerNormalization`` (weights and config keys).
+    """
+    keras = _import_keras()
+    cls = _keras_class(keras, spec)
+    shape = _check_input_shape(input_shape)
+    np_params, np_state = _spec_arrays(spec, params, state, shape)
+    np_state.pop("count", None)  # Keras keeps no step counter
+    config = spec.to_keras_config()
+    if name is not None:
+        config["name"] = name
+    layer = cls.from_config(config)
+    layer.build(shape)
+    names = {**{v: k for k, v in _KERAS_PARAMS.items()}, **{v: k for k, v in _KERAS_STATE.items()}}
+    arrays = {**np_params, **np_state}
+    for w in layer.weights:
+        w.assign(arrays[names[w.name]].astype(w.dtype))
+    return layer
+
+
+def _torch_batch_norm_spec(module: Any) -> BatchNorm:
+    if not module.track_running_stats:
+        raise ValueError(
+            f"{type(module).__name__}(track_running_stats=False) normalizes with batch statistics in eval mode "
+            "too; jaxnorm.BatchNorm keeps moving statistics. Use BatchNorm with training=True at inference, or "
+            "convert a module that tracks running statistics."
+        )
+    cumulative = module.momentum is None
+    return BatchNorm(
+        axis=1,
+        momentum=0.1 if cumulative else float(module.momentum),
+        epsilon=float(module.eps),
+        use_scale=bool(module.affine),
+        use_bias=bool(module.affine),
+        momentum_convention="torch",
+        moving_var="unbiased",
+        averaging="cumulative" if cumulative else "exponential",
+        count_steps=True,
+    )
+
+
+def _torch_layer_norm_spec(module: Any) -> LayerNorm:
+    k = len(module.normalized_shape)
+    return LayerNorm(
+        axis=-1 if k == 1 else tuple(range(-k, 0)),
+        epsilon=float(module.eps),
+        use_scale=bool(module.elementwise_affine),
+        use_bias=module.elementwise_affine and module.bias is not None,
+    )
+
+
+def from_torch(module: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Converts a ``torch.nn.BatchNorm1d/2d/3d`` or ``torch.nn.LayerNorm`` to jaxnorm.
+
+    BatchNorm becomes ``jaxnorm.BatchNorm(axis=1, epsilon=eps, momentum=m, momentum_convention='torch',
+    moving_var='unbiased', count_steps=True)`` (``averaging='cumulative'`` for ``momentum=None``), ``affine``
+    maps to ``use_scale``/``use_bias``; ``weight``, ``bias``, ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` become ``params['scale']``, ``params['bias']``, ``state['mean']``, ``state['var']``
+    and ``state['count']``. LayerNorm becomes ``jaxnorm.LayerNorm`` over the trailing
+    ``len(normalized_shape)`` axes. Values are copied exactly (float dtypes kept; the counter as int32).
+
+    Args:
+      module: the PyTorch module (its hyperparameters and current tensors are read; use
+        :func:`from_torch_state_dict` to load other tensors, e.g. a checkpoint's).
+
+    Returns:
+      ``(spec, params, state)``; on channels-first input ``spec.apply`` gives the module's outputs, and in
+      training its running-statistic updates.
+
+    Raises:
+      ImportError: torch is not installed.
+      TypeError: ``module`` is another kind of module.
+      ValueError: ``track_running_stats=False`` (batch statistics at inference too: no jaxnorm equivalent).
+
+    Source: ``torch.nn.BatchNorm1d/2d/3d``, ``torch.nn.LayerNorm`` (PyTorch 2).
+    """
+    torch = _import_torch()
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(
+        module, torch.nn.SyncBatchNorm
+    ):
+        spec = _torch_batch_norm_spec(module)
+    elif isinstance(module, torch.nn.LayerNorm):
+        spec = _torch_layer_norm_spec(module)
+    else:
+        raise TypeError(
+            "`module` must be a torch.nn.BatchNorm1d, BatchNorm2d, BatchNorm3d or LayerNorm, got "
+            f"{type(module).__name__}."
+        )
+    params, state = from_torch_state_dict(spec, module.state_dict())
+    return spec, params, state
+
+
+def from_torch_state_dict(
+    spec: Any, state_dict: Mapping[str, Any], prefix: str = ""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reads a PyTorch BatchNorm/LayerNorm ``state_dict`` (or a model's, with ``prefix``) into jaxnorm trees.
+
+    Args:
+      spec: the jaxnorm spec the arrays are for (e.g. from :func:`from_torch`).
+      state_dict: mapping of names to tensors (or arrays): ``weight``, ``bias``, ``running_mean``,
+        ``running_var``, ``num_batches_tracked`` (those the spec has).
+      prefix: the module's prefix in a model's ``state_dict``, e.g. ``'layer1.0.bn1.'``.
+
+    Returns:
+      ``(params, state)`` for ``spec``: float arrays keep their dtype, the counter becomes int32.
+
+    Raises:
+      ValueError: a tensor the spec needs is missing (the message lists the keys found under ``prefix``).
+
+    Source: PyTorch's ``state_dict`` names for ``_BatchNorm`` and ``LayerNorm``.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"`state_dict` must be a mapping of names to tensors, got {type(state_dict).__name__}.")
+    wanted_params = [k for k in ("scale", "bias") if (spec._has_scale if k == "scale" else spec._has_bias)]
+    wanted_state = []
+    if isinstance(spec, BatchNorm):
+        wanted_state = ["mean", "var"] + (["count"] if spec._counts_steps else [])
+    names = {**_TORCH_PARAMS, **_TORCH_STATE}
+
+    def read(key: str) -> Any:
+        full = prefix + names[key]
+        if full not in state_dict:
+            found = sorted(k for k in state_dict if k.startswith(prefix))
+            raise ValueError(
+                f"`state_dict` has no {full!r}, which {type(spec).__name__} needs for {key!r}. Keys under "
+                f"prefix {prefix!r}: {found}. Check `prefix` (e.g. 'layer1.bn1.') and the spec's "
+                "use_scale/use_bias."
+            )
+        value = state_dict[full]
+        value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        return jnp.asarray(value.astype(np.int32) if key == "count" else value)
+
+    return {k: read(k) for k in wanted_params}, {k: read(k) for k in wanted_state}
+
+
+def _torch_incompatible(spec: Any, checks: dict[str, tuple[bool, str]]) -> None:
+    bad = [f"{field}: {why}" for field, (ok, why) in checks.items() if not ok]
+    if bad:
+        raise ValueError(
+            f"jaxnorm.{type(spec).__name__} settings with no PyTorch equivalent: {'; '.join(bad)}. Change them to "
+            "convert (PyTorch would compute something else)."
+        )
+
+
+def to_torch(
+    spec: Any, params: Mapping[str, Any], state: Mapping[str, Any], input_shape: Sequence[Any] | None = None
+) -> Any:
+    """Builds the PyTorch module equivalent to ``(spec, params, state)``: BatchNorm1d/2d/3d or LayerNorm.
+
+    For BatchNorm, ``input_shape`` picks the class (rank 2 or 3: ``BatchNorm1d``, 4: ``BatchNorm2d``, 5:
+    ``BatchNorm3d``); the feature axis must be 1 (channels-first, PyTorch's layout). PyTorch's momentum is
+    ``spec.momentum`` with ``momentum_convention='torch'`` and ``1 - spec.momentum`` with 'keras';
+    cumulative averaging becomes ``momentum=None``; ``state['count']`` (0 if absent) becomes
+    ``num_batches_tracked``. A frozen spec (``trainable=False``) gives a module in eval mode with
+    ``requires_grad=False``.
+
+    Args:
+      spec: a ``jaxnorm.BatchNorm`` or ``jaxnorm.LayerNorm``.
+      params: the spec's ``{'scale', 'bias'}``.
+      state: the spec's state.
+      input_shape: the input shape (None allowed for the batch size). Required for BatchNorm; for LayerNorm
+        needed only when it has no params (to read ``normalized_shape``).
+
+    Returns:
+      A ``torch.nn`` module holding float copies of the arrays (the state's dtype), in training mode unless
+      the spec is frozen.
+
+    Raises:
+      ImportError: torch is not installed.
+      TypeError: ``spec`` is not a BatchNorm/LayerNorm.
+      ValueError: a setting PyTorch cannot express (``moving_var='biased'``, 'debiased' averaging, renorm,
+        regularizers or constraints, a feature axis other than 1, scale without bias or bias without scale,
+        LayerNorm over non-trailing axes, ``rms_scaling``), or arrays not matching the spec.
+
+    Source: ``torch.nn.BatchNorm1d/2d/3d``, ``torch.nn.LayerNorm`` (PyTorch 2).
+    """
+    torch = _import_torch()
+    if not isinstance(spec, BatchNorm | LayerNorm):
+        raise TypeError(
+            f"`spec` must be a jaxnorm.BatchNorm or jaxnorm.LayerNorm to convert to PyTorch, got "
+            f"{type(spec).__name__}."
+        )
+    extras = {
+        f: (getattr(spec, f) is None, "PyTorch layers have no regularizers or constraints")
+        for f in (*spec._REGULARIZER_FIELDS, *spec._CONSTRAINT_FIELDS)
+    }
+    if isinstance(spec, BatchNorm):
+        module = _to_torch_batch_norm(torch, spec, params, state, input_shape, extras)
+    else:
+        module = _to_torch_layer_norm(torch, spec, params, state, input_shape, extras)
+    if not spec.trainable:
+        module.eval()
+        module.requires_grad_(False)
+    return module
+
+
+def _to_torch_batch_norm(torch, spec, params, state, input_shape, extras):
+    if input_shape is None:
+        raise ValueError(
+            "to_torch needs `input_shape` for a BatchNorm: its rank picks BatchNorm1d (rank 2-3), BatchNorm2d (4) "
+            "or BatchNorm3d (5). Pass e.g. input_shape=(None, C, H, W)."
+        )
+    shape = _check_input_shape(input_shape)
+    classes = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
+    axes = validation.canonicalize_axes(spec.axis, len(shape), "axis") if len(shape) in classes else None
+    _torch_incompatible(
+        spec,
+        {
+            "input_shape": (len(shape) in classes, f"rank {len(shape)}; PyTorch's BatchNorm takes rank 2 to 5"),
+            "axis": (axes in (None, (1,)), f"{spec.axis!r}; PyTorch normalizes axis 1 (channels-first)"),
+            "moving_var": (spec.moving_var == "unbiased", "'biased'; PyTorch's running_var is unbiased"),
+            "averaging": (spec.averaging != "debiased", "'debiased' (Haiku); PyTorch has no zero-debiasing"),
+            "renorm": (not spec.renorm, "True; PyTorch has no batch renormalization"),
+            "axis_name": (spec.axis_name is None, f"{spec.axis_name!r}; use torch.nn.SyncBatchNorm"),
+            "use_scale/use_bias": (
+                spec.use_scale == spec.use_bias,
+                "PyTorch's `affine` creates both weight and bias or neither",
+            ),
+            **extras,
+        },
+    )
+    np_params, np_state = _spec_arrays(spec, params, state, shape)
+    cumulative = spec.averaging == "cumulative"
+    momentum = None if cumulative else spec.momentum if spec.momentum_convention == "torch" else 1 - spec.momentum
+    dtype = torch.from_numpy(np.zeros((), np_state["mean"].dtype)).dtype
+    module = classes[len(shape)](
+        shape[1], eps=spec.epsilon, momentum=momentum, affine=spec.use_scale, dtype=dtype
+    )
+    tensors = {_TORCH_STATE[k]: torch.from_numpy(np.array(v)) for k, v in np_state.items()}
+    for k, v in np_params.items():
+        tensors[_TORCH_PARAMS[k]] = torch.from_numpy(np.array(v, np_state["mean"].dtype))
+    count = np_state.get("count", np.zeros((), np.int64))
+    tensors["num_batches_tracked"] = torch.tensor(int(count), dtype=torch.long)
+    module.load_state_dict(tensors)
+    return module
+
+
+def _to_torch_layer_norm(torch, spec, params, state, input_shape, extras):
+    if input_shape is None:
+        if not params:
+            raise ValueError(
+                "to_torch needs `input_shape` for a LayerNorm without params, to read `normalized_shape`."
+            )
+        shape = (None, *np.shape(next(iter(params.values()))))
+    else:
+        shape = _check_input_shape(input_shape)
+    axes = validation.canonicalize_axes(spec.axis, len(shape), "axis")
+    trailing = axes == tuple(range(len(shape) - len(axes), len(shape)))
+    _torch_incompatible(
+        spec,
+        {
+            "axis": (trailing, f"{spec.axis!r}; PyTorch's LayerNorm normalizes the trailing axes"),
+            "rms_scaling": (not spec.rms_scaling, "True (Keras's deprecated mode)"),
+            "use_scale/use_bias": (
+                spec.use_scale or not spec.use_bias,
+                "bias without scale; PyTorch's LayerNorm(bias=True) needs elementwise_affine=True",
+            ),
+            **extras,
+        },
+    )
+    np_params, _ = _spec_arrays(spec, params, state, shape)
+    normalized_shape = tuple(shape[a] for a in axes)
+    dtype = torch.from_numpy(np.zeros((), next(iter(np_params.values())).dtype)).dtype if np_params else None
+    module = torch.nn.LayerNorm(
+        normalized_shape, eps=spec.epsilon, elementwise_affine=spec.use_scale, bias=spec.use_bias, dtype=dtype
+    )
+    module.load_state_dict({_TORCH_PARAMS[k]: torch.from_numpy(np.array(v)) for k, v in np_params.items()})
+    return module
