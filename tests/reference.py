@@ -62,3 +62,31 @@ def layer_norm(x, axes, scale=None, bias=None, epsilon=1e-3, mask=None):
         x, m, v, None if bias is None else np.reshape(bias, fs), None if scale is None else np.reshape(scale, fs),
         epsilon,
     )
+
+
+def batch_renorm_steps(xs, momentum, renorm_momentum, epsilon, scale, bias, clipping=None):
+    """Batch renormalization (Ioffe 2017) as Keras 3 computes it, channels-last, from initial mean 0, var 1.
+
+    r = sqrt(var_B + eps) / max(s, sqrt(eps)), d = (mean_B - mu) / max(s, sqrt(eps)) with (mu, s) the renorm
+    moving mean and stddev before the step; y = (x_hat * r + d) * scale + bias. The moving stddev is averaged
+    with ``momentum`` and the moving variance is max(stddev^2 - eps, 0).
+    """
+    clipping = clipping or {}
+    c = xs[0].shape[-1]
+    mean, stddev = np.zeros(c), np.ones(c)
+    mu, s = np.zeros(c), np.ones(c)
+    ys = []
+    for x in xs:
+        x = _f64(x).reshape(-1, c)
+        bm, bv = x.mean(0), x.var(0)
+        bs = np.sqrt(bv + epsilon)
+        denom = np.maximum(s, np.sqrt(epsilon))
+        r, d = bs / denom, (bm - mu) / denom
+        r = np.clip(r, clipping.get("rmin", -np.inf), clipping.get("rmax", np.inf))
+        dmax = clipping.get("dmax", np.inf)
+        d = np.clip(d, -dmax, dmax)
+        ys.append(((x - bm) / bs * r + d) * _f64(scale) + _f64(bias))
+        mu, s = renorm_momentum * mu + (1 - renorm_momentum) * bm, renorm_momentum * s + (1 - renorm_momentum) * bs
+        mean, stddev = momentum * mean + (1 - momentum) * bm, momentum * stddev + (1 - momentum) * bs
+    return ys, {"mean": mean, "stddev": stddev, "var": np.maximum(stddev**2 - epsilon, 0), "renorm_mean": mu,
+                "renorm_stddev": s}

@@ -228,6 +228,9 @@ def test_regularizer_serialize_float32_l1():
         "registered_name": None,
     }
     assert regularizers.serialize("l1l2", "r")["config"] == {"l1": 0.0, "l2": 0.0}
+    # keras.regularizers.get rejects 'l1_l2' (its L1L2 docstring says it gives 0.01 each); jaxnorm accepts it as
+    # the class L1L2, whose defaults are 0.0: the same as keras.regularizers.l1_l2().
+    assert regularizers.serialize("l1_l2", "r") == regularizers.serialize("L1L2", "r")
 
 
 @pytest.mark.parametrize(

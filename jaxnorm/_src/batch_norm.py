@@ -20,6 +20,7 @@ _RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
 def _check_renorm_clipping(clipping: Any) -> Any:
     """Validates Keras's ``renorm_clipping`` dict; returns it hashable (or None)."""
+    clipping = initializers.thaw(clipping)
     if clipping is None:
         return None
     if not isinstance(clipping, Mapping):

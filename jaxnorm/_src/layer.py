@@ -52,10 +52,14 @@ class Layer:
     def _post_init_common(self) -> None:
         for f in self._INITIALIZER_FIELDS:
             object.__setattr__(self, f, initializers.check(getattr(self, f), f))
-        for f in self._REGULARIZER_FIELDS:
-            object.__setattr__(self, f, regularizers.check(getattr(self, f), f))
-        for f in self._CONSTRAINT_FIELDS:
-            object.__setattr__(self, f, constraints.check(getattr(self, f), f))
+        # Regularizers and constraints given by name or config are stored in Keras's canonical config form, so
+        # that 'l2' and {'class_name': 'L2', 'config': {'l2': 0.01}} make equal (and equally hashed) specs.
+        for module, fields in ((regularizers, self._REGULARIZER_FIELDS), (constraints, self._CONSTRAINT_FIELDS)):
+            for f in fields:
+                value = module.check(getattr(self, f), f)
+                if isinstance(value, str | initializers.FrozenDict):
+                    value = initializers.freeze(module.serialize(initializers.thaw(value), f))
+                object.__setattr__(self, f, value)
         validation.check_bool(self.trainable, "trainable")
         if hasattr(self, "param_dtype"):
             dt = jnp.dtype(self.param_dtype)
