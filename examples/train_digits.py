@@ -77,13 +77,24 @@ WEIGHT_DECAY = 1e-4
 # one epoch and 0.94 after three. Momentum 0.9 averages over ~10 steps: 0.95 after one epoch and 0.98 after
 # three, and as the cosine schedule brings the learning rate to 0 the moving statistics settle on the final
 # weights.
-BATCH_NORM = jaxnorm.BatchNorm(momentum=0.9)
+#
+# scale_constraint='non_neg' (Keras's NonNeg) keeps each channel's scale >= 0, so the sign of a feature belongs
+# to the conv kernel alone; jaxnorm.constraints_transform applies it after every optimizer step, as Keras does.
+BATCH_NORM = jaxnorm.BatchNorm(momentum=0.9, scale_constraint="non_neg")
 LAYER_NORM = jaxnorm.LayerNorm()  # axis=-1: over the channels (NHWC) or the features (dense)
 
 
 def norm_specs(norm: str):
     """(spec of the conv blocks, spec of the dense head) for a --norm choice; None means no normalization."""
     return {"batch": (BATCH_NORM, LAYER_NORM), "layer": (LAYER_NORM, LAYER_NORM), "none": (None, None)}[norm]
+
+
+def norm_layers(norm: str):
+    """The model's norm layers by their key in ``params``: what jaxnorm's train-step helpers need."""
+    conv_spec, head_spec = norm_specs(norm)
+    if conv_spec is None:
+        return {}
+    return {**{f"norm{i}": conv_spec for i in range(len(CONV_CHANNELS))}, "norm_head": head_spec}
 
 
 def init_model(key, norm: str):
@@ -147,12 +158,16 @@ def model(params, state, x, *, norm: str, training: bool):
     return dense(params["dense1"], h), new_state
 
 
-def make_optimizer(params, lr: float, total_steps: int, warmup_steps: int):
+def make_optimizer(params, norm: str, lr: float, total_steps: int, warmup_steps: int):
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total_steps)
-    # Decay the conv/dense kernels only, not their biases nor the norm layers' scale and bias (adamw applies
-    # the mask with optax.masked).
-    decay_mask = {layer: {name: name == "w" for name in p} for layer, p in params.items()}
-    return optax.adamw(schedule, weight_decay=WEIGHT_DECAY, mask=decay_mask)
+    layers = norm_layers(norm)
+    # Decay the conv/dense kernels only: not their biases, nor any norm layer's scale and bias (adamw applies the
+    # mask with optax.masked). Then project the norm params onto their constraints, as Keras does after a step.
+    decay_mask = jaxnorm.decay_mask(layers, params, others=lambda path, leaf: path[-1] == "w")
+    return optax.chain(
+        optax.adamw(schedule, weight_decay=WEIGHT_DECAY, mask=decay_mask),
+        jaxnorm.constraints_transform(layers),
+    )
 
 
 def make_steps(norm: str, optimizer):
@@ -194,7 +209,7 @@ def train(norm: str, data, args):
     x_train, x_test, y_train, y_test = data
     steps_per_epoch = len(x_train) // args.batch_size  # drop the last partial batch: one shape, one compile
     params, state = init_model(jax.random.key(args.seed), norm)
-    optimizer = make_optimizer(params, args.lr, args.epochs * steps_per_epoch, steps_per_epoch)
+    optimizer = make_optimizer(params, norm, args.lr, args.epochs * steps_per_epoch, steps_per_epoch)
     opt_state = optimizer.init(params)
     train_step, evaluate = make_steps(norm, optimizer)
     rng = np.random.default_rng(args.seed)

@@ -51,3 +51,22 @@ def test_train_digits_smoke(tmp_path, capsys):
         assert not np.allclose(state[name]["mean"], init_state[name]["mean"]), name
         assert not np.allclose(state[name]["var"], init_state[name]["var"]), name
     assert result["state"]["none"] == {}
+
+    # The non_neg constraint on the BatchNorm scales held through training (that the projection actually acts is
+    # shown with a forced step in test_example_optimizer_projects_and_masks_decay).
+    params = result["params"]["batch"]
+    for name in ("norm0", "norm1", "norm2"):
+        assert float(np.min(params[name]["scale"])) >= 0.0, name
+
+
+def test_example_optimizer_projects_and_masks_decay():
+    example = load_example()
+    params, _ = example.init_model(jax.random.key(0), "batch")
+    optimizer = example.make_optimizer(params, "batch", lr=1.0, total_steps=10, warmup_steps=1)
+    opt_state = optimizer.init(params)
+    grads = jax.tree.map(np.ones_like, params)  # drives every param down
+    for _ in range(3):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+    assert float(np.min(params["norm0"]["scale"])) == 0.0  # projected onto >= 0, as Keras's NonNeg
+    assert float(np.min(params["conv0"]["w"])) < 0.0  # the unconstrained weights moved below 0
