@@ -17,12 +17,14 @@ from jaxnorm._src import constraints, initializers, regularizers, validation
 
 
 def _is_float32_dtype(value: Any) -> bool:
-    """Keras's ``dtype`` config entry: None, 'float32', or a DTypePolicy config whose name is 'float32'."""
+    """Keras's ``dtype`` config entry with float32 variables: None, 'float32', a mixed policy ('mixed_float16',
+    'mixed_bfloat16': float32 variables, half-precision input and output, which jaxnorm's dtype rule (output dtype
+    = input dtype, statistics in float32) reproduces), or a DTypePolicy config with one of those names."""
     if value is None:
         return True
     if isinstance(value, Mapping):
         value = (value.get("config") or {}).get("name")
-    return value == "float32"
+    return value in ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Layer:
     # Keras config keys jaxnorm accepts only at the given values: key -> (accepts(value), what is accepted).
     _KERAS_RESTRICTED: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
         "name": (lambda v: True, "any"),
-        "dtype": (_is_float32_dtype, "'float32'"),
+        "dtype": (_is_float32_dtype, "'float32', 'mixed_float16' or 'mixed_bfloat16' (float32 variables)"),
     }
     _KERAS_CLASS: ClassVar[str] = ""
     # Keras config entries jaxnorm always writes in to_keras_config.
@@ -210,14 +212,15 @@ class Layer:
         """Builds a spec from ``get_config()``'s dict, or from a Keras layer's ``get_config()`` dict.
 
         A Keras config (recognised by its Keras-only keys such as ``center``, ``gamma_initializer``) has its
-        keys translated (``center`` -> ``use_bias``, ``gamma_initializer`` -> ``scale_init``, ...); Keras keys
-        jaxnorm does not support yet must hold their neutral values (None regularizers and constraints,
-        ``synchronized=False``, ...).
+        keys translated (``center`` -> ``use_bias``, ``gamma_initializer`` -> ``scale_init``,
+        ``gamma_regularizer`` -> ``scale_regularizer``, ...). ``name`` is dropped; ``dtype`` must be a policy
+        with float32 variables; BatchNormalization's ``synchronized`` must be False (give ``axis_name``
+        instead).
 
         Raises:
           TypeError: ``config`` is not a mapping.
-          ValueError: a key is unknown, or a Keras key that is not supported yet holds a non-neutral value; the
-            message names the keys.
+          ValueError: a key is unknown, or a Keras key holds a value jaxnorm cannot reproduce; the message names
+            the keys.
         """
         if not isinstance(config, Mapping):
             raise TypeError(f"`config` must be a dict, got {type(config).__name__}.")
