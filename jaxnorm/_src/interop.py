@@ -9,6 +9,7 @@ converter for them is called.
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,35 @@ _KERAS_STATE = {
 # jaxnorm name -> PyTorch state_dict key.
 _TORCH_PARAMS = {"scale": "weight", "bias": "bias"}
 _TORCH_STATE = {"mean": "running_mean", "var": "running_var", "count": "num_batches_tracked"}
+
+
+def _tensor_to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor (any float dtype, bfloat16 included) or array as a NumPy array of the same dtype."""
+    if not hasattr(value, "detach"):
+        return np.asarray(value)
+    value = value.detach().cpu()
+    if str(value.dtype) == "torch.bfloat16":  # NumPy has no bfloat16; ml_dtypes (JAX's) does
+        return value.float().numpy().astype(jnp.bfloat16)
+    return value.numpy()
+
+
+def _numpy_to_tensor(torch: Any, value: Any, dtype: Any = None) -> Any:
+    """A NumPy/JAX array as a torch tensor of the same dtype (bfloat16 included), or of torch ``dtype``."""
+    value = np.asarray(value)
+    if value.dtype == jnp.bfloat16:
+        tensor = torch.from_numpy(value.astype(np.float32)).to(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(np.array(value))
+    return tensor if dtype is None else tensor.to(dtype)
+
+
+def _torch_dtype(torch: Any, dtype: Any) -> Any:
+    return torch.bfloat16 if np.dtype(dtype) == jnp.bfloat16 else torch.from_numpy(np.zeros((), dtype)).dtype
+
+
+def _keras_to_torch_momentum(momentum: float) -> float:
+    """1 - momentum computed on the decimal values, so that Keras's 0.9 gives PyTorch's 0.1 and not 0.0999..98."""
+    return float(decimal.Decimal(1) - decimal.Decimal(repr(float(momentum))))
 
 
 def _import_keras():
@@ -196,7 +226,7 @@ def _torch_batch_norm_spec(module: Any) -> BatchNorm:
         momentum_convention="torch",
         moving_var="unbiased",
         averaging="cumulative" if cumulative else "exponential",
-        count_steps=True,
+        count_steps=not cumulative,  # cumulative averaging counts steps by itself
     )
 
 
@@ -218,7 +248,8 @@ def from_torch(module: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     maps to ``use_scale``/``use_bias``; ``weight``, ``bias``, ``running_mean``, ``running_var`` and
     ``num_batches_tracked`` become ``params['scale']``, ``params['bias']``, ``state['mean']``, ``state['var']``
     and ``state['count']``. LayerNorm becomes ``jaxnorm.LayerNorm`` over the trailing
-    ``len(normalized_shape)`` axes. Values are copied exactly (float dtypes kept; the counter as int32).
+    ``len(normalized_shape)`` axes. Values are copied exactly (float dtypes kept, bfloat16 included; float64
+    needs ``jax.config.update('jax_enable_x64', True)``, else JAX stores float32; the counter as int32).
 
     Args:
       module: the PyTorch module (its hyperparameters and current tensors are read; use
@@ -287,8 +318,7 @@ def from_torch_state_dict(
                 f"prefix {prefix!r}: {found}. Check `prefix` (e.g. 'layer1.bn1.') and the spec's "
                 "use_scale/use_bias."
             )
-        value = state_dict[full]
-        value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        value = _tensor_to_numpy(state_dict[full])
         return jnp.asarray(value.astype(np.int32) if key == "count" else value)
 
     return {k: read(k) for k in wanted_params}, {k: read(k) for k in wanted_state}
@@ -310,7 +340,8 @@ def to_torch(
 
     For BatchNorm, ``input_shape`` picks the class (rank 2 or 3: ``BatchNorm1d``, 4: ``BatchNorm2d``, 5:
     ``BatchNorm3d``); the feature axis must be 1 (channels-first, PyTorch's layout). PyTorch's momentum is
-    ``spec.momentum`` with ``momentum_convention='torch'`` and ``1 - spec.momentum`` with 'keras';
+    ``spec.momentum`` with ``momentum_convention='torch'`` and ``1 - spec.momentum`` with 'keras' (computed on
+    the decimal values: 0.9 gives 0.1);
     cumulative averaging becomes ``momentum=None``; ``state['count']`` (0 if absent) becomes
     ``num_batches_tracked``. A frozen spec (``trainable=False``) gives a module in eval mode with
     ``requires_grad=False``.
@@ -382,14 +413,19 @@ def _to_torch_batch_norm(torch, spec, params, state, input_shape, extras):
     )
     np_params, np_state = _spec_arrays(spec, params, state, shape)
     cumulative = spec.averaging == "cumulative"
-    momentum = None if cumulative else spec.momentum if spec.momentum_convention == "torch" else 1 - spec.momentum
-    dtype = torch.from_numpy(np.zeros((), np_state["mean"].dtype)).dtype
+    if cumulative:
+        momentum = None
+    elif spec.momentum_convention == "torch":
+        momentum = spec.momentum
+    else:
+        momentum = _keras_to_torch_momentum(spec.momentum)
+    dtype = _torch_dtype(torch, np_state["mean"].dtype)  # PyTorch keeps params and buffers in one dtype
     module = classes[len(shape)](
         shape[1], eps=spec.epsilon, momentum=momentum, affine=spec.use_scale, dtype=dtype
     )
-    tensors = {_TORCH_STATE[k]: torch.from_numpy(np.array(v)) for k, v in np_state.items()}
+    tensors = {_TORCH_STATE[k]: _numpy_to_tensor(torch, v) for k, v in np_state.items() if k != "count"}
     for k, v in np_params.items():
-        tensors[_TORCH_PARAMS[k]] = torch.from_numpy(np.array(v, np_state["mean"].dtype))
+        tensors[_TORCH_PARAMS[k]] = _numpy_to_tensor(torch, v, dtype)
     count = np_state.get("count", np.zeros((), np.int64))
     tensors["num_batches_tracked"] = torch.tensor(int(count), dtype=torch.long)
     module.load_state_dict(tensors)
@@ -421,9 +457,9 @@ def _to_torch_layer_norm(torch, spec, params, state, input_shape, extras):
     )
     np_params, _ = _spec_arrays(spec, params, state, shape)
     normalized_shape = tuple(shape[a] for a in axes)
-    dtype = torch.from_numpy(np.zeros((), next(iter(np_params.values())).dtype)).dtype if np_params else None
+    dtype = _torch_dtype(torch, next(iter(np_params.values())).dtype) if np_params else None
     module = torch.nn.LayerNorm(
         normalized_shape, eps=spec.epsilon, elementwise_affine=spec.use_scale, bias=spec.use_bias, dtype=dtype
     )
-    module.load_state_dict({_TORCH_PARAMS[k]: torch.from_numpy(np.array(v)) for k, v in np_params.items()})
+    module.load_state_dict({_TORCH_PARAMS[k]: _numpy_to_tensor(torch, v) for k, v in np_params.items()})
     return module
