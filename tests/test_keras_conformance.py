@@ -8,14 +8,14 @@ Tolerances: float32 outputs and statistics use ``tolerances.assert_close`` (1e-5
 libraries compute the same formulas in float32 and differ only in reduction order (jaxnorm's shifted two-pass vs
 Keras's ``jnp.mean``/``jnp.var``) and in how the affine map is arranged (Keras: ``x * inv + (beta - mean * inv)``);
 on data ``3 + 2 N(0, 1)`` with at most a few hundred elements per statistic that is a few float32 ulps of O(1-10)
-values, ~1e-6, so 1e-5 leaves a margin of ~10x while a wrong momentum, epsilon, axis or mask shows up at 1e-2 or
-more. Keras's masked statistics divide by ``count + 1e-7``: in float32 that is exactly ``count`` for count >= 2
-(1e-7 is below half an ulp of 2) and a relative 1.2e-7 for count == 1, both far inside the tolerance.
+values, ~1e-6 (the largest difference in this file uses 0.12 of the tolerance), while a wrong momentum, epsilon,
+axis, clipping or mask shows up at 1e-2 or more. Keras's masked statistics divide by ``count + 1e-7``: in float32
+that is exactly ``count`` for count >= 2 (1e-7 is below half an ulp of 2) and a relative 1.2e-7 for count == 1,
+both far inside the tolerance.
 """
 
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -46,6 +46,9 @@ STATE_NAMES = {
     "renorm_stddev": "renorm_stddev",
 }
 N_STEPS = 4
+# One input shape per rank, every axis a different size (so that a wrong axis cannot go unnoticed); shared by the
+# random cases so that the eager Keras and jaxnorm ops compile once per shape rather than once per case.
+SHAPES = {2: (7, 5), 3: (6, 4, 5), 4: (5, 3, 4, 2)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -55,8 +58,12 @@ N_STEPS = 4
 
 def _keras_call(layer, x, **kwargs):
     """Calls a Keras layer eagerly. Keras's JAX backend relies on implicit rank promotion (e.g. ``(N, C) * (C,)``),
-    which the suite's conftest turns into an error for jaxnorm's sake; allow it inside Keras only."""
+    which the suite's conftest turns into an error for jaxnorm's sake; allow it inside Keras only. A
+    LayerNormalization with the deprecated ``rms_scaling`` warns at every call: expect that warning."""
     with jax.numpy_rank_promotion("allow"):
+        if getattr(layer, "rms_scaling", False):
+            with pytest.warns(UserWarning, match="rms_scaling"):
+                return np.asarray(layer(x, **kwargs))
         return np.asarray(layer(x, **kwargs))
 
 
@@ -116,7 +123,7 @@ def _randomize_weights(layer, rng):
 
 
 def _batch(rng, shape, dtype=np.float32):
-    """Data with an offset, ``3 + 2 N(0, 1)``, plus a per-position drift so that features differ."""
+    """Data with an offset, ``3 + 2 N(0, 1)``, plus an offset per last-axis index so that features differ."""
     return (3.0 + 2.0 * rng.standard_normal(shape) + 0.5 * rng.standard_normal(shape[-1:])).astype(dtype)
 
 
@@ -130,8 +137,8 @@ def _keras_mask(rng, shape):
 
 def _normalized(kind, value):
     """A Keras initializer/regularizer/constraint identifier in the canonical serialized form."""
-    module = {"initializer": keras.initializers, "regularizer": keras.regularizers, "constraint": keras.constraints}
-    return module[kind].serialize(module[kind].get(value))
+    module = getattr(keras, kind + "s")
+    return module.serialize(module.get(value))
 
 
 def _normalized_config(config):
@@ -161,8 +168,7 @@ def _bn_case(i):
     """Configuration ``i``: Keras kwargs, input shape, whether to mask; cycles through every (rank, axis)."""
     rng = np.random.default_rng(1000 + i)
     rank, axis = _RANK_AXES[i % len(_RANK_AXES)]
-    shape = [int(s) for s in rng.integers(2, 6, size=rank)]
-    shape[0] = int(rng.integers(3, 9))  # batch
+    shape = SHAPES[rank]
     kwargs = dict(
         axis=axis,
         momentum=float(rng.choice([0.0, 0.5, 0.9, 0.99])),
@@ -181,7 +187,7 @@ def _bn_case(i):
             renorm_momentum=float(rng.choice([0.5, 0.9, 0.99])),
         )
     masked = axis in (-1, rank - 1) and i % 2 == 1  # Keras's masks apply to the last axis only
-    return kwargs, tuple(shape), masked
+    return kwargs, shape, masked
 
 
 _BN_CASES = 24
@@ -232,6 +238,32 @@ def test_batch_norm_matches_keras_training_and_inference(case):
     assert_close(y, y_keras)
     for key in state:
         np.testing.assert_array_equal(new_state[key], state[key])
+
+
+def test_batch_norm_all_masked_batch_output_like_keras_state_by_safe_update():
+    """A mask that selects nothing: Keras's statistics are (0, 0) (sums over ``0 + 1e-7``) and jaxnorm's too, so
+    the outputs agree. Keras then moves its moving statistics towards (0, 0); jaxnorm's default
+    ``safe_update=True`` keeps the state as it was (a documented difference), and ``safe_update=False`` updates as
+    Keras does."""
+    shape = (4, 3, 2)
+    rng = np.random.default_rng(5)
+    layer = keras.layers.BatchNormalization(momentum=0.5)
+    layer.build(shape)
+    _randomize_weights(layer, rng)
+    spec, params, state = keras_to_jaxnorm(layer, shape)
+    x, mask = _batch(rng, shape), np.zeros(shape[:-1], bool)
+    y_keras = _keras_call(layer, x, training=True, mask=mask)
+    y, kept = spec.apply(params, state, jnp.asarray(x), training=True, mask=mask)
+    assert_close(y, y_keras)
+    for key in state:
+        np.testing.assert_array_equal(kept[key], state[key])
+    unsafe = jaxnorm.BatchNorm(**{**spec.get_config(), "safe_update": False})
+    y, updated = unsafe.apply(params, state, jnp.asarray(x), training=True, mask=mask)
+    assert_close(y, y_keras)
+    want = keras_state(layer)
+    for key in want:
+        assert_close(updated[key], want[key])
+    assert np.max(np.abs(want["var"] - np.asarray(state["var"]))) > 0.1  # Keras did move
 
 
 def test_batch_norm_cases_cover_the_requested_space():
@@ -301,14 +333,17 @@ def test_frozen_layer_params_get_zero_gradient(cls):
     assert set(grads) == {"scale", "bias"}
     for g in grads.values():
         np.testing.assert_array_equal(g, np.zeros_like(g))
-    live = jax.grad(lambda p: loss(spec.__class__.from_config({**layer.get_config(), "trainable": True}), p))(params)
+    unfrozen = type(spec).from_config({**layer.get_config(), "trainable": True})
+    live = jax.grad(lambda p: loss(unfrozen, p))(params)
     for g in live.values():
         assert np.all(np.abs(np.asarray(g)) > 1e-3)
 
 
 def test_frozen_layer_has_no_regularization_loss_and_no_constraint_like_keras():
     shape = (4, 3)
-    kwargs = dict(gamma_regularizer="l2", beta_regularizer="l1", gamma_constraint="non_neg", beta_constraint="non_neg")
+    kwargs = dict(
+        gamma_regularizer="l2", beta_regularizer="l1", gamma_constraint="non_neg", beta_constraint="non_neg"
+    )
     layer = keras.layers.BatchNormalization(trainable=False, **kwargs)
     layer.build(shape)
     _set_weight(layer, "gamma", [-1.0, 2.0, -3.0])
@@ -332,7 +367,8 @@ def test_frozen_layer_has_no_regularization_loss_and_no_constraint_like_keras():
 
 _REG_CONSTRAINT_CASES = [
     dict(gamma_regularizer="l2", beta_regularizer={"class_name": "L1L2", "config": {"l1": 0.003, "l2": 0.02}},
-         gamma_constraint="non_neg", beta_constraint={"class_name": "MaxNorm", "config": {"max_value": 1.5, "axis": 0}}),
+         gamma_constraint="non_neg",
+         beta_constraint={"class_name": "MaxNorm", "config": {"max_value": 1.5, "axis": 0}}),
     dict(gamma_regularizer={"class_name": "L1", "config": {"l1": 0.05}}, beta_regularizer="l1",
          gamma_constraint={"class_name": "MinMaxNorm",
                            "config": {"min_value": 0.5, "max_value": 2.0, "rate": 0.7, "axis": 0}},
@@ -354,8 +390,10 @@ def _check_regularizers_and_constraints(layer, shape, rng):
 
     keras_loss = float(sum(np.asarray(loss) for loss in layer.losses))
     assert keras_loss > 0
+    # sums of at most 12 float32 terms on both sides: a few ulps apart
     np.testing.assert_allclose(float(spec.regularization_loss(params)), keras_loss, rtol=1e-6)
-    np.testing.assert_allclose(float(jaxnorm.regularization_loss({"n": spec}, {"n": params})), keras_loss, rtol=1e-6)
+    model_loss = jaxnorm.regularization_loss({"norm": spec}, {"norm": params, "other": jnp.ones(3)})
+    np.testing.assert_allclose(float(model_loss), keras_loss, rtol=1e-6)
 
     projected = spec.apply_constraints(params)
     for name, var in (("scale", layer.gamma), ("bias", layer.beta)):
@@ -383,6 +421,50 @@ def test_layer_norm_regularizers_and_constraints_match_keras(case, axis):
     layer = keras.layers.LayerNormalization(axis=axis, **_REG_CONSTRAINT_CASES[case])
     layer.build(shape)
     _check_regularizers_and_constraints(layer, shape, np.random.default_rng(10 + case))
+
+
+# A regularizer or constraint on a weight the layer does not create: Keras accepts the config (the weight does not
+# exist, so there is no loss and nothing to project); jaxnorm builds the spec from it but then raises on the spec's
+# own params.
+_ABSENT_WEIGHT_CASES = [
+    ("BatchNormalization", dict(scale=False, gamma_regularizer="l2", gamma_constraint="non_neg")),
+    ("BatchNormalization", dict(center=False, beta_regularizer="l1", beta_constraint="max_norm")),
+    ("LayerNormalization", dict(center=False, beta_regularizer="l2", beta_constraint="non_neg")),
+    ("LayerNormalization", dict(rms_scaling=True, beta_regularizer="l2", beta_constraint="non_neg")),
+]
+_ABSENT_WEIGHT_BUG = (
+    "jaxnorm bug: regularization_loss/apply_constraints raise ValueError (`params` has no 'scale'/'bias' for "
+    "`scale_regularizer`...) when the regularized/constrained parameter is disabled (use_scale=False, "
+    "use_bias=False, rms_scaling=True), although Keras accepts that config with 0 loss and nothing to project"
+)
+
+
+def _absent_weight_layer(cls_name, kwargs):
+    shape = (6, 5)
+    layer = _make_keras(getattr(keras.layers, cls_name), kwargs)
+    layer.build(shape)
+    _randomize_weights(layer, np.random.default_rng(4))
+    _keras_call(layer, _batch(np.random.default_rng(5), shape), training=True)
+    spec, params, _ = keras_to_jaxnorm(layer, shape)
+    return layer, spec, params
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason=_ABSENT_WEIGHT_BUG)
+@pytest.mark.parametrize("cls_name, kwargs", _ABSENT_WEIGHT_CASES)
+def test_regularizer_of_a_disabled_weight_is_zero_like_keras(cls_name, kwargs):
+    layer, spec, params = _absent_weight_layer(cls_name, kwargs)
+    assert layer.losses == []
+    assert float(spec.regularization_loss(params)) == 0.0
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason=_ABSENT_WEIGHT_BUG)
+@pytest.mark.parametrize("cls_name, kwargs", _ABSENT_WEIGHT_CASES)
+def test_constraint_of_a_disabled_weight_projects_nothing_like_keras(cls_name, kwargs):
+    _, spec, params = _absent_weight_layer(cls_name, kwargs)
+    projected = spec.apply_constraints(params)
+    assert set(projected) == set(params)
+    for k in params:
+        np.testing.assert_array_equal(projected[k], params[k])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -451,9 +533,12 @@ def test_config_round_trips_through_keras_and_json(cls_name, kwargs):
 
 def test_config_round_trip_detects_a_difference():
     """The normalization used above does not hide real differences."""
-    a = keras.layers.BatchNormalization(gamma_regularizer={"class_name": "L2", "config": {"l2": 0.01}}).get_config()
-    b = keras.layers.BatchNormalization(gamma_regularizer={"class_name": "L2", "config": {"l2": 0.02}}).get_config()
-    c = keras.layers.BatchNormalization(gamma_regularizer="l2").get_config()
+    def config(regularizer):
+        return keras.layers.BatchNormalization(gamma_regularizer=regularizer).get_config()
+
+    a = config({"class_name": "L2", "config": {"l2": 0.01}})
+    b = config({"class_name": "L2", "config": {"l2": 0.02}})
+    c = config("l2")
     assert _normalized_config(a) != _normalized_config(b)
     assert _normalized_config(a) == _normalized_config(c)
 
@@ -473,7 +558,7 @@ _LN_CASES = 16
 def _ln_case(i):
     rng = np.random.default_rng(2000 + i)
     rank, axis = _LN_RANK_AXES[i % len(_LN_RANK_AXES)]
-    shape = tuple(int(s) for s in rng.integers(2, 6, size=rank))
+    shape = SHAPES[rank]
     kwargs = dict(
         axis=axis,
         epsilon=float(rng.choice([1e-6, 1e-3, 0.1])),
@@ -531,27 +616,61 @@ def test_layer_norm_mixed_sign_axes_keras_weight_layout():
     assert np.max(np.abs(np.asarray(spec.apply(transposed, state, jnp.asarray(x))[0]) - y_keras)) > 0.1
 
 
+# Keras's mixed policies: float32 variables, half-precision input and output, statistics in float32.
+# (policy, input dtype, mantissa bits it has fewer than float32)
+_MIXED = [("mixed_bfloat16", jnp.bfloat16, 16), ("mixed_float16", jnp.float16, 13)]
+
+
+def _assert_within_one_ulp(actual, desired, lost_bits):
+    """Both round the same float32 result to a half-precision dtype: at most one ulp of that dtype apart."""
+    a, d = np.asarray(actual, np.float32), np.asarray(desired, np.float32)
+    ulp = np.spacing(np.abs(d)) * 2.0**lost_bits
+    assert np.all(np.abs(a - d) <= ulp), np.max(np.abs(a - d) / ulp)
+
+
+@pytest.mark.parametrize("policy, dtype, lost_bits", _MIXED)
 @pytest.mark.parametrize("kwargs", [dict(axis=-1), dict(axis=[1, 2], center=False), dict(axis=1, epsilon=1e-5)])
-def test_layer_norm_bfloat16_input_matches_keras(kwargs):
-    """Keras with the mixed_bfloat16 policy computes in float32 and casts the output to bf16; jaxnorm gives bf16
-    out for bf16 in. Both round a float32 result, so they may differ by one bf16 ulp (2^-8 relative)."""
+def test_layer_norm_half_precision_input_matches_keras_mixed_policy(kwargs, policy, dtype, lost_bits):
+    """Keras under a mixed policy computes in float32 and casts the output to the half dtype; jaxnorm (spec from
+    the same config, policy included) gives half out for half in. Both round a float32 result, so they may differ
+    by one ulp of the half dtype."""
     shape = (4, 3, 8)
     rng = np.random.default_rng(11)
-    layer = keras.layers.LayerNormalization(dtype="mixed_bfloat16", **kwargs)
+    layer = keras.layers.LayerNormalization(dtype=policy, **kwargs)
     layer.build(shape)
     _randomize_weights(layer, rng)
-    config = {k: v for k, v in layer.get_config().items() if k != "dtype"}  # jaxnorm takes the input's dtype
-    spec, params, state = keras_to_jaxnorm(layer, shape, config)
-    x = jnp.asarray(_batch(rng, shape), jnp.bfloat16)
+    spec, params, state = keras_to_jaxnorm(layer, shape)
+    x = jnp.asarray(_batch(rng, shape), dtype)
     with jax.numpy_rank_promotion("allow"):
         y_keras = layer(x)
-    assert y_keras.dtype == jnp.bfloat16
+    assert y_keras.dtype == dtype
     y, _ = spec.apply(params, state, x)
-    assert y.dtype == jnp.bfloat16
-    assert_close(y, y_keras, dtype=jnp.bfloat16)
-    # agreement to bf16 rounding: at most one ulp apart
-    ulp = np.spacing(np.abs(np.asarray(y_keras, np.float32)).astype(np.float32)) * 2.0**16
-    assert np.all(np.abs(np.asarray(y, np.float32) - np.asarray(y_keras, np.float32)) <= ulp + 1e-30)
+    assert y.dtype == dtype
+    assert_close(y, y_keras, dtype=dtype)
+    _assert_within_one_ulp(y, y_keras, lost_bits)
+
+
+@pytest.mark.parametrize("policy, dtype, lost_bits", _MIXED)
+@pytest.mark.parametrize("renorm", [False, True])
+def test_batch_norm_half_precision_input_matches_keras_mixed_policy(policy, dtype, lost_bits, renorm):
+    """BatchNormalization under a mixed policy: half input and output, float32 statistics and moving state."""
+    shape = (6, 4, 5)
+    rng = np.random.default_rng(12)
+    layer = keras.layers.BatchNormalization(dtype=policy, momentum=0.7, renorm=renorm)
+    layer.build(shape)
+    _randomize_weights(layer, rng)
+    spec, params, state = keras_to_jaxnorm(layer, shape)
+    for training in (True, True, False):
+        x = jnp.asarray(_batch(rng, shape), dtype)
+        with jax.numpy_rank_promotion("allow"):
+            y_keras = layer(x, training=training)
+        y, state = spec.apply(params, state, x, training=training)
+        assert y.dtype == y_keras.dtype == dtype
+        _assert_within_one_ulp(y, y_keras, lost_bits)
+        want = keras_state(layer)
+        for key in want:
+            assert state[key].dtype == jnp.float32
+            assert_close(state[key], want[key])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -563,7 +682,8 @@ def test_layer_norm_bfloat16_input_matches_keras(kwargs):
     "kwargs, shape",
     [
         (dict(axis=1, momentum=0.9, epsilon=1e-5), (8, 4, 5, 5)),
-        (dict(momentum=0.8, renorm=True, renorm_clipping={"rmax": 1.5, "dmax": 0.5}, renorm_momentum=0.7), (16, 6)),
+        (dict(momentum=0.8, renorm=True, renorm_clipping={"rmax": 1.5, "dmax": 0.5}, renorm_momentum=0.7),
+         (16, 6)),
     ],
 )
 def test_keras_training_continues_in_jitted_jaxnorm(kwargs, shape):
