@@ -665,3 +665,20 @@ def test_to_torch_bfloat16_params(torch):
     params, state = spec.init(None, jnp.ones((2, 4)))
     module = interop.to_torch(spec, params, state)
     assert module.weight.dtype == torch.bfloat16
+
+
+def test_keras_layer_norm_mixed_sign_axes_keep_keras_numbers(keras):
+    # Keras lays out the weights of axis=[1, -1] as (C, H) and reshapes them onto the input; jaxnorm's are (H, C).
+    layer = keras.layers.LayerNormalization(axis=[1, -1])
+    layer.build((2, 3, 4))
+    rng = np.random.default_rng(7)
+    for w in layer.weights:
+        w.assign(rng.normal(size=w.shape).astype(np.float32))
+    x = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    spec, params, state = interop.from_keras(layer)
+    assert params["scale"].shape == (3, 4)
+    y, _ = spec.apply(params, state, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(y), np.asarray(layer(x)), rtol=1e-5, atol=1e-5)
+    back = interop.to_keras(spec, params, state, (2, 3, 4))
+    for a, b in zip(layer.weights, back.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))

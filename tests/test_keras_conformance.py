@@ -432,11 +432,6 @@ _ABSENT_WEIGHT_CASES = [
     ("LayerNormalization", dict(center=False, beta_regularizer="l2", beta_constraint="non_neg")),
     ("LayerNormalization", dict(rms_scaling=True, beta_regularizer="l2", beta_constraint="non_neg")),
 ]
-_ABSENT_WEIGHT_BUG = (
-    "jaxnorm bug: regularization_loss/apply_constraints raise ValueError (`params` has no 'scale'/'bias' for "
-    "`scale_regularizer`...) when the regularized/constrained parameter is disabled (use_scale=False, "
-    "use_bias=False, rms_scaling=True), although Keras accepts that config with 0 loss and nothing to project"
-)
 
 
 def _absent_weight_layer(cls_name, kwargs):
@@ -449,7 +444,6 @@ def _absent_weight_layer(cls_name, kwargs):
     return layer, spec, params
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=_ABSENT_WEIGHT_BUG)
 @pytest.mark.parametrize("cls_name, kwargs", _ABSENT_WEIGHT_CASES)
 def test_regularizer_of_a_disabled_weight_is_zero_like_keras(cls_name, kwargs):
     layer, spec, params = _absent_weight_layer(cls_name, kwargs)
@@ -457,7 +451,6 @@ def test_regularizer_of_a_disabled_weight_is_zero_like_keras(cls_name, kwargs):
     assert float(spec.regularization_loss(params)) == 0.0
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=_ABSENT_WEIGHT_BUG)
 @pytest.mark.parametrize("cls_name, kwargs", _ABSENT_WEIGHT_CASES)
 def test_constraint_of_a_disabled_weight_projects_nothing_like_keras(cls_name, kwargs):
     _, spec, params = _absent_weight_layer(cls_name, kwargs)

@@ -156,6 +156,14 @@ def from_keras(layer: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         )
     spec = cls.from_config(layer.get_config())
     weights = {w.name: np.asarray(w.value) for w in layer.weights}
+    input_shape = (layer.get_build_config() or {}).get("input_shape")
+    if isinstance(spec, LayerNorm) and input_shape is not None:
+        # Keras orders a LayerNormalization's weight axes by its raw `axis` list ([1, -1] -> (C, H)) and then
+        # reshapes (not transposes) them onto the input; jaxnorm orders them by input axis ((H, C)). The reshape
+        # is what keeps Keras's numbers.
+        axes = validation.canonicalize_axes(spec.axis, len(input_shape), "axis")
+        pshape = tuple(input_shape[a] for a in axes)
+        weights = {k: v.reshape(pshape) for k, v in weights.items()}
     params = {k: jnp.asarray(weights[name]) for k, name in _KERAS_PARAMS.items() if name in weights}
     state = {k: jnp.asarray(weights[name]) for k, name in _KERAS_STATE.items() if name in weights}
     return spec, params, state
@@ -204,8 +212,8 @@ def to_keras(
     layer.build(shape)
     names = {**{v: k for k, v in _KERAS_PARAMS.items()}, **{v: k for k, v in _KERAS_STATE.items()}}
     arrays = {**np_params, **np_state}
-    for w in layer.weights:
-        w.assign(arrays[names[w.name]].astype(w.dtype))
+    for w in layer.weights:  # reshape: Keras's LayerNormalization weight layout for mixed-sign axes (from_keras)
+        w.assign(arrays[names[w.name]].astype(w.dtype).reshape(w.shape))
     return layer
 
 

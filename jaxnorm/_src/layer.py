@@ -78,6 +78,9 @@ class Layer:
     def _has_bias(self) -> bool:
         return self.use_bias
 
+    def _has_param(self, name: str) -> bool:
+        return self._has_scale if name == "scale" else self._has_bias
+
     def _affine_init_specs(self, shape: tuple[int, ...]) -> dict[str, tuple[Any, tuple[int, ...], Any]]:
         """``{'scale', 'bias'}`` (those enabled) -> (initializer, shape, param_dtype), for ``init_arrays``."""
         specs = {}
@@ -104,7 +107,8 @@ class Layer:
 
         with each :math:`R` the layer's ``scale_regularizer``/``bias_regularizer`` (Keras's L1: ``l1 * sum|w|``,
         L2: ``l2 * sum(w^2)``, L1L2: both). A frozen layer (``trainable=False``) contributes 0, as in Keras,
-        whose ``layer.losses`` only regularize trainable weights.
+        whose ``layer.losses`` only regularize trainable weights; so does a regularizer of a parameter the layer
+        does not create (e.g. ``bias_regularizer`` with ``use_bias=False``).
 
         Args:
           params: the layer's ``{'scale', 'bias'}`` (those enabled), any float dtype.
@@ -122,7 +126,7 @@ class Layer:
             return total
         for f, pname in self._REGULARIZER_FIELDS.items():
             penalty = regularizers.resolve(getattr(self, f), f)
-            if penalty is None:
+            if penalty is None or not self._has_param(pname):  # Keras: no weight, nothing to regularize
                 continue
             value = _param(params, pname, f)
             total = total + penalty(value)
@@ -153,7 +157,7 @@ class Layer:
             return out
         for f, pname in self._CONSTRAINT_FIELDS.items():
             project = constraints.resolve(getattr(self, f), f)
-            if project is not None:
+            if project is not None and self._has_param(pname):
                 out[pname] = project(_param(params, pname, f))
         return out
 
