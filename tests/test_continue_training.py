@@ -75,7 +75,8 @@ def test_torch_batch_norm_keeps_training_in_optax(momentum, cls, shape):
     # carries over too, so start Optax's trace from it.
     optimizer = optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(LR, momentum=0.9))
     opt_state = optimizer.init({"norm": params})
-    trace = {name: opt.state[p]["momentum_buffer"] for name, p in (("scale", module.weight), ("bias", module.bias))}
+    torch_params = {"scale": module.weight, "bias": module.bias}
+    trace = {name: opt.state[p]["momentum_buffer"] for name, p in torch_params.items()}
     opt_state = (opt_state[0], (optax.TraceState({"norm": {k: jnp.asarray(v.numpy()) for k, v in trace.items()}}),
                                 opt_state[1][1]))
     step = _jax_train_step(spec, {}, optimizer)
