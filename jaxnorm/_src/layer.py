@@ -166,7 +166,9 @@ class Layer:
 
         Returns:
           A dict with Keras's keys (``center``, ``gamma_initializer``, ...); initializers, regularizers and
-          constraints in the forms Keras deserializes.
+          constraints in the forms Keras deserializes. BatchNorm's ``safe_update``, ``allow_single_value`` and
+          ``count_steps`` have no Keras key and are left out: Keras updates its moving statistics even from a
+          non-finite or all-masked batch, and keeps no step counter.
 
         Raises:
           ValueError: a setting Keras cannot express (e.g. several feature axes for BatchNorm,
