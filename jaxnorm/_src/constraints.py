@@ -16,10 +16,8 @@ the weight after each update. Norms are computed in at least float32; the result
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm._src.initializers import freeze, thaw
+from jaxnorm._src.keras_objects import Family
 
 Constraint = Callable[[jax.Array], jax.Array]
 
@@ -41,31 +39,6 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "MinMaxNorm": {"min_value": 0.0, "max_value": 1.0, "rate": 1.0, "axis": 0},
     "UnitNorm": {"axis": 0},
 }
-_UNSUPPORTED = ("Constraint",)
-_CONFIG_KEYS = {"module", "class_name", "config", "registered_name"}
-_SUPPORTED_TEXT = (
-    "Supported Keras constraints: 'NonNeg', 'MaxNorm', 'MinMaxNorm', 'UnitNorm' (also as 'non_neg', "
-    "'max_norm', 'min_max_norm', 'unit_norm'), as a name or a config dict such as "
-    "{'class_name': 'MaxNorm', 'config': {'max_value': 2, 'axis': 0}}; or pass a callable `w -> w'`, e.g. "
-    "`lambda w: jnp.clip(w, -1, 1)`."
-)
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[_\s]", "", name).lower()
-
-
-def _class_name(cls: Any) -> str:
-    """'max_norm', 'maxnorm', 'MaxNorm' all map to 'MaxNorm'."""
-    if not isinstance(cls, str):
-        raise TypeError(f"the constraint's 'class_name' must be a string, got {cls!r} ({type(cls).__name__}).")
-    for known in _DEFAULTS:
-        if _key(known) == _key(cls):
-            return known
-    for known in _UNSUPPORTED:
-        if _key(known) == _key(cls):
-            raise ValueError(f"the Keras constraint {cls!r} is not supported by jaxnorm. {_SUPPORTED_TEXT}")
-    raise ValueError(f"unknown constraint {cls!r}. {_SUPPORTED_TEXT}")
 
 
 def _py(value: Any) -> Any:
@@ -74,6 +47,7 @@ def _py(value: Any) -> Any:
 
 
 def _number(value: Any, key: str, cls: str) -> int | float:
+    """Validates one numeric argument: a finite real number >= 0, kept as given (an int stays an int)."""
     value = _py(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{cls} {key!r} must be a number, got {value!r} ({type(value).__name__}).")
@@ -83,6 +57,7 @@ def _number(value: Any, key: str, cls: str) -> int | float:
 
 
 def _axis(value: Any, cls: str) -> int | list[int] | None:
+    """Validates ``axis``: an int, a list of ints (from any sequence of ints) or None."""
     value = _py(value)
     if value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
         return value
@@ -95,35 +70,8 @@ def _axis(value: Any, cls: str) -> int | list[int] | None:
     )
 
 
-def _keras_config(spec: Any) -> tuple[str, dict[str, Any]]:
-    """(Keras class name, config as Keras's ``get_config`` returns it) for a name or a config dict."""
-    if isinstance(spec, str):
-        cls, kwargs = _class_name(spec), {}
-    else:
-        extra = sorted(set(spec) - _CONFIG_KEYS, key=str)
-        if extra:
-            raise ValueError(
-                f"a Keras constraint config has the keys {sorted(_CONFIG_KEYS)}, got unknown keys {extra} in "
-                f"{spec!r}. The arguments go inside 'config', e.g. "
-                "{'class_name': 'MaxNorm', 'config': {'max_value': 2, 'axis': 0}}."
-            )
-        if "class_name" not in spec:
-            raise ValueError(
-                f"a Keras constraint config needs a 'class_name' key, got keys {sorted(spec, key=str)}. "
-                "E.g. {'class_name': 'MaxNorm', 'config': {'max_value': 2, 'axis': 0}}."
-            )
-        cls = _class_name(spec["class_name"])
-        kwargs = spec.get("config") or {}
-        if not isinstance(kwargs, Mapping):
-            raise TypeError(
-                f"the {cls} config's 'config' must be a dict, got {kwargs!r} ({type(kwargs).__name__})."
-            )
-        unknown = sorted(set(kwargs) - set(_DEFAULTS[cls]), key=str)
-        if unknown:
-            raise ValueError(
-                f"{cls} takes the config keys {list(_DEFAULTS[cls])}, got unknown keys {unknown} in "
-                f"{dict(kwargs)!r}."
-            )
+def _config(cls: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as Keras's ``get_config`` returns it: ``cls``'s arguments validated, defaults filled in."""
     config = {}
     for key, default in _DEFAULTS[cls].items():
         value = kwargs.get(key, default)
@@ -139,10 +87,11 @@ def _keras_config(spec: Any) -> tuple[str, dict[str, Any]]:
                 f"MinMaxNorm 'rate' must be in [0, 1] (1 enforces the bounds at each step, smaller values move "
                 f"towards them), got {config['rate']!r}."
             )
-    return cls, config
+    return config
 
 
 def _reduction_axes(axis: int | list[int] | None, shape: tuple[int, ...], cls: str, name: str) -> tuple[int, ...]:
+    """``axis`` as distinct non-negative axes of a weight of ``shape`` (all of them for None)."""
     ndim = len(shape)
     if axis is None:
         return tuple(range(ndim))
@@ -163,7 +112,10 @@ def _reduction_axes(axis: int | list[int] | None, shape: tuple[int, ...], cls: s
 
 
 def _projection(cls: str, config: dict[str, Any], name: str) -> Constraint:
+    """The projection of Keras's class ``cls`` with ``config``'s arguments, as a JAX function."""
+
     def project(w: Any) -> jax.Array:
+        """``w`` projected, with norms computed in at least float32 and the result in ``w``'s dtype."""
         w = jnp.asarray(w)
         if cls == "NonNeg":
             return jnp.maximum(w, jnp.zeros((), w.dtype))
@@ -188,7 +140,10 @@ def _projection(cls: str, config: dict[str, Any], name: str) -> Constraint:
 
 
 def _checked_callable(fn: Callable[[Any], Any], name: str) -> Constraint:
+    """``fn`` as a projection: ValueError when ``fn`` changes the shape, the result cast to the weight's dtype."""
+
     def project(w: Any) -> jax.Array:
+        """``fn(w)``, checked to have ``w``'s shape, in ``w``'s dtype."""
         w = jnp.asarray(w)
         out = jnp.asarray(fn(w))
         if out.shape != w.shape:
@@ -201,11 +156,26 @@ def _checked_callable(fn: Callable[[Any], Any], name: str) -> Constraint:
     return project
 
 
-def _type_error(spec: Any, name: str) -> TypeError:
-    return TypeError(
-        f"`{name}` must be None, a Keras constraint name ('non_neg', 'max_norm', 'min_max_norm', 'unit_norm'), "
-        f"a Keras constraint config dict, or a callable `w -> w'`; got {spec!r} ({type(spec).__name__})."
-    )
+_FAMILY = Family(
+    kind="constraint",
+    module="keras.constraints",
+    defaults=_DEFAULTS,
+    unsupported=("Constraint",),
+    supported_text=(
+        "Supported Keras constraints: 'NonNeg', 'MaxNorm', 'MinMaxNorm', 'UnitNorm' (also as 'non_neg', "
+        "'max_norm', 'min_max_norm', 'unit_norm'), as a name or a config dict such as "
+        "{'class_name': 'MaxNorm', 'config': {'max_value': 2, 'axis': 0}}; or pass a callable `w -> w'`, e.g. "
+        "`lambda w: jnp.clip(w, -1, 1)`."
+    ),
+    names="('non_neg', 'max_norm', 'min_max_norm', 'unit_norm')",
+    signature="w -> w'",
+    arguments="arguments",
+    example="{'class_name': 'MaxNorm', 'config': {'max_value': 2, 'axis': 0}}",
+    example_name="non_neg",
+    config=_config,
+    build=_projection,
+    wrap=_checked_callable,
+)
 
 
 def check(spec: Any, name: str) -> Any:
@@ -227,8 +197,7 @@ def check(spec: Any, name: str) -> Any:
       TypeError: ``spec`` is none of the forms above, a value is not a number, or ``axis`` is not an int, a
         list of ints or None.
     """
-    resolve(spec, name)
-    return freeze(spec)
+    return _FAMILY.check(spec, name)
 
 
 def resolve(spec: Any, name: str) -> Constraint | None:
@@ -257,18 +226,7 @@ def resolve(spec: Any, name: str) -> Constraint | None:
         ``axis`` is out of range for the weight (naming the constraint and the weight's shape) or repeats an
         axis, or when a callable returns another shape; TypeError for a norm constraint on a non-float weight.
     """
-    spec = thaw(spec)
-    if spec is None:
-        return None
-    if isinstance(spec, str | Mapping):
-        try:
-            cls, config = _keras_config(spec)
-        except (ValueError, TypeError) as err:
-            raise type(err)(f"`{name}`: {err}") from None
-        return _projection(cls, config, name)
-    if callable(spec) and not inspect.isclass(spec):
-        return _checked_callable(spec, name)
-    raise _type_error(spec, name)
+    return _FAMILY.resolve(spec, name)
 
 
 def serialize(spec: Any, name: str) -> dict[str, Any] | None:
@@ -290,19 +248,4 @@ def serialize(spec: Any, name: str) -> dict[str, Any] | None:
       TypeError: ``spec`` is a callable, which has no JSON form.
       ValueError: as :func:`check`.
     """
-    spec = thaw(spec)
-    if spec is None:
-        return None
-    if isinstance(spec, str | Mapping):
-        try:
-            cls, config = _keras_config(spec)
-        except (ValueError, TypeError) as err:
-            raise type(err)(f"`{name}`: {err}") from None
-        return {"module": "keras.constraints", "class_name": cls, "config": config, "registered_name": None}
-    if callable(spec) and not inspect.isclass(spec):
-        raise TypeError(
-            f"`{name}`={spec!r} is a callable, which has no JSON form, so get_config cannot write it. Give the "
-            f"layer a Keras constraint name or config instead, e.g. {name}='non_neg' or "
-            f"{name}={{'class_name': 'MaxNorm', 'config': {{'max_value': 2, 'axis': 0}}}}."
-        )
-    raise _type_error(spec, name)
+    return _FAMILY.serialize(spec, name)

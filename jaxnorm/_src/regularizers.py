@@ -13,10 +13,8 @@ at least float32, also for bfloat16/float16 weights, where Keras computes in the
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm._src.initializers import freeze, thaw
+from jaxnorm._src.keras_objects import Family
 
 Regularizer = Callable[[jax.Array], jax.Array]
 
@@ -34,31 +32,6 @@ _DEFAULTS: dict[str, dict[str, float]] = {
     "L2": {"l2": 0.01},
     "L1L2": {"l1": 0.0, "l2": 0.0},
 }
-# Keras regularizers that jaxnorm does not implement (``get`` accepts them).
-_UNSUPPORTED = ("OrthogonalRegularizer", "Regularizer")
-_CONFIG_KEYS = {"module", "class_name", "config", "registered_name"}
-_SUPPORTED_TEXT = (
-    "Supported Keras regularizers: 'L1', 'L2', 'L1L2' (also as 'l1', 'l2', 'l1_l2'), as a name or a config "
-    "dict such as {'class_name': 'L2', 'config': {'l2': 0.01}}; or pass a callable `w -> scalar`, e.g. "
-    "`lambda w: 0.01 * jnp.sum(jnp.abs(w))`."
-)
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[_\s]", "", name).lower()
-
-
-def _class_name(cls: Any) -> str:
-    """'l1_l2', 'l1l2', 'L1L2' all map to 'L1L2'."""
-    if not isinstance(cls, str):
-        raise TypeError(f"the regularizer's 'class_name' must be a string, got {cls!r} ({type(cls).__name__}).")
-    for known in _DEFAULTS:
-        if _key(known) == _key(cls):
-            return known
-    for known in _UNSUPPORTED:
-        if _key(known) == _key(cls):
-            raise ValueError(f"the Keras regularizer {cls!r} is not supported by jaxnorm. {_SUPPORTED_TEXT}")
-    raise ValueError(f"unknown regularizer {cls!r}. {_SUPPORTED_TEXT}")
 
 
 def _factor(value: Any, key: str, cls: str) -> float:
@@ -80,41 +53,17 @@ def _factor(value: Any, key: str, cls: str) -> float:
     return value
 
 
-def _keras_config(spec: Any) -> tuple[str, dict[str, float]]:
-    """(Keras class name, config as Keras's ``get_config`` returns it) for a name or a config dict."""
-    if isinstance(spec, str):
-        cls, kwargs = _class_name(spec), {}
-    else:
-        extra = sorted(set(spec) - _CONFIG_KEYS, key=str)
-        if extra:
-            raise ValueError(
-                f"a Keras regularizer config has the keys {sorted(_CONFIG_KEYS)}, got unknown keys {extra} in "
-                f"{spec!r}. The factors go inside 'config', e.g. {{'class_name': 'L2', 'config': {{'l2': 0.01}}}}."
-            )
-        if "class_name" not in spec:
-            raise ValueError(
-                f"a Keras regularizer config needs a 'class_name' key, got keys {sorted(spec, key=str)}. "
-                "E.g. {'class_name': 'L2', 'config': {'l2': 0.01}}."
-            )
-        cls = _class_name(spec["class_name"])
-        kwargs = spec.get("config") or {}
-        if not isinstance(kwargs, Mapping):
-            raise TypeError(
-                f"the {cls} config's 'config' must be a dict, got {kwargs!r} ({type(kwargs).__name__})."
-            )
-        unknown = sorted(set(kwargs) - set(_DEFAULTS[cls]), key=str)
-        if unknown:
-            raise ValueError(
-                f"{cls} takes the config keys {list(_DEFAULTS[cls])}, got unknown keys {unknown} in "
-                f"{dict(kwargs)!r}."
-            )
-    return cls, {key: _factor(kwargs.get(key), key, cls) for key in _DEFAULTS[cls]}
+def _config(cls: str, kwargs: Mapping[str, Any]) -> dict[str, float]:
+    """The config as Keras's ``get_config`` returns it: every factor of ``cls``, validated, defaults filled in."""
+    return {key: _factor(kwargs.get(key), key, cls) for key in _DEFAULTS[cls]}
 
 
 def _penalty(cls: str, config: dict[str, float]) -> Regularizer:
+    """The penalty of Keras's class ``cls`` with ``config``'s factors, as a JAX function."""
     l1, l2 = config.get("l1", 0.0), config.get("l2", 0.0)
 
     def penalty(w: Any) -> jax.Array:
+        """The penalty of ``w``, computed in at least float32."""
         w = jnp.asarray(w)
         x = w.astype(jnp.promote_types(w.dtype, jnp.float32))
         if cls == "L1":
@@ -133,7 +82,10 @@ def _penalty(cls: str, config: dict[str, float]) -> Regularizer:
 
 
 def _checked_callable(fn: Callable[[Any], Any], name: str) -> Regularizer:
+    """``fn`` as a penalty that raises ValueError when ``fn`` returns a non-scalar."""
+
     def penalty(w: Any) -> jax.Array:
+        """``fn(w)``, checked to be a scalar."""
         out = jnp.asarray(fn(w))
         if out.shape != ():
             raise ValueError(
@@ -145,11 +97,26 @@ def _checked_callable(fn: Callable[[Any], Any], name: str) -> Regularizer:
     return penalty
 
 
-def _type_error(spec: Any, name: str) -> TypeError:
-    return TypeError(
-        f"`{name}` must be None, a Keras regularizer name ('l1', 'l2', 'l1_l2'), a Keras regularizer config dict, "
-        f"or a callable `w -> scalar`; got {spec!r} ({type(spec).__name__})."
-    )
+_FAMILY = Family(
+    kind="regularizer",
+    module="keras.regularizers",
+    defaults=_DEFAULTS,
+    # Keras regularizers that jaxnorm does not implement (``get`` accepts them).
+    unsupported=("OrthogonalRegularizer", "Regularizer"),
+    supported_text=(
+        "Supported Keras regularizers: 'L1', 'L2', 'L1L2' (also as 'l1', 'l2', 'l1_l2'), as a name or a config "
+        "dict such as {'class_name': 'L2', 'config': {'l2': 0.01}}; or pass a callable `w -> scalar`, e.g. "
+        "`lambda w: 0.01 * jnp.sum(jnp.abs(w))`."
+    ),
+    names="('l1', 'l2', 'l1_l2')",
+    signature="w -> scalar",
+    arguments="factors",
+    example="{'class_name': 'L2', 'config': {'l2': 0.01}}",
+    example_name="l2",
+    config=_config,
+    build=lambda cls, config, name: _penalty(cls, config),
+    wrap=_checked_callable,
+)
 
 
 def check(spec: Any, name: str) -> Any:
@@ -169,8 +136,7 @@ def check(spec: Any, name: str) -> Any:
         keys, or a factor that is negative, NaN or infinite.
       TypeError: ``spec`` is none of the forms above, or a factor is not a number.
     """
-    resolve(spec, name)
-    return freeze(spec)
+    return _FAMILY.check(spec, name)
 
 
 def resolve(spec: Any, name: str) -> Regularizer | None:
@@ -197,17 +163,7 @@ def resolve(spec: Any, name: str) -> Regularizer | None:
       ValueError, TypeError: as :func:`check`. The returned function raises ValueError at trace time when a
         callable returns a non-scalar.
     """
-    spec = thaw(spec)
-    if spec is None:
-        return None
-    if isinstance(spec, str | Mapping):
-        try:
-            return _penalty(*_keras_config(spec))
-        except (ValueError, TypeError) as err:
-            raise type(err)(f"`{name}`: {err}") from None
-    if callable(spec) and not inspect.isclass(spec):
-        return _checked_callable(spec, name)
-    raise _type_error(spec, name)
+    return _FAMILY.resolve(spec, name)
 
 
 def serialize(spec: Any, name: str) -> dict[str, Any] | None:
@@ -228,19 +184,4 @@ def serialize(spec: Any, name: str) -> dict[str, Any] | None:
       TypeError: ``spec`` is a callable, which has no JSON form.
       ValueError: as :func:`check`.
     """
-    spec = thaw(spec)
-    if spec is None:
-        return None
-    if isinstance(spec, str | Mapping):
-        try:
-            cls, config = _keras_config(spec)
-        except (ValueError, TypeError) as err:
-            raise type(err)(f"`{name}`: {err}") from None
-        return {"module": "keras.regularizers", "class_name": cls, "config": config, "registered_name": None}
-    if callable(spec) and not inspect.isclass(spec):
-        raise TypeError(
-            f"`{name}`={spec!r} is a callable, which has no JSON form, so get_config cannot write it. Give the "
-            f"layer a Keras regularizer name or config instead, e.g. {name}='l2' or "
-            f"{name}={{'class_name': 'L2', 'config': {{'l2': 0.01}}}}."
-        )
-    raise _type_error(spec, name)
+    return _FAMILY.serialize(spec, name)
