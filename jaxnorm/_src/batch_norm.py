@@ -190,23 +190,13 @@ class BatchNorm(Layer):
     _INITIALIZER_FIELDS = ("scale_init", "bias_init", "mean_init", "var_init")
     _KERAS_CLASS = "BatchNormalization"
     _KERAS_RENAMES = {
-        "axis": "axis",
+        **Layer._KERAS_AFFINE_RENAMES,
         "momentum": "momentum",
-        "epsilon": "epsilon",
-        "center": "use_bias",
-        "scale": "use_scale",
-        "beta_initializer": "bias_init",
-        "gamma_initializer": "scale_init",
         "moving_mean_initializer": "mean_init",
         "moving_variance_initializer": "var_init",
-        "beta_regularizer": "bias_regularizer",
-        "gamma_regularizer": "scale_regularizer",
-        "beta_constraint": "bias_constraint",
-        "gamma_constraint": "scale_constraint",
         "renorm": "renorm",
         "renorm_clipping": "renorm_clipping",
         "renorm_momentum": "renorm_momentum",
-        "trainable": "trainable",
     }
     _KERAS_RESTRICTED = {
         **Layer._KERAS_RESTRICTED,

@@ -42,6 +42,20 @@ class Layer:
     }
     # Keras config key -> jaxnorm field.
     _KERAS_RENAMES: ClassVar[dict[str, str]] = {}
+    # The keys every Keras normalization layer with gamma/beta has.
+    _KERAS_AFFINE_RENAMES: ClassVar[dict[str, str]] = {
+        "axis": "axis",
+        "epsilon": "epsilon",
+        "center": "use_bias",
+        "scale": "use_scale",
+        "beta_initializer": "bias_init",
+        "gamma_initializer": "scale_init",
+        "beta_regularizer": "bias_regularizer",
+        "gamma_regularizer": "scale_regularizer",
+        "beta_constraint": "bias_constraint",
+        "gamma_constraint": "scale_constraint",
+        "trainable": "trainable",
+    }
     # Keras config keys jaxnorm accepts only at the given values: key -> (accepts(value), what is accepted).
     _KERAS_RESTRICTED: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
         "name": (lambda v: True, "any"),

@@ -81,20 +81,7 @@ class LayerNorm(Layer):
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
     _KERAS_CLASS = "LayerNormalization"
-    _KERAS_RENAMES = {
-        "axis": "axis",
-        "epsilon": "epsilon",
-        "center": "use_bias",
-        "scale": "use_scale",
-        "beta_initializer": "bias_init",
-        "gamma_initializer": "scale_init",
-        "rms_scaling": "rms_scaling",
-        "beta_regularizer": "bias_regularizer",
-        "gamma_regularizer": "scale_regularizer",
-        "beta_constraint": "bias_constraint",
-        "gamma_constraint": "scale_constraint",
-        "trainable": "trainable",
-    }
+    _KERAS_RENAMES = {**Layer._KERAS_AFFINE_RENAMES, "rms_scaling": "rms_scaling"}
 
     def __post_init__(self):
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
