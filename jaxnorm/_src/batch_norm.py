@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._src import initializers, layer, ops, stats, validation
+from jaxnorm._src import fused, initializers, layer, ops, stats, validation
 from jaxnorm._src.layer import Layer
 
 _RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
@@ -399,8 +399,12 @@ class BatchNorm(Layer):
                     "is all `bias` (PyTorch raises here too). Train on a batch of at least 2, use "
                     "training=False, or pass allow_single_value=True."
                 )
-            count, mean, var = stats.count_mean_var(x, reduction_axes, m, self.axis_name)
             squeeze = lambda v: jnp.squeeze(v, reduction_axes)  # noqa: E731
+            if m is None and self.axis_name is None and not self.renorm:  # memory-light custom backward
+                y, mean, var = fused.batch_moments_normalize(x, scale, bias, reduction_axes, self.epsilon)
+                count = jnp.full(mean.shape, n, mean.dtype)
+                return y, self._updated_state(state, squeeze(count), squeeze(mean), squeeze(var))
+            count, mean, var = stats.count_mean_var(x, reduction_axes, m, self.axis_name)
             if self.renorm:  # (x_hat * r + d) * scale + bias, r and d constants of the gradient
                 r, d = (expand(v) for v in self._renorm_correction(state, squeeze(mean), squeeze(var)))
                 shift = d if scale is None else d * scale
