@@ -168,21 +168,22 @@ class BatchNorm(module.Module):
         out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
 
-        if use_running_average:
-            mean, var = expand(ra_mean.value), expand(ra_var.value)
-        else:
-            axis_name = None if self.is_initializing() else self.axis_name
-            mean, var = stats.mean_var(xc, reduction_axes, full_mask(mask, xc), axis_name)
-            if not self.is_initializing():
-                sdt = stats_dtype(x, self.dtype, self.force_float32_reductions)
-                batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
-                batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
-                ra_mean.value = stats.moving_average(ra_mean.value, batch_mean, self.momentum)
-                ra_var.value = stats.moving_average(ra_var.value, batch_var, self.momentum)
-
         scale = None if scale is None else expand(scale)
         bias = None if bias is None else expand(bias)
-        return ops.normalize(xc, mean, var, bias, scale, self.epsilon).astype(out_dtype)
+        if use_running_average:
+            y = ops.normalize(xc, expand(ra_mean.value), expand(ra_var.value), bias, scale, self.epsilon)
+            return y.astype(out_dtype)
+        axis_name = None if self.is_initializing() else self.axis_name
+        y, _, mean, var = ops.normalize_by_moments(
+            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), axis_name
+        )
+        if not self.is_initializing():
+            sdt = stats_dtype(x, self.dtype, self.force_float32_reductions)
+            batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
+            batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
+            ra_mean.value = stats.moving_average(ra_mean.value, batch_mean, self.momentum)
+            ra_var.value = stats.moving_average(ra_var.value, batch_var, self.momentum)
+        return y.astype(out_dtype)
 
 
 class LayerNorm(module.Module):
@@ -281,7 +282,9 @@ class LayerNorm(module.Module):
         out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
 
-        mean, var = stats.mean_var(xc, reduction_axes, full_mask(mask, xc), self.axis_name)
         scale = None if scale is None else expand(scale)
         bias = None if bias is None else expand(bias)
-        return ops.normalize(xc, mean, var, bias, scale, self.epsilon).astype(out_dtype)
+        y, *_ = ops.normalize_by_moments(
+            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), self.axis_name
+        )
+        return y.astype(out_dtype)

@@ -192,20 +192,21 @@ class BatchNorm(nnx.Module):
         )
         out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
-        if not use_running_average:
-            mean, var = stats.mean_var(xc, reduction_axes, full_mask(mask, xc), self.axis_name)
-            sdt = stats_dtype(x, self.dtype)
-            batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
-            batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
-            self.mean[...] = lax.stop_gradient(stats.moving_average(self.mean[...], batch_mean, self.momentum))
-            self.var[...] = lax.stop_gradient(stats.moving_average(self.var[...], batch_var, self.momentum))
-        else:
-            mean, var = mean.reshape(stats_shape), var.reshape(stats_shape)
-
         fshape = _features_shape(x, feature_axes)
         scale = None if scale is None else scale.reshape(fshape)
         bias = None if bias is None else bias.reshape(fshape)
-        return ops.normalize(xc, mean, var, bias, scale, self.epsilon).astype(out_dtype)
+        if use_running_average:
+            y = ops.normalize(xc, mean.reshape(stats_shape), var.reshape(stats_shape), bias, scale, self.epsilon)
+            return y.astype(out_dtype)
+        y, _, mean, var = ops.normalize_by_moments(
+            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), self.axis_name
+        )
+        sdt = stats_dtype(x, self.dtype)
+        batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
+        batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
+        self.mean[...] = lax.stop_gradient(stats.moving_average(self.mean[...], batch_mean, self.momentum))
+        self.var[...] = lax.stop_gradient(stats.moving_average(self.var[...], batch_var, self.momentum))
+        return y.astype(out_dtype)
 
     def set_view(self, use_running_average: bool | None = None):
         """Used by ``nnx.view``: sets ``use_running_average`` when it is not None.
@@ -326,8 +327,10 @@ class LayerNorm(nnx.Module):
         out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
 
-        mean, var = stats.mean_var(xc, reduction_axes, full_mask(mask, xc), self.axis_name)
         fshape = _features_shape(x, feature_axes)
         scale = None if scale is None else scale.reshape(fshape)
         bias = None if bias is None else bias.reshape(fshape)
-        return ops.normalize(xc, mean, var, bias, scale, self.epsilon).astype(out_dtype)
+        y, *_ = ops.normalize_by_moments(
+            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), self.axis_name
+        )
+        return y.astype(out_dtype)

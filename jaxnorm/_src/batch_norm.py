@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._src import fused, initializers, layer, ops, stats, validation
+from jaxnorm._src import initializers, layer, ops, stats, validation
 from jaxnorm._src.layer import Layer
 
 _RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
@@ -400,16 +400,17 @@ class BatchNorm(Layer):
                     "training=False, or pass allow_single_value=True."
                 )
             squeeze = lambda v: jnp.squeeze(v, reduction_axes)  # noqa: E731
-            if m is None and self.axis_name is None and not self.renorm:  # memory-light custom backward
-                y, mean, var = fused.batch_moments_normalize(x, scale, bias, reduction_axes, self.epsilon)
-                count = jnp.full(mean.shape, n, mean.dtype)
+            if not self.renorm:
+                y, count, mean, var = ops.normalize_by_moments(
+                    x, scale, bias, reduction_axes, self.epsilon, m, self.axis_name
+                )
                 return y, self._updated_state(state, squeeze(count), squeeze(mean), squeeze(var))
             count, mean, var = stats.count_mean_var(x, reduction_axes, m, self.axis_name)
-            if self.renorm:  # (x_hat * r + d) * scale + bias, r and d constants of the gradient
-                r, d = (expand(v) for v in self._renorm_correction(state, squeeze(mean), squeeze(var)))
-                shift = d if scale is None else d * scale
-                bias = shift if bias is None else shift + bias
-                scale = r if scale is None else r * scale
+            # Batch renorm: (x_hat * r + d) * scale + bias, r and d constants of the gradient.
+            r, d = (expand(v) for v in self._renorm_correction(state, squeeze(mean), squeeze(var)))
+            shift = d if scale is None else d * scale
+            bias = shift if bias is None else shift + bias
+            scale = r if scale is None else r * scale
             new_state = self._updated_state(state, squeeze(count), squeeze(mean), squeeze(var))
         else:
             mean, var = expand(state["mean"]), expand(state["var"])

@@ -5,6 +5,7 @@ Every op computes in ``promote_types(x.dtype, float32)`` and returns ``x.dtype``
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -73,6 +74,21 @@ def normalize(x, mean, variance, offset, scale, epsilon):
     return y.astype(x.dtype)
 
 
+def normalize_by_moments(x, scale, bias, axes, epsilon, mask=None, axis_name=None):
+    """``(y, count, mean, var)``: ``x`` normalized by its own statistics over ``axes`` (keepdims statistics).
+
+    The one entry point of every layer that normalizes with fresh statistics. Without a mask or ``axis_name``
+    it uses :func:`fused.normalize_with_moments` (the memory-light derivative); otherwise the statistics kernel
+    and plain autodiff. ``scale``/``bias``: None or of x's rank.
+    """
+    if mask is None and axis_name is None:
+        y, mean, var = fused.batch_moments_normalize(x, scale, bias, axes, epsilon)
+        n = math.prod(x.shape[a] for a in axes)
+        return y, jnp.full(mean.shape, n, mean.dtype), mean, var
+    count, mean, var = stats.count_mean_var(x, axes, mask, axis_name)
+    return normalize(x, mean, var, bias, scale, epsilon), count, mean, var
+
+
 def normalize_batch_in_training(
     x: jax.Array,
     scale: jax.Array | None,
@@ -124,7 +140,7 @@ def normalize_batch_in_training(
         scale = validation.axes_operand(scale, x.shape, kept, "scale", "kept (non-reduced) axes")
     if offset is not None:
         offset = validation.axes_operand(offset, x.shape, kept, "offset", "kept (non-reduced) axes")
-    y, mean, var = fused.batch_moments_normalize(x, scale, offset, axes, epsilon)
+    y, _, mean, var = normalize_by_moments(x, scale, offset, axes, epsilon)
     return y, jnp.squeeze(mean, axes), jnp.squeeze(var, axes)
 
 
@@ -179,8 +195,5 @@ def layer_norm(
         scale = validation.axes_operand(scale, x.shape, axes, "scale", "normalized axes")
     if bias is not None:
         bias = validation.axes_operand(bias, x.shape, axes, "bias", "normalized axes")
-    if where is None and axis_name is None:  # the common case: the memory-light custom backward
-        return fused.batch_moments_normalize(x, scale, bias, axes, epsilon)[0]
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    mean, var = stats.mean_var(x, axes, mask, axis_name)
-    return normalize(x, mean, var, bias, scale, epsilon)
+    return normalize_by_moments(x, scale, bias, axes, epsilon, mask, axis_name)[0]
