@@ -1,0 +1,82 @@
+"""Smoke test of benchmarks/run.py: the --smoke mode (tiny shapes, 3 runs) in-process, and the JSON it writes.
+
+The figures themselves are not checked (tiny shapes time dispatch, not the kernels); the full and quick runs are
+documented in benchmarks/README.md.
+"""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import jax
+
+RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+def load_run():
+    # benchmarks/ is not a package: import the script from its path.
+    spec = importlib.util.spec_from_file_location("benchmarks_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _positive_finite(value):
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_benchmarks_smoke(tmp_path, capsys):
+    run = load_run()
+    # bfloat16 only, to stay well under 20 s: it is the dtype with the most conversions (torch bits, Keras's mixed
+    # policy); float32 goes through the same code.
+    result = run.main(["--smoke", "--dtypes", "bfloat16", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+
+    data = json.loads((tmp_path / "results_smoke.json").read_text())
+    assert (tmp_path / "ratios_smoke.png").stat().st_size > 0
+    assert data["cases"] == json.loads(json.dumps(result["cases"]))
+    assert {"mode", "date", "device", "versions", "settings", "shapes", "dtypes", "cases", "summary"} <= set(data)
+    assert data["mode"] == "smoke"
+    assert data["device"]["platform"] == jax.devices()[0].platform
+    assert data["device"]["torch_device"] == "cpu"
+    for name in ("jax", "jaxlib", "flax", "torch", "keras"):
+        assert name in data["versions"]
+    assert data["versions"]["jax"] == jax.__version__
+
+    # Every op x mode, one tiny shape each.
+    assert data["dtypes"] == ["bfloat16"]
+    seen = {(c["op"], c["mode"], c["dtype"]) for c in data["cases"]}
+    assert seen == {(op, mode, "bfloat16") for op in run.OPS for mode in run.MODES}
+    assert len(data["cases"]) == len(seen)
+
+    for case in data["cases"]:
+        results = case["results"]
+        assert case["bytes_moved"] == (2 if case["mode"] == "fwd" else 3) * case["x_bytes"] > 0
+        # jaxnorm and the copy kernel always run; flax and the naive reference are always installed here.
+        for impl in ("jaxnorm", "copy", "flax_linen", "flax_nnx", "naive_jnp"):
+            assert results[impl]["status"] == "ok", (case["op"], case["mode"], impl, results[impl])
+        assert results["jaxnorm"]["ratio_to_jaxnorm"] == 1.0
+        assert results["jaxnorm"]["max_rel_err"] == 0.0
+        for impl, r in results.items():
+            if r["status"] != "ok":
+                # Only an optional peer may fail, and it says why.
+                assert impl in ("keras", "equinox", "haiku", "torch_cpu") and r["status"], (impl, r)
+                continue
+            for key in ("median_ms", "min_ms", "gbps", "ratio_to_jaxnorm", "pct_copy", "speedup_vs_flax_linen"):
+                assert _positive_finite(r[key]), (case["op"], case["mode"], impl, key, r[key])
+            assert r["repeats"] == run.REPEATS["smoke"]
+            assert math.isclose(r["ratio_to_jaxnorm"], r["median_ms"] / results["jaxnorm"]["median_ms"])
+            if impl not in ("copy", "torch_cpu"):
+                # Every checked peer agrees with jaxnorm within the dtype's tolerance.
+                assert 0.0 <= r["max_rel_err"] <= run.TOLERANCE[case["dtype"]], (impl, r["max_rel_err"])
+            if impl != "torch_cpu":
+                temp = r["temp_bytes"]
+                assert temp is None or (isinstance(temp, int) and temp >= 0)
+        assert math.isclose(results["copy"]["pct_copy"], 100.0)
+
+    # The summary covers each target, and the printed table has one row per case x implementation.
+    assert len(data["summary"]["targets"]) == len(run.TARGETS)
+    rows = [line for line in out.splitlines() if line.startswith(("layer_norm ", "batch_norm "))]
+    assert len(rows) == sum(len(c["results"]) for c in data["cases"])
+    assert "wrote " in out
