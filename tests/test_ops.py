@@ -255,3 +255,12 @@ def test_ops_jit_equals_eager():
     f = lambda x: (jaxnorm.layer_norm(x, axis=0), jaxnorm.normalize_batch_in_training(x, None, None, 0)[0])
     for a, b in zip(jax.jit(f)(x), f(x), strict=True):
         assert_close(a, b)
+
+
+def test_moments_shift_by_an_outlier_sample_stays_accurate():
+    """The worst case of the one-pass shifted sums: the shift (first sample) is the extreme outlier."""
+    x = np.array(_data((4096, 3), offset=1e4))
+    x[0] = 1e4 + np.array([50.0, -200.0, 1e3])  # first row far out: (mean - shift)^2 / var ~ n at most
+    x = jnp.asarray(x, jnp.float32)
+    _, var = jaxnorm.moments(x, 0)
+    np.testing.assert_allclose(var, np.asarray(x, np.float64).var(0), rtol=1e-4)
