@@ -24,8 +24,8 @@ whose transpose is the familiar :math:`dx = r\,(g - \langle g\rangle - \hat x\la
 :math:`g = dy\cdot\text{scale}` (plus the terms of cotangents reaching the returned ``mean``/``var``). It is
 the same function as autodiff of the forward; tests compare both, in both modes.
 
-Used by LayerNorm (``axes`` = the normalized axes) and BatchNorm in training (``axes`` = the batch axes) when no
-mask and no ``axis_name`` is given; those cases keep plain autodiff.
+Used (through ``ops.normalize_by_moments``) when the statistics run over trailing axes (LayerNorm and the Flax
+LayerNorm drop-ins) without a mask or ``axis_name``; other cases keep plain autodiff.
 """
 
 from __future__ import annotations

@@ -77,11 +77,15 @@ def normalize(x, mean, variance, offset, scale, epsilon):
 def normalize_by_moments(x, scale, bias, axes, epsilon, mask=None, axis_name=None):
     """``(y, count, mean, var)``: ``x`` normalized by its own statistics over ``axes`` (keepdims statistics).
 
-    The one entry point of every layer that normalizes with fresh statistics. Without a mask or ``axis_name``
-    it uses :func:`fused.normalize_with_moments` (the memory-light derivative); otherwise the statistics kernel
-    and plain autodiff. ``scale``/``bias``: None or of x's rank.
+    The one entry point of every layer that normalizes with fresh statistics. Over trailing axes (rows, as
+    LayerNorm) without a mask or ``axis_name`` it uses :func:`fused.normalize_with_moments` (the memory-light
+    derivative); otherwise the statistics kernel and plain autodiff. Measured on CPU (benchmarks/RESULTS.md):
+    over leading axes (BatchNorm's batch axes) XLA compiles the checkpointed tangent map's transpose into a
+    slower backward with large temporaries, so BatchNorm keeps autodiff until it has its own backward.
+    ``scale``/``bias``: None or of x's rank.
     """
-    if mask is None and axis_name is None:
+    rows = tuple(axes) == tuple(range(x.ndim - len(axes), x.ndim))
+    if rows and mask is None and axis_name is None:
         y, mean, var = fused.batch_moments_normalize(x, scale, bias, axes, epsilon)
         n = math.prod(x.shape[a] for a in axes)
         return y, jnp.full(mean.shape, n, mean.dtype), mean, var
