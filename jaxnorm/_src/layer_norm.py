@@ -44,6 +44,8 @@ class LayerNorm(Layer):
       trainable: False freezes the params as Keras's ``trainable=False`` does: no gradient (``stop_gradient``),
         no regularization loss, no constraint; exclude them from the optimizer with
         :func:`jaxnorm.trainable_mask`.
+      implementation: ``'auto'`` (default), ``'xla'`` or ``'pallas'``, as in :func:`jaxnorm.layer_norm`
+        (a performance choice: same numbers to float32 rounding; not written to Keras configs).
 
     ``init(key, x) -> (params, {})`` with ``params = {'scale', 'bias'}`` of shape
     ``[x.shape[a] for a in sorted(axis)]``, the tree of ``flax.linen.LayerNorm``'s ``variables['params']``.
@@ -78,6 +80,7 @@ class LayerNorm(Layer):
     scale_constraint: Any = None
     bias_constraint: Any = None
     trainable: bool = True
+    implementation: str = "auto"
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
     _KERAS_CLASS = "LayerNormalization"
@@ -88,6 +91,7 @@ class LayerNorm(Layer):
         validation.check_bool(self.use_scale, "use_scale")
         validation.check_bool(self.use_bias, "use_bias")
         validation.check_bool(self.rms_scaling, "rms_scaling")
+        ops.check_implementation(self.implementation)
         self._post_init_common()
 
     @property
@@ -160,6 +164,7 @@ class LayerNorm(Layer):
             scale = validation.expand_to_rank(params["scale"], x.ndim, axes)
             return ops.normalize(x, jnp.zeros_like(mean), var, None, scale, self.epsilon), state
         y = ops.layer_norm(
-            x, params.get("scale"), params.get("bias"), axis=axes, epsilon=self.epsilon, where=mask
+            x, params.get("scale"), params.get("bias"), axis=axes, epsilon=self.epsilon, where=mask,
+            implementation=self.implementation,
         )
         return y, state

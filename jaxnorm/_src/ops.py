@@ -86,9 +86,11 @@ def normalize_by_moments(x, scale, bias, axes, epsilon, mask=None, axis_name=Non
     """
     rows = tuple(axes) == tuple(range(x.ndim - len(axes), x.ndim))
     if rows and mask is None and axis_name is None:
-        y, mean, var = fused.batch_moments_normalize(x, scale, bias, axes, epsilon)
-        n = math.prod(x.shape[a] for a in axes)
-        return y, jnp.full(mean.shape, n, mean.dtype), mean, var
+        out = fused.normalize_rows(x, scale, bias, tuple(axes), epsilon)
+        if out is not None:
+            y, mean, var = out
+            n = math.prod(x.shape[a] for a in axes)
+            return y, jnp.full(mean.shape, n, mean.dtype), mean, var
     count, mean, var = stats.count_mean_var(x, axes, mask, axis_name)
     return normalize(x, mean, var, bias, scale, epsilon), count, mean, var
 
@@ -157,6 +159,7 @@ def layer_norm(
     epsilon: float = 1e-3,
     where: Any = None,
     axis_name: Any = None,
+    implementation: str = "auto",
 ) -> jax.Array:
     r"""Layer normalization: each example normalized over ``axis`` by its own statistics.
 
@@ -176,13 +179,20 @@ def layer_norm(
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
         across which the normalized axes are split (e.g. sequence parallelism); statistics are then exact
         over the whole example.
+      implementation: ``"xla"`` (XLA ops with the blocked custom backward of :mod:`fused`), ``"pallas"``
+        (the fused Pallas kernels of :mod:`pallas_norm`: compiled through Triton on a GPU, run in Pallas
+        interpret mode elsewhere, which is correct but slow and meant for tests), or ``"auto"`` (default:
+        ``"xla"`` everywhere until the Pallas kernels are measured faster on a GPU; see
+        benchmarks/RESULTS.md). ``"pallas"`` needs trailing ``axis``, no ``where``/``axis_name``, float32/
+        bfloat16/float16 input, at most 64 KiB per row, and ``scale``/``bias`` that vary only along ``axis``.
 
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
 
     Raises:
       TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` not boolean.
-      ValueError: an axis out of range or repeated; ``scale``/``bias`` of the wrong shape; ``epsilon`` < 0.
+      ValueError: an axis out of range or repeated; ``scale``/``bias`` of the wrong shape; ``epsilon`` < 0;
+        ``implementation`` unknown, or ``"pallas"`` for a case the kernels do not cover (the message says which).
 
     Source: Ba, Kiros & Hinton 2016, "Layer Normalization"; semantics of ``keras.layers.LayerNormalization``.
 
@@ -200,4 +210,51 @@ def layer_norm(
     if bias is not None:
         bias = validation.axes_operand(bias, x.shape, axes, "bias", "normalized axes")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
+    if check_implementation(implementation) == "pallas":
+        return pallas_rows(x, scale, bias, axes, epsilon, mask, axis_name, subtract_mean=True)
     return normalize_by_moments(x, scale, bias, axes, epsilon, mask, axis_name)[0]
+
+
+IMPLEMENTATIONS = ("auto", "xla", "pallas")
+
+
+def check_implementation(implementation: Any) -> str:
+    """The implementation to run: ``"auto"`` resolves to ``"xla"`` (the Pallas kernels are not yet measured
+    faster on any GPU, see benchmarks/RESULTS.md). Raises ``ValueError`` for anything but the three names."""
+    if not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"`implementation` must be one of {IMPLEMENTATIONS}; got {implementation!r}. Use 'auto' (default) "
+            "unless you are testing or benchmarking a particular path."
+        )
+    return "xla" if implementation == "auto" else implementation
+
+
+def pallas_rows(x, scale, bias, axes, epsilon, mask, axis_name, *, subtract_mean):
+    """``y`` from the Pallas row kernels, after checking that they cover this call (``ValueError`` naming
+    what does not fit and the fix, ``implementation='xla'``, otherwise)."""
+    from jaxnorm._src import pallas_norm  # imported on first use: it loads jax.experimental.pallas
+
+    lead = x.ndim - len(axes)
+    why = None
+    if tuple(axes) != tuple(range(lead, x.ndim)):
+        why = f"the normalized axes {tuple(axes)} are not the trailing axes of x (rank {x.ndim})"
+    elif mask is not None or axis_name is not None:
+        why = "a mask (`where`) or `axis_name` is given"
+    elif x.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+        why = f"x has dtype {x.dtype} (the kernels take float32, bfloat16 and float16)"
+    s, b = fused.rows_operand(scale, x.shape, axes), fused.rows_operand(bias, x.shape, axes)
+    if why is None and (s is False or b is False):
+        why = "scale or bias varies along axes that are not normalized"
+    n = math.prod(x.shape[a] for a in axes)
+    if why is None and n > pallas_norm.max_row_length(x.dtype):
+        why = f"rows of {n} elements exceed the kernels' {pallas_norm.max_row_length(x.dtype)} for {x.dtype}"
+    if why is None and isinstance(epsilon, jax.core.Tracer):
+        why = "epsilon is traced (the kernels take it as a static Python float)"
+    if why is not None:
+        raise ValueError(f"implementation='pallas' does not cover this call: {why}. Use implementation='xla'.")
+    m = math.prod(x.shape[:lead])
+    y = pallas_norm.normalize_rows(
+        x.reshape(m, n), s, b, float(epsilon), subtract_mean=subtract_mean,
+        interpret=not pallas_norm.pallas_available(),
+    )
+    return y.reshape(x.shape)

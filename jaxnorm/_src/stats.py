@@ -49,18 +49,19 @@ def count_mean_m2(
     # not O(offset * n), so the mean keeps its float32 precision on offset data.
     first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))
     shift = lax.stop_gradient(xs[first])
-    d = xs - shift
     if mask is None:
+        # Each pass is one fused reduction over x (no shifted full-size copy is materialized): measured on CPU,
+        # a materialized temporary costs its page faults on every call.
         n = math.prod(x.shape[a] for a in axes)
         count = jnp.full(shift.shape, n, dtype)
-        mean_d = jnp.sum(d, axes, keepdims=True) / max(n, 1)
-        m2 = jnp.sum(jnp.square(d - mean_d), axes, keepdims=True)
+        mean = shift + jnp.sum(xs - shift, axes, keepdims=True) / max(n, 1)
+        m2 = jnp.sum(jnp.square(xs - mean), axes, keepdims=True)
     else:
-        d = jnp.where(mask, d, 0)
+        d = jnp.where(mask, xs - shift, 0)
         count = jnp.sum(mask, axes, keepdims=True, dtype=dtype)
         mean_d = jnp.sum(d, axes, keepdims=True) / jnp.maximum(count, 1)
         m2 = jnp.sum(jnp.where(mask, jnp.square(d - mean_d), 0), axes, keepdims=True)
-    mean = jnp.where(count > 0, shift + mean_d, 0)
+        mean = jnp.where(count > 0, shift + mean_d, 0)
     if axis_name is not None:
         count, mean, m2 = _merge_across(count, mean, m2, axis_name)
     return count, mean, m2
