@@ -101,7 +101,10 @@ TARGETS = {
     "fwd_time_over_copy_beyond_cache": 1.1,
     "fwd+bwd_temp_vs_flax_linen": 0.6,
 }
-IMPLS = ("jaxnorm", "flax_linen", "flax_nnx", "naive_jnp", "keras", "equinox", "haiku", "torch_cpu", "copy")
+IMPLS = (
+    "jaxnorm", "jaxnorm_pallas", "flax_linen", "flax_nnx", "naive_jnp", "keras", "equinox", "haiku", "torch_cpu",
+    "copy",
+)
 BASELINE = "flax_linen"
 
 
@@ -110,6 +113,12 @@ def _installed(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+def _pallas_on_gpu() -> bool:
+    from jaxnorm._src import pallas_norm
+
+    return pallas_norm.pallas_available()
 
 
 def _num_threads() -> int:
@@ -160,6 +169,12 @@ def _jaxnorm_forward(op, x):
         return y, state["mean"], state["var"]
 
     return forward
+
+
+def _jaxnorm_pallas_forward(op, x):  # GPU only (interpret mode on CPU is a test aid, not timed)
+    if op != "layer_norm":
+        raise NotImplementedError("the Pallas kernels cover LayerNorm/RMSNorm rows, not BatchNorm")
+    return lambda x, s, b: jaxnorm.layer_norm(x, s, b, axis=-1, epsilon=EPSILON, implementation="pallas")
 
 
 def _naive_forward(op, x):
@@ -285,6 +300,7 @@ def _haiku_forward(op, x):  # only when haiku is installed; LayerNorm only
 
 JAX_FORWARDS = {
     "jaxnorm": (None, _jaxnorm_forward),
+    "jaxnorm_pallas": (None, _jaxnorm_pallas_forward),
     "flax_linen": ("flax", _flax_linen_forward),
     "flax_nnx": ("flax", _flax_nnx_forward),
     "naive_jnp": (None, _naive_forward),
@@ -775,6 +791,8 @@ def main(argv=None):
         module = "torch" if impl == "torch_cpu" else JAX_FORWARDS.get(impl, (None,))[0]
         if module is not None and not _installed(module):
             skipped[impl] = f"{module} not installed"
+        elif impl == "jaxnorm_pallas" and not _pallas_on_gpu():
+            skipped[impl] = "no GPU: the Pallas kernels would run in interpret mode"
         else:
             impls.append(impl)
     if "torch_cpu" in impls:

@@ -31,7 +31,10 @@ def _ours(x, scale, bias, axes, eps):
 @pytest.mark.parametrize(
     "shape, axes, pshape",
     [((4, 5), (1,), (1, 5)), ((4, 3, 4), (1, 2), (1, 3, 4)), ((4, 3, 4), (2,), (1, 1, 4)),
-     ((4, 3, 4), (2,), (1, 3, 4)), ((7, 3), (1,), (1, 3))],
+     ((4, 3, 4), (2,), (1, 3, 4)), ((7, 3), (1,), (1, 3)),
+     # columns (BatchNorm): leading axes, params along the kept ones (or varying along a reduced one)
+     ((4, 5), (0,), (1, 5)), ((4, 3, 4), (0, 1), (1, 1, 4)), ((4, 3, 4), (0,), (1, 3, 4)),
+     ((4, 3, 4), (0,), (1, 1, 4)), ((4, 3, 4), (0, 1), (4, 1, 4))],
 )
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("block_elements", [1 << 16, 6])  # one block; several blocks plus a shorter last one
@@ -57,9 +60,12 @@ def test_gradients_equal_autodiff_including_statistics_cotangents(shape, axes, p
 
         argnums = (0, 1, 2, 3) if affine else (0, 3)
         want = jax.grad(loss(_autodiff_reference), argnums)(x, scale, bias, eps)
-        varies = pshape[: len(shape) - len(axes)] != (1,) * (len(shape) - len(axes))
-        # A scale varying along kept axes is not a row vector: the generic autodiff path takes it.
-        assert (fused.normalize_rows(x, scale, bias, axes, eps) is None) == (affine and varies)
+        rows = axes[-1] == len(shape) - 1
+        ignored = [i for i in range(len(shape)) if (i in axes) != rows]  # axes the params must be constant on
+        varies = any(pshape[i] != 1 for i in ignored)
+        # Params varying where the fused paths expect them constant take the generic autodiff path.
+        normalize_fused = fused.normalize_rows if rows else fused.normalize_columns
+        assert (normalize_fused(x, scale, bias, axes, eps) is None) == (affine and varies)
         got = jax.grad(loss(_ours), argnums)(x, scale, bias, eps)
         for g, r in zip(got, want, strict=True):
             assert g.shape == r.shape and g.dtype == r.dtype

@@ -19,6 +19,10 @@ float32: every temporary is a block, cache-sized and reused, instead of several 
 Measured on a 2-vCPU CPU (benchmarks/RESULTS.md), each fresh full-size temporary costs its page faults on every
 call; autodiff of the same forward (and Flax's LayerNorm) keeps 2-3 of them.
 
+Columns (BatchNorm over the leading axes of channels-last input, ``x`` viewed as ``(M, C)``) use the same
+forward and a two-pass backward: the per-channel sums of ``dy`` and ``dy * xhat`` (which are also ``dbias`` and
+``dscale``) in one fused reduction, then ``dx`` elementwise; there is nothing per row to block.
+
 A ``custom_vjp`` supports ``grad``, ``vjp``, ``jax.hessian`` and ``jvp`` of ``grad`` (forward-over-reverse), but
 not ``jax.jvp``/``jacfwd`` applied to the normalization itself; the statistics kernel path
 (``implementation`` aside, any masked or ``axis_name`` call) remains plain autodiff.
@@ -49,12 +53,13 @@ ONE_BLOCK_ELEMENTS = 1 << 20
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _rows(x, scale, bias, epsilon, block_rows):
-    y, mean, var, _ = _forward(x, scale, bias, epsilon)
+    y, mean, var, _ = _forward(x, scale, bias, epsilon, 1)
     return y, mean, var
 
 
-def _forward(x, scale, bias, epsilon):
-    _, mean, var = stats.count_mean_var(x, (1,))
+def _forward(x, scale, bias, epsilon, axis):
+    """(M, N) ``x`` normalized over ``axis`` (1: rows, LayerNorm; 0: columns, BatchNorm); ``(N,)`` params."""
+    _, mean, var = stats.count_mean_var(x, (axis,))
     dtype = mean.dtype
     rstd = lax.rsqrt(var + epsilon.astype(dtype))
     inv = rstd if scale is None else rstd * scale.astype(dtype)[None]
@@ -65,7 +70,7 @@ def _forward(x, scale, bias, epsilon):
 
 
 def _rows_fwd(x, scale, bias, epsilon, block_rows):
-    y, mean, var, rstd = _forward(x, scale, bias, epsilon)
+    y, mean, var, rstd = _forward(x, scale, bias, epsilon, 1)
     bias_dtype = None if bias is None else jnp.zeros((0,), bias.dtype)  # only its dtype is needed
     return (y, mean, var), (x, scale, bias_dtype, epsilon, mean, rstd)
 
@@ -121,14 +126,54 @@ def _rows_bwd(block_rows, res, cts):
 _rows.defvjp(_rows_fwd, _rows_bwd)
 
 
+@jax.custom_vjp
+def _cols(x, scale, bias, epsilon):
+    y, mean, var, _ = _forward(x, scale, bias, epsilon, 0)
+    return y, mean, var
+
+
+def _cols_fwd(x, scale, bias, epsilon):
+    y, mean, var, rstd = _forward(x, scale, bias, epsilon, 0)
+    bias_dtype = None if bias is None else jnp.zeros((0,), bias.dtype)
+    return (y, mean, var), (x, scale, bias_dtype, epsilon, mean, rstd)
+
+
+def _cols_bwd(res, cts):
+    """Columns (BatchNorm): the per-channel sums of dy and dy * xhat are dbias and dscale and also the two
+    means the dx formula needs, so the backward is one fused reduction pass and one elementwise pass."""
+    x, scale, bias_dtype, epsilon, mean, rstd = res
+    dy, dmean, dvar = cts
+    m = x.shape[0]
+    dtype = mean.dtype
+    c = x.astype(dtype) - mean
+    xhat = c * rstd
+    dyf = dy.astype(dtype)
+    sum_dy = jnp.sum(dyf, 0, keepdims=True)
+    sum_dy_xhat = jnp.sum(dyf * xhat, 0, keepdims=True)
+    k = rstd if scale is None else rstd * scale.astype(dtype)[None]
+    dx = k * (dyf - sum_dy / m - xhat * (sum_dy_xhat / m)) + dmean / m + (2 / m) * dvar * c
+    deps = -0.5 * jnp.sum(k * rstd * sum_dy_xhat)
+    dscale = None if scale is None else sum_dy_xhat[0].astype(scale.dtype)
+    dbias = None if bias_dtype is None else sum_dy[0].astype(bias_dtype.dtype)
+    return dx.astype(x.dtype), dscale, dbias, deps.astype(epsilon.dtype)
+
+
+_cols.defvjp(_cols_fwd, _cols_bwd)
+
+
 def rows_operand(p: jax.Array | None, x_shape: tuple[int, ...], axes: tuple[int, ...]) -> Any:
     """A scale/bias of x's rank as the flat ``(N,)`` vector of the rows, or ``False`` if it varies elsewhere."""
+    return _flat_operand(p, x_shape, len(x_shape) - len(axes), len(x_shape))
+
+
+def _flat_operand(p, x_shape, start, stop):
+    """``p`` (of x's rank) flattened over axes ``start:stop`` if it is constant along all other axes."""
     if p is None:
         return None
-    lead = len(x_shape) - len(axes)
-    if any(d != 1 for d in p.shape[:lead]):
+    if any(d != 1 for i, d in enumerate(p.shape) if not start <= i < stop):
         return False
-    return jnp.broadcast_to(p.reshape(p.shape[lead:]), x_shape[lead:]).reshape(-1)
+    inner = x_shape[start:stop]
+    return jnp.broadcast_to(p.reshape(p.shape[start:stop]), inner).reshape(-1)
 
 
 def normalize_rows(
@@ -155,4 +200,22 @@ def normalize_rows(
     block_rows = m if m * n <= ONE_BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // max(n, 1))
     y, mean, var = _rows(x.reshape(m, n), s, b, eps, block_rows)
     kept = lead + (1,) * len(axes)
+    return y.reshape(x.shape), mean.reshape(kept), var.reshape(kept)
+
+
+def normalize_columns(
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: Any
+) -> tuple[jax.Array, jax.Array, jax.Array] | None:
+    """As :func:`normalize_rows` over leading ``axes`` (BatchNorm over NHWC's N, H, W): ``x`` is viewed as
+    ``(M, C)`` and each column normalized with the one-reduction-pass backward. None if the scale/bias vary
+    along the reduced axes."""
+    k = len(axes)
+    s, b = _flat_operand(scale, x.shape, k, x.ndim), _flat_operand(bias, x.shape, k, x.ndim)
+    if s is False or b is False:
+        return None
+    m = math.prod(x.shape[:k])
+    c = math.prod(x.shape[k:])
+    eps = jnp.asarray(epsilon, validation.stats_dtype(x.dtype))
+    y, mean, var = _cols(x.reshape(m, c), s, b, eps)
+    kept = (1,) * k + x.shape[k:]
     return y.reshape(x.shape), mean.reshape(kept), var.reshape(kept)

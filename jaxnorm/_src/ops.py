@@ -77,16 +77,17 @@ def normalize(x, mean, variance, offset, scale, epsilon):
 def normalize_by_moments(x, scale, bias, axes, epsilon, mask=None, axis_name=None):
     """``(y, count, mean, var)``: ``x`` normalized by its own statistics over ``axes`` (keepdims statistics).
 
-    The one entry point of every layer that normalizes with fresh statistics. Over trailing axes (rows, as
-    LayerNorm) without a mask or ``axis_name`` it uses :func:`fused.normalize_with_moments` (the memory-light
-    derivative); otherwise the statistics kernel and plain autodiff. Measured on CPU (benchmarks/RESULTS.md):
-    over leading axes (BatchNorm's batch axes) XLA compiles the checkpointed tangent map's transpose into a
-    slower backward with large temporaries, so BatchNorm keeps autodiff until it has its own backward.
-    ``scale``/``bias``: None or of x's rank.
+    The one entry point of every layer that normalizes with fresh statistics. Without a mask or ``axis_name``,
+    over trailing axes (rows: LayerNorm) it uses :func:`fused.normalize_rows` and over leading axes (columns:
+    BatchNorm on channels-last input) :func:`fused.normalize_columns`, both with a hand-written ``custom_vjp``
+    backward that saves only ``x`` and per-row/channel float32 statistics; otherwise the statistics kernel and
+    plain autodiff. ``scale``/``bias``: None or of x's rank.
     """
     rows = tuple(axes) == tuple(range(x.ndim - len(axes), x.ndim))
-    if rows and mask is None and axis_name is None:
-        out = fused.normalize_rows(x, scale, bias, tuple(axes), epsilon)
+    columns = tuple(axes) == tuple(range(len(axes)))
+    if (rows or columns) and mask is None and axis_name is None:
+        normalize_fused = fused.normalize_rows if rows else fused.normalize_columns
+        out = normalize_fused(x, scale, bias, tuple(axes), epsilon)
         if out is not None:
             y, mean, var = out
             n = math.prod(x.shape[a] for a in axes)
