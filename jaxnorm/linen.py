@@ -23,7 +23,7 @@ NaN or inf there is harmless to them (Flax's gradient of the statistics is NaN t
 normalized, as in Flax, so a NaN input stays NaN in the output at its own position; zero such inputs
 (``jnp.where(mask, x, 0)``) before differentiating through the output. A reduction that selects nothing gives
 mean 0 and variance 0 (Flax: NaN); complex inputs and repeated axes raise instead of being accepted;
-``axis_index_groups`` is not supported yet (``ValueError``).
+``axis_index_groups`` groups the devices of ``axis_name``, statistics merged exactly within each group.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from flax.typing import Axes, Dtype, Initializer
 from jax.nn import initializers
 
 from jaxnorm._src import ops, stats, validation
-from jaxnorm._src.flax_compat import check_axis_index_groups, compute_input, full_mask, stats_dtype
+from jaxnorm._src.flax_compat import compute_input, full_mask, stats_dtype, sync_axis
 
 __all__ = ["BatchNorm", "LayerNorm"]
 
@@ -82,7 +82,8 @@ class BatchNorm(module.Module):
       scale_init: initializer of the scale (ones).
       axis_name: None, or the named axis (or tuple of names) of an enclosing ``pmap``/``shard_map``/``vmap``
         over which the batch statistics are merged (exactly, count-weighted). Not used during ``init``.
-      axis_index_groups: must be None (``ValueError`` otherwise: not supported yet).
+      axis_index_groups: None, or lists of device indices along ``axis_name``: statistics merged
+        within each group (Flax's argument; exact, count-weighted).
       use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
       force_float32_reductions: accepted; statistics are always computed in at least float32. As in Flax,
         False stores ``batch_stats`` in ``param_dtype`` (the checkpoint layout is unchanged).
@@ -103,7 +104,8 @@ class BatchNorm(module.Module):
       (``param_dtype`` if ``force_float32_reductions=False``).
 
     Raises:
-      ValueError: ``axis_index_groups`` is not None; both or neither ``use_running_average`` given; an axis
+      ValueError: ``axis_index_groups`` without a single ``axis_name``;
+        both or neither ``use_running_average`` given; an axis
         out of range or repeated; ``mask`` not broadcastable to ``x``; ``axis_name`` not bound.
       TypeError: complex ``x``.
 
@@ -145,7 +147,7 @@ class BatchNorm(module.Module):
     force_float32_reductions: bool = True
 
     def __post_init__(self):
-        check_axis_index_groups(self.axis_index_groups, "jaxnorm.linen.BatchNorm")
+        sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm")
         super().__post_init__()
 
     @module.compact
@@ -173,7 +175,9 @@ class BatchNorm(module.Module):
         if use_running_average:
             y = ops.normalize(xc, expand(ra_mean.value), expand(ra_var.value), bias, scale, self.epsilon)
             return y.astype(out_dtype)
-        axis_name = None if self.is_initializing() else self.axis_name
+        axis_name = None if self.is_initializing() else sync_axis(
+            self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm"
+        )
         y, _, mean, var = ops.normalize_by_moments(
             xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), axis_name
         )
@@ -211,7 +215,8 @@ class LayerNorm(module.Module):
       feature_axes: int or tuple of ints, the axes ``scale`` and ``bias`` span (-1).
       axis_name: None, or the named axis (or tuple of names) of an enclosing ``pmap``/``shard_map``/``vmap``
         across which the reduced axes are split; the statistics are then merged exactly (count-weighted).
-      axis_index_groups: must be None (``ValueError`` otherwise: not supported yet).
+      axis_index_groups: None, or lists of device indices along ``axis_name``: statistics merged
+        within each group (Flax's argument; exact, count-weighted).
       use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
       force_float32_reductions: accepted; statistics are always computed in at least float32.
 
@@ -229,7 +234,8 @@ class LayerNorm(module.Module):
       ``param_dtype``. No other collection.
 
     Raises:
-      ValueError: ``axis_index_groups`` is not None; an axis out of range or repeated; ``mask`` not
+      ValueError: ``axis_index_groups`` without a single ``axis_name``;
+        an axis out of range or repeated; ``mask`` not
         broadcastable to ``x``; ``axis_name`` not bound.
       TypeError: complex ``x``.
 
@@ -266,7 +272,7 @@ class LayerNorm(module.Module):
     force_float32_reductions: bool = True
 
     def __post_init__(self):
-        check_axis_index_groups(self.axis_index_groups, "jaxnorm.linen.LayerNorm")
+        sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.LayerNorm")
         super().__post_init__()
 
     @module.compact
@@ -285,6 +291,7 @@ class LayerNorm(module.Module):
         scale = None if scale is None else expand(scale)
         bias = None if bias is None else expand(bias)
         y, *_ = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), self.axis_name
+            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
+            sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.LayerNorm"),
         )
         return y.astype(out_dtype)

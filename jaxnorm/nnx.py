@@ -14,7 +14,7 @@ the normalization come from jaxnorm's functional core. The intended differences 
 and ignored; Flax's default ``E[x^2] - E[x]^2`` cancels on data with a large offset), ``axis_name``
 statistics are merged exactly with per-device counts, masked-out values never reach the statistics (nor their
 gradients), an empty selection gives mean and variance 0 (Flax: NaN), complex inputs raise, and
-``axis_index_groups`` is not supported yet (``ValueError``).
+``axis_index_groups`` groups the devices of ``axis_name``, statistics merged exactly within each group.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from flax.typing import Axes, Dtype, Initializer, PromoteDtypeFn
 from jax import lax
 
 from jaxnorm._src import ops, stats, validation
-from jaxnorm._src.flax_compat import check_axis_index_groups, compute_input, full_mask, stats_dtype
+from jaxnorm._src.flax_compat import compute_input, full_mask, stats_dtype, sync_axis
 
 __all__ = ["BatchNorm", "LayerNorm"]
 
@@ -90,7 +90,8 @@ class BatchNorm(nnx.Module):
       scale_init: initializer of the scale (ones).
       axis_name: None, or the named axis (or tuple of names) of an enclosing ``pmap``/``shard_map``/``vmap``
         over which the batch statistics are merged (exactly, count-weighted).
-      axis_index_groups: must be None (``ValueError`` otherwise: not supported yet).
+      axis_index_groups: None, or lists of device indices along ``axis_name``: statistics merged
+        within each group (Flax's argument; exact, count-weighted).
       use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
       promote_dtype: Flax's dtype-promotion function, called on ``(x, mean, var, scale, bias)``.
       rngs: ``nnx.Rngs``; ``rngs.params()`` is drawn for ``scale`` then ``bias``, as in Flax.
@@ -107,7 +108,8 @@ class BatchNorm(nnx.Module):
       ``y`` of ``x``'s shape, in the dtype ``promote_dtype`` gives (``self.dtype`` if set).
 
     Raises:
-      ValueError: ``axis_index_groups`` is not None; no ``use_running_average`` anywhere; ``axis`` out of
+      ValueError: ``axis_index_groups`` without a single ``axis_name``;
+        no ``use_running_average`` anywhere; ``axis`` out of
         range; ``mask`` not broadcastable to ``x``; ``axis_name`` not bound.
       TypeError: complex ``x``.
 
@@ -153,7 +155,7 @@ class BatchNorm(nnx.Module):
         bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
         scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
     ):
-        check_axis_index_groups(axis_index_groups, "jaxnorm.nnx.BatchNorm")
+        sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.BatchNorm")
         feature_shape = (num_features,)
         self.mean = nnx.BatchStat(jnp.zeros(feature_shape, jnp.float32))
         self.var = nnx.BatchStat(jnp.ones(feature_shape, jnp.float32))
@@ -199,7 +201,8 @@ class BatchNorm(nnx.Module):
             y = ops.normalize(xc, mean.reshape(stats_shape), var.reshape(stats_shape), bias, scale, self.epsilon)
             return y.astype(out_dtype)
         y, _, mean, var = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), self.axis_name
+            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
+            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
         )
         sdt = stats_dtype(x, self.dtype)
         batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
@@ -240,7 +243,8 @@ class LayerNorm(nnx.Module):
       feature_axes: int or tuple of ints, the axes ``scale`` and ``bias`` span (-1).
       axis_name: None, or the named axis (or tuple of names) of an enclosing ``pmap``/``shard_map``/``vmap``
         across which the reduced axes are split; statistics are merged exactly (count-weighted).
-      axis_index_groups: must be None (``ValueError`` otherwise: not supported yet).
+      axis_index_groups: None, or lists of device indices along ``axis_name``: statistics merged
+        within each group (Flax's argument; exact, count-weighted).
       use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
       promote_dtype: Flax's dtype-promotion function, called on ``(x, scale, bias)``.
       rngs: ``nnx.Rngs``; ``rngs.params()`` is drawn for ``scale`` then ``bias``, as in Flax.
@@ -256,7 +260,8 @@ class LayerNorm(nnx.Module):
       ``y`` of ``x``'s shape, in the dtype ``promote_dtype`` gives (``self.dtype`` if set).
 
     Raises:
-      ValueError: ``axis_index_groups`` is not None; an axis out of range or repeated; ``mask`` not
+      ValueError: ``axis_index_groups`` without a single ``axis_name``;
+        an axis out of range or repeated; ``mask`` not
         broadcastable to ``x``; ``axis_name`` not bound.
       TypeError: complex ``x``.
 
@@ -298,7 +303,7 @@ class LayerNorm(nnx.Module):
         bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
         scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
     ):
-        check_axis_index_groups(axis_index_groups, "jaxnorm.nnx.LayerNorm")
+        sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.LayerNorm")
         feature_shape = (num_features,)
         # scale before bias: the same rngs.params() draws as Flax.
         self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
@@ -331,6 +336,7 @@ class LayerNorm(nnx.Module):
         scale = None if scale is None else scale.reshape(fshape)
         bias = None if bias is None else bias.reshape(fshape)
         y, *_ = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), self.axis_name
+            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
+            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
         )
         return y.astype(out_dtype)

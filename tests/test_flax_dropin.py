@@ -130,8 +130,8 @@ def test_nnx_batchnorm_requires_use_running_average_like_flax():
     ],
     ids=PAIR_IDS,
 )
-def test_axis_index_groups_raises(make):
-    with pytest.raises(ValueError, match=r"`axis_index_groups`=.* is not supported yet"):
+def test_axis_index_groups_without_an_axis_name_raises(make):
+    with pytest.raises(ValueError, match=r"`axis_index_groups` needs a single `axis_name` to group over"):
         make()
 
 

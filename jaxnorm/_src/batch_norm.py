@@ -6,7 +6,7 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +90,16 @@ class BatchNorm(Layer):
         initializer config dict, or a JAX initializer ``(key, shape, dtype) -> array``.
       param_dtype: dtype of ``scale`` and ``bias`` (default float32).
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``:
-        the batch statistics are then those of the whole global batch, exactly count-weighted.
+        the batch statistics are then those of the whole global batch, exactly count-weighted (devices with
+        more valid elements weigh more; an entirely masked device weighs nothing). Keras's
+        ``synchronized=True`` reads as ``axis_name='batch'`` (:attr:`KERAS_SYNCHRONIZED_AXIS_NAME`).
+      axis_index_groups: optional list of lists of device indices along ``axis_name`` (Flax's argument):
+        statistics are merged within each group only (e.g. ``[[0, 1], [2, 3]]``: pairs of devices).
+      virtual_batch_size: optional ghost-batch size (Keras 2's ``virtual_batch_size``; Hoffer et al. 2017):
+        in training, axis 0 is split into contiguous groups of this many examples, each normalized by its own
+        statistics (never spanning devices); the moving statistics move toward the mean over the ghost
+        batches (and over ``axis_name``'s devices) of their means and variances, as Keras 2 does. Axis 0
+        must be a batch axis whose size (per device) is a multiple of it.
       momentum_convention: which weight ``momentum`` is. 'keras' (default; also Flax and equinox): the
         weight of the old value, ``moving = m * moving + (1 - m) * batch``. 'torch': the weight of the batch,
         ``moving = (1 - m) * moving + m * batch`` (PyTorch's ``momentum=0.1`` is Keras's 0.9).
@@ -186,6 +195,11 @@ class BatchNorm(Layer):
     bias_constraint: Any = None
     trainable: bool = True
     count_steps: bool = False
+    axis_index_groups: Any = None
+    virtual_batch_size: int | None = None
+
+    #: The ``axis_name`` a Keras config with ``synchronized=True`` gets (rename it with ``dataclasses.replace``).
+    KERAS_SYNCHRONIZED_AXIS_NAME: ClassVar[str] = "batch"
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init", "mean_init", "var_init")
     _KERAS_CLASS = "BatchNormalization"
@@ -200,16 +214,13 @@ class BatchNorm(Layer):
     }
     _KERAS_RESTRICTED = {
         **Layer._KERAS_RESTRICTED,
-        "synchronized": (
-            lambda v: v is False,
-            "False; for statistics across devices give jaxnorm's BatchNorm `axis_name` instead",
-        ),
+        "synchronized": (lambda v: isinstance(v, bool), "True or False"),  # True: axis_name, see _translate_keras
     }
-    _KERAS_FIXED = {"synchronized": False}
     _KERAS_EQUIVALENT = {
         **Layer._KERAS_EQUIVALENT,
         "axis": (lambda v: isinstance(v, int), "one feature axis, an int"),
-        "axis_name": (lambda v: v is None, "statistics of the local batch, axis_name=None"),
+        "axis_index_groups": (lambda v: v is None, "statistics over all devices, axis_index_groups=None"),
+        "virtual_batch_size": (lambda v: v is None, "no ghost batches, virtual_batch_size=None"),
         "momentum_convention": (lambda v: v == "keras", "'keras'"),
         "moving_var": (lambda v: v == "biased", "'biased'"),
         "averaging": (lambda v: v == "exponential", "'exponential'"),
@@ -237,7 +248,35 @@ class BatchNorm(Layer):
             )
         if isinstance(self.axis_name, list):
             object.__setattr__(self, "axis_name", tuple(self.axis_name))
+        if self.axis_index_groups is not None:
+            grouped = stats.with_groups(self.axis_name, self.axis_index_groups)
+            object.__setattr__(self, "axis_index_groups", grouped.groups)
+        if self.virtual_batch_size is not None:
+            v = self.virtual_batch_size
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"`virtual_batch_size` must be None or an int >= 1; got {v!r}.")
+            if self.renorm or self.moving_var != "biased" or self.averaging != "exponential":
+                raise ValueError(
+                    "virtual_batch_size follows Keras 2's ghost batch normalization (exponential averages of the "
+                    f"biased statistics, no renorm); got renorm={self.renorm}, moving_var={self.moving_var!r}, "
+                    f"averaging={self.averaging!r}. Use the defaults with virtual_batch_size."
+                )
         self._post_init_common()
+
+    @classmethod
+    def _translate_keras(cls, config):
+        synchronized = config.get("synchronized") is True
+        kwargs = super()._translate_keras(config)
+        if synchronized:  # Keras's cross-replica statistics: jaxnorm's exact ones over a named axis
+            kwargs["axis_name"] = cls.KERAS_SYNCHRONIZED_AXIS_NAME
+        return kwargs
+
+    def to_keras_config(self) -> dict[str, Any]:
+        config = super().to_keras_config()
+        config["synchronized"] = self.axis_name is not None
+        return config
+
+    to_keras_config.__doc__ = Layer.to_keras_config.__doc__
 
     def _axes(self, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         feature_axes = validation.canonicalize_axes(self.axis, ndim, "axis")
@@ -344,6 +383,34 @@ class BatchNorm(Layer):
             new = {k: jnp.where(ok, v, state[k]) for k, v in new.items()}
         return new
 
+    def _ghost_batches(self, x, scale, bias, reduction_axes, mask, sync):
+        """Training output over contiguous ghost batches along axis 0, and the feature-shaped (count, mean,
+        var) for the moving statistics: the averages over the ghost batches (and devices) that hold data."""
+        v = self.virtual_batch_size
+        if 0 not in reduction_axes or x.shape[0] % v:
+            raise ValueError(
+                f"virtual_batch_size={v} splits axis 0 into ghost batches, so axis 0 must be a batch axis whose "
+                f"size is a multiple of {v}; got x of shape {x.shape} with axis={self.axis!r}. Use a batch of "
+                f"a multiple of {v} examples (per device), or virtual_batch_size=None."
+            )
+        ghosts = (x.shape[0] // v, v)
+
+        def split(a):  # x and the mask: (ghosts, v, ...); scale/bias (size 1 on axis 0): a new leading axis
+            return None if a is None else a[None] if a.shape[0] == 1 else a.reshape(ghosts + a.shape[1:])
+
+        axes = tuple(a + 1 for a in reduction_axes)
+        y, count, mean, var = ops.normalize_by_moments(
+            split(x), split(scale), split(bias), axes, self.epsilon, split(mask), None
+        )
+        count, mean, var = (jnp.squeeze(a, axes) for a in (count, mean, var))  # (ghosts, *features)
+        has = (count > 0).astype(mean.dtype)
+        sums = [jnp.sum(a, 0) for a in (has, has * mean, has * var, count)]
+        if sync is not None:
+            name = sync.axis_name if isinstance(sync, stats.Grouped) else sync
+            sums = [lax.psum(a, name) for a in sums]  # ghost batches never span devices; their averages do
+        n_ghosts, mean_sum, var_sum, total = sums
+        return (y.reshape(x.shape), total, mean_sum / jnp.maximum(n_ghosts, 1), var_sum / jnp.maximum(n_ghosts, 1))
+
     def apply(
         self,
         params: dict[str, jax.Array],
@@ -392,6 +459,8 @@ class BatchNorm(Layer):
         if training and self.trainable:
             m = None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
             n = math.prod(x.shape[a] for a in reduction_axes)
+            if self.virtual_batch_size is not None:  # values per feature in one ghost batch
+                n = n // x.shape[0] * min(self.virtual_batch_size, x.shape[0])
             if n == 1 and m is None and self.axis_name is None and not self.allow_single_value:
                 raise ValueError(
                     f"BatchNorm in training needs more than one value per feature, but x has shape {x.shape} "
@@ -400,12 +469,16 @@ class BatchNorm(Layer):
                     "training=False, or pass allow_single_value=True."
                 )
             squeeze = lambda v: jnp.squeeze(v, reduction_axes)  # noqa: E731
+            sync = stats.with_groups(self.axis_name, self.axis_index_groups)
+            if self.virtual_batch_size is not None:
+                y, count, mean, var = self._ghost_batches(x, scale, bias, reduction_axes, m, sync)
+                return y, self._updated_state(state, count, mean, var)
             if not self.renorm:
                 y, count, mean, var = ops.normalize_by_moments(
-                    x, scale, bias, reduction_axes, self.epsilon, m, self.axis_name
+                    x, scale, bias, reduction_axes, self.epsilon, m, sync
                 )
                 return y, self._updated_state(state, squeeze(count), squeeze(mean), squeeze(var))
-            count, mean, var = stats.count_mean_var(x, reduction_axes, m, self.axis_name)
+            count, mean, var = stats.count_mean_var(x, reduction_axes, m, sync)
             # Batch renorm: (x_hat * r + d) * scale + bias, r and d constants of the gradient.
             r, d = (expand(v) for v in self._renorm_correction(state, squeeze(mean), squeeze(var)))
             shift = d if scale is None else d * scale

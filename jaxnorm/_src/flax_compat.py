@@ -7,17 +7,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxnorm._src import validation
+from jaxnorm._src import stats, validation
 
 
-def check_axis_index_groups(axis_index_groups: Any, owner: str) -> None:
-    """Raises ``ValueError`` unless ``axis_index_groups`` is None."""
-    if axis_index_groups is not None:
-        raise ValueError(
-            f"{owner}: `axis_index_groups`={axis_index_groups!r} is not supported yet by jaxnorm. Pass "
-            "axis_index_groups=None (statistics over the whole `axis_name`), or use Flax's own class for "
-            "grouped reductions."
-        )
+def sync_axis(axis_name: Any, axis_index_groups: Any, owner: str) -> Any:
+    """The ``axis_name`` to hand the core: ``axis_name`` itself, or with Flax's ``axis_index_groups`` attached
+    (statistics merged within each group of devices). Raises ``ValueError`` for groups without one name."""
+    return stats.with_groups(axis_name, axis_index_groups, f"{owner}: ")
 
 
 def compute_input(x: Any, out_dtype: Any) -> jax.Array:

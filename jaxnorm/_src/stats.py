@@ -13,11 +13,14 @@ numbers of valid elements are weighted by their counts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxnorm._src import validation
@@ -67,10 +70,56 @@ def count_mean_m2(
     return count, mean, m2
 
 
-def _merge_across(count, mean, m2, axis_name):
-    """Exact merge of per-device (count, mean, M2) triples over a named axis, in one all_gather."""
+@dataclasses.dataclass(frozen=True)
+class Grouped:
+    """A named axis whose devices are split into groups (Flax's ``axis_index_groups``): statistics are merged
+    within each group only. Passed wherever an ``axis_name`` is accepted internally."""
+
+    axis_name: Any
+    groups: tuple[tuple[int, ...], ...]
+
+    def __repr__(self) -> str:
+        return f"{self.axis_name!r} (axis_index_groups={[list(g) for g in self.groups]})"
+
+
+def with_groups(axis_name: Any, axis_index_groups: Any, owner: str = "") -> Any:
+    """``axis_name`` itself, or a :class:`Grouped` of it after checking ``axis_index_groups``'s form."""
+    if axis_index_groups is None:
+        return axis_name
+    if axis_name is None or isinstance(axis_name, tuple | list):
+        raise ValueError(
+            f"{owner}`axis_index_groups` needs a single `axis_name` to group over; got axis_name={axis_name!r}. "
+            "Pass one name, "
+            "e.g. axis_name='batch', axis_index_groups=[[0, 1], [2, 3]]."
+        )
     try:
-        stacked = lax.all_gather(jnp.stack([count, mean, m2]), axis_name)  # (devices, 3, ...)
+        groups = tuple(tuple(int(operator.index(i)) for i in g) for g in axis_index_groups)
+    except TypeError:
+        raise ValueError(
+            f"{owner}`axis_index_groups` must be a list of lists of device indices, e.g. [[0, 1], [2, 3]]; got "
+            f"{axis_index_groups!r}."
+        ) from None
+    flat = [i for g in groups for i in g]
+    if not groups or any(not g for g in groups) or len(set(flat)) != len(flat) or min(flat) < 0:
+        raise ValueError(
+            f"{owner}`axis_index_groups` must split the devices of {axis_name!r} into non-empty groups of "
+            "distinct indices "
+            f">= 0; got {axis_index_groups!r}."
+        )
+    return Grouped(axis_name, groups)
+
+
+def _merge_across(count, mean, m2, axis_name):
+    """Exact merge of per-device (count, mean, M2) triples over named axes (one all_gather per name)."""
+    grouped = axis_name if isinstance(axis_name, Grouped) else None
+    if grouped is not None:
+        axis_name = grouped.axis_name
+    try:
+        stacked = jnp.stack([count, mean, m2])
+        # One all_gather per name (JAX's vmap cannot gather over several names at once), then one merge.
+        for name in reversed(axis_name if isinstance(axis_name, tuple) else (axis_name,)):
+            stacked = lax.all_gather(stacked, name)
+        stacked = stacked.reshape((-1,) + stacked.shape[-(count.ndim + 1):])  # (devices, 3, ...)
     except NameError as err:
         raise ValueError(
             f"`axis_name`={axis_name!r} is not bound here ({err}). Call the layer inside "
@@ -78,6 +127,19 @@ def _merge_across(count, mean, m2, axis_name):
             "(under jax.jit with a sharded input the statistics are already global)."
         ) from None
     counts, means, m2s = stacked[:, 0], stacked[:, 1], stacked[:, 2]
+    if grouped is not None:  # keep only the devices of this device's group
+        n = stacked.shape[0]
+        flat = sorted(i for g in grouped.groups for i in g)
+        if flat != list(range(n)):
+            raise ValueError(
+                f"`axis_index_groups`={[list(g) for g in grouped.groups]} must cover each of the {n} devices of "
+                f"{axis_name!r} exactly once (indices 0..{n - 1})."
+            )
+        member = np.zeros((n, n), bool)
+        for g in grouped.groups:
+            member[np.ix_(g, g)] = True
+        weight = jnp.asarray(member)[lax.axis_index(axis_name)].reshape((n,) + (1,) * count.ndim)
+        counts, m2s = jnp.where(weight, counts, 0), jnp.where(weight, m2s, 0)
     total = jnp.sum(counts, 0, keepdims=True)
     mean_all = jnp.sum(counts * means, 0, keepdims=True) / jnp.maximum(total, 1)
     m2_all = jnp.sum(m2s + counts * jnp.square(means - mean_all), 0, keepdims=True)

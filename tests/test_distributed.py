@@ -1,0 +1,267 @@
+"""Synchronized statistics across devices: exact, count-weighted, under shard_map, pmap, vmap and sharded jit.
+
+The reference is always the single-device computation on the whole global batch (NumPy float64 or the layer
+without ``axis_name`` on the concatenated input and mask). The test process has 4 CPU devices (tests/conftest.py).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxnorm
+import jaxnorm.linen
+from tests import reference as ref
+from tests.tolerances import assert_close
+
+NDEV = jax.device_count()
+MESH = Mesh(np.array(jax.devices()), ("data",))
+
+
+def _data(shape, seed=0, offset=3.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * 2 + offset).astype(np.float32)
+
+
+def _uneven_mask(ndev, per, features, seed=1):
+    """Per-device masks with very different valid counts: one device keeps everything, one keeps nothing."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((ndev, per, features)) < 0.5
+    mask[0] = True  # all valid
+    mask[-1] = False  # an entirely masked shard
+    mask[1, 0] = True  # a shard with at least one valid row per feature
+    return mask
+
+
+def _shard_map(f, in_specs, out_specs):
+    return jax.jit(jax.shard_map(f, mesh=MESH, in_specs=in_specs, out_specs=out_specs))
+
+
+def test_the_test_process_has_several_devices():
+    assert NDEV >= 4
+
+
+@pytest.mark.parametrize("transform", ["shard_map", "pmap", "vmap"])
+def test_moments_with_unequal_masks_and_an_empty_shard_equal_the_global_batch(transform):
+    per, c = 6, 3
+    x = _data((NDEV, per, c))
+    x[-1] = np.nan  # the fully masked device holds garbage: it must not leak
+    mask = _uneven_mask(NDEV, per, c)
+
+    def f(x, m):
+        return jaxnorm.moments(x, 0, where=m, axis_name="data")
+
+    if transform == "shard_map":
+        got = _shard_map(lambda x, m: [v[None] for v in f(x[0], m[0])], (P("data"), P("data")), P("data"))(x, mask)
+    elif transform == "pmap":
+        got = jax.pmap(f, axis_name="data")(x, mask)
+    else:
+        got = jax.vmap(f, axis_name="data")(jnp.asarray(x), jnp.asarray(mask))
+    want_mean, want_var = ref.moments(x.reshape(NDEV * per, c), (0,), mask.reshape(NDEV * per, c))
+    for d in range(NDEV):  # every device holds the same global statistics
+        assert_close(got[0][d], want_mean.squeeze(0))
+        assert_close(got[1][d], want_var.squeeze(0))
+    # The mean of per-device means (Flax's pmean) is far from it here: the exactness is what is tested.
+    per_device = np.nanmean(np.where(mask[:-1], x[:-1], np.nan), 1).mean(0)
+    assert np.max(np.abs(per_device - want_mean.squeeze(0))) > 1e-2
+
+
+def test_batch_norm_under_shard_map_equals_the_global_batch_outputs_state_and_gradients():
+    per, c = 5, 4
+    x = _data((NDEV * per, 2, c), seed=3)
+    mask = _uneven_mask(NDEV, per * 2, 1, seed=4).reshape(NDEV * per, 2, 1).repeat(c, -1)
+    w = _data(x.shape, seed=5, offset=0.0)
+    sync = jaxnorm.BatchNorm(momentum=0.8, axis_name="data")
+    local = jaxnorm.BatchNorm(momentum=0.8)
+    params, state = sync.init(None, x[:per])
+    params = {"scale": jnp.linspace(0.5, 2.0, c), "bias": jnp.linspace(-1.0, 1.0, c)}
+
+    def sharded_loss(params, x, m, w):
+        y, new_state = sync.apply(params, state, x, training=True, mask=m)
+        loss = jax.lax.psum(jnp.sum(jnp.where(m, y, 0.0) * w), "data")
+        return loss, (y, jax.tree.map(lambda v: v[None], new_state))
+
+    step = jax.value_and_grad(sharded_loss, has_aux=True)
+    run = _shard_map(step, (P(), P("data"), P("data"), P("data")), ((P(), (P("data"), P("data"))), P()))
+    (loss, (y, states)), grads = run(params, x, mask, w)
+
+    def global_loss(params):
+        y, new_state = local.apply(params, state, x, training=True, mask=mask)
+        return jnp.sum(jnp.where(mask, y, 0.0) * w), (y, new_state)
+
+    (want_loss, (want_y, want_state)), want_grads = jax.value_and_grad(global_loss, has_aux=True)(params)
+    assert_close(loss, want_loss, scale=10)
+    assert_close(y, want_y)
+    for k in ("mean", "var"):
+        for d in range(NDEV):  # replicated: bit-identical on every device, equal to the global update
+            np.testing.assert_array_equal(states[k][d], states[k][0])
+        assert_close(states[k][0], want_state[k])
+    for k in ("scale", "bias"):
+        assert_close(grads[k], want_grads[k], scale=10)
+
+
+def test_gradient_with_respect_to_the_input_through_synchronized_statistics():
+    per, c = 3, 2
+    x = _data((NDEV * per, c), seed=6)
+    w = _data(x.shape, seed=7, offset=0.0)
+    sync, local = jaxnorm.BatchNorm(axis_name="data"), jaxnorm.BatchNorm()
+    params, state = local.init(None, x)
+
+    def sharded(x, w):
+        return jax.grad(lambda x: jax.lax.psum(jnp.sum(sync.apply(params, state, x, training=True)[0] * w),
+                                               "data"))(x)
+
+    got = _shard_map(sharded, (P("data"), P("data")), P("data"))(x, w)
+    want = jax.grad(lambda x: jnp.sum(local.apply(params, state, x, training=True)[0] * w))(x)
+    assert_close(got, want, scale=10)
+
+
+def test_axis_name_tuple_merges_over_both_named_axes():
+    x = _data((2, 3, 4, 2), seed=8)  # (outer devices, inner devices, per-device batch, features)
+    mask = np.random.default_rng(9).random(x.shape) < 0.7
+    mask[1, 2] = False
+    f = lambda x, m: jaxnorm.moments(x, 0, where=m, axis_name=("outer", "inner"))  # noqa: E731
+    got = jax.vmap(jax.vmap(f, axis_name="inner"), axis_name="outer")(jnp.asarray(x), jnp.asarray(mask))
+    want_mean, want_var = ref.moments(x.reshape(-1, 2), (0,), mask.reshape(-1, 2))
+    assert_close(got[0][1, 2], want_mean.squeeze(0))
+    assert_close(got[1][0, 1], want_var.squeeze(0))
+
+
+def test_jit_with_a_batch_sharded_input_gives_global_statistics_and_replicated_state():
+    x = _data((NDEV * 4, 3, 5), seed=10, offset=1e3)
+    bn = jaxnorm.BatchNorm(momentum=0.5)
+    params, state = bn.init(None, x)
+    sharded_x = jax.device_put(x, NamedSharding(MESH, P("data")))
+    step = jax.jit(lambda p, s, x: bn.apply(p, s, x, training=True))
+    y, new_state = step(params, state, sharded_x)
+    want_y, want_state = bn.apply(params, state, jnp.asarray(x), training=True)
+    assert_close(y, want_y)
+    for k in ("mean", "var"):
+        assert_close(new_state[k], want_state[k])
+        assert new_state[k].sharding.is_fully_replicated
+    assert y.sharding.is_equivalent_to(sharded_x.sharding, y.ndim)
+
+
+def test_linen_drop_in_under_shard_map_is_exact_where_flax_is_not():
+    per, c = 4, 3
+    x = _data((NDEV * per, c), seed=11)
+    mask = _uneven_mask(NDEV, per, c, seed=12).reshape(NDEV * per, c)
+    mask[-per:] = False
+    mask[:per] = True
+
+    def run(cls):
+        module = cls(use_running_average=False, axis_name="data", momentum=0.5)
+        variables = module.init(jax.random.key(0), x[:per])
+
+        def f(x, m):
+            y, upd = module.apply(variables, x, mask=m, mutable=["batch_stats"])
+            return jax.tree.map(lambda v: v[None], upd["batch_stats"])
+
+        return _shard_map(f, (P("data"), P("data")), P("data"))(x, mask)
+
+    ours, flax_stats = run(jaxnorm.linen.BatchNorm), run(nn.BatchNorm)
+    want_mean, want_var = ref.moments(x, (0,), mask)
+    want = 0.5 * 0.0 + 0.5 * want_mean.squeeze(0)
+    assert_close(ours["mean"][0], want)
+    assert_close(ours["var"][0], 0.5 * 1.0 + 0.5 * want_var.squeeze(0))
+    assert not np.allclose(flax_stats["mean"][0], want, atol=1e-3)  # Flax's mean of per-device means
+
+
+# --------------------------------------------------------------------- groups of devices and ghost batches
+
+
+@pytest.mark.parametrize("make", ["spec", "linen"])
+def test_axis_index_groups_merge_within_each_group_exactly(make):
+    per, c = 3, 2
+    x = _data((NDEV, per, c), seed=13)
+    mask = np.ones(x.shape, bool)
+    mask[1, 1:] = False  # device 1 holds one valid row: its group is count-weighted, not a mean of means
+    groups = [[0, 1], [2, 3]]
+    if make == "spec":
+        bn = jaxnorm.BatchNorm(momentum=0.0, axis_name="data", axis_index_groups=groups)
+        params, state = bn.init(None, x[0])
+        new_state = jax.pmap(lambda x, m: bn.apply(params, state, x, training=True, mask=m)[1],
+                             axis_name="data")(x, mask)
+    else:
+        module = jaxnorm.linen.BatchNorm(use_running_average=False, momentum=0.0, axis_name="data",
+                                         axis_index_groups=groups)
+        variables = module.init(jax.random.key(0), x[0])
+        new_state = jax.pmap(
+            lambda x, m: module.apply(variables, x, mask=m, mutable=["batch_stats"])[1]["batch_stats"],
+            axis_name="data")(x, mask)
+    for group in groups:
+        want_mean, want_var = ref.moments(x[group].reshape(-1, c), (0,), mask[group].reshape(-1, c))
+        for d in group:
+            assert_close(new_state["mean"][d], want_mean.squeeze(0))
+            assert_close(new_state["var"][d], want_var.squeeze(0))
+
+
+def test_axis_index_groups_must_cover_the_devices():
+    bn = jaxnorm.BatchNorm(axis_name="data", axis_index_groups=[[0, 1], [2]])
+    x = _data((NDEV, 2, 3))
+    params, state = bn.init(None, x[0])
+    with pytest.raises(ValueError, match=r"must cover each of the 4 devices of 'data' exactly once"):
+        jax.pmap(lambda x: bn.apply(params, state, x, training=True), axis_name="data")(x)
+
+
+def _ghost_reference(x, params, state, v, momentum, epsilon):
+    """Each contiguous ghost batch normalized alone; moving stats toward the mean of the ghosts' stats."""
+    x64 = np.asarray(x, np.float64)
+    ghosts = x64.reshape((-1, v) + x64.shape[1:])
+    axes = tuple(range(1, ghosts.ndim - 1))
+    mean = ghosts.mean(axes, keepdims=True)
+    var = ghosts.var(axes, keepdims=True)
+    y = (ghosts - mean) / np.sqrt(var + epsilon) * np.asarray(params["scale"]) + np.asarray(params["bias"])
+    new_mean = momentum * np.asarray(state["mean"]) + (1 - momentum) * mean.reshape(-1, x.shape[-1]).mean(0)
+    new_var = momentum * np.asarray(state["var"]) + (1 - momentum) * var.reshape(-1, x.shape[-1]).mean(0)
+    return y.reshape(x.shape), new_mean, new_var
+
+
+def test_ghost_batches_match_the_reference_under_jit_and_shard_map_alike():
+    v, c = 4, 3
+    x = _data((NDEV * 2 * v, 2, c), seed=14)  # two ghost batches per device
+    bn = jaxnorm.BatchNorm(momentum=0.7, virtual_batch_size=v)
+    params, state = bn.init(None, x)
+    params = {"scale": jnp.linspace(0.5, 1.5, c), "bias": jnp.linspace(-1.0, 1.0, c)}
+    want_y, want_mean, want_var = _ghost_reference(x, params, state, v, 0.7, bn.epsilon)
+
+    y, new_state = jax.jit(lambda x: bn.apply(params, state, x, training=True))(x)
+    assert_close(y, want_y)
+    assert_close(new_state["mean"], want_mean)
+    assert_close(new_state["var"], want_var)
+
+    sync = jaxnorm.BatchNorm(momentum=0.7, virtual_batch_size=v, axis_name="data")
+    run = _shard_map(lambda x: (lambda y, s: (y, jax.tree.map(lambda a: a[None], s)))(
+        *sync.apply(params, state, x, training=True)), P("data"), (P("data"), P("data")))
+    y_sharded, states = run(x)
+    assert_close(y_sharded, want_y)
+    for d in range(NDEV):  # the moving statistics stay replicated: averaged over every device's ghosts
+        assert_close(states["mean"][d], want_mean)
+        assert_close(states["var"][d], want_var)
+    # Ghost batches differ from one batch: the test can fail.
+    y_full, _ = jaxnorm.BatchNorm(momentum=0.7).apply(params, state, x, training=True)
+    assert not np.allclose(y_full, want_y, atol=1e-3)
+
+
+def test_ghost_batches_need_a_multiple_of_the_ghost_size():
+    bn = jaxnorm.BatchNorm(virtual_batch_size=4)
+    x = _data((6, 3))
+    params, state = bn.init(None, x)
+    with pytest.raises(ValueError, match=r"virtual_batch_size=4 splits axis 0.*got x of shape \(6, 3\)"):
+        bn.apply(params, state, x, training=True)
+    y, _ = bn.apply(params, state, x, training=False)  # inference ignores ghost batches
+    assert y.shape == x.shape
+
+
+def test_keras_synchronized_maps_to_axis_name_and_back():
+    spec = jaxnorm.BatchNorm.from_config({"axis": -1, "center": True, "synchronized": True})
+    assert spec.axis_name == jaxnorm.BatchNorm.KERAS_SYNCHRONIZED_AXIS_NAME == "batch"
+    assert jaxnorm.BatchNorm(axis_name="data").to_keras_config()["synchronized"] is True
+    assert jaxnorm.BatchNorm().to_keras_config()["synchronized"] is False
+    with pytest.raises(ValueError, match=r"virtual_batch_size=4 \(Keras computes no ghost batches"):
+        jaxnorm.BatchNorm(virtual_batch_size=4).to_keras_config()
+    cfg = jaxnorm.BatchNorm(axis_name="data", axis_index_groups=[[0, 1], [2, 3]], virtual_batch_size=2).get_config()
+    assert jaxnorm.BatchNorm.from_config(cfg) == jaxnorm.BatchNorm(
+        axis_name="data", axis_index_groups=((0, 1), (2, 3)), virtual_batch_size=2)
