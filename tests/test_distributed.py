@@ -262,6 +262,32 @@ def test_keras_synchronized_maps_to_axis_name_and_back():
     assert jaxnorm.BatchNorm().to_keras_config()["synchronized"] is False
     with pytest.raises(ValueError, match=r"virtual_batch_size=4 \(Keras computes no ghost batches"):
         jaxnorm.BatchNorm(virtual_batch_size=4).to_keras_config()
-    cfg = jaxnorm.BatchNorm(axis_name="data", axis_index_groups=[[0, 1], [2, 3]], virtual_batch_size=2).get_config()
+    spec = jaxnorm.BatchNorm(axis_name="data", axis_index_groups=[[0, 1], [2, 3]], virtual_batch_size=2)
+    cfg = spec.get_config()
     assert jaxnorm.BatchNorm.from_config(cfg) == jaxnorm.BatchNorm(
         axis_name="data", axis_index_groups=((0, 1), (2, 3)), virtual_batch_size=2)
+
+
+def test_nnx_drop_in_under_shard_map_with_unequal_masks_equals_the_global_batch():
+    from flax import nnx
+
+    import jaxnorm.nnx
+
+    per, c = 4, 3
+    x = _data((NDEV * per, c), seed=15)
+    mask = _uneven_mask(NDEV, per, c, seed=16).reshape(NDEV * per, c)
+    graphdef, state = nnx.split(jaxnorm.nnx.BatchNorm(c, momentum=0.5, axis_name="data", rngs=nnx.Rngs(0)))
+
+    def f(st, xb, mb):
+        model = nnx.merge(graphdef, st)
+        y = model(xb, mask=mb)
+        new = nnx.to_pure_dict(nnx.state(model))
+        return y, {k: new[k][None] for k in ("mean", "var")}
+
+    y, stats = _shard_map(f, (P(), P("data"), P("data")), (P("data"), P("data")))(state, x, mask)
+    want_mean, want_var = ref.moments(x, (0,), mask)
+    for d in range(NDEV):
+        assert_close(stats["mean"][d], 0.5 * want_mean.squeeze(0))
+        assert_close(stats["var"][d], 0.5 + 0.5 * want_var.squeeze(0))
+    want_y = (x - want_mean) / np.sqrt(want_var + 1e-5)
+    assert_close(y, want_y)
