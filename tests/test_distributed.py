@@ -291,3 +291,13 @@ def test_nnx_drop_in_under_shard_map_with_unequal_masks_equals_the_global_batch(
         assert_close(stats["var"][d], 0.5 + 0.5 * want_var.squeeze(0))
     want_y = (x - want_mean) / np.sqrt(want_var + 1e-5)
     assert_close(y, want_y)
+
+
+def test_functional_batch_norm_with_axis_name_equals_the_global_batch():
+    x = _data((NDEV, 5, 3), seed=17)
+    got = jax.vmap(lambda x: jaxnorm.normalize_batch_in_training(x, None, None, 0, 1e-3, axis_name="data"),
+                   axis_name="data")(jnp.asarray(x))
+    want = jaxnorm.normalize_batch_in_training(jnp.asarray(x.reshape(-1, 3)), None, None, 0, 1e-3)
+    assert_close(got[0].reshape(-1, 3), want[0])
+    assert_close(got[1][2], want[1])
+    assert_close(got[2][3], want[2])

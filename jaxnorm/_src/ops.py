@@ -102,6 +102,8 @@ def normalize_batch_in_training(
     offset: jax.Array | None,
     reduction_axes: validation.Axes,
     epsilon: float = 1e-3,
+    *,
+    axis_name: Any = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     r"""Computes the batch statistics over ``reduction_axes`` and normalizes ``x`` with them.
 
@@ -117,6 +119,8 @@ def normalize_batch_in_training(
       offset: None, or an array shaped like ``scale``.
       reduction_axes: int or sequence of ints, the axes the statistics are taken over.
       epsilon: non-negative float added to the variance.
+      axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap`` over
+        which the batch is split: the statistics are then the global batch's, exactly count-weighted.
 
     Returns:
       ``(y, mean, variance)``: ``y`` of ``x``'s shape and dtype; ``mean`` and ``variance`` of the kept axes'
@@ -147,7 +151,7 @@ def normalize_batch_in_training(
         scale = validation.axes_operand(scale, x.shape, kept, "scale", "kept (non-reduced) axes")
     if offset is not None:
         offset = validation.axes_operand(offset, x.shape, kept, "offset", "kept (non-reduced) axes")
-    y, _, mean, var = normalize_by_moments(x, scale, offset, axes, epsilon)
+    y, _, mean, var = normalize_by_moments(x, scale, offset, axes, epsilon, None, axis_name)
     return y, jnp.squeeze(mean, axes), jnp.squeeze(var, axes)
 
 
