@@ -3,7 +3,7 @@
 Public API:
 
 - functional ops: :func:`moments`, :func:`batch_normalization`, :func:`normalize_batch_in_training`,
-  :func:`layer_norm`;
+  :func:`layer_norm`, :func:`rms_norm`;
 - layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`;
 - train-step helpers over a model's params: :func:`regularization_loss`, :func:`apply_constraints`,
   :func:`constraints_transform` (Optax), :func:`trainable_mask`, :func:`decay_mask`;
@@ -13,7 +13,7 @@ Public API:
 
 from jaxnorm._src.batch_norm import BatchNorm
 from jaxnorm._src.layer_norm import LayerNorm
-from jaxnorm._src.ops import batch_normalization, layer_norm, normalize_batch_in_training
+from jaxnorm._src.ops import batch_normalization, layer_norm, normalize_batch_in_training, rms_norm
 from jaxnorm._src.stats import moments
 from jaxnorm._src.training import (
     apply_constraints,
@@ -36,5 +36,6 @@ __all__ = [
     "moments",
     "normalize_batch_in_training",
     "regularization_loss",
+    "rms_norm",
     "trainable_mask",
 ]

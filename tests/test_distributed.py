@@ -301,3 +301,32 @@ def test_functional_batch_norm_with_axis_name_equals_the_global_batch():
     assert_close(got[0].reshape(-1, 3), want[0])
     assert_close(got[1][2], want[1])
     assert_close(got[2][3], want[2])
+
+
+@pytest.mark.parametrize("layer", ["layer_norm", "rms_norm", "batch_norm_local"])
+def test_custom_backward_under_shard_map_sums_replicated_parameter_gradients(layer):
+    """check_vma (shard_map's default): a replicated scale/bias gets the gradient summed over devices."""
+    x = _data((NDEV * 2, 3, 4), seed=18)
+    w = _data(x.shape, seed=19, offset=0.0)
+    scale, bias = jnp.linspace(0.5, 1.5, 4), jnp.linspace(-1.0, 1.0, 4)
+
+    def apply(x, s, b):
+        if layer == "layer_norm":
+            return jaxnorm.layer_norm(x, s, b)
+        if layer == "rms_norm":
+            return jaxnorm.rms_norm(x, s) + b[None, None]
+        bn = jaxnorm.BatchNorm()  # per-device statistics, no axis_name
+        return bn.apply({"scale": s, "bias": b}, bn.init(None, x)[1], x, training=True)[0]
+
+    def per_device(s, b, x, w):
+        return jax.grad(lambda s, b: jnp.sum(apply(x, s, b) * w), (0, 1))(s, b)
+
+    got = _shard_map(per_device, (P(), P(), P("data"), P("data")), (P(), P()))(scale, bias, x, w)
+    shards = [(x[i * 2:(i + 1) * 2], w[i * 2:(i + 1) * 2]) for i in range(NDEV)]
+    def shard_grads(xs, ws):
+        return jax.grad(lambda s, b: jnp.sum(apply(xs, s, b) * ws), (0, 1))(scale, bias)
+
+    grads = [shard_grads(xs, ws) for xs, ws in shards]
+    want = [sum(g[k] for g in grads) for k in (0, 1)]
+    assert_close(got[0], want[0], scale=10)
+    assert_close(got[1], want[1], scale=10)

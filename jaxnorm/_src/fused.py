@@ -51,15 +51,20 @@ BLOCK_ELEMENTS = 1 << 16
 ONE_BLOCK_ELEMENTS = 1 << 20
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _rows(x, scale, bias, epsilon, block_rows):
-    y, mean, var, _ = _forward(x, scale, bias, epsilon, 1)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _rows(x, scale, bias, epsilon, block_rows, center):
+    y, mean, var, _ = _forward(x, scale, bias, epsilon, 1, center)
     return y, mean, var
 
 
-def _forward(x, scale, bias, epsilon, axis):
-    """(M, N) ``x`` normalized over ``axis`` (1: rows, LayerNorm; 0: columns, BatchNorm); ``(N,)`` params."""
-    _, mean, var = stats.count_mean_var(x, (axis,))
+def _forward(x, scale, bias, epsilon, axis, center=True):
+    """(M, N) ``x`` normalized over ``axis`` (1: rows, LayerNorm; 0: columns, BatchNorm); ``(N,)`` params.
+    ``center=False`` (rows only, RMSNorm): ``mean`` is 0 and ``var`` the mean of squares."""
+    if center:
+        _, mean, var = stats.count_mean_var(x, (axis,))
+    else:
+        _, var = stats.count_mean_square(x, (axis,))
+        mean = jnp.zeros_like(var)
     dtype = mean.dtype
     rstd = lax.rsqrt(var + epsilon.astype(dtype))
     inv = rstd if scale is None else rstd * scale.astype(dtype)[None]
@@ -69,28 +74,30 @@ def _forward(x, scale, bias, epsilon, axis):
     return y.astype(x.dtype), mean, var, rstd
 
 
-def _rows_fwd(x, scale, bias, epsilon, block_rows):
-    y, mean, var, rstd = _forward(x, scale, bias, epsilon, 1)
+def _rows_fwd(x, scale, bias, epsilon, block_rows, center):
+    y, mean, var, rstd = _forward(x, scale, bias, epsilon, 1, center)
     bias_dtype = None if bias is None else jnp.zeros((0,), bias.dtype)  # only its dtype is needed
     return (y, mean, var), (x, scale, bias_dtype, epsilon, mean, rstd)
 
 
-def _block_grads(x, dy, dmean, dvar, mean, rstd, scale):
-    """dx, and the per-block sums of dy * xhat, dy and the epsilon cotangent, for one block of rows."""
+def _block_grads(x, dy, dmean, dvar, mean, rstd, scale, center=True):
+    """dx, and the per-block sums of dy * xhat, dy and the epsilon cotangent, for one block of rows.
+    ``center=False`` (RMSNorm): no mean is subtracted, so neither its term nor its cotangent enters."""
     dtype = mean.dtype
     n = x.shape[1]
-    c = x.astype(dtype) - mean
+    c = x.astype(dtype) - mean if center else x.astype(dtype)
     xhat = c * rstd
     dyf = dy.astype(dtype)
     g = dyf if scale is None else dyf * scale.astype(dtype)[None]
-    g_mean = jnp.mean(g, 1, keepdims=True)
     gx_mean = jnp.mean(g * xhat, 1, keepdims=True)
-    dx = rstd * (g - g_mean - xhat * gx_mean) + dmean / n + (2 / n) * dvar * c
+    dx = rstd * (g - xhat * gx_mean) + (2 / n) * dvar * c
+    if center:
+        dx = dx - rstd * jnp.mean(g, 1, keepdims=True) + dmean / n
     deps = -0.5 * n * jnp.sum(rstd * rstd * gx_mean)
     return dx.astype(x.dtype), jnp.sum(dyf * xhat, 0), jnp.sum(dyf, 0), deps
 
 
-def _rows_bwd(block_rows, res, cts):
+def _rows_bwd(block_rows, center, res, cts):
     x, scale, bias_dtype, epsilon, mean, rstd = res
     dy, dmean, dvar = cts
     m, n = x.shape
@@ -100,7 +107,7 @@ def _rows_bwd(block_rows, res, cts):
 
     def block(start, rows):
         sl = lambda a: lax.dynamic_slice_in_dim(a, start, rows, 0)  # noqa: E731
-        return _block_grads(sl(x), sl(dy), sl(dmean), sl(dvar), sl(mean), sl(rstd), scale)
+        return _block_grads(sl(x), sl(dy), sl(dmean), sl(dvar), sl(mean), sl(rstd), scale, center)
 
     zeros = jnp.zeros((n,), dtype)
     if m <= r:
@@ -161,6 +168,20 @@ def _cols_bwd(res, cts):
 _cols.defvjp(_cols_fwd, _cols_bwd)
 
 
+def vary_like(p: Any, x: jax.Array) -> Any:
+    """``p`` cast to vary over the manual (``shard_map``) axes ``x`` varies over. A replicated scale, bias or
+    epsilon then reaches the custom backward typed like its per-device cotangent (which ``jax.custom_vjp``
+    requires under ``check_vma``), and JAX's transpose of the cast sums that cotangent over the devices, as
+    autodiff of a replicated parameter does."""
+    if p is None or p is False:
+        return p
+    try:
+        extra = jax.typeof(x).manual_axis_type.varying - jax.typeof(p).manual_axis_type.varying
+    except AttributeError:  # outside shard_map, or a JAX without varying-axis types
+        return p
+    return lax.pcast(p, tuple(sorted(extra)), to="varying") if extra else p
+
+
 def rows_operand(p: jax.Array | None, x_shape: tuple[int, ...], axes: tuple[int, ...]) -> Any:
     """A scale/bias of x's rank as the flat ``(N,)`` vector of the rows, or ``False`` if it varies elsewhere."""
     return _flat_operand(p, x_shape, len(x_shape) - len(axes), len(x_shape))
@@ -177,10 +198,16 @@ def _flat_operand(p, x_shape, start, stop):
 
 
 def normalize_rows(
-    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: Any
+    x: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    axes: tuple[int, ...],
+    epsilon: Any,
+    center: bool = True,
 ) -> tuple[jax.Array, jax.Array, jax.Array] | None:
     """``(y, mean, var)`` normalized over the trailing ``axes`` with the blocked backward, or None if the
-    scale/bias vary along the kept axes (the caller then uses the generic path).
+    scale/bias vary along the kept axes (the caller then uses the generic path). ``center=False`` is RMSNorm:
+    ``y = x * rsqrt(mean(x^2) + eps) * scale + bias``, returned ``mean`` 0 and ``var`` the mean of squares.
 
     Args:
       x: floating array; ``axes``: the sorted trailing axes (static).
@@ -197,11 +224,12 @@ def normalize_rows(
     n = math.prod(x.shape[a] for a in axes)
     m = math.prod(lead)
     eps = jnp.asarray(epsilon, validation.stats_dtype(x.dtype))
+    s, b, eps = (vary_like(a, x) for a in (s, b, eps))
     # 16-bit input takes one block: XLA CPU converts a bf16/f16 operand of the loop's dynamic slices to float32
     # in full before the loop (measured at 1024x16384 bf16: 128 MiB of temporaries, 2x slower than one block).
     one_block = m * n <= ONE_BLOCK_ELEMENTS or jnp.dtype(x.dtype).itemsize < 4
     block_rows = m if one_block else max(1, BLOCK_ELEMENTS // max(n, 1))
-    y, mean, var = _rows(x.reshape(m, n), s, b, eps, block_rows)
+    y, mean, var = _rows(x.reshape(m, n), s, b, eps, block_rows, bool(center))
     kept = lead + (1,) * len(axes)
     return y.reshape(x.shape), mean.reshape(kept), var.reshape(kept)
 
@@ -219,6 +247,7 @@ def normalize_columns(
     m = math.prod(x.shape[:k])
     c = math.prod(x.shape[k:])
     eps = jnp.asarray(epsilon, validation.stats_dtype(x.dtype))
+    s, b, eps = (vary_like(a, x) for a in (s, b, eps))
     y, mean, var = _cols(x.reshape(m, c), s, b, eps)
     kept = (1,) * k + x.shape[k:]
     return y.reshape(x.shape), mean.reshape(kept), var.reshape(kept)

@@ -220,6 +220,75 @@ def layer_norm(
     return normalize_by_moments(x, scale, bias, axes, epsilon, mask, axis_name)[0]
 
 
+def rms_norm(
+    x: jax.Array,
+    scale: jax.Array | None = None,
+    *,
+    axis: validation.Axes = -1,
+    epsilon: float = 1e-6,
+    where: Any = None,
+    axis_name: Any = None,
+    implementation: str = "auto",
+) -> jax.Array:
+    r"""Root-mean-square normalization: each example divided by its RMS over ``axis`` (no centering).
+
+    .. math::
+        y = \frac{x}{\sqrt{\langle x^2\rangle + \epsilon}} \cdot \text{scale}, \qquad
+        \langle x^2\rangle = \text{mean of } x^2 \text{ over axis}
+
+    Args:
+      x: floating array of any shape.
+      scale: None, or a floating array with the sizes of the normalized axes (``(x.shape[-1],)`` for the
+        default axis) or a shape broadcastable to ``x``.
+      axis: int or sequence of ints, the axes normalized over (-1: the last).
+      epsilon: non-negative float added to the mean of squares (1e-6: Keras ``RMSNormalization`` and Flax
+        ``RMSNorm``; PyTorch's ``eps=None`` means ``finfo(x.dtype).eps``: pass that value explicitly).
+      where: optional boolean mask broadcastable to ``x``; the statistic uses only the positions where it is
+        True (values elsewhere may be NaN). Every position is normalized.
+      axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
+        across which the normalized axes are split; the statistic is then exact over the whole example.
+      implementation: ``"auto"``, ``"xla"`` or ``"pallas"``, as in :func:`layer_norm`.
+
+    Returns:
+      An array of ``x``'s shape and dtype; the statistic computed in ``promote_types(x.dtype, float32)``.
+
+    Raises:
+      TypeError: ``x`` or ``scale`` not floating; ``where`` not boolean.
+      ValueError: an axis out of range or repeated; ``scale`` of the wrong shape; ``epsilon`` < 0;
+        ``implementation`` unknown or ``"pallas"`` for a case the kernels do not cover.
+
+    Source: Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"; semantics of
+    ``keras.layers.RMSNormalization``, ``flax.linen.RMSNorm`` and ``torch.nn.RMSNorm``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxnorm
+      >>> print(jaxnorm.rms_norm(jnp.array([[1.0, 7.0], [-2.0, 2.0]]), epsilon=0.0))  # RMS 5 and 2
+      [[ 0.2  1.4]
+       [-1.   1. ]]
+    """
+    x = validation.check_float_array(x, "x")
+    validation.check_epsilon(epsilon)
+    axes = validation.canonicalize_axes(axis, x.ndim, "axis")
+    if scale is not None:
+        scale = validation.axes_operand(scale, x.shape, axes, "scale", "normalized axes")
+    mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
+    return normalize_by_square(x, scale, axes, epsilon, mask, axis_name, implementation)
+
+
+def normalize_by_square(x, scale, axes, epsilon, mask=None, axis_name=None, implementation="auto"):
+    """RMSNorm's one entry point (``scale`` None or of x's rank): the Pallas kernels when asked for, the
+    blocked custom backward of :mod:`fused` over trailing axes, otherwise the statistics kernel and autodiff."""
+    if check_implementation(implementation) == "pallas":
+        return pallas_rows(x, scale, None, axes, epsilon, mask, axis_name, subtract_mean=False)
+    rows = tuple(axes) == tuple(range(x.ndim - len(axes), x.ndim))
+    if rows and mask is None and axis_name is None:
+        out = fused.normalize_rows(x, scale, None, tuple(axes), epsilon, center=False)
+        if out is not None:
+            return out[0]
+    _, square = stats.count_mean_square(x, axes, mask, axis_name)
+    return normalize(x, jnp.zeros_like(square), square, None, scale, epsilon)
+
+
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
 
@@ -258,6 +327,7 @@ def pallas_rows(x, scale, bias, axes, epsilon, mask, axis_name, *, subtract_mean
     if why is not None:
         raise ValueError(f"implementation='pallas' does not cover this call: {why}. Use implementation='xla'.")
     m = math.prod(x.shape[:lead])
+    s, b = fused.vary_like(s, x), fused.vary_like(b, x)
     y = pallas_norm.normalize_rows(
         x.reshape(m, n), s, b, float(epsilon), subtract_mean=subtract_mean,
         interpret=not pallas_norm.pallas_available(),

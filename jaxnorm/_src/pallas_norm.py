@@ -238,12 +238,21 @@ def _blocks(n_rows: int, n_cols: int, block_rows: int | None) -> tuple[int, int]
     return block_rows, block_n
 
 
+def _out_shape(shape, dtype, like):
+    """An output type varying over the same manual (``shard_map``) axes as ``like``, as ``check_vma`` needs."""
+    try:
+        manual = jax.typeof(like).manual_axis_type
+    except AttributeError:
+        return jax.ShapeDtypeStruct(shape, dtype)
+    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=manual)
+
+
 # jit with static configuration: eager calls reuse the compiled kernel instead of re-tracing pallas_call.
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
 def _forward(x, scale, bias, epsilon, subtract_mean, interpret, block_rows, num_programs):
     del num_programs  # backward only
     n_rows, n_cols = x.shape
-    mean_shape = jax.ShapeDtypeStruct((n_rows,), jnp.float32)
+    mean_shape = _out_shape((n_rows,), jnp.float32, x)
     if n_rows == 0:
         return (
             jnp.zeros(x.shape, x.dtype),
@@ -262,7 +271,7 @@ def _forward(x, scale, bias, epsilon, subtract_mean, interpret, block_rows, num_
         has_scale=scale is not None,
         has_bias=bias is not None,
     )
-    out_shape = [jax.ShapeDtypeStruct(x.shape, x.dtype)] + [mean_shape] * (2 if subtract_mean else 1)
+    out_shape = [_out_shape(x.shape, x.dtype, x)] + [mean_shape] * (2 if subtract_mean else 1)
     outs = pl.pallas_call(
         kernel,
         out_shape=out_shape,
@@ -302,8 +311,8 @@ def _backward(x, scale, mean, rstd, dy, has_bias, subtract_mean, interpret, bloc
         has_scale=has_scale,
         has_bias=has_bias,
     )
-    partial_shape = jax.ShapeDtypeStruct((num_programs, n_cols), jnp.float32)
-    out_shape = [jax.ShapeDtypeStruct(x.shape, x.dtype)] + [partial_shape] * (has_scale + has_bias)
+    partial_shape = _out_shape((num_programs, n_cols), jnp.float32, x)
+    out_shape = [_out_shape(x.shape, x.dtype, x)] + [partial_shape] * (has_scale + has_bias)
     outs = pl.pallas_call(
         kernel,
         out_shape=out_shape,

@@ -146,6 +146,26 @@ def _merge_across(count, mean, m2, axis_name):
     return total[0], mean_all[0], m2_all[0]
 
 
+def count_mean_square(
+    x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None = None, axis_name: Any = None
+) -> tuple[jax.Array, jax.Array]:
+    """Count and mean of squares over ``axes`` with keepdims (RMSNorm's statistic), in at least float32;
+    masked-out values never enter; across ``axis_name`` the per-device means are merged count-weighted."""
+    dtype = validation.stats_dtype(x.dtype)
+    xs = x.astype(dtype)
+    if mask is None:
+        n = math.prod(x.shape[a] for a in axes)
+        count = jnp.full(tuple(1 if i in axes else d for i, d in enumerate(x.shape)), n, dtype)
+        square = jnp.sum(jnp.square(xs), axes, keepdims=True) / max(n, 1)
+    else:
+        count = jnp.sum(mask, axes, keepdims=True, dtype=dtype)
+        square = jnp.sum(jnp.where(mask, jnp.square(jnp.where(mask, xs, 0)), 0), axes, keepdims=True)
+        square = square / jnp.maximum(count, 1)
+    if axis_name is not None:  # the count-weighted mean of the devices' means is the global mean of squares
+        count, square, _ = _merge_across(count, square, jnp.zeros_like(square), axis_name)
+    return count, square
+
+
 def count_mean_var(
     x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None = None, axis_name: Any = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
