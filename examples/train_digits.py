@@ -159,7 +159,8 @@ def model(params, state, x, *, norm: str, training: bool):
 
 
 def make_optimizer(params, norm: str, lr: float, total_steps: int, warmup_steps: int):
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total_steps)
+    # At most half the run warms up, so that a one-epoch run still decays (optax needs decay steps > 0).
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup_steps, total_steps // 2), total_steps)
     layers = norm_layers(norm)
     # Decay the conv/dense kernels only: not their biases, nor any norm layer's scale and bias (adamw applies the
     # mask with optax.masked). Then project the norm params onto their constraints, as Keras does after a step.
