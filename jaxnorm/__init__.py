@@ -4,7 +4,7 @@ Public API:
 
 - functional ops: :func:`moments`, :func:`batch_normalization`, :func:`normalize_batch_in_training`,
   :func:`layer_norm`, :func:`rms_norm`;
-- layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`;
+- layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`;
 - train-step helpers over a model's params: :func:`regularization_loss`, :func:`apply_constraints`,
   :func:`constraints_transform` (Optax), :func:`trainable_mask`, :func:`decay_mask`;
 - converters to and from Keras and PyTorch layers in :mod:`jaxnorm.interop`;
@@ -14,6 +14,7 @@ Public API:
 from jaxnorm._src.batch_norm import BatchNorm
 from jaxnorm._src.layer_norm import LayerNorm
 from jaxnorm._src.ops import batch_normalization, layer_norm, normalize_batch_in_training, rms_norm
+from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.stats import moments
 from jaxnorm._src.training import (
     apply_constraints,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchNorm",
     "LayerNorm",
+    "RMSNorm",
     "apply_constraints",
     "batch_normalization",
     "constraints_transform",

@@ -1,0 +1,155 @@
+"""RMSNorm as a pure init/apply spec with Keras ``RMSNormalization`` semantics and Flax ``RMSNorm``'s tree."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from jaxnorm._src import initializers, layer, ops, validation
+from jaxnorm._src.layer import Layer
+
+
+def _is_ones(init: Any) -> bool:
+    try:
+        value = initializers.serialize(init, "scale_init")
+    except TypeError:
+        return False
+    return value == "ones" or (isinstance(value, dict) and value.get("class_name") == "Ones")
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class RMSNorm(Layer):
+    r"""Root-mean-square normalization (Zhang & Sennrich 2019) as a pure spec: ``init`` and ``apply``.
+
+    Each example is divided by its root mean square over ``axis`` (no centering, no bias) and scaled:
+
+    .. math::
+        y = \frac{x}{\sqrt{\langle x^2\rangle + \epsilon}}\,\text{scale}
+
+    RMSNorm has no moving statistics: its state is ``{}`` and training and inference compute the same thing.
+
+    Attributes:
+      axis: int or sequence of ints, the normalized axes (default -1; Keras's ``axis``, Flax's
+        ``reduction_axes``).
+      epsilon: float >= 0 added to the mean of squares (1e-6, Keras's and Flax's default; PyTorch's
+        ``eps=None`` means ``finfo(dtype).eps``: give that value explicitly).
+      use_scale: learn a multiplier ``scale`` (Flax ``use_scale``; Keras always has one).
+      scale_init: initializer of ``scale`` (default 'ones'): a Keras name or config dict, or a JAX initializer.
+      param_dtype: dtype of ``scale`` (default float32).
+      scale_regularizer, scale_constraint: as :class:`LayerNorm`'s.
+      trainable: False freezes ``scale`` (no gradient, regularization or constraint), as Keras does.
+      implementation: ``'auto'`` (default), ``'xla'`` or ``'pallas'``, as in :func:`jaxnorm.rms_norm`.
+
+    ``init(key, x) -> (params, {})`` with ``params = {'scale'}`` of shape ``[x.shape[a] for a in sorted(axis)]``,
+    the tree of ``flax.linen.RMSNorm``'s ``variables['params']`` and Keras's ``scale`` weight.
+    ``apply(params, state, x, *, training=None, mask=None) -> (y, state)``.
+
+    Source: Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"; semantics and defaults of
+    ``keras.layers.RMSNormalization``, tree of ``flax.linen.RMSNorm``, formula of ``torch.nn.RMSNorm``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxnorm
+      >>> rms = jaxnorm.RMSNorm(epsilon=0.0)
+      >>> x = jnp.array([[1.0, 7.0], [-2.0, 2.0]])
+      >>> params, state = rms.init(jax.random.key(0), x)
+      >>> print(rms.apply(params, state, x)[0])
+      [[ 0.2  1.4]
+       [-1.   1. ]]
+    """
+
+    axis: int | tuple[int, ...] = -1
+    epsilon: float = 1e-6
+    use_scale: bool = True
+    scale_init: Any = "ones"
+    param_dtype: Any = "float32"
+    scale_regularizer: Any = None
+    scale_constraint: Any = None
+    trainable: bool = True
+    implementation: str = "auto"
+
+    _INITIALIZER_FIELDS = ("scale_init",)
+    _REGULARIZER_FIELDS = {"scale_regularizer": "scale"}
+    _CONSTRAINT_FIELDS = {"scale_constraint": "scale"}
+    _KERAS_CLASS = "RMSNormalization"
+    _KERAS_RENAMES = {"axis": "axis", "epsilon": "epsilon", "trainable": "trainable"}
+    _KERAS_EQUIVALENT = {
+        **Layer._KERAS_EQUIVALENT,
+        "use_scale": (lambda v: v is True, "a scale, use_scale=True"),
+        "scale_init": (_is_ones, "a scale initialized to ones, scale_init='ones'"),
+        "scale_regularizer": (lambda v: v is None, "no regularizer"),
+        "scale_constraint": (lambda v: v is None, "no constraint"),
+    }
+
+    def __post_init__(self):
+        if isinstance(self.axis, list):
+            object.__setattr__(self, "axis", tuple(self.axis))
+        object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
+        validation.check_bool(self.use_scale, "use_scale")
+        ops.check_implementation(self.implementation)
+        self._post_init_common()
+
+    @property
+    def _has_bias(self) -> bool:
+        return False
+
+    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """Creates ``(params, {})`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
+
+        Args:
+          key: a ``jax.random`` key for random initializers (None uses ``jax.random.key(0)``).
+          x: example input, floating, of any rank.
+
+        Returns:
+          ``params``: ``{'scale'}`` (if ``use_scale``) of ``param_dtype`` and shape ``[x.shape[a] for a in
+          axis]``; ``state``: ``{}``.
+
+        Raises:
+          TypeError: ``x`` is not floating.
+          ValueError: ``axis`` is out of range or repeated for ``x``.
+        """
+        shape, _ = layer.init_input(x)
+        axes = validation.canonicalize_axes(self.axis, len(shape), "axis")
+        return layer.init_arrays(key, self._affine_init_specs(tuple(shape[a] for a in axes))), {}
+
+    def apply(
+        self,
+        params: dict[str, jax.Array],
+        state: dict[str, jax.Array],
+        x: jax.Array,
+        *,
+        training: bool | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Normalizes each example of ``x`` by its root mean square over ``axis``.
+
+        Args:
+          params: ``{'scale'}`` from :meth:`init` (``{}`` without a scale).
+          state: ``{}`` from :meth:`init`.
+          x: floating array whose sizes along ``axis`` match ``params``.
+          training: optional Python bool, ignored (RMSNorm behaves the same in both modes).
+          mask: optional boolean array broadcastable to ``x``; only the True positions enter each example's
+            mean of squares (values elsewhere may be NaN).
+
+        Returns:
+          ``(y, state)``: ``y`` of ``x``'s shape and dtype, and the (empty) state.
+
+        Raises:
+          TypeError: ``x`` not floating, ``mask`` not boolean, ``training`` not a bool.
+          ValueError: ``axis`` out of range; ``params`` keys or shapes not matching ``x``; non-empty ``state``.
+        """
+        layer.check_training(training, "RMSNorm", required=False)
+        x = validation.check_float_array(x, "x")
+        axes = validation.canonicalize_axes(self.axis, x.ndim, "axis")
+        pshape = tuple(x.shape[a] for a in axes)
+        fix = (
+            f"They must match the input's sizes along axis={self.axis!r} (shape {pshape}); re-create them "
+            "with `init` for this input and spec."
+        )
+        params = self._params_in_use(self._check_params(params, pshape, fix))
+        state = validation.check_tree(state, {}, "state", "RMSNorm's state is always {}.")
+        y = ops.rms_norm(
+            x, params.get("scale"), axis=axes, epsilon=self.epsilon, where=mask, implementation=self.implementation
+        )
+        return y, state
