@@ -34,7 +34,7 @@ from jax import lax
 from jaxnorm._src import ops, stats, validation
 from jaxnorm._src.flax_compat import compute_input, full_mask, stats_dtype, sync_axis
 
-__all__ = ["BatchNorm", "LayerNorm"]
+__all__ = ["BatchNorm", "LayerNorm", "RMSNorm"]
 
 _ZEROS_INIT = initializers.zeros_init()  # Flax's default objects, so signatures compare equal
 _ONES_INIT = initializers.ones_init()
@@ -337,6 +337,96 @@ class LayerNorm(nnx.Module):
         bias = None if bias is None else bias.reshape(fshape)
         y, *_ = ops.normalize_by_moments(
             xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
+            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
+        )
+        return y.astype(out_dtype)
+
+
+class RMSNorm(nnx.Module):
+    r"""Root-mean-square normalization, a drop-in for ``flax.nnx.RMSNorm`` (same arguments and state).
+
+    .. math::
+        y = \frac{x}{\sqrt{\langle x^2\rangle + \epsilon}} \cdot \text{scale}
+
+    Args:
+      num_features: size of the feature axes (``scale`` has shape ``(num_features,)``).
+      epsilon: float added to the mean of squares (1e-6).
+      dtype: output dtype; None infers it from the input and ``scale`` as Flax does.
+      param_dtype: dtype of ``scale`` (float32).
+      use_scale: learn ``scale``.
+      scale_init: initializer of ``scale`` (ones).
+      reduction_axes, feature_axes: as ``flax.nnx.RMSNorm`` (-1 and -1).
+      axis_name: None, or the named axis (or tuple of names) of an enclosing ``pmap``/``shard_map``/``vmap``;
+        the statistic is then merged exactly (count-weighted).
+      axis_index_groups: None, or lists of device indices along ``axis_name`` (merged within each group).
+      use_fast_variance: accepted for compatibility.
+      promote_dtype: Flax's dtype promotion function.
+      rngs: ``nnx.Rngs`` for the initializer.
+      scale_metadata: metadata of the ``scale`` ``nnx.Param``.
+
+    ``__call__(x, *, mask=None)`` returns ``y`` of ``x``'s shape; ``mask`` (broadcastable to ``x``) selects the
+    positions that enter each example's mean of squares.
+
+    Raises:
+      ValueError: ``axis_index_groups`` without a single ``axis_name``; an axis out of range; ``mask`` not
+        broadcastable to ``x``; ``axis_name`` not bound.
+
+    Source: mirrors ``flax.nnx.RMSNorm`` (Flax 0.12); Zhang & Sennrich 2019.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxnorm import nnx as jnnx
+      >>> rms = jnnx.RMSNorm(2, epsilon=0.0, rngs=nnx.Rngs(0))
+      >>> print(rms(jnp.array([[1.0, 7.0], [-2.0, 2.0]])))
+      [[ 0.2  1.4]
+       [-1.   1. ]]
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_scale: bool = True,
+        scale_init: Initializer = _ONES_INIT,
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = dtypes.promote_dtype,
+        rngs: rnglib.Rngs,
+        scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+    ):
+        sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.RMSNorm")
+        feature_shape = (num_features,)
+        self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_scale = use_scale
+        self.reduction_axes = reduction_axes
+        self.feature_axes = feature_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
+
+    def __call__(self, x, *, mask: jax.Array | None = None):
+        """Divides each example of ``x`` by its root mean square over ``reduction_axes``; see the class."""
+        scale = self.scale[...] if self.scale is not None else None
+        x, scale = self.promote_dtype((x, scale), dtype=self.dtype)
+        reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
+        feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
+        out_dtype = dtypes.canonicalize_dtype(x, scale, dtype=self.dtype)
+        xc = compute_input(x, out_dtype)
+        scale = None if scale is None else scale.reshape(_features_shape(x, feature_axes))
+        y = ops.normalize_by_square(
+            xc, scale, reduction_axes, self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
         )
         return y.astype(out_dtype)

@@ -180,3 +180,51 @@ def test_pallas_implementation_equals_xla_in_interpret_mode():
     assert_close(got[0], want[0], scale=10)
     for a, b in zip(got[1], want[1], strict=True):
         assert_close(a, b, scale=10)
+
+
+# --------------------------------------------------------------------- Flax drop-ins: jaxnorm.linen / jaxnorm.nnx
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flax") is None, reason="flax not installed")
+@pytest.mark.parametrize("kwargs", [{}, {"reduction_axes": (1, 2), "feature_axes": -1}, {"use_scale": False},
+                                    {"dtype": jnp.bfloat16}, {"epsilon": 1e-3}])
+@pytest.mark.parametrize("xdtype", [jnp.float32, jnp.bfloat16])
+def test_linen_and_nnx_rmsnorm_are_drop_ins_for_flax(kwargs, xdtype):
+    import flax.linen as nn
+    from flax import nnx
+
+    import jaxnorm.linen
+    import jaxnorm.nnx
+
+    x = jnp.asarray(_data((2, 3, 6), seed=16), xdtype)
+    theirs, ours = nn.RMSNorm(**kwargs), jaxnorm.linen.RMSNorm(**kwargs)
+    v_theirs, v_ours = theirs.init(jax.random.key(0), x), ours.init(jax.random.key(0), x)
+    assert jax.tree.structure(v_theirs) == jax.tree.structure(v_ours)
+    jax.tree.map(np.testing.assert_array_equal, v_theirs, v_ours)  # same checkpoint
+    if "scale" in v_theirs.get("params", {}):
+        v_ours = v_theirs = {"params": {"scale": jnp.asarray(_data((6,), seed=17))}}
+    y_theirs, y_ours = theirs.apply(v_theirs, x), ours.apply(v_ours, x)
+    assert y_ours.dtype == y_theirs.dtype
+    dt = jnp.bfloat16 if jnp.bfloat16 in (xdtype, kwargs.get("dtype")) else jnp.float32
+    assert_close(y_ours, y_theirs, dt, scale=2)
+
+    m_theirs = nnx.RMSNorm(6, rngs=nnx.Rngs(0), **kwargs)
+    m_ours = jaxnorm.nnx.RMSNorm(6, rngs=nnx.Rngs(0), **kwargs)
+    s_theirs, s_ours = nnx.to_pure_dict(nnx.state(m_theirs)), nnx.to_pure_dict(nnx.state(m_ours))
+    jax.tree.map(np.testing.assert_array_equal, s_theirs, s_ours)
+    assert m_ours(x).dtype == m_theirs(x).dtype
+    assert_close(m_ours(x), m_theirs(x), dt, scale=2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flax") is None, reason="flax not installed")
+def test_linen_rmsnorm_mask_and_axis_name():
+    import jaxnorm.linen
+
+    x = _data((4, 5, 6), seed=18)
+    mask = np.random.default_rng(19).random(x.shape) < 0.7
+    module = jaxnorm.linen.RMSNorm(reduction_axes=(0, 1), feature_axes=-1, axis_name="rows")
+    variables = jaxnorm.linen.RMSNorm(reduction_axes=(0, 1)).init(jax.random.key(0), x[:, 0])  # same tree
+    got = jax.vmap(lambda xb, mb: module.apply(variables, xb, mask=mb), in_axes=1, out_axes=1,
+                   axis_name="rows")(jnp.asarray(x), jnp.asarray(mask))
+    # Statistics over each vmapped (4, 6) slice, then merged over the vmapped axis: all of (0, 1, 2).
+    assert_close(got, _reference(x, (0, 1, 2), None, 1e-6, mask), scale=2)
