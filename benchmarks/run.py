@@ -79,16 +79,19 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 SHAPES = {
     "full": {
         "layer_norm": [(4096, n) for n in (512, 1024, 4096, 16384)],
+        "rms_norm": [(4096, n) for n in (512, 1024, 4096, 16384)],
         "batch_norm": [(32, 56, 56, 256), (32, 28, 28, 512), (32, 14, 14, 1024), (32, 7, 7, 2048)],
     },
     "quick": {
         "layer_norm": [(1024, n) for n in (512, 1024, 4096, 16384)],
+        "rms_norm": [(1024, n) for n in (512, 1024, 4096, 16384)],
         "batch_norm": [(8, 56, 56, 256), (8, 28, 28, 512), (8, 14, 14, 1024), (8, 7, 7, 2048)],
     },
-    "smoke": {"layer_norm": [(16, 128)], "batch_norm": [(2, 4, 4, 32)]},
+    "smoke": {"layer_norm": [(16, 128)], "rms_norm": [(16, 128)], "batch_norm": [(2, 4, 4, 32)]},
 }
 REPEATS = {"full": 20, "quick": 15, "smoke": 3}
-OPS = ("layer_norm", "batch_norm")
+OPS = ("layer_norm", "rms_norm", "batch_norm")
+ROWS = ("layer_norm", "rms_norm")  # ops over the last axis with (x, scale, bias) -> y; RMSNorm ignores bias
 MODES = ("fwd", "fwd+bwd")
 DTYPES = ("float32", "bfloat16")
 # Relative max error (max |peer - jaxnorm| / max |jaxnorm|, per output) above which a peer is not timed.
@@ -160,6 +163,8 @@ def _full_rank(v, ndim):
 
 
 def _jaxnorm_forward(op, x):
+    if op == "rms_norm":
+        return lambda x, s, b: jaxnorm.rms_norm(x, s, axis=-1, epsilon=EPSILON)
     if op == "layer_norm":
         return lambda x, s, b: jaxnorm.layer_norm(x, s, b, axis=-1, epsilon=EPSILON)
     spec = jaxnorm.BatchNorm(axis=-1, momentum=MOMENTUM, epsilon=EPSILON)
@@ -172,6 +177,8 @@ def _jaxnorm_forward(op, x):
 
 
 def _jaxnorm_pallas_forward(op, x):  # GPU only (interpret mode on CPU is a test aid, not timed)
+    if op == "rms_norm":
+        return lambda x, s, b: jaxnorm.rms_norm(x, s, axis=-1, epsilon=EPSILON, implementation="pallas")
     if op != "layer_norm":
         raise NotImplementedError("the Pallas kernels cover LayerNorm/RMSNorm rows, not BatchNorm")
     return lambda x, s, b: jaxnorm.layer_norm(x, s, b, axis=-1, epsilon=EPSILON, implementation="pallas")
@@ -185,6 +192,14 @@ def _naive_forward(op, x):
         y = (x32 - mean) * jax.lax.rsqrt(var + EPSILON) * _full_rank(s, x.ndim) + _full_rank(b, x.ndim)
         return y.astype(x.dtype), mean, var
 
+    if op == "rms_norm":
+
+        def rms(x, s, b):
+            x32 = x.astype(jnp.float32)
+            ms = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+            return (x32 * jax.lax.rsqrt(ms + EPSILON) * _full_rank(s, x.ndim)).astype(x.dtype)
+
+        return rms
     if op == "layer_norm":
         return lambda x, s, b: normalize(x, s, b, (x.ndim - 1,))[0]
 
@@ -202,6 +217,9 @@ def _naive_forward(op, x):
 def _flax_linen_forward(op, x):
     from flax import linen as nn
 
+    if op == "rms_norm":
+        rms = nn.RMSNorm(epsilon=EPSILON, dtype=x.dtype)
+        return lambda x, s, b: rms.apply({"params": {"scale": s}}, x)
     if op == "layer_norm":
         ln = nn.LayerNorm(epsilon=EPSILON, dtype=x.dtype)  # dtype: bf16 in, bf16 out, like the others
         return lambda x, s, b: ln.apply({"params": {"scale": s, "bias": b}}, x)
@@ -229,6 +247,9 @@ def _flax_nnx_forward(op, x):
     from flax import nnx
 
     features = x.shape[-1]
+    if op == "rms_norm":
+        graphdef, params = nnx.split(nnx.RMSNorm(features, epsilon=EPSILON, dtype=x.dtype, rngs=nnx.Rngs(0)))
+        return lambda x, s, b: nnx.merge(graphdef, _with_leaves(params, {"scale": s}))(x)
     if op == "layer_norm":
         model = nnx.LayerNorm(features, epsilon=EPSILON, dtype=x.dtype, rngs=nnx.Rngs(0))
         graphdef, params = nnx.split(model)
@@ -259,6 +280,10 @@ def _keras_forward(op, x):
     if keras.backend.backend() != "jax":
         raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()!r}, not 'jax'")
     policy = "mixed_bfloat16" if x.dtype == jnp.bfloat16 else "float32"  # float32 variables, compute in x's dtype
+    if op == "rms_norm":
+        rms = keras.layers.RMSNormalization(axis=-1, epsilon=EPSILON, dtype=policy)
+        rms.build(x.shape)
+        return lambda x, s, b: rms.stateless_call([s], [], x)[0]
     if op == "layer_norm":
         layer = keras.layers.LayerNormalization(axis=-1, epsilon=EPSILON, dtype=policy)
         layer.build(x.shape)
@@ -273,11 +298,11 @@ def _keras_forward(op, x):
     return forward
 
 
-def _equinox_forward(op, x):  # only when equinox is installed; LayerNorm only
+def _equinox_forward(op, x):  # only when equinox is installed
     import equinox as eqx
 
     if op != "layer_norm":
-        raise NotImplementedError("BatchNorm not benchmarked for equinox (vmapped axis_name state API)")
+        raise NotImplementedError(f"{op} not benchmarked for equinox (LayerNorm only)")
     ln = eqx.nn.LayerNorm(x.shape[-1], eps=EPSILON)
 
     def forward(x, s, b):
@@ -291,7 +316,7 @@ def _haiku_forward(op, x):  # only when haiku is installed; LayerNorm only
     import haiku as hk
 
     if op != "layer_norm":
-        raise NotImplementedError("BatchNorm not benchmarked for haiku (zero-debiased EMA state)")
+        raise NotImplementedError(f"{op} not benchmarked for haiku (LayerNorm only)")
     ln = hk.without_apply_rng(
         hk.transform(lambda x: hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, eps=EPSILON)(x))
     )
@@ -315,7 +340,7 @@ def _with_backward(forward, op):
 
     def loss(x, s, b, dy, *state):
         out = forward(x, s, b, *state)
-        y, aux = (out, ()) if op == "layer_norm" else (out[0], tuple(out[1:]))
+        y, aux = (out, ()) if op in ROWS else (out[0], tuple(out[1:]))
         return jnp.sum(y.astype(jnp.float32) * dy.astype(jnp.float32)), aux
 
     def fwd_bwd(x, dy, s, b, *state):
@@ -388,13 +413,15 @@ class TorchRunner:
         def forward():
             if op == "layer_norm":
                 return F.layer_norm(x, (x.shape[-1],), s, b, EPSILON)
+            if op == "rms_norm":
+                return F.rms_norm(x, (x.shape[-1],), s, EPSILON)
             return F.batch_norm(x, self.mean, self.var, s, b, training=True, momentum=1 - MOMENTUM, eps=EPSILON)
 
         def run():
             if not backward:
                 with torch.no_grad():
                     return (forward(),)
-            return torch.autograd.grad(forward(), (x, s, b), dy)
+            return torch.autograd.grad(forward(), (x, s, b), dy, allow_unused=True, materialize_grads=True)
 
         self.run = run
 
