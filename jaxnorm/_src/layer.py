@@ -109,6 +109,22 @@ class Layer:
         expected = {k: (shape, None) for k in self._affine_init_specs(shape)}
         return validation.check_tree(params, expected, "params", fix)
 
+    def _per_example_inputs(self, params: Any, state: Any, x: Any, training: Any) -> tuple[Any, ...]:
+        """The checks every per-example layer's ``apply`` starts with (LayerNorm, RMSNorm: params over
+        ``axis``, empty state): returns ``(x, axes, params in use)``."""
+        name = type(self).__name__
+        check_training(training, name, required=False)
+        x = validation.check_float_array(x, "x")
+        axes = validation.canonicalize_axes(self.axis, x.ndim, "axis")
+        pshape = tuple(x.shape[a] for a in axes)
+        fix = (
+            f"They must match the input's sizes along axis={self.axis!r} (shape {pshape}); re-create them "
+            "with `init` for this input and spec."
+        )
+        params = self._params_in_use(self._check_params(params, pshape, fix))
+        validation.check_tree(state, {}, "state", f"{name}'s state is always {{}}.")
+        return x, axes, params
+
     def _params_in_use(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """A frozen layer's (``trainable=False``) parameters get no gradient, as Keras's non-trainable weights."""
         return params if self.trainable else jax.tree.map(jax.lax.stop_gradient, params)

@@ -148,16 +148,8 @@ class LayerNorm(Layer):
           TypeError: ``x`` not floating, ``mask`` not boolean, ``training`` not a bool.
           ValueError: ``axis`` out of range; ``params`` keys or shapes not matching ``x``; non-empty ``state``.
         """
-        layer.check_training(training, "LayerNorm", required=False)
-        x = validation.check_float_array(x, "x")
-        axes = validation.canonicalize_axes(self.axis, x.ndim, "axis")
-        pshape = tuple(x.shape[a] for a in axes)
-        fix = (
-            f"They must match the input's sizes along axis={self.axis!r} (shape {pshape}); re-create them "
-            "with `init` for this input and spec."
-        )
-        params = self._params_in_use(self._check_params(params, pshape, fix))
-        state = validation.check_tree(state, {}, "state", "LayerNorm's state is always {}.")
+        x, axes, params = self._per_example_inputs(params, state, x, training)
+        state = {}
         if self.rms_scaling:  # Keras's deprecated rms_scaling: x * rsqrt(var + eps) * scale, no centering
             m = None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
             mean, var = stats.mean_var(x, axes, m)
