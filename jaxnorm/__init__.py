@@ -3,8 +3,9 @@
 Public API:
 
 - functional ops: :func:`moments`, :func:`batch_normalization`, :func:`normalize_batch_in_training`,
-  :func:`layer_norm`, :func:`rms_norm`;
-- layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`;
+  :func:`layer_norm`, :func:`rms_norm`, :func:`unit_norm`;
+- layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`,
+  :class:`UnitNormalization`;
 - train-step helpers over a model's params: :func:`regularization_loss`, :func:`apply_constraints`,
   :func:`constraints_transform` (Optax), :func:`trainable_mask`, :func:`decay_mask`;
 - converters to and from Keras and PyTorch layers in :mod:`jaxnorm.interop`;
@@ -13,7 +14,7 @@ Public API:
 
 from jaxnorm._src.batch_norm import BatchNorm
 from jaxnorm._src.layer_norm import LayerNorm
-from jaxnorm._src.ops import batch_normalization, layer_norm, normalize_batch_in_training, rms_norm
+from jaxnorm._src.ops import batch_normalization, layer_norm, normalize_batch_in_training, rms_norm, unit_norm
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.stats import moments
 from jaxnorm._src.training import (
@@ -23,6 +24,7 @@ from jaxnorm._src.training import (
     regularization_loss,
     trainable_mask,
 )
+from jaxnorm._src.unit_norm import UnitNormalization
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,7 @@ __all__ = [
     "BatchNorm",
     "LayerNorm",
     "RMSNorm",
+    "UnitNormalization",
     "apply_constraints",
     "batch_normalization",
     "constraints_transform",
@@ -40,4 +43,5 @@ __all__ = [
     "regularization_loss",
     "rms_norm",
     "trainable_mask",
+    "unit_norm",
 ]

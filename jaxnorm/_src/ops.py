@@ -289,6 +289,46 @@ def normalize_by_square(x, scale, axes, epsilon, mask=None, axis_name=None, impl
     return normalize(x, jnp.zeros_like(square), square, None, scale, epsilon)
 
 
+def unit_norm(x: jax.Array, *, axis: validation.Axes = -1, epsilon: float = 1e-12, where: Any = None) -> jax.Array:
+    r"""Unit (L2) normalization: each example scaled to unit Euclidean norm over ``axis``.
+
+    .. math::
+        y = x \cdot \min\left(\frac{1}{\sqrt{\sum x^2}}, \frac{1}{\epsilon}\right)
+          = \frac{x}{\sqrt{\max(\sum x^2, \epsilon^2)}}
+
+    Args:
+      x: floating array of any shape.
+      axis: int or sequence of ints, the axes of the norm (-1: the last).
+      epsilon: non-negative float; norms below it are treated as ``epsilon`` (1e-12, Keras's), so an all-zero
+        example stays zero with a zero gradient.
+      where: optional boolean mask broadcastable to ``x``; only True positions enter the norm (values elsewhere
+        may be NaN; they are scaled too).
+
+    Returns:
+      An array of ``x``'s shape and dtype; the sum of squares computed in ``promote_types(x.dtype, float32)``.
+
+    Raises:
+      TypeError: ``x`` not floating; ``where`` not boolean.
+      ValueError: an axis out of range or repeated; ``epsilon`` < 0.
+
+    Source: ``keras.layers.UnitNormalization`` (``keras.ops.normalize(x, axis, order=2, epsilon=1e-12)``).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxnorm
+      >>> print(jaxnorm.unit_norm(jnp.array([[3.0, 4.0], [0.0, 0.0]])))
+      [[0.6 0.8]
+       [0.  0. ]]
+    """
+    x = validation.check_float_array(x, "x")
+    validation.check_epsilon(epsilon)
+    axes = validation.canonicalize_axes(axis, x.ndim, "axis")
+    mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
+    count, square = stats.count_mean_square(x, axes, mask)
+    sum_sq = square * count
+    inv = lax.rsqrt(jnp.maximum(sum_sq, jnp.asarray(epsilon, sum_sq.dtype) ** 2))
+    return (x.astype(sum_sq.dtype) * inv).astype(x.dtype)
+
+
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
 
