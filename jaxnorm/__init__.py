@@ -3,9 +3,10 @@
 Public API:
 
 - functional ops: :func:`moments`, :func:`batch_normalization`, :func:`normalize_batch_in_training`,
-  :func:`layer_norm`, :func:`rms_norm`, :func:`unit_norm`;
+  :func:`layer_norm`, :func:`rms_norm`, :func:`group_norm`, :func:`instance_norm`,
+  :func:`unit_norm`;
 - layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`,
-  :class:`UnitNormalization`;
+  :class:`GroupNorm`, :class:`InstanceNorm`, :class:`UnitNormalization`;
 - train-step helpers over a model's params: :func:`regularization_loss`, :func:`apply_constraints`,
   :func:`constraints_transform` (Optax), :func:`trainable_mask`, :func:`decay_mask`;
 - converters to and from Keras and PyTorch layers in :mod:`jaxnorm.interop`;
@@ -13,8 +14,17 @@ Public API:
 """
 
 from jaxnorm._src.batch_norm import BatchNorm
+from jaxnorm._src.group_norm import GroupNorm, InstanceNorm
 from jaxnorm._src.layer_norm import LayerNorm
-from jaxnorm._src.ops import batch_normalization, layer_norm, normalize_batch_in_training, rms_norm, unit_norm
+from jaxnorm._src.ops import (
+    batch_normalization,
+    group_norm,
+    instance_norm,
+    layer_norm,
+    normalize_batch_in_training,
+    rms_norm,
+    unit_norm,
+)
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.stats import moments
 from jaxnorm._src.training import (
@@ -30,6 +40,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm",
+    "GroupNorm",
+    "InstanceNorm",
     "LayerNorm",
     "RMSNorm",
     "UnitNormalization",
@@ -37,6 +49,8 @@ __all__ = [
     "batch_normalization",
     "constraints_transform",
     "decay_mask",
+    "group_norm",
+    "instance_norm",
     "layer_norm",
     "moments",
     "normalize_batch_in_training",

@@ -37,9 +37,16 @@ from flax.typing import Axes, Dtype, Initializer
 from jax.nn import initializers
 
 from jaxnorm._src import ops, stats, validation
-from jaxnorm._src.flax_compat import compute_input, full_mask, stats_dtype, sync_axis
+from jaxnorm._src.flax_compat import (
+    compute_input,
+    flax_groups,
+    full_mask,
+    instance_reduction_axes,
+    stats_dtype,
+    sync_axis,
+)
 
-__all__ = ["BatchNorm", "LayerNorm", "RMSNorm"]
+__all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm"]
 
 
 def _affine_params(mdl: module.Module, feature_shape: list[int]) -> tuple[Any, Any]:
@@ -382,5 +389,172 @@ class RMSNorm(module.Module):
         y = ops.normalize_by_square(
             xc, scale, reduction_axes, self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.RMSNorm"),
+        )
+        return y.astype(out_dtype)
+
+
+class GroupNorm(module.Module):
+    r"""Group normalization, a drop-in for ``flax.linen.GroupNorm`` with stable statistics.
+
+    The last axis (channels) is split into ``num_groups`` groups of consecutive channels; each example's group
+    is normalized by its statistics over the group's channels and ``reduction_axes``:
+
+    .. math::
+        y = \frac{x - \mu_g}{\sqrt{\sigma_g^2 + \epsilon}} \cdot \text{scale}_c + \text{bias}_c
+
+    Attributes:
+      num_groups: the number of groups (32); pass None to give ``group_size`` instead (exactly one of them).
+      group_size: the number of channels per group (None).
+      epsilon: float added to the variance (1e-6).
+      dtype: output dtype; None infers ``result_type(x, scale, bias)`` as Flax does.
+      param_dtype: dtype of ``scale`` and ``bias`` (float32).
+      use_bias, use_scale: learn ``params['bias']`` / ``params['scale']``.
+      bias_init, scale_init: initializers (zeros, ones).
+      reduction_axes: None (every axis but the first, plus the channels), or the axes of the statistics,
+        which must end with the last (channel) axis; give it for inputs without a batch axis.
+      axis_name, axis_index_groups: as :class:`LayerNorm`'s (exact, count-weighted merges).
+      use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
+      force_float32_reductions: accepted; statistics are always computed in at least float32.
+
+    Call ``__call__(x, *, mask=None)``: ``x`` of shape ``(..., C)``; ``mask`` broadcastable to ``x``, True where
+    a position enters the statistics.
+
+    Returns:
+      ``y`` of ``x``'s shape and dtype ``canonicalize_dtype(x, scale, bias, dtype=self.dtype)``.
+
+    Variables:
+      ``params``: ``scale`` and ``bias`` (when enabled) of shape ``(C,)`` and ``param_dtype``.
+
+    Raises:
+      ValueError: both or neither of ``num_groups``/``group_size``; groups not dividing ``C``;
+        ``reduction_axes`` not ending with the last axis; an axis out of range; a bad ``axis_index_groups``.
+      TypeError: complex ``x``.
+
+    Source: mirrors ``flax.linen.GroupNorm`` (Flax 0.12); Wu & He 2018, "Group Normalization". Differences
+    from Flax: two-pass variance (stable on offset data) and exact ``axis_name`` statistics.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxnorm import linen as jnn
+      >>> gn = jnn.GroupNorm(num_groups=2, epsilon=0.0)
+      >>> x = 1e4 + jnp.array([[1.0, 3.0, 10.0, 30.0]])
+      >>> variables = gn.init(jax.random.key(0), x)
+      >>> jax.tree.map(jnp.shape, variables)
+      {'params': {'bias': (4,), 'scale': (4,)}}
+      >>> print(gn.apply(variables, x))
+      [[-1.  1. -1.  1.]]
+    """
+
+    num_groups: int | None = 32
+    group_size: int | None = None
+    epsilon: float = 1e-6
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = initializers.zeros
+    scale_init: Initializer = initializers.ones
+    reduction_axes: Axes | None = None
+    axis_name: str | None = None
+    axis_index_groups: Any = None
+    use_fast_variance: bool = True
+    force_float32_reductions: bool = True
+
+    def __post_init__(self):
+        sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.GroupNorm")
+        super().__post_init__()
+
+    @module.compact
+    def __call__(self, x, *, mask: jax.Array | None = None):
+        """Normalizes each example's channel groups of ``x``; see the class docstring."""
+        x = jnp.asarray(x)
+        axes = list(range(1, x.ndim - 1)) + [-1] if self.reduction_axes is None else self.reduction_axes
+        reduction_axes = validation.canonicalize_axes(axes, x.ndim, "reduction_axes")
+        if reduction_axes[-1] != x.ndim - 1:
+            raise ValueError(
+                f"The reduction axes must include the final dimension as this is assumed to be the feature axis "
+                f"(got reduction_axes={self.reduction_axes!r} for an input of rank {x.ndim}). Add -1."
+            )
+        groups = flax_groups(self.num_groups, self.group_size, x.shape[-1])
+        scale, bias = _affine_params(self, [x.shape[-1]])
+        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+        xc = compute_input(x, out_dtype)
+        expand = lambda v: None if v is None else validation.expand_to_rank(v, x.ndim, (x.ndim - 1,))  # noqa: E731
+        y = ops.normalize_groups(
+            xc, expand(scale), expand(bias), x.ndim - 1, groups, reduction_axes[:-1], self.epsilon,
+            full_mask(mask, xc), sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.GroupNorm"),
+        )
+        return y.astype(out_dtype)
+
+
+class InstanceNorm(module.Module):
+    r"""Instance normalization, a drop-in for ``flax.linen.InstanceNorm`` with stable statistics.
+
+    Each example's features (``feature_axes``) are normalized separately over every other non-batch axis:
+
+    .. math::
+        y_{n,c} = \frac{x_{n,c} - \mu_{n,c}}{\sqrt{\sigma_{n,c}^2 + \epsilon}} \cdot \text{scale}_c
+        + \text{bias}_c
+
+    Attributes:
+      epsilon: float added to the variance (1e-6).
+      dtype, param_dtype, use_bias, use_scale, bias_init, scale_init: as :class:`GroupNorm`'s.
+      feature_axes: int or tuple of ints, the axes ``scale`` and ``bias`` span (-1); never 0 (the batch).
+      axis_name, axis_index_groups, use_fast_variance, force_float32_reductions: as :class:`LayerNorm`'s.
+
+    Call ``__call__(x, *, mask=None)`` as :class:`GroupNorm`.
+
+    Returns:
+      ``y`` of ``x``'s shape and dtype ``canonicalize_dtype(x, scale, bias, dtype=self.dtype)``.
+
+    Variables:
+      ``params``: ``scale`` and ``bias`` (when enabled) of shape ``[x.shape[a] for a in feature_axes]``.
+
+    Raises:
+      ValueError: ``feature_axes`` includes 0 or is out of range; a bad ``axis_index_groups``.
+      TypeError: complex ``x``.
+
+    Source: mirrors ``flax.linen.InstanceNorm`` (Flax 0.12); Ulyanov, Vedaldi & Lempitsky 2016.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxnorm import linen as jnn
+      >>> x = jnp.array([[[1.0, 10.0], [3.0, 30.0]]])
+      >>> inorm = jnn.InstanceNorm(epsilon=0.0)
+      >>> print(inorm.apply(inorm.init(jax.random.key(0), x), x)[0])
+      [[-1. -1.]
+       [ 1.  1.]]
+    """
+
+    epsilon: float = 1e-6
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = initializers.zeros
+    scale_init: Initializer = initializers.ones
+    feature_axes: Axes = -1
+    axis_name: str | None = None
+    axis_index_groups: Any = None
+    use_fast_variance: bool = True
+    force_float32_reductions: bool = True
+
+    def __post_init__(self):
+        sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.InstanceNorm")
+        super().__post_init__()
+
+    @module.compact
+    def __call__(self, x, *, mask: jax.Array | None = None):
+        """Normalizes each example's features of ``x``; see the class docstring."""
+        x = jnp.asarray(x)
+        feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
+        reduction_axes = instance_reduction_axes(feature_axes, x.ndim)
+        scale, bias = _affine_params(self, [x.shape[a] for a in feature_axes])
+        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+        xc = compute_input(x, out_dtype)
+        expand = lambda v: None if v is None else validation.expand_to_rank(v, x.ndim, feature_axes)  # noqa: E731
+        y, *_ = ops.normalize_by_moments(
+            xc, expand(scale), expand(bias), tuple(reduction_axes), self.epsilon, full_mask(mask, xc),
+            sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.InstanceNorm"),
         )
         return y.astype(out_dtype)

@@ -32,9 +32,16 @@ from flax.typing import Axes, Dtype, Initializer, PromoteDtypeFn
 from jax import lax
 
 from jaxnorm._src import ops, stats, validation
-from jaxnorm._src.flax_compat import compute_input, full_mask, stats_dtype, sync_axis
+from jaxnorm._src.flax_compat import (
+    compute_input,
+    flax_groups,
+    full_mask,
+    instance_reduction_axes,
+    stats_dtype,
+    sync_axis,
+)
 
-__all__ = ["BatchNorm", "LayerNorm", "RMSNorm"]
+__all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm"]
 
 _ZEROS_INIT = initializers.zeros_init()  # Flax's default objects, so signatures compare equal
 _ONES_INIT = initializers.ones_init()
@@ -427,6 +434,195 @@ class RMSNorm(nnx.Module):
         scale = None if scale is None else scale.reshape(_features_shape(x, feature_axes))
         y = ops.normalize_by_square(
             xc, scale, reduction_axes, self.epsilon, full_mask(mask, xc),
+            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
+        )
+        return y.astype(out_dtype)
+
+
+class GroupNorm(nnx.Module):
+    r"""Group normalization, a drop-in for ``flax.nnx.GroupNorm`` with stable statistics.
+
+    .. math::
+        y = \frac{x - \mu_g}{\sqrt{\sigma_g^2 + \epsilon}} \cdot \text{scale}_c + \text{bias}_c
+
+    with the last axis's ``num_features`` channels split into ``num_groups`` groups of consecutive channels,
+    statistics per example and group over the group's channels and ``reduction_axes``.
+
+    Args:
+      num_features: int, the number of channels (the last axis).
+      num_groups: the number of groups (32); pass None to give ``group_size`` instead (exactly one of them).
+      group_size: the number of channels per group (None).
+      epsilon: float added to the variance (1e-6).
+      dtype, param_dtype, use_bias, use_scale, bias_init, scale_init: as :class:`LayerNorm`'s.
+      reduction_axes: None (every axis but the first, plus the channels) or the axes of the statistics, the
+        last of which stands for the channel axis.
+      axis_name, axis_index_groups, use_fast_variance, promote_dtype, rngs, bias_metadata, scale_metadata: as
+        :class:`LayerNorm`'s.
+
+    ``__call__(x, *, mask=None)``: ``x`` of shape ``(..., num_features)``; ``mask`` broadcastable to ``x``.
+    Returns ``y`` of ``x``'s shape in the dtype ``promote_dtype`` gives.
+
+    Raises:
+      ValueError: both or neither of ``num_groups``/``group_size``; groups not dividing ``num_features``;
+        an axis out of range; a bad ``axis_index_groups``.
+
+    Source: mirrors ``flax.nnx.GroupNorm`` (Flax 0.12); Wu & He 2018. Differences from Flax: two-pass variance
+    and exact ``axis_name`` statistics.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxnorm import nnx as jnnx
+      >>> gn = jnnx.GroupNorm(4, num_groups=2, epsilon=0.0, rngs=nnx.Rngs(0))
+      >>> print(gn(1e4 + jnp.array([[1.0, 3.0, 10.0, 30.0]])))
+      [[-1.  1. -1.  1.]]
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_groups: int | None = 32,
+        group_size: int | None = None,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = _ZEROS_INIT,
+        scale_init: Initializer = _ONES_INIT,
+        reduction_axes: Axes | None = None,
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = dtypes.promote_dtype,
+        rngs: rnglib.Rngs,
+        bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+        scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+    ):
+        sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.GroupNorm")
+        self.feature_axis = -1
+        self.num_groups = flax_groups(num_groups, group_size, num_features)
+        self.group_size = num_features // self.num_groups
+        feature_shape = (num_features,)
+        self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
+        self.bias = _affine_param(use_bias, bias_init, rngs, feature_shape, param_dtype, bias_metadata)
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.reduction_axes = reduction_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
+
+    def __call__(self, x, *, mask: jax.Array | None = None):
+        """Normalizes each example's channel groups of ``x``; see the class docstring."""
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
+        axes = list(range(1, x.ndim - 1)) + [-1] if self.reduction_axes is None else self.reduction_axes
+        reduction_axes = validation.canonicalize_axes(axes, x.ndim, "reduction_axes")
+        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+        xc = compute_input(x, out_dtype)
+        fshape = _features_shape(x, (x.ndim - 1,))
+        y = ops.normalize_groups(
+            xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
+            x.ndim - 1, self.num_groups, reduction_axes[:-1], self.epsilon, full_mask(mask, xc),
+            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
+        )
+        return y.astype(out_dtype)
+
+
+class InstanceNorm(nnx.Module):
+    r"""Instance normalization, a drop-in for ``flax.nnx.InstanceNorm`` with stable statistics.
+
+    .. math::
+        y_{n,c} = \frac{x_{n,c} - \mu_{n,c}}{\sqrt{\sigma_{n,c}^2 + \epsilon}} \cdot \text{scale}_c
+        + \text{bias}_c
+
+    with statistics over every axis but the batch (0) and ``feature_axes``.
+
+    Args:
+      num_features: int, the number of entries of ``scale``/``bias`` (the product of the ``feature_axes``
+        sizes).
+      epsilon: float added to the variance (1e-6).
+      feature_axes: int or tuple of ints, the axes ``scale`` and ``bias`` span (-1); never 0.
+      dtype, param_dtype, use_bias, use_scale, bias_init, scale_init, axis_name, axis_index_groups,
+        use_fast_variance, promote_dtype, rngs, bias_metadata, scale_metadata: as :class:`LayerNorm`'s.
+        As in Flax, a disabled ``scale``/``bias`` is stored as a plain None.
+
+    ``__call__(x, *, mask=None)`` returns ``y`` of ``x``'s shape in the dtype ``promote_dtype`` gives.
+
+    Raises:
+      ValueError: ``feature_axes`` includes 0 or is out of range; a bad ``axis_index_groups``.
+
+    Source: mirrors ``flax.nnx.InstanceNorm`` (Flax 0.12); Ulyanov, Vedaldi & Lempitsky 2016.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxnorm import nnx as jnnx
+      >>> inorm = jnnx.InstanceNorm(2, epsilon=0.0, rngs=nnx.Rngs(0))
+      >>> print(inorm(jnp.array([[[1.0, 10.0], [3.0, 30.0]]]))[0])
+      [[-1. -1.]
+       [ 1.  1.]]
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = initializers.zeros,
+        scale_init: Initializer = initializers.ones,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+        promote_dtype: PromoteDtypeFn = dtypes.promote_dtype,
+        rngs: rnglib.Rngs,
+        bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+        scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+    ):
+        sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.InstanceNorm")
+        feature_shape = (num_features,)
+        # As flax.nnx.InstanceNorm: scale before bias, and a disabled one is a plain None.
+        self.scale = nnx.Param(scale_init(rngs.params(), feature_shape, param_dtype), **scale_metadata) \
+            if use_scale else None
+        self.bias = nnx.Param(bias_init(rngs.params(), feature_shape, param_dtype), **bias_metadata) \
+            if use_bias else None
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.feature_axes = feature_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
+
+    def __call__(self, x, *, mask: jax.Array | None = None):
+        """Normalizes each example's features of ``x``; see the class docstring."""
+        feature_axes = validation.canonicalize_axes(self.feature_axes, jnp.ndim(x), "feature_axes")
+        reduction_axes = instance_reduction_axes(feature_axes, jnp.ndim(x))
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
+        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+        xc = compute_input(x, out_dtype)
+        fshape = _features_shape(x, feature_axes)
+        y, *_ = ops.normalize_by_moments(
+            xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
+            tuple(reduction_axes), self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
         )
         return y.astype(out_dtype)

@@ -41,3 +41,30 @@ def stats_dtype(x: jax.Array, dtype: Any, force_float32_reductions: bool = True)
     """The dtype Flax's ``_compute_stats`` returns, so that updated ``batch_stats`` keep Flax's dtype."""
     base = jnp.result_type(x) if dtype is None else dtype
     return jnp.promote_types(base, jnp.float32) if force_float32_reductions else base
+
+
+def flax_groups(num_groups: Any, group_size: Any, channels: int) -> int:
+    """Flax's GroupNorm rule: exactly one of ``num_groups`` (positive) and ``group_size``, dividing the channels.
+    Raises Flax's ``ValueError`` messages, with the fix."""
+    if (num_groups is None) == (group_size is None):
+        raise ValueError(
+            "Either `num_groups` or `group_size` should be specified. If `group_size` is to be specified, pass "
+            f"`num_groups=None` as argument to override the default `num_groups` value of 32 (got "
+            f"num_groups={num_groups!r}, group_size={group_size!r})."
+        )
+    if num_groups is not None and (not isinstance(num_groups, int) or num_groups <= 0):
+        raise ValueError(
+            f"Number of groups ({num_groups!r}) does not divide the number of channels ({channels}): `num_groups` "
+            "must be a positive int."
+        )
+    return validation.resolve_groups(num_groups, group_size, channels, -1)
+
+
+def instance_reduction_axes(feature_axes: tuple[int, ...], ndim: int) -> list[int]:
+    """Flax InstanceNorm's reduced axes: all but the batch (0) and ``feature_axes``, which must not hold 0."""
+    if 0 in feature_axes:
+        raise ValueError(
+            "The channel axes cannot include the leading dimension as this is assumed to be the batch axis "
+            f"(got feature_axes resolving to {feature_axes}). Give the channel axes only, e.g. -1."
+        )
+    return [a for a in range(1, ndim) if a not in feature_axes]

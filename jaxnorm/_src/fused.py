@@ -251,3 +251,67 @@ def normalize_columns(
     y, mean, var = _cols(x.reshape(m, c), s, b, eps)
     kept = (1,) * k + x.shape[k:]
     return y.reshape(x.shape), mean.reshape(kept), var.reshape(kept)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _axes(x, scale, bias, epsilon, axes):
+    y, mean, var, _ = _axes_forward(x, scale, bias, epsilon, axes)
+    return y, mean, var
+
+
+def _axes_forward(x, scale, bias, epsilon, axes):
+    _, mean, var = stats.count_mean_var(x, axes)
+    dtype = mean.dtype
+    rstd = lax.rsqrt(var + epsilon.astype(dtype))
+    inv = rstd if scale is None else rstd * scale.astype(dtype)
+    y = (x.astype(dtype) - mean) * inv
+    if bias is not None:
+        y = y + bias.astype(dtype)
+    return y.astype(x.dtype), mean, var, rstd
+
+
+def _axes_fwd(x, scale, bias, epsilon, axes):
+    y, mean, var, rstd = _axes_forward(x, scale, bias, epsilon, axes)
+    bias_like = None if bias is None else jnp.zeros((0, *bias.shape), bias.dtype)  # its dtype and shape
+    return (y, mean, var), (x, scale, bias_like, epsilon, mean, rstd)
+
+
+def _sum_to(a, shape):
+    """``a`` summed over the axes where ``shape`` (of a's rank) has size 1, kept as size 1."""
+    return jnp.sum(a, tuple(i for i, d in enumerate(shape) if d == 1 and a.shape[i] != 1), keepdims=True)
+
+
+def _axes_bwd(axes, res, cts):
+    """Any axes (GroupNorm, InstanceNorm, channels-first BatchNorm): the formula of the module docstring with
+    the means over ``axes`` and scale/bias of x's rank; two fused reduction passes and one elementwise pass."""
+    x, scale, bias_like, epsilon, mean, rstd = res
+    dy, dmean, dvar = cts
+    dtype = mean.dtype
+    n = math.prod(x.shape[a] for a in axes)
+    c = x.astype(dtype) - mean
+    xhat = c * rstd
+    dyf = dy.astype(dtype)
+    g = dyf if scale is None else dyf * scale.astype(dtype)
+    g_mean = jnp.mean(g, axes, keepdims=True)
+    gx_mean = jnp.mean(g * xhat, axes, keepdims=True)
+    dx = rstd * (g - g_mean - xhat * gx_mean) + dmean / n + (2 / n) * dvar * c
+    deps = -0.5 * n * jnp.sum(rstd * rstd * gx_mean)
+    dscale = None if scale is None else _sum_to(dyf * xhat, scale.shape).astype(scale.dtype)
+    dbias = None if bias_like is None else _sum_to(dyf, bias_like.shape[1:]).astype(bias_like.dtype)
+    return dx.astype(x.dtype), dscale, dbias, deps.astype(epsilon.dtype)
+
+
+_axes.defvjp(_axes_fwd, _axes_bwd)
+
+
+def normalize_axes(
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: Any
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """As :func:`normalize_rows` over any sorted ``axes`` (GroupNorm's grouped view, InstanceNorm, BatchNorm on
+    channels-first input), with scale/bias of x's rank broadcastable to it: a ``custom_vjp`` that saves ``x``,
+    ``scale`` and the float32 statistics, and whose backward is two fused reductions and one elementwise pass.
+    """
+    eps = jnp.asarray(epsilon, validation.stats_dtype(x.dtype))
+    scale, bias, eps = (vary_like(a, x) for a in (scale, bias, eps))
+    return _axes(x, scale, bias, eps, tuple(axes))
+

@@ -85,13 +85,16 @@ def normalize_by_moments(x, scale, bias, axes, epsilon, mask=None, axis_name=Non
     """
     rows = tuple(axes) == tuple(range(x.ndim - len(axes), x.ndim))
     columns = tuple(axes) == tuple(range(len(axes)))
-    if (rows or columns) and mask is None and axis_name is None:
-        normalize_fused = fused.normalize_rows if rows else fused.normalize_columns
-        out = normalize_fused(x, scale, bias, tuple(axes), epsilon)
-        if out is not None:
-            y, mean, var = out
-            n = math.prod(x.shape[a] for a in axes)
-            return y, jnp.full(mean.shape, n, mean.dtype), mean, var
+    if mask is None and axis_name is None:
+        out = None
+        if rows or columns:
+            normalize_fused = fused.normalize_rows if rows else fused.normalize_columns
+            out = normalize_fused(x, scale, bias, tuple(axes), epsilon)
+        if out is None:
+            out = fused.normalize_axes(x, scale, bias, tuple(axes), epsilon)
+        y, mean, var = out
+        n = math.prod(x.shape[a] for a in axes)
+        return y, jnp.full(mean.shape, n, mean.dtype), mean, var
     count, mean, var = stats.count_mean_var(x, axes, mask, axis_name)
     return normalize(x, mean, var, bias, scale, epsilon), count, mean, var
 
@@ -327,6 +330,186 @@ def unit_norm(x: jax.Array, *, axis: validation.Axes = -1, epsilon: float = 1e-1
     sum_sq = square * count
     inv = lax.rsqrt(jnp.maximum(sum_sq, jnp.asarray(epsilon, sum_sq.dtype) ** 2))
     return (x.astype(sum_sq.dtype) * inv).astype(x.dtype)
+
+
+def group_norm(
+    x: jax.Array,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    *,
+    num_groups: int | None = None,
+    group_size: int | None = None,
+    axis: int = -1,
+    reduction_axes: validation.Axes | None = None,
+    epsilon: float = 1e-3,
+    where: Any = None,
+    axis_name: Any = None,
+) -> jax.Array:
+    r"""Group normalization: the channels are split into groups, each normalized by its own statistics.
+
+    With the channel axis split into ``G`` groups of ``C / G`` consecutive channels, each example's group
+    :math:`g` is normalized over its channels and the ``reduction_axes`` (by default every axis but the first,
+    the batch axis):
+
+    .. math::
+        y = \frac{x - \mu_g}{\sqrt{\sigma_g^2 + \epsilon}} \cdot \text{scale}_c + \text{bias}_c
+
+    One group is LayerNorm over all non-batch axes (with per-channel parameters); ``C`` groups
+    (``num_groups=-1`` or ``group_size=1``) is InstanceNorm.
+
+    Args:
+      x: floating array of rank >= 2, the batch on axis 0 (unless ``reduction_axes`` says otherwise).
+      scale: None, or a floating ``(C,)`` array (``C = x.shape[axis]``) or one broadcastable to ``x``.
+      bias: None, or an array shaped like ``scale``.
+      num_groups: the number of groups, dividing ``C``; -1 means ``C`` (Keras's ``groups=-1``: instance
+        normalization). Give it or ``group_size``, not both; neither means 32 (Wu & He's, Keras's and Flax's
+        default).
+      group_size: the number of channels per group, dividing ``C``.
+      axis: int, the channel axis (-1: channels-last NHWC; 1: channels-first NCHW).
+      reduction_axes: None (every axis but 0 and ``axis``), or the axes besides the channel axis that the
+        statistics are taken over (the channel axis may be listed, as in Flax; it is always reduced within each
+        group). Give it when ``x`` has no batch axis, e.g. under ``jax.vmap``.
+      epsilon: non-negative float (1e-3, Keras ``GroupNormalization``'s default; Flax uses 1e-6, PyTorch
+        1e-5).
+      where: optional boolean mask broadcastable to ``x``; the statistics use only the positions where it is
+        True (values elsewhere may be NaN). Every position is normalized.
+      axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
+        across which the reduced axes are split (e.g. spatial parallelism); statistics are then exact.
+
+    Returns:
+      An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
+
+    Raises:
+      TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` not boolean; ``num_groups``/
+        ``group_size`` not ints.
+      ValueError: both ``num_groups`` and ``group_size`` given; the groups do not divide the channels;
+        ``x`` of rank < 2; an axis out of range or repeated; ``scale``/``bias`` of the wrong shape;
+        ``epsilon`` < 0.
+
+    Source: Wu & He 2018, "Group Normalization"; semantics of ``keras.layers.GroupNormalization``
+    (``groups``, ``axis``), ``flax.linen.GroupNorm`` (``num_groups``/``group_size``, ``reduction_axes``) and
+    ``torch.nn.GroupNorm`` (channels-first, ``axis=1``).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxnorm
+      >>> x = jnp.array([[1.0, 3.0, 10.0, 30.0]])  # one example, four channels
+      >>> print(jaxnorm.group_norm(x, num_groups=2, epsilon=0.0))
+      [[-1.  1. -1.  1.]]
+    """
+    x = validation.check_float_array(x, "x")
+    validation.check_epsilon(epsilon)
+    if x.ndim < 2 and reduction_axes is None:
+        raise ValueError(
+            f"group_norm needs x with a batch axis and a channel axis (rank >= 2), got shape {x.shape}. Add a "
+            "batch axis (x[None]) or give `reduction_axes` (e.g. () for one example)."
+        )
+    (c,) = validation.canonicalize_axes(axis, x.ndim, "axis")
+    if reduction_axes is None:
+        reduce = tuple(a for a in range(1, x.ndim) if a != c)
+    else:
+        reduce = tuple(a for a in validation.canonicalize_axes_or_empty(reduction_axes, x.ndim, "reduction_axes")
+                       if a != c)
+    groups = validation.resolve_groups(num_groups, group_size, x.shape[c], c)
+    scale = None if scale is None else validation.axes_operand(scale, x.shape, (c,), "scale", "channel axis")
+    bias = None if bias is None else validation.axes_operand(bias, x.shape, (c,), "bias", "channel axis")
+    mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
+    return normalize_groups(x, scale, bias, c, groups, reduce, epsilon, mask, axis_name)
+
+
+def normalize_groups(x, scale, bias, channel_axis, num_groups, reduce_axes, epsilon, mask=None, axis_name=None):
+    """GroupNorm's one entry point: ``x`` viewed with its channel axis split into ``(num_groups, C //
+    num_groups)`` and normalized by :func:`normalize_by_moments` over the within-group axis and
+    ``reduce_axes``. ``scale``/``bias``/``mask``: None or of x's rank."""
+    c, channels = channel_axis, x.shape[channel_axis]
+    split = (num_groups, channels // num_groups)
+
+    def grouped(a):
+        if a is None:
+            return None
+        return a.reshape(a.shape[:c] + (split if a.shape[c] == channels else (1, 1)) + a.shape[c + 1 :])
+
+    axes = tuple(sorted([a + (a > c) for a in reduce_axes if a != c] + [c + 1]))
+    y, *_ = normalize_by_moments(
+        grouped(x), grouped(scale), grouped(bias), axes, epsilon, grouped(mask), axis_name
+    )
+    return y.reshape(x.shape)
+
+
+def instance_norm(
+    x: jax.Array,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    *,
+    axis: validation.Axes = -1,
+    epsilon: float = 1e-3,
+    where: Any = None,
+    axis_name: Any = None,
+) -> jax.Array:
+    r"""Instance normalization: each example's channels normalized separately over the remaining axes.
+
+    Every axis but the first (the batch) and the channel ``axis`` is reduced:
+
+    .. math::
+        y_{n,c} = \frac{x_{n,c} - \mu_{n,c}}{\sqrt{\sigma_{n,c}^2 + \epsilon}} \cdot \text{scale}_c
+        + \text{bias}_c
+
+    It equals :func:`group_norm` with ``group_size=1``, and Flax's ``LayerNorm(reduction_axes=spatial axes,
+    feature_axes=-1)``.
+
+    Args:
+      x: floating array of rank >= 2, the batch on axis 0.
+      scale: None, or a floating array with the sizes of ``axis`` (``(C,)``) or broadcastable to ``x``.
+      bias: None, or an array shaped like ``scale``.
+      axis: int or sequence of ints, the channel (feature) axes, not 0 (-1: channels-last; 1: NCHW as PyTorch).
+      epsilon: non-negative float (1e-3, as Keras-family ``GroupNormalization(groups=-1)``; Flax uses 1e-6,
+        PyTorch 1e-5).
+      where: optional boolean mask broadcastable to ``x``; the statistics use only the True positions.
+      axis_name: optional named axis (or tuple of names) across which the reduced axes are split.
+
+    Returns:
+      An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
+
+    Raises:
+      TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` not boolean.
+      ValueError: ``x`` of rank < 2; ``axis`` includes 0 (the batch), is out of range or repeated;
+        ``scale``/``bias`` of the wrong shape; ``epsilon`` < 0.
+
+    Source: Ulyanov, Vedaldi & Lempitsky 2016, "Instance Normalization: The Missing Ingredient for Fast
+    Stylization"; semantics of ``flax.linen.InstanceNorm`` (``feature_axes``) and ``torch.nn.InstanceNorm2d``
+    (``affine=True``, no running statistics; channels-first, ``axis=1``).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxnorm
+      >>> x = jnp.array([[[1.0, 10.0], [3.0, 30.0]]])  # (batch 1, length 2, channels 2)
+      >>> print(jaxnorm.instance_norm(x, epsilon=0.0))
+      [[[-1. -1.]
+        [ 1.  1.]]]
+    """
+    x = validation.check_float_array(x, "x")
+    validation.check_epsilon(epsilon)
+    features = instance_feature_axes(axis, x.ndim)
+    reduce = tuple(a for a in range(1, x.ndim) if a not in features)
+    scale = None if scale is None else validation.axes_operand(scale, x.shape, features, "scale", "channel axes")
+    bias = None if bias is None else validation.axes_operand(bias, x.shape, features, "bias", "channel axes")
+    mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
+    return normalize_by_moments(x, scale, bias, reduce, epsilon, mask, axis_name)[0]
+
+
+def instance_feature_axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    """InstanceNorm's channel axes for a rank-``ndim`` input; ``ValueError`` if they include the batch axis 0
+    or leave nothing to reduce."""
+    if ndim < 2:
+        raise ValueError(
+            f"instance normalization needs x with a batch axis and a channel axis (rank >= 2), got rank {ndim}. "
+            "Add a batch axis (x[None])."
+        )
+    features = validation.canonicalize_axes(axis, ndim, "axis")
+    if 0 in features:
+        raise ValueError(
+            f"`axis`={axis!r} includes axis 0, which is the batch axis (each example is normalized on its own). "
+            "Give the channel axes only, e.g. axis=-1 (channels-last) or axis=1 (channels-first)."
+        )
+    return features
 
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas")

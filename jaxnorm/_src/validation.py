@@ -81,6 +81,13 @@ def canonicalize_axes(axes: Any, ndim: int, name: str = "axis") -> tuple[int, ..
     return tuple(sorted(out))
 
 
+def canonicalize_axes_or_empty(axes: Any, ndim: int, name: str) -> tuple[int, ...]:
+    """As :func:`canonicalize_axes`, also accepting an empty sequence (no axis)."""
+    if isinstance(axes, Sequence) and not isinstance(axes, str) and len(axes) == 0:
+        return ()
+    return canonicalize_axes(axes, ndim, name)
+
+
 def complement_axes(axes: tuple[int, ...], ndim: int) -> tuple[int, ...]:
     """The axes of an ``ndim``-array that are not in ``axes``."""
     return tuple(i for i in range(ndim) if i not in axes)
@@ -130,6 +137,47 @@ def check_choice(value: Any, name: str, choices: dict[str, str]) -> None:
     if value not in choices:
         listed = "; ".join(f"{k!r}: {v}" for k, v in choices.items())
         raise ValueError(f"`{name}`={value!r} is not one of the supported choices: {listed}.")
+
+
+def check_groups_static(num_groups: Any, group_size: Any) -> None:
+    """Checks GroupNorm's ``num_groups``/``group_size`` before any input is seen: at most one of them is given,
+    ``num_groups`` a positive int or -1 (one group per channel, Keras), ``group_size`` a positive int."""
+    for name, value, low in (("num_groups", num_groups, -1), ("group_size", group_size, 1)):
+        if value is None:
+            continue
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise TypeError(f"`{name}` must be an int or None, got {value!r} ({type(value).__name__}).")
+        if value < low or value == 0:
+            what = "a positive int or -1 (one group per channel)" if name == "num_groups" else "a positive int"
+            raise ValueError(f"`{name}` must be {what}, got {value!r}.")
+    if num_groups is not None and group_size is not None:
+        raise ValueError(
+            f"give either `num_groups` or `group_size`, not both (got num_groups={num_groups!r}, "
+            f"group_size={group_size!r}). Pass num_groups=None to set the group size."
+        )
+
+
+def resolve_groups(num_groups: Any, group_size: Any, channels: int, axis: int) -> int:
+    """The number of groups for ``channels`` channels: ``num_groups`` (-1: ``channels``), ``channels //
+    group_size``, or 32 when neither is given (the default of Wu & He, Keras and Flax). Raises ``ValueError``
+    naming both numbers when the groups do not divide the channels."""
+    check_groups_static(num_groups, group_size)
+    if group_size is not None:
+        if channels % group_size:
+            raise ValueError(
+                f"the {channels} channels of x (axis {axis}) are not a multiple of group_size={group_size}. "
+                "Pick a group size that divides the channel count."
+            )
+        return channels // group_size
+    groups = 32 if num_groups is None else num_groups
+    groups = channels if groups == -1 else groups
+    if channels % groups:
+        raise ValueError(
+            f"num_groups={groups} does not divide the {channels} channels of x (axis {axis}). Pick a number of "
+            f"groups that divides {channels} (e.g. "
+            f"{max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)}), or give group_size."
+        )
+    return groups
 
 
 def check_bool(value: Any, name: str) -> bool:

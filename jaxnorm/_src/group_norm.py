@@ -1,0 +1,283 @@
+"""GroupNorm and InstanceNorm as pure init/apply specs with Keras ``GroupNormalization`` semantics."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any
+
+import jax
+
+from jaxnorm._src import layer, ops, validation
+from jaxnorm._src.layer import Layer
+
+
+def _channel_axis(axis: Any) -> int:
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+        raise TypeError(
+            f"`axis` must be one int, the channel axis, got {axis!r} ({type(axis).__name__}). GroupNorm groups "
+            "the channels of one axis; use -1 for channels-last or 1 for channels-first."
+        )
+    return int(axis)
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class GroupNorm(Layer):
+    r"""Group normalization (Wu & He 2018) as a pure spec: ``init`` and ``apply``.
+
+    The channels (along ``axis``) are split into groups of consecutive channels; each example's group is
+    normalized by its mean and variance over the group's channels and every other non-batch axis, then each
+    channel is scaled and shifted:
+
+    .. math::
+        y = \frac{x - \mu_g}{\sqrt{\sigma_g^2 + \epsilon}}\,\text{scale}_c + \text{bias}_c
+
+    One group is LayerNorm over all non-batch axes (with per-channel parameters); one channel per group
+    (``num_groups=-1`` or ``group_size=1``) is :class:`InstanceNorm`. No moving statistics: the state is ``{}``
+    and training and inference compute the same thing.
+
+    Attributes:
+      num_groups: the number of groups (Keras's ``groups``, Flax's ``num_groups``); -1 means one group per
+        channel (Keras's instance normalization). Give it or ``group_size``, not both; neither means 32, the
+        default of Wu & He, Keras and Flax.
+      group_size: the number of channels per group (Flax's ``group_size``).
+      axis: int, the channel axis (-1: channels-last; 1: channels-first, as PyTorch's ``GroupNorm``).
+      epsilon: float >= 0 added to the variance (Keras default 1e-3; Flax uses 1e-6, PyTorch 1e-5).
+      use_scale, use_bias: learn ``scale`` (Keras ``scale``/``gamma``) and ``bias`` (``center``/``beta``).
+      scale_init, bias_init: initializers ('ones', 'zeros'): Keras names or configs, or JAX initializers.
+      param_dtype: dtype of ``scale`` and ``bias`` (float32).
+      scale_regularizer, bias_regularizer, scale_constraint, bias_constraint, trainable: as :class:`LayerNorm`'s.
+
+    ``init(key, x) -> (params, {})`` with ``params = {'scale', 'bias'}`` of shape ``(x.shape[axis],)``, the tree
+    of ``flax.linen.GroupNorm`` and of Keras's ``gamma``/``beta``.
+    ``apply(params, state, x, *, training=None, mask=None) -> (y, {})``; the batch is axis 0 and ``mask``
+    (broadcastable to ``x``) selects the positions that enter the statistics.
+
+    Raises (at ``init``/``apply``): ``ValueError`` when the groups do not divide the channels, naming both.
+
+    Source: Wu & He 2018, "Group Normalization"; semantics and defaults of ``keras.layers.GroupNormalization``,
+    tree of ``flax.linen.GroupNorm``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxnorm
+      >>> gn = jaxnorm.GroupNorm(num_groups=2, epsilon=0.0)
+      >>> x = jnp.array([[1.0, 3.0, 10.0, 30.0]])
+      >>> params, state = gn.init(jax.random.key(0), x)
+      >>> print(gn.apply(params, state, x)[0])
+      [[-1.  1. -1.  1.]]
+    """
+
+    num_groups: int | None = None
+    group_size: int | None = None
+    axis: int = -1
+    epsilon: float = 1e-3
+    use_scale: bool = True
+    use_bias: bool = True
+    scale_init: Any = "ones"
+    bias_init: Any = "zeros"
+    param_dtype: Any = "float32"
+    scale_regularizer: Any = None
+    bias_regularizer: Any = None
+    scale_constraint: Any = None
+    bias_constraint: Any = None
+    trainable: bool = True
+
+    _INITIALIZER_FIELDS = ("scale_init", "bias_init")
+    _KERAS_CLASS = "GroupNormalization"
+    _KERAS_RENAMES = {**Layer._KERAS_AFFINE_RENAMES, "groups": "num_groups"}
+    _KERAS_EQUIVALENT = {
+        **Layer._KERAS_EQUIVALENT,
+        "group_size": (lambda v: v in (None, 1), "a number of groups, group_size=None (or 1: groups=-1)"),
+    }
+
+    def __post_init__(self):
+        object.__setattr__(self, "axis", _channel_axis(self.axis))
+        validation.check_groups_static(self.num_groups, self.group_size)
+        validation.check_bool(self.use_scale, "use_scale")
+        validation.check_bool(self.use_bias, "use_bias")
+        self._post_init_common()
+
+    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """Creates ``(params, {})`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
+
+        Args:
+          key: a ``jax.random`` key for random initializers (None uses ``jax.random.key(0)``).
+          x: example input, floating, rank >= 2 (batch first).
+
+        Returns:
+          ``params``: ``{'scale', 'bias'}`` (those enabled) of ``param_dtype`` and shape ``(x.shape[axis],)``;
+          ``state``: ``{}``.
+
+        Raises:
+          TypeError: ``x`` is not floating.
+          ValueError: ``axis`` out of range; the groups do not divide ``x.shape[axis]``.
+        """
+        shape, _ = layer.init_input(x)
+        (c,) = validation.canonicalize_axes(self.axis, len(shape), "axis")
+        validation.resolve_groups(self.num_groups, self.group_size, shape[c], c)
+        return layer.init_arrays(key, self._affine_init_specs((shape[c],))), {}
+
+    def apply(
+        self,
+        params: dict[str, jax.Array],
+        state: dict[str, jax.Array],
+        x: jax.Array,
+        *,
+        training: bool | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Normalizes each example's channel groups of ``x``.
+
+        Args:
+          params: ``{'scale', 'bias'}`` from :meth:`init`, each ``(C,)``.
+          state: ``{}`` from :meth:`init`.
+          x: floating array of rank >= 2 (batch first) with ``C`` channels along ``axis``.
+          training: optional Python bool, ignored (GroupNorm behaves the same in both modes).
+          mask: optional boolean array broadcastable to ``x``; only True positions enter the statistics.
+
+        Returns:
+          ``(y, {})`` with ``y`` of ``x``'s shape and dtype.
+
+        Raises:
+          TypeError: ``x`` not floating, ``mask`` not boolean, ``training`` not a bool.
+          ValueError: ``axis`` out of range; groups not dividing the channels; ``params`` not matching ``x``;
+            non-empty ``state``.
+        """
+        x, _, params = self._per_example_inputs(params, state, x, training)
+        y = ops.group_norm(
+            x, params.get("scale"), params.get("bias"), num_groups=self.num_groups, group_size=self.group_size,
+            axis=self.axis, epsilon=self.epsilon, where=mask,
+        )
+        return y, {}
+
+    def to_keras_config(self) -> dict[str, Any]:
+        config = super().to_keras_config()
+        if self.group_size == 1:
+            config["groups"] = -1
+        elif self.num_groups is None:
+            config["groups"] = 32
+        return config
+
+    to_keras_config.__doc__ = Layer.to_keras_config.__doc__
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class InstanceNorm(Layer):
+    r"""Instance normalization (Ulyanov et al. 2016) as a pure spec: ``init`` and ``apply``.
+
+    Each example's channels are normalized separately over every axis but the batch (axis 0) and ``axis``:
+
+    .. math::
+        y_{n,c} = \frac{x_{n,c} - \mu_{n,c}}{\sqrt{\sigma_{n,c}^2 + \epsilon}}\,\text{scale}_c + \text{bias}_c
+
+    It is :class:`GroupNorm` with ``group_size=1`` (Keras's ``GroupNormalization(groups=-1)``, the form in which
+    Keras configs describe it), Flax's ``InstanceNorm``, and PyTorch's ``InstanceNorm{1,2,3}d(affine=True)``
+    with ``axis=1``. No moving statistics: the state is ``{}``.
+
+    Attributes:
+      axis: int or sequence of ints, the channel (feature) axes, never 0 (default -1; Flax's ``feature_axes``).
+      epsilon: float >= 0 added to the variance (1e-3, as Keras's ``GroupNormalization``; Flax uses 1e-6,
+        PyTorch 1e-5).
+      use_scale, use_bias, scale_init, bias_init, param_dtype, scale_regularizer, bias_regularizer,
+      scale_constraint, bias_constraint, trainable: as :class:`GroupNorm`'s.
+
+    ``init(key, x) -> (params, {})`` with ``params = {'scale', 'bias'}`` of shape ``[x.shape[a] for a in
+    axis]``, the tree of ``flax.linen.InstanceNorm``. ``apply(params, state, x, *, training=None, mask=None)
+    -> (y, {})``.
+
+    Source: Ulyanov, Vedaldi & Lempitsky 2016, "Instance Normalization: The Missing Ingredient for Fast
+    Stylization"; ``flax.linen.InstanceNorm``; ``keras.layers.GroupNormalization(groups=-1)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxnorm
+      >>> inorm = jaxnorm.InstanceNorm(epsilon=0.0)
+      >>> x = jnp.array([[[1.0, 10.0], [3.0, 30.0]]])  # (batch, length, channels)
+      >>> params, state = inorm.init(jax.random.key(0), x)
+      >>> print(inorm.apply(params, state, x)[0][0])
+      [[-1. -1.]
+       [ 1.  1.]]
+    """
+
+    axis: int | tuple[int, ...] = -1
+    epsilon: float = 1e-3
+    use_scale: bool = True
+    use_bias: bool = True
+    scale_init: Any = "ones"
+    bias_init: Any = "zeros"
+    param_dtype: Any = "float32"
+    scale_regularizer: Any = None
+    bias_regularizer: Any = None
+    scale_constraint: Any = None
+    bias_constraint: Any = None
+    trainable: bool = True
+
+    _INITIALIZER_FIELDS = ("scale_init", "bias_init")
+    _KERAS_CLASS = "GroupNormalization"
+    _KERAS_RENAMES = Layer._KERAS_AFFINE_RENAMES
+    _KERAS_RESTRICTED = {
+        **Layer._KERAS_RESTRICTED,
+        "groups": (lambda v: v == -1, "-1 (one group per channel); other values: use jaxnorm.GroupNorm"),
+    }
+    _KERAS_EQUIVALENT = {
+        **Layer._KERAS_EQUIVALENT,
+        "axis": (lambda v: isinstance(v, int), "one channel axis (an int)"),
+    }
+    _KERAS_FIXED = {"groups": -1}
+
+    def __post_init__(self):
+        if isinstance(self.axis, list):
+            object.__setattr__(self, "axis", tuple(self.axis))
+        object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
+        validation.check_bool(self.use_scale, "use_scale")
+        validation.check_bool(self.use_bias, "use_bias")
+        self._post_init_common()
+
+    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """Creates ``(params, {})`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
+
+        Args:
+          key: a ``jax.random`` key for random initializers (None uses ``jax.random.key(0)``).
+          x: example input, floating, rank >= 2 (batch first).
+
+        Returns:
+          ``params``: ``{'scale', 'bias'}`` (those enabled) of ``param_dtype`` and shape ``[x.shape[a] for a
+          in axis]``; ``state``: ``{}``.
+
+        Raises:
+          TypeError: ``x`` is not floating.
+          ValueError: ``axis`` out of range, repeated, or including the batch axis 0.
+        """
+        shape, _ = layer.init_input(x)
+        features = ops.instance_feature_axes(self.axis, len(shape))
+        return layer.init_arrays(key, self._affine_init_specs(tuple(shape[a] for a in features))), {}
+
+    def apply(
+        self,
+        params: dict[str, jax.Array],
+        state: dict[str, jax.Array],
+        x: jax.Array,
+        *,
+        training: bool | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Normalizes each example's channels of ``x`` over the remaining non-batch axes.
+
+        Args:
+          params: ``{'scale', 'bias'}`` from :meth:`init`.
+          state: ``{}`` from :meth:`init`.
+          x: floating array of rank >= 2 (batch first) whose sizes along ``axis`` match ``params``.
+          training: optional Python bool, ignored.
+          mask: optional boolean array broadcastable to ``x``; only True positions enter the statistics.
+
+        Returns:
+          ``(y, {})`` with ``y`` of ``x``'s shape and dtype.
+
+        Raises:
+          TypeError: ``x`` not floating, ``mask`` not boolean, ``training`` not a bool.
+          ValueError: ``axis`` out of range or including 0; ``params`` not matching ``x``; non-empty ``state``.
+        """
+        x, axes, params = self._per_example_inputs(params, state, x, training)
+        y = ops.instance_norm(
+            x, params.get("scale"), params.get("bias"), axis=axes, epsilon=self.epsilon, where=mask
+        )
+        return y, {}
