@@ -1,0 +1,43 @@
+"""The layer registry: every jaxnorm layer spec once, with an example input; tests/test_registry.py drives each
+entry through the same checks (jit, vmap, grad, dtypes, masks, configs, golden trees, bad input).
+
+Adding a layer to those checks is one line here (and ``JAXNORM_UPDATE_GOLDEN=1 pytest tests/test_registry.py``
+once to record its parameter/state tree in tests/golden_trees.json).
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jaxnorm
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One layer: ``make()`` builds the spec; ``shape`` is an example input's shape (batch first).
+
+    ``training``: the value passed to ``apply`` (True exercises BatchNorm's batch statistics); ``mask``: whether
+    ``apply`` takes a mask; ``per_example``: whether each example's output depends on that example alone;
+    ``prepare(spec, x, params, state) -> state``: fills a state that ``init`` leaves empty (e.g. ``adapt``).
+    """
+
+    name: str
+    make: Callable[[], Any]
+    shape: tuple[int, ...]
+    training: bool | None = None
+    mask: bool = True
+    per_example: bool = True
+    prepare: Callable[..., Any] | None = None
+
+
+REGISTRY = [
+    Entry("BatchNorm", lambda: jaxnorm.BatchNorm(), (6, 3, 4), training=True, per_example=False),
+    Entry("BatchNorm_eval", lambda: jaxnorm.BatchNorm(axis=1), (6, 3, 4), training=False),
+    Entry("LayerNorm", lambda: jaxnorm.LayerNorm(), (4, 3, 5)),
+    Entry("LayerNorm_axes", lambda: jaxnorm.LayerNorm(axis=(1, 2)), (4, 3, 5)),
+    Entry("RMSNorm", lambda: jaxnorm.RMSNorm(), (4, 3, 5)),
+    Entry("GroupNorm", lambda: jaxnorm.GroupNorm(num_groups=2), (4, 3, 6)),
+    Entry("GroupNorm_channels_first", lambda: jaxnorm.GroupNorm(num_groups=3, axis=1), (4, 6, 3)),
+    Entry("InstanceNorm", lambda: jaxnorm.InstanceNorm(), (4, 5, 3)),
+    Entry("UnitNormalization", lambda: jaxnorm.UnitNormalization(), (4, 3, 5)),
+]

@@ -1,0 +1,161 @@
+"""Every layer of tests/registry.py through the same checks (after haiku's integration tests).
+
+Each check compares the layer with itself under a transformation (jit, vmap, a dtype, a mask, a config round
+trip), so it holds for any correct layer and fails for one that breaks the transformation; the values
+themselves are checked against NumPy and the peers in each layer's own test file.
+"""
+
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from tests.registry import REGISTRY
+from tests.tolerances import assert_close
+
+GOLDEN = pathlib.Path(__file__).with_name("golden_trees.json")
+entries = pytest.mark.parametrize("entry", REGISTRY, ids=[e.name for e in REGISTRY])
+
+
+def _x(entry, seed=0, dtype=np.float32, shape=None):
+    return jnp.asarray((np.random.default_rng(seed).standard_normal(shape or entry.shape) * 2 + 1).astype(dtype))
+
+
+def _setup(entry, x=None):
+    spec = entry.make()
+    x = _x(entry) if x is None else x
+    params, state = spec.init(jax.random.key(0), x)
+    # Parameters away from their initial values, so that a dropped scale or bias shows.
+    params = jax.tree.map(lambda p: p + 0.1 * _x(entry, seed=p.size, shape=p.shape).astype(p.dtype), params)
+    if entry.prepare is not None:
+        state = entry.prepare(spec, x, params, state)
+    return spec, params, state, x
+
+
+def _apply(entry, spec, params, state, x, **kwargs):
+    return spec.apply(params, state, x, training=entry.training, **kwargs)
+
+
+def _tree_spec(tree):
+    return {k: [list(v.shape), jnp.dtype(v.dtype).name] for k, v in sorted(tree.items())}
+
+
+@entries
+def test_golden_parameter_and_state_trees(entry):
+    spec, params, state, x = _setup(entry)
+    got = {"params": _tree_spec(spec.init(jax.random.key(0), x)[0]), "state": _tree_spec(state)}
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    if os.environ.get("JAXNORM_UPDATE_GOLDEN"):
+        golden[entry.name] = got
+        lines = [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(golden.items())]
+        GOLDEN.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    assert entry.name in golden, f"no golden tree for {entry.name}: run with JAXNORM_UPDATE_GOLDEN=1 once"
+    assert got == golden[entry.name]
+
+
+@entries
+def test_jit_equals_eager_and_leaks_no_tracer(entry):
+    spec, params, state, x = _setup(entry)
+    want = _apply(entry, spec, params, state, x)
+    with jax.checking_leaks():
+        got = jax.jit(lambda p, s, x: _apply(entry, spec, p, s, x))(params, state, x)
+    jax.tree.map(lambda a, b: assert_close(a, b), got, want)
+    assert got[0].shape == x.shape and got[0].dtype == x.dtype
+    assert jax.tree.structure(got[1]) == jax.tree.structure(state)
+
+
+@entries
+def test_vmap_over_stacked_batches_equals_each_batch(entry):
+    spec, params, state, x = _setup(entry)
+    x2 = _x(entry, seed=1)
+    ys, states = jax.vmap(lambda x: _apply(entry, spec, params, state, x))(jnp.stack([x, x2]))
+    for i, xi in enumerate((x, x2)):
+        y, s = _apply(entry, spec, params, state, xi)
+        assert_close(ys[i], y)
+        jax.tree.map(lambda a, b, i=i: assert_close(a[i], b), states, s)
+
+
+@entries
+def test_examples_are_independent_when_the_layer_is_per_example(entry):
+    if not entry.per_example:
+        pytest.skip("batch statistics couple the examples")
+    spec, params, state, x = _setup(entry)
+    y = _apply(entry, spec, params, state, x)[0]
+    for i in (0, x.shape[0] - 1):
+        assert_close(_apply(entry, spec, params, state, x[i : i + 1])[0], y[i : i + 1])
+
+
+@entries
+def test_gradients_match_finite_differences_in_float64(entry):
+    with jax.enable_x64(True):
+        spec, params, state, x = _setup(entry, _x(entry, dtype=np.float64))
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        w = _x(entry, seed=2, dtype=np.float64)
+        loss = lambda p, x: jnp.vdot(_apply(entry, spec, p, state, x)[0], w)  # noqa: E731
+        check_grads(loss, (params, x), order=1, modes=["rev"])
+        grads = jax.grad(loss, (0, 1))(params, x)
+        assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+@entries
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float64])
+def test_dtypes_keep_the_input_dtype_and_agree_with_float32(entry, dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        spec, params, state, x = _setup(entry)
+        want = _apply(entry, spec, params, state, x)[0]
+        y, new_state = _apply(entry, spec, params, state, x.astype(dtype))
+        assert y.dtype == dtype
+        assert_close(y, want, dtype if dtype != jnp.float64 else jnp.float32, scale=4)
+        # Statistics and state stay at least float32 whatever the input.
+        assert all(jnp.dtype(v.dtype).itemsize >= 4 for v in jax.tree.leaves(new_state))
+
+
+@entries
+def test_mask_all_true_is_no_mask_and_masked_out_nan_stays_out(entry):
+    if not entry.mask:
+        pytest.skip("the layer takes no mask")
+    spec, params, state, x = _setup(entry)
+    y, s = _apply(entry, spec, params, state, x)
+    full = jnp.ones(x.shape, bool)
+    jax.tree.map(lambda a, b: assert_close(a, b), _apply(entry, spec, params, state, x, mask=full), (y, s))
+    mask = np.random.default_rng(3).random(x.shape) < 0.7
+    mask[(0,) * x.ndim] = True
+    clean = _apply(entry, spec, params, state, x, mask=jnp.asarray(mask))
+    dirty = _apply(entry, spec, params, state, jnp.where(mask, x, jnp.nan), mask=jnp.asarray(mask))
+    assert_close(np.asarray(dirty[0])[mask], np.asarray(clean[0])[mask])
+    jax.tree.map(lambda a, b: assert_close(a, b), dirty[1], clean[1])
+
+
+@entries
+def test_config_round_trips_through_json_and_keras(entry):
+    spec, params, state, x = _setup(entry)
+    config = json.loads(json.dumps(spec.get_config()))
+    assert type(spec).from_config(config) == spec
+    if type(spec)._KERAS_CLASS:
+        keras_config = json.loads(json.dumps(spec.to_keras_config()))
+        back = type(spec).from_config(keras_config)
+        jax.tree.map(lambda a, b: assert_close(a, b), _apply(entry, back, params, state, x),
+                     _apply(entry, spec, params, state, x))
+
+
+@entries
+def test_bad_input_names_the_argument(entry):
+    spec, params, state, x = _setup(entry)
+    with pytest.raises(TypeError, match=r"`x`"):
+        _apply(entry, spec, params, state, x.astype(jnp.int32))
+    with pytest.raises(TypeError, match=r"`training`"):
+        spec.apply(params, state, x, training="yes")
+    for tree_name, tree in (("params", params), ("state", state)):
+        for key in tree:
+            bad = dict(tree, **{key: jnp.ones(tree[key].shape + (2,), tree[key].dtype)})
+            args = (bad, state) if tree_name == "params" else (params, bad)
+            with pytest.raises(ValueError, match=rf"`{tree_name}\['{key}'\]`"):
+                _apply(entry, spec, *args, x)
+        if tree:
+            with pytest.raises(ValueError, match=rf"`{tree_name}` has keys"):
+                _apply(entry, spec, *((({}, state)) if tree_name == "params" else (params, {})), x)
