@@ -1,4 +1,4 @@
-"""Speed and memory of jaxnorm's LayerNorm and BatchNorm against its peers, in one process.
+"""Speed and memory of jaxnorm's LayerNorm, RMSNorm, BatchNorm and GroupNorm against its peers, in one process.
 
 Run from the repository root (CPU or GPU, unchanged; the JAX device is ``jax.devices()[0]``)::
 
@@ -13,6 +13,8 @@ Cases (``op x mode x shape x dtype``):
 - ``batch_norm``: BatchNorm in training (batch statistics, NHWC, ``axis=-1``, moving statistics updated and
   returned) at ResNet-50 shapes: full: batch 32, ``(56,56,256) (28,28,512) (14,14,1024) (7,7,2048)``;
   quick: the same at batch 8.
+- ``group_norm``: GroupNorm with 32 groups (NHWC, ``axis=-1``) at the BatchNorm shapes but 7x7x2048: full
+  batch 32, quick batch 8.
 - mode ``fwd``: the forward pass (``y``; BatchNorm also the new moving mean and variance). Mode ``fwd+bwd``:
   the gradient of ``sum(y * dy)`` with respect to ``x``, ``scale`` and ``bias`` (``dy`` a fixed random array
   of ``x``'s shape and dtype); BatchNorm also returns the new moving statistics.
@@ -22,8 +24,9 @@ Implementations, each jit-compiled (``jax.jit(f).lower(*args).compile()``) and f
 ``jaxnorm`` (public API only: ``jaxnorm.layer_norm``, ``jaxnorm.BatchNorm(...).apply``), ``flax_linen``,
 ``flax_nnx`` (split/merge into a pure function), ``naive_jnp`` (a textbook jnp version), ``keras``
 (Keras 3 layers on the JAX backend through ``stateless_call``), ``equinox`` and ``haiku`` (LayerNorm only, when
-installed), ``torch_cpu`` (``torch.nn.functional.layer_norm`` / ``batch_norm``, eager, always on the CPU, with
-``torch.set_num_threads`` = the CPUs this process may use; BatchNorm in ``channels_last``, the NHWC layout),
+installed), ``torch_cpu`` (``torch.nn.functional.layer_norm`` / ``rms_norm`` / ``batch_norm`` /
+``group_norm``, eager, always on the CPU, with ``torch.set_num_threads`` = the CPUs this process may use;
+BatchNorm and GroupNorm in ``channels_last``, the NHWC layout),
 and ``copy``: the same bytes moved by one trivial XLA kernel (``x + 0``, read ``x`` and write ``y``, for
 ``fwd``; ``x + dy``, read ``x`` and ``dy`` and write one array, for ``fwd+bwd``). Epsilon is 1e-5 and momentum
 0.9 (weight of the old value) for all. Each peer's outputs are checked once per case against jaxnorm's (relative
@@ -81,17 +84,24 @@ SHAPES = {
         "layer_norm": [(4096, n) for n in (512, 1024, 4096, 16384)],
         "rms_norm": [(4096, n) for n in (512, 1024, 4096, 16384)],
         "batch_norm": [(32, 56, 56, 256), (32, 28, 28, 512), (32, 14, 14, 1024), (32, 7, 7, 2048)],
+        "group_norm": [(32, 56, 56, 256), (32, 28, 28, 512), (32, 14, 14, 1024)],
     },
     "quick": {
         "layer_norm": [(1024, n) for n in (512, 1024, 4096, 16384)],
         "rms_norm": [(1024, n) for n in (512, 1024, 4096, 16384)],
         "batch_norm": [(8, 56, 56, 256), (8, 28, 28, 512), (8, 14, 14, 1024), (8, 7, 7, 2048)],
+        "group_norm": [(8, 56, 56, 256), (8, 28, 28, 512), (8, 14, 14, 1024)],
     },
-    "smoke": {"layer_norm": [(16, 128)], "rms_norm": [(16, 128)], "batch_norm": [(2, 4, 4, 32)]},
+    "smoke": {
+        "layer_norm": [(16, 128)], "rms_norm": [(16, 128)], "batch_norm": [(2, 4, 4, 32)],
+        "group_norm": [(2, 4, 4, 64)],
+    },
 }
 REPEATS = {"full": 20, "quick": 15, "smoke": 3}
-OPS = ("layer_norm", "rms_norm", "batch_norm")
+OPS = ("layer_norm", "rms_norm", "batch_norm", "group_norm")
 ROWS = ("layer_norm", "rms_norm")  # ops over the last axis with (x, scale, bias) -> y; RMSNorm ignores bias
+STATELESS = (*ROWS, "group_norm")  # (x, scale, bias) -> y, no moving statistics
+GROUPS = 32  # GroupNorm's groups (Wu & He's, Keras's and Flax's default), NHWC input
 MODES = ("fwd", "fwd+bwd")
 DTYPES = ("float32", "bfloat16")
 # Relative max error (max |peer - jaxnorm| / max |jaxnorm|, per output) above which a peer is not timed.
@@ -163,6 +173,8 @@ def _full_rank(v, ndim):
 
 
 def _jaxnorm_forward(op, x):
+    if op == "group_norm":
+        return lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=GROUPS, epsilon=EPSILON)
     if op == "rms_norm":
         return lambda x, s, b: jaxnorm.rms_norm(x, s, axis=-1, epsilon=EPSILON)
     if op == "layer_norm":
@@ -202,6 +214,17 @@ def _naive_forward(op, x):
         return rms
     if op == "layer_norm":
         return lambda x, s, b: normalize(x, s, b, (x.ndim - 1,))[0]
+    if op == "group_norm":
+
+        def group(x, s, b):
+            g = x.reshape(x.shape[:-1] + (GROUPS, x.shape[-1] // GROUPS)).astype(jnp.float32)
+            axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
+            mean = jnp.mean(g, axis=axes, keepdims=True)
+            var = jnp.mean(jnp.square(g - mean), axis=axes, keepdims=True)
+            y = ((g - mean) * jax.lax.rsqrt(var + EPSILON)).reshape(x.shape)
+            return (y * _full_rank(s, x.ndim) + _full_rank(b, x.ndim)).astype(x.dtype)
+
+        return group
 
     def forward(x, s, b, m, v):
         y, mean, var = normalize(x, s, b, tuple(range(x.ndim - 1)))
@@ -217,6 +240,9 @@ def _naive_forward(op, x):
 def _flax_linen_forward(op, x):
     from flax import linen as nn
 
+    if op == "group_norm":
+        gn = nn.GroupNorm(num_groups=GROUPS, epsilon=EPSILON, dtype=x.dtype)
+        return lambda x, s, b: gn.apply({"params": {"scale": s, "bias": b}}, x)
     if op == "rms_norm":
         rms = nn.RMSNorm(epsilon=EPSILON, dtype=x.dtype)
         return lambda x, s, b: rms.apply({"params": {"scale": s}}, x)
@@ -247,6 +273,10 @@ def _flax_nnx_forward(op, x):
     from flax import nnx
 
     features = x.shape[-1]
+    if op == "group_norm":
+        gn = nnx.GroupNorm(features, num_groups=GROUPS, epsilon=EPSILON, dtype=x.dtype, rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(gn)
+        return lambda x, s, b: nnx.merge(graphdef, _with_leaves(params, {"scale": s, "bias": b}))(x)
     if op == "rms_norm":
         graphdef, params = nnx.split(nnx.RMSNorm(features, epsilon=EPSILON, dtype=x.dtype, rngs=nnx.Rngs(0)))
         return lambda x, s, b: nnx.merge(graphdef, _with_leaves(params, {"scale": s}))(x)
@@ -280,6 +310,10 @@ def _keras_forward(op, x):
     if keras.backend.backend() != "jax":
         raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()!r}, not 'jax'")
     policy = "mixed_bfloat16" if x.dtype == jnp.bfloat16 else "float32"  # float32 variables, compute in x's dtype
+    if op == "group_norm":
+        layer = keras.layers.GroupNormalization(groups=GROUPS, axis=-1, epsilon=EPSILON, dtype=policy)
+        layer.build(x.shape)
+        return lambda x, s, b: layer.stateless_call([s, b], [], x)[0]
     if op == "rms_norm":
         rms = keras.layers.RMSNormalization(axis=-1, epsilon=EPSILON, dtype=policy)
         rms.build(x.shape)
@@ -340,7 +374,7 @@ def _with_backward(forward, op):
 
     def loss(x, s, b, dy, *state):
         out = forward(x, s, b, *state)
-        y, aux = (out, ()) if op in ROWS else (out[0], tuple(out[1:]))
+        y, aux = (out, ()) if op in STATELESS else (out[0], tuple(out[1:]))
         return jnp.sum(y.astype(jnp.float32) * dy.astype(jnp.float32)), aux
 
     def fwd_bwd(x, dy, s, b, *state):
@@ -401,8 +435,9 @@ class TorchRunner:
         x, s, b = (_to_torch(torch, inputs[k]) for k in ("x", "scale", "bias"))
         dy = _to_torch(torch, inputs["dy"])
         backward = mode == "fwd+bwd"
-        if op == "batch_norm":  # NHWC memory, NCHW sizes: torch's channels_last layout, no copy
+        if op in ("batch_norm", "group_norm"):  # NHWC memory, NCHW sizes: torch's channels_last layout, no copy
             x, dy = x.permute(0, 3, 1, 2), dy.permute(0, 3, 1, 2)
+        if op == "batch_norm":
             self.m0, self.v0 = _to_torch(torch, inputs["mean"]), _to_torch(torch, inputs["var"])
             self.mean, self.var = self.m0.clone(), self.v0.clone()
             self.n = math.prod(inputs["x"].shape[:-1])
@@ -415,6 +450,8 @@ class TorchRunner:
                 return F.layer_norm(x, (x.shape[-1],), s, b, EPSILON)
             if op == "rms_norm":
                 return F.rms_norm(x, (x.shape[-1],), s, EPSILON)
+            if op == "group_norm":
+                return F.group_norm(x, GROUPS, s, b, EPSILON)
             return F.batch_norm(x, self.mean, self.var, s, b, training=True, momentum=1 - MOMENTUM, eps=EPSILON)
 
         def run():
@@ -433,8 +470,9 @@ class TorchRunner:
             self.mean.copy_(self.m0)
             self.var.copy_(self.v0)
         out = [o.detach().float() for o in self.run()]
+        if self.op in ("batch_norm", "group_norm"):
+            out[0] = out[0].permute(0, 2, 3, 1)  # y or dx back to NHWC
         if self.op == "batch_norm":
-            out[0] = out[0].permute(0, 2, 3, 1)  # back to NHWC
             # torch tracks the unbiased variance: convert its update to the biased one the others track.
             new_var_unbiased = (self.var - MOMENTUM * self.v0) / (1 - MOMENTUM)
             biased = MOMENTUM * self.v0 + (1 - MOMENTUM) * new_var_unbiased * (self.n - 1) / self.n
@@ -792,7 +830,7 @@ def parse_args(argv=None):
     size.add_argument("--quick", dest="mode", action="store_const", const="quick", help="scaled-down shapes")
     size.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help="tiny shapes, for tests")
     parser.set_defaults(mode="full")
-    parser.add_argument("--only", choices=OPS, nargs="+", default=list(OPS), help="ops to run (default: both)")
+    parser.add_argument("--only", choices=OPS, nargs="+", default=list(OPS), help="ops to run (default: all)")
     parser.add_argument("--dtypes", choices=DTYPES, nargs="+", default=list(DTYPES), help="(default: both)")
     parser.add_argument("--modes", choices=MODES, nargs="+", default=list(MODES), help="(default: both)")
     parser.add_argument(
