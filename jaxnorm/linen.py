@@ -1,4 +1,5 @@
-"""Drop-in replacements for ``flax.linen.BatchNorm`` and ``flax.linen.LayerNorm`` with stable statistics.
+"""Drop-in replacements for Flax's normalization layers (``flax.linen.BatchNorm``, ``LayerNorm``, ``RMSNorm``,
+``GroupNorm``, ``InstanceNorm``) with stable statistics.
 
 Usage: swap ``from flax import linen as nn`` ... ``nn.BatchNorm(...)`` for
 ``from jaxnorm import linen as jnn`` ... ``jnn.BatchNorm(...)`` (and likewise ``LayerNorm``). Everything else

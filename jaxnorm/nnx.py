@@ -1,4 +1,5 @@
-"""Drop-in replacements for ``flax.nnx.BatchNorm`` and ``flax.nnx.LayerNorm`` with stable statistics.
+"""Drop-in replacements for Flax's normalization layers (``flax.nnx.BatchNorm``, ``LayerNorm``, ``RMSNorm``,
+``GroupNorm``, ``InstanceNorm``) with stable statistics.
 
 Usage: swap ``from flax import nnx`` ... ``nnx.BatchNorm(...)`` for ``from jaxnorm import nnx as jnnx`` ...
 ``jnnx.BatchNorm(...)`` (and likewise ``LayerNorm``), as you would swap ``from flax import linen as nn`` for
