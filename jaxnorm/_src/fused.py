@@ -21,7 +21,9 @@ call; autodiff of the same forward (and Flax's LayerNorm) keeps 2-3 of them.
 
 Columns (BatchNorm over the leading axes of channels-last input, ``x`` viewed as ``(M, C)``) use the same
 forward and a two-pass backward: the per-channel sums of ``dy`` and ``dy * xhat`` (which are also ``dbias`` and
-``dscale``) in one fused reduction, then ``dx`` elementwise; there is nothing per row to block.
+``dscale``) in one fused reduction, then ``dx`` elementwise; there is nothing per row to block. Any other
+axes (GroupNorm's grouped view, InstanceNorm, channels-first BatchNorm, scale/bias varying along kept axes) take
+the same formula with the means over those axes and scale/bias of x's rank (:func:`normalize_axes`).
 
 A ``custom_vjp`` supports ``grad``, ``vjp``, ``jax.hessian`` and ``jvp`` of ``grad`` (forward-over-reverse), but
 not ``jax.jvp``/``jacfwd`` applied to the normalization itself; the statistics kernel path

@@ -79,9 +79,10 @@ def normalize_by_moments(x, scale, bias, axes, epsilon, mask=None, axis_name=Non
 
     The one entry point of every layer that normalizes with fresh statistics. Without a mask or ``axis_name``,
     over trailing axes (rows: LayerNorm) it uses :func:`fused.normalize_rows` and over leading axes (columns:
-    BatchNorm on channels-last input) :func:`fused.normalize_columns`, both with a hand-written ``custom_vjp``
-    backward that saves only ``x`` and per-row/channel float32 statistics; otherwise the statistics kernel and
-    plain autodiff. ``scale``/``bias``: None or of x's rank.
+    BatchNorm on channels-last input) :func:`fused.normalize_columns`, and over any other axes (GroupNorm,
+    InstanceNorm, channels-first BatchNorm) :func:`fused.normalize_axes`, all with a hand-written
+    ``custom_vjp`` backward that saves only ``x`` and float32 statistics; with a mask or ``axis_name``, the
+    statistics kernel and plain autodiff. ``scale``/``bias``: None or of x's rank.
     """
     rows = tuple(axes) == tuple(range(x.ndim - len(axes), x.ndim))
     columns = tuple(axes) == tuple(range(len(axes)))
