@@ -5,7 +5,7 @@ Public API:
 - functional ops: :func:`moments`, :func:`batch_normalization`, :func:`normalize_batch_in_training`,
   :func:`layer_norm`, :func:`rms_norm`, :func:`unit_norm`;
 - layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`,
-  :class:`UnitNormalization`;
+  :class:`UnitNormalization`, and the preprocessing layer :class:`Normalization` (``adapt`` to a data set);
 - train-step helpers over a model's params: :func:`regularization_loss`, :func:`apply_constraints`,
   :func:`constraints_transform` (Optax), :func:`trainable_mask`, :func:`decay_mask`;
 - converters to and from Keras and PyTorch layers in :mod:`jaxnorm.interop`;
@@ -14,6 +14,7 @@ Public API:
 
 from jaxnorm._src.batch_norm import BatchNorm
 from jaxnorm._src.layer_norm import LayerNorm
+from jaxnorm._src.normalization import Normalization
 from jaxnorm._src.ops import batch_normalization, layer_norm, normalize_batch_in_training, rms_norm, unit_norm
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.stats import moments
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchNorm",
     "LayerNorm",
+    "Normalization",
     "RMSNorm",
     "UnitNormalization",
     "apply_constraints",
