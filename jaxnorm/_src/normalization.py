@@ -154,6 +154,9 @@ class Normalization(Layer):
     6e-8, negligible as a merge weight) beyond. Before ``adapt`` the state is mean 0, variance 1, and
     ``apply`` is the identity: Keras 3 does the same (a jitted function cannot raise on values).
 
+    ``init(key, x) -> ({}, state)``; ``adapt(data, state=None, *, batch_size=None) -> state`` (pure, one
+    streaming pass); ``apply(params, state, x, *, training=None, mask=None) -> (y, state)``.
+
     Source: ``keras.layers.Normalization`` (Keras 3); the merge of batches is Chan, Golub & LeVeque 1979,
     "Updating formulae and a pairwise algorithm for computing sample variances".
 
@@ -283,6 +286,8 @@ class Normalization(Layer):
         statistics are shifted by a sample, so float32 loses nothing to a common offset (``1e4 + N(0, 1)``
         gives its variance to ~1e-6). Nothing but the current batch (and the previous one, still in flight)
         is held: the data set is never concatenated. The device runs one batch ahead of the host merge.
+        (Keras's own ``adapt`` of a float32 NumPy array reduces with ``np.var`` in float32 and, over axis 0 of
+        1e6 x 16 values ``1e4 + N(0, 1)``, returns variances near 17000; this one returns 1 to ~1e-7.)
 
         Args:
           data: the data set, either one array (NumPy, JAX, or anything ``np.asarray`` accepts, e.g. a nested
