@@ -6,7 +6,8 @@ Public API:
   :func:`layer_norm`, :func:`rms_norm`, :func:`group_norm`, :func:`instance_norm`,
   :func:`unit_norm`;
 - layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`,
-  :class:`GroupNorm`, :class:`InstanceNorm`, :class:`UnitNormalization`;
+  :class:`GroupNorm`, :class:`InstanceNorm`, :class:`UnitNormalization`, and the preprocessing layer
+  :class:`Normalization` (``adapt`` to a data set);
 - train-step helpers over a model's params: :func:`regularization_loss`, :func:`apply_constraints`,
   :func:`constraints_transform` (Optax), :func:`trainable_mask`, :func:`decay_mask`;
 - converters to and from Keras and PyTorch layers in :mod:`jaxnorm.interop`;
@@ -16,6 +17,7 @@ Public API:
 from jaxnorm._src.batch_norm import BatchNorm
 from jaxnorm._src.group_norm import GroupNorm, InstanceNorm
 from jaxnorm._src.layer_norm import LayerNorm
+from jaxnorm._src.normalization import Normalization
 from jaxnorm._src.ops import (
     batch_normalization,
     group_norm,
@@ -43,6 +45,7 @@ __all__ = [
     "GroupNorm",
     "InstanceNorm",
     "LayerNorm",
+    "Normalization",
     "RMSNorm",
     "UnitNormalization",
     "apply_constraints",

@@ -77,6 +77,6 @@ def test_benchmarks_smoke(tmp_path, capsys):
 
     # The summary covers each target, and the printed table has one row per case x implementation.
     assert len(data["summary"]["targets"]) == len(run.TARGETS)
-    rows = [line for line in out.splitlines() if line.startswith(("layer_norm ", "rms_norm ", "batch_norm "))]
+    rows = [line for line in out.splitlines() if line.startswith(tuple(f"{op} " for op in run.OPS))]
     assert len(rows) == sum(len(c["results"]) for c in data["cases"])
     assert "wrote " in out

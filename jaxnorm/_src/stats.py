@@ -146,6 +146,26 @@ def _merge_across(count, mean, m2, axis_name):
     return total[0], mean_all[0], m2_all[0]
 
 
+def merge_count_mean_m2(a: tuple[Any, Any, Any], b: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+    r"""Exact merge of two ``(count, mean, M2)`` triples of disjoint data into the triple of their union.
+
+    .. math::
+        n = n_a + n_b,\quad \delta = \mu_b - \mu_a,\quad \mu = \mu_a + \delta\,\frac{n_b}{n},\quad
+        M_2 = M_{2,a} + M_{2,b} + \delta^2\,\frac{n_a n_b}{n}
+
+    (Chan, Golub & LeVeque 1979, the pairwise update; :func:`_merge_across` is its many-way form). Both triples
+    empty (``n = 0``) give ``(0, mean_a, m2_a + m2_b)``. Python arithmetic only, so it runs on NumPy arrays
+    (float64 on the host, as ``Normalization.adapt`` does), JAX arrays or Python floats alike; the operands
+    should share one shape.
+    """
+    count_a, mean_a, m2_a = a
+    count_b, mean_b, m2_b = b
+    count = count_a + count_b
+    frac_b = count_b / (count + (count == 0))  # n_b / n, and 0 where both are empty
+    delta = mean_b - mean_a
+    return count, mean_a + delta * frac_b, m2_a + m2_b + delta * delta * count_a * frac_b
+
+
 def count_mean_square(
     x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None = None, axis_name: Any = None
 ) -> tuple[jax.Array, jax.Array]:
