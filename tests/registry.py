@@ -40,4 +40,7 @@ REGISTRY = [
     Entry("GroupNorm_channels_first", lambda: jaxnorm.GroupNorm(num_groups=3, axis=1), (4, 6, 3)),
     Entry("InstanceNorm", lambda: jaxnorm.InstanceNorm(), (4, 5, 3)),
     Entry("UnitNormalization", lambda: jaxnorm.UnitNormalization(), (4, 3, 5)),
+    Entry("Normalization", lambda: jaxnorm.Normalization(axis=-1), (4, 3, 5),
+          prepare=lambda spec, x, params, state: spec.adapt(x)),
+    Entry("Normalization_given", lambda: jaxnorm.Normalization(axis=(1, 2), mean=0.5, variance=2.0), (4, 3, 5)),
 ]

@@ -422,7 +422,9 @@ class Normalization(Layer):
         kept = self._kept_axes(x.ndim)
         kshape = tuple(x.shape[a] for a in kept)
         validation.check_tree(params, {}, "params", "Normalization has no parameters: pass {}.")
-        if isinstance(state, dict) and jnp.shape(state.get("mean")) != kshape:
+        complete = isinstance(state, dict) and set(state) == set(_STATE_KEYS)
+        shapes = {jnp.shape(state[k]) for k in _STATE_KEYS} if complete else set()
+        if len(shapes) == 1 and shapes != {kshape}:  # a consistent state for another input: blame x
             raise ValueError(
                 f"`x` has shape {x.shape}, whose sizes along axis={self.axis!r} are {kshape}, but the state's "
                 f"statistics have shape {jnp.shape(state.get('mean'))}. Pass inputs with those feature sizes, or "
