@@ -6,6 +6,9 @@ Public API:
   :func:`layer_norm`, :func:`rms_norm`, :func:`unit_norm`;
 - layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`,
   :class:`UnitNormalization`;
+- weight reparametrizations (they normalize a kernel, not an activation): the ops :func:`spectral_normalize`
+  and :func:`weight_normalize`, and the specs :class:`SpectralNorm` (explicit power-iteration state) and
+  :class:`WeightNorm`;
 - train-step helpers over a model's params: :func:`regularization_loss`, :func:`apply_constraints`,
   :func:`constraints_transform` (Optax), :func:`trainable_mask`, :func:`decay_mask`;
 - converters to and from Keras and PyTorch layers in :mod:`jaxnorm.interop`;
@@ -15,6 +18,7 @@ Public API:
 from jaxnorm._src.batch_norm import BatchNorm
 from jaxnorm._src.layer_norm import LayerNorm
 from jaxnorm._src.ops import batch_normalization, layer_norm, normalize_batch_in_training, rms_norm, unit_norm
+from jaxnorm._src.reparam import SpectralNorm, WeightNorm, spectral_normalize, weight_normalize
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.stats import moments
 from jaxnorm._src.training import (
@@ -32,7 +36,9 @@ __all__ = [
     "BatchNorm",
     "LayerNorm",
     "RMSNorm",
+    "SpectralNorm",
     "UnitNormalization",
+    "WeightNorm",
     "apply_constraints",
     "batch_normalization",
     "constraints_transform",
@@ -42,6 +48,8 @@ __all__ = [
     "normalize_batch_in_training",
     "regularization_loss",
     "rms_norm",
+    "spectral_normalize",
     "trainable_mask",
     "unit_norm",
+    "weight_normalize",
 ]
