@@ -285,7 +285,7 @@ class SpectralNorm(Layer):
 
     Flax's other arguments have no meaning for a spec that is handed one weight: ``layer_instance`` (the spec
     does not wrap a layer: call ``apply`` on the weight and use the result) and ``collection_name`` (the state
-    is returned, to be stored wherever the caller keeps state). It has no parameters, so no ``trainable``.
+    is returned, to be stored wherever the caller keeps state). It has no parameters: no ``trainable`` field.
 
     ``init(key, w) -> ({}, {'u': (1, w.shape[-1]), 'sigma': ()})``; ``u`` is drawn ``N(0, 1)`` from ``key`` and
     ``sigma`` is 1, as ``flax.linen.SpectralNorm`` creates ``batch_stats['<path>/u']`` and ``['<path>/sigma']``.
