@@ -8,6 +8,9 @@ Public API:
 - layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`,
   :class:`GroupNorm`, :class:`InstanceNorm`, :class:`UnitNormalization`, and the preprocessing layer
   :class:`Normalization` (``adapt`` to a data set);
+- weight reparametrizations (they normalize a kernel, not an activation): the ops :func:`spectral_normalize`
+  and :func:`weight_normalize`, and the specs :class:`SpectralNorm` (explicit power-iteration state) and
+  :class:`WeightNorm`;
 - train-step helpers over a model's params: :func:`regularization_loss`, :func:`apply_constraints`,
   :func:`constraints_transform` (Optax), :func:`trainable_mask`, :func:`decay_mask`;
 - converters to and from Keras and PyTorch layers in :mod:`jaxnorm.interop`;
@@ -27,6 +30,7 @@ from jaxnorm._src.ops import (
     rms_norm,
     unit_norm,
 )
+from jaxnorm._src.reparam import SpectralNorm, WeightNorm, spectral_normalize, weight_normalize
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.stats import moments
 from jaxnorm._src.training import (
@@ -47,7 +51,9 @@ __all__ = [
     "LayerNorm",
     "Normalization",
     "RMSNorm",
+    "SpectralNorm",
     "UnitNormalization",
+    "WeightNorm",
     "apply_constraints",
     "batch_normalization",
     "constraints_transform",
@@ -59,6 +65,8 @@ __all__ = [
     "normalize_batch_in_training",
     "regularization_loss",
     "rms_norm",
+    "spectral_normalize",
     "trainable_mask",
     "unit_norm",
+    "weight_normalize",
 ]
