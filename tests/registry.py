@@ -18,7 +18,10 @@ class Entry:
 
     ``training``: the value passed to ``apply`` (True exercises BatchNorm's batch statistics); ``mask``: whether
     ``apply`` takes a mask; ``per_example``: whether each example's output depends on that example alone;
-    ``prepare(spec, x, params, state) -> state``: fills a state that ``init`` leaves empty (e.g. ``adapt``).
+    ``prepare(spec, x, params, state) -> state``: fills a state that ``init`` leaves empty (e.g. ``adapt``);
+    ``input_name``: the name ``apply`` gives its input in errors (``w`` for the weight reparametrizations);
+    ``finite_differences``: False where the gradient deliberately stops (SpectralNorm's power iteration is under
+    ``stop_gradient``, as in the paper and Flax; its gradient is checked against the closed form instead).
     """
 
     name: str
@@ -28,6 +31,8 @@ class Entry:
     mask: bool = True
     per_example: bool = True
     prepare: Callable[..., Any] | None = None
+    input_name: str = "x"
+    finite_differences: bool = True
 
 
 REGISTRY = [
@@ -42,5 +47,10 @@ REGISTRY = [
     Entry("UnitNormalization", lambda: jaxnorm.UnitNormalization(), (4, 3, 5)),
     Entry("Normalization", lambda: jaxnorm.Normalization(axis=-1), (4, 3, 5),
           prepare=lambda spec, x, params, state: spec.adapt(x)),
+    Entry("SpectralNorm", lambda: jaxnorm.SpectralNorm(n_steps=2), (6, 3, 4), training=True, mask=False,
+          per_example=False, input_name="w", finite_differences=False),
+    Entry("SpectralNorm_eval", lambda: jaxnorm.SpectralNorm(), (5, 4), training=False, mask=False,
+          per_example=False, input_name="w", finite_differences=False),
+    Entry("WeightNorm", lambda: jaxnorm.WeightNorm(), (6, 3, 4), mask=False, per_example=False, input_name="w"),
     Entry("Normalization_given", lambda: jaxnorm.Normalization(axis=(1, 2), mean=0.5, variance=2.0), (4, 3, 5)),
 ]

@@ -92,6 +92,8 @@ def test_examples_are_independent_when_the_layer_is_per_example(entry):
 
 @entries
 def test_gradients_match_finite_differences_in_float64(entry):
+    if not entry.finite_differences:
+        pytest.skip("the gradient stops on purpose (see the entry)")
     with jax.enable_x64(True):
         spec, params, state, x = _setup(entry, _x(entry, dtype=np.float64))
         params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
@@ -146,7 +148,7 @@ def test_config_round_trips_through_json_and_keras(entry):
 @entries
 def test_bad_input_names_the_argument(entry):
     spec, params, state, x = _setup(entry)
-    with pytest.raises(TypeError, match=r"`x`"):
+    with pytest.raises(TypeError, match=rf"`{entry.input_name}`"):
         _apply(entry, spec, params, state, x.astype(jnp.int32))
     with pytest.raises(TypeError, match=r"`training`"):
         spec.apply(params, state, x, training="yes")
