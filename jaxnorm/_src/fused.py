@@ -285,21 +285,33 @@ def _sum_to(a, shape):
 
 def _axes_bwd(axes, res, cts):
     """Any axes (GroupNorm, InstanceNorm, channels-first BatchNorm): the formula of the module docstring with
-    the means over ``axes`` and scale/bias of x's rank; two fused reduction passes and one elementwise pass."""
+    the means over ``axes`` and scale/bias of x's rank. ``dy`` and ``dy * xhat`` are first summed over the
+    reduced axes along which scale and bias are constant (H, W for GroupNorm), in one pass over ``x`` and
+    ``dy``; the group means, ``dscale`` and ``dbias`` all come from those partial sums, and ``dx`` is one
+    elementwise pass."""
     x, scale, bias_like, epsilon, mean, rstd = res
     dy, dmean, dvar = cts
     dtype = mean.dtype
     n = math.prod(x.shape[a] for a in axes)
+    bias_shape = None if bias_like is None else bias_like.shape[1:]
+    pure = tuple(
+        a for a in axes
+        if (scale is None or scale.shape[a] == 1) and (bias_shape is None or bias_shape[a] == 1)
+    )
+    rest = tuple(a for a in axes if a not in pure)
     c = x.astype(dtype) - mean
     xhat = c * rstd
     dyf = dy.astype(dtype)
-    g = dyf if scale is None else dyf * scale.astype(dtype)
-    g_mean = jnp.mean(g, axes, keepdims=True)
-    gx_mean = jnp.mean(g * xhat, axes, keepdims=True)
+    s1 = jnp.sum(dyf, pure, keepdims=True)
+    s2 = jnp.sum(dyf * xhat, pure, keepdims=True)
+    sc = None if scale is None else scale.astype(dtype)
+    g_mean = jnp.sum(s1 if sc is None else sc * s1, rest, keepdims=True) / n
+    gx_mean = jnp.sum(s2 if sc is None else sc * s2, rest, keepdims=True) / n
+    g = dyf if sc is None else dyf * sc
     dx = rstd * (g - g_mean - xhat * gx_mean) + dmean / n + (2 / n) * dvar * c
     deps = -0.5 * n * jnp.sum(rstd * rstd * gx_mean)
-    dscale = None if scale is None else _sum_to(dyf * xhat, scale.shape).astype(scale.dtype)
-    dbias = None if bias_like is None else _sum_to(dyf, bias_like.shape[1:]).astype(bias_like.dtype)
+    dscale = None if scale is None else _sum_to(s2, scale.shape).astype(scale.dtype)
+    dbias = None if bias_like is None else _sum_to(s1, bias_shape).astype(bias_like.dtype)
     return dx.astype(x.dtype), dscale, dbias, deps.astype(epsilon.dtype)
 
 
