@@ -299,16 +299,18 @@ def _axes_bwd(axes, res, cts):
         if (scale is None or scale.shape[a] == 1) and (bias_shape is None or bias_shape[a] == 1)
     )
     rest = tuple(a for a in axes if a not in pure)
-    c = x.astype(dtype) - mean
-    xhat = c * rstd
+    # Statistics broadcast along the inner reduced axes first (see stats.along_inner): much faster on XLA CPU.
+    mean_b, rstd_b = (stats.along_inner(a, x.shape, axes) for a in (mean, rstd))
+    c = x.astype(dtype) - mean_b
+    xhat = c * rstd_b
     dyf = dy.astype(dtype)
-    s1 = jnp.sum(dyf, pure, keepdims=True)
-    s2 = jnp.sum(dyf * xhat, pure, keepdims=True)
+    s1 = stats.sum_keepdims(dyf, pure)
+    s2 = stats.sum_keepdims(dyf * xhat, pure)
     sc = None if scale is None else scale.astype(dtype)
     g_mean = jnp.sum(s1 if sc is None else sc * s1, rest, keepdims=True) / n
     gx_mean = jnp.sum(s2 if sc is None else sc * s2, rest, keepdims=True) / n
     g = dyf if sc is None else dyf * sc
-    dx = rstd * (g - g_mean - xhat * gx_mean) + dmean / n + (2 / n) * dvar * c
+    dx = rstd_b * (g - g_mean - xhat * gx_mean) + dmean / n + (2 / n) * dvar * c
     deps = -0.5 * n * jnp.sum(rstd * rstd * gx_mean)
     dscale = None if scale is None else _sum_to(s2, scale.shape).astype(scale.dtype)
     dbias = None if bias_like is None else _sum_to(s1, bias_shape).astype(bias_like.dtype)

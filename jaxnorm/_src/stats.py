@@ -26,6 +26,43 @@ from jax import lax
 from jaxnorm._src import validation
 
 
+def split_axes(ndim: int, axes: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(outer, inner)``: the reduced axes before and after the last kept axis, when a kept axis lies between
+    reduced ones (GroupNorm's ``(N, H, W, G, C/G)`` over ``(1, 2, 4)``: ``((1, 2), (4,))``); else ``(axes, ())``.
+    """
+    kept = [i for i in range(ndim) if i not in axes]
+    if kept and axes and min(axes) < max(kept) < max(axes):
+        return tuple(i for i in axes if i < max(kept)), tuple(i for i in axes if i > max(kept))
+    return tuple(axes), ()
+
+
+def sum_keepdims(a: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Array:
+    """``jnp.sum(a, axes, keepdims=True)``, in two stages when a kept axis lies between reduced ones.
+
+    XLA CPU reduces a block whose reduced axes surround a kept one (GroupNorm's ``(N, H, W, G, C/G)`` over
+    ``(1, 2, 4)``) about 10x slower than the outer axes alone: measured at ``(8, 56, 56, 256)`` float32 with 32
+    groups, 6.0 ms against 0.54 ms for ``(1, 2)``. So the outer axes are summed first and the inner ones of the
+    small partial sums after, with an optimization barrier between the two (XLA's simplifier merges them back
+    into the slow single reduction otherwise).
+    """
+    outer, inner = split_axes(a.ndim, axes)
+    if not inner:
+        return jnp.sum(a, axes, keepdims=True, dtype=dtype)
+    partial = lax.optimization_barrier(jnp.sum(a, outer, keepdims=True, dtype=dtype))
+    return jnp.sum(partial, inner, keepdims=True, dtype=dtype)
+
+
+def along_inner(stat: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array:
+    """A keepdims statistic broadcast along the inner reduced axes of :func:`split_axes` (small: the outer axes
+    stay 1) and materialized, so that the full-size expressions using it broadcast only along the outer axes.
+    XLA CPU is several times slower when a reduction's operand is broadcast along its minor-most axis."""
+    outer, inner = split_axes(len(shape), axes)
+    if not inner:
+        return stat
+    target = tuple(1 if i in outer else d for i, d in enumerate(shape))
+    return lax.optimization_barrier(jnp.broadcast_to(stat, target))
+
+
 def count_mean_m2(
     x: jax.Array,
     axes: tuple[int, ...],
@@ -54,16 +91,23 @@ def count_mean_m2(
     shift = lax.stop_gradient(xs[first])
     if mask is None:
         # Each pass is one fused reduction over x (no shifted full-size copy is materialized): measured on CPU,
-        # a materialized temporary costs its page faults on every call.
+        # a materialized temporary costs its page faults on every call. With inner reduced axes (split_axes),
+        # the shift is one sample per outer reduction (it varies along the inner axes; every inner position
+        # has the same count, so the mean of the shifts corrects the sum) and the mean is broadcast along the
+        # inner axes before the second pass: both passes then broadcast only along the outer axes.
         n = math.prod(x.shape[a] for a in axes)
-        count = jnp.full(shift.shape, n, dtype)
-        mean = shift + jnp.sum(xs - shift, axes, keepdims=True) / max(n, 1)
-        m2 = jnp.sum(jnp.square(xs - mean), axes, keepdims=True)
+        outer, inner = split_axes(x.ndim, axes)
+        if inner:
+            shift = lax.stop_gradient(xs[tuple(slice(0, 1) if i in outer else slice(None) for i in range(x.ndim))])
+        base = jnp.mean(shift, inner, keepdims=True) if inner else shift
+        mean = base + sum_keepdims(xs - shift, axes) / max(n, 1)
+        m2 = sum_keepdims(jnp.square(xs - along_inner(mean, x.shape, axes)), axes)
+        count = jnp.full(mean.shape, n, dtype)
     else:
         d = jnp.where(mask, xs - shift, 0)
-        count = jnp.sum(mask, axes, keepdims=True, dtype=dtype)
-        mean_d = jnp.sum(d, axes, keepdims=True) / jnp.maximum(count, 1)
-        m2 = jnp.sum(jnp.where(mask, jnp.square(d - mean_d), 0), axes, keepdims=True)
+        count = sum_keepdims(mask, axes, dtype)
+        mean_d = sum_keepdims(d, axes) / jnp.maximum(count, 1)
+        m2 = sum_keepdims(jnp.where(mask, jnp.square(d - mean_d), 0), axes)
         mean = jnp.where(count > 0, shift + mean_d, 0)
     if axis_name is not None:
         count, mean, m2 = _merge_across(count, mean, m2, axis_name)
@@ -176,10 +220,10 @@ def count_mean_square(
     if mask is None:
         n = math.prod(x.shape[a] for a in axes)
         count = jnp.full(tuple(1 if i in axes else d for i, d in enumerate(x.shape)), n, dtype)
-        square = jnp.sum(jnp.square(xs), axes, keepdims=True) / max(n, 1)
+        square = sum_keepdims(jnp.square(xs), axes) / max(n, 1)
     else:
-        count = jnp.sum(mask, axes, keepdims=True, dtype=dtype)
-        square = jnp.sum(jnp.where(mask, jnp.square(jnp.where(mask, xs, 0)), 0), axes, keepdims=True)
+        count = sum_keepdims(mask, axes, dtype)
+        square = sum_keepdims(jnp.where(mask, jnp.square(jnp.where(mask, xs, 0)), 0), axes)
         square = square / jnp.maximum(count, 1)
     if axis_name is not None:  # the count-weighted mean of the devices' means is the global mean of squares
         count, square, _ = _merge_across(count, square, jnp.zeros_like(square), axis_name)
