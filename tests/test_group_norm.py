@@ -77,6 +77,7 @@ def test_mask_ignores_nan_and_equals_the_filtered_statistics():
 
 
 @pytest.mark.parametrize("shape, axes", [((3, 4, 2, 5), (1, 3)), ((4, 3, 5), (0, 2)), ((2, 3, 4), (1,)),
+                                         ((2, 4, 3, 3, 2), (1, 2, 4)),
                                          ((2, 3, 4, 5), (2, 3))])
 def test_custom_backward_equals_autodiff_of_the_textbook_formula(shape, axes):
     """normalize_by_moments over axes that are neither trailing nor leading (GroupNorm's grouped view,

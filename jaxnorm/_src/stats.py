@@ -36,6 +36,13 @@ def split_axes(ndim: int, axes: tuple[int, ...]) -> tuple[tuple[int, ...], tuple
     return tuple(axes), ()
 
 
+def _split_pays(shape: tuple[int, ...], axes: tuple[int, ...]) -> bool:
+    """Two stages pay when the inner reduced axes are the short ones (GroupNorm's channels per group), not
+    when they are the long ones (channels-first BatchNorm's H, W after the batch)."""
+    outer, inner = split_axes(len(shape), axes)
+    return bool(inner) and math.prod(shape[i] for i in inner) < math.prod(shape[i] for i in outer)
+
+
 def sum_keepdims(a: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Array:
     """``jnp.sum(a, axes, keepdims=True)``, in two stages when a kept axis lies between reduced ones.
 
@@ -45,9 +52,9 @@ def sum_keepdims(a: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.
     small partial sums after, with an optimization barrier between the two (XLA's simplifier merges them back
     into the slow single reduction otherwise).
     """
-    outer, inner = split_axes(a.ndim, axes)
-    if not inner:
+    if not _split_pays(a.shape, axes):
         return jnp.sum(a, axes, keepdims=True, dtype=dtype)
+    outer, inner = split_axes(a.ndim, axes)
     partial = lax.optimization_barrier(jnp.sum(a, outer, keepdims=True, dtype=dtype))
     return jnp.sum(partial, inner, keepdims=True, dtype=dtype)
 
@@ -56,9 +63,9 @@ def along_inner(stat: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...]) 
     """A keepdims statistic broadcast along the inner reduced axes of :func:`split_axes` (small: the outer axes
     stay 1) and materialized, so that the full-size expressions using it broadcast only along the outer axes.
     XLA CPU is several times slower when a reduction's operand is broadcast along its minor-most axis."""
-    outer, inner = split_axes(len(shape), axes)
-    if not inner:
+    if not _split_pays(shape, axes):
         return stat
+    outer, _ = split_axes(len(shape), axes)
     target = tuple(1 if i in outer else d for i, d in enumerate(shape))
     return lax.optimization_barrier(jnp.broadcast_to(stat, target))
 
@@ -96,7 +103,7 @@ def count_mean_m2(
         # has the same count, so the mean of the shifts corrects the sum) and the mean is broadcast along the
         # inner axes before the second pass: both passes then broadcast only along the outer axes.
         n = math.prod(x.shape[a] for a in axes)
-        outer, inner = split_axes(x.ndim, axes)
+        outer, inner = split_axes(x.ndim, axes) if _split_pays(x.shape, axes) else (axes, ())
         if inner:
             shift = lax.stop_gradient(xs[tuple(slice(0, 1) if i in outer else slice(None) for i in range(x.ndim))])
         base = jnp.mean(shift, inner, keepdims=True) if inner else shift
