@@ -231,6 +231,11 @@ def test_linen_and_nnx_instancenorm_are_drop_ins_for_flax(kwargs):
     v = jax.tree.map(lambda p: jnp.asarray(_data(p.shape, seed=p.size)), v_theirs)
     assert_close(ours.apply(v, x), theirs.apply(v, x), scale=4)
     assert_close(ours.apply(v, x, mask=mask), theirs.apply(v, x, mask=mask), scale=4)
+    w = jnp.asarray(_data(x.shape, seed=24))
+    loss = lambda m: lambda v, x: jnp.vdot(m.apply(v, x), w)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), (0, 1))(v, x)),
+                    jax.tree.leaves(jax.grad(loss(theirs), (0, 1))(v, x)), strict=True):
+        assert_close(a, b, scale=20)
     nf = 15 if kwargs.get("feature_axes") else 5
     m_theirs = nnx.InstanceNorm(nf, rngs=nnx.Rngs(0), **kwargs)
     m_ours = jaxnorm.nnx.InstanceNorm(nf, rngs=nnx.Rngs(0), **kwargs)
