@@ -66,3 +66,18 @@ def test_matches_keras_unit_normalization_and_its_config():
     assert back.axis == layer.axis
     with pytest.raises(ValueError, match=r"epsilon=0.1 \(Keras computes epsilon=1e-12\)"):
         jaxnorm.UnitNormalization(epsilon=0.1).to_keras_config()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_matches_torch_normalize_values_and_gradients():
+    import torch
+
+    x = np.random.default_rng(3).standard_normal((4, 5, 6)).astype(np.float32)
+    x[0, 0] = 0.0  # an all-zero example: both clamp its norm
+    w = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = torch.nn.functional.normalize(xt, p=2.0, dim=-1, eps=1e-12)
+    (yt * torch.from_numpy(w)).sum().backward()
+    y, g = jax.value_and_grad(lambda x: jnp.vdot(jaxnorm.unit_norm(x), jnp.asarray(w)))(jnp.asarray(x))
+    assert_close(jaxnorm.unit_norm(jnp.asarray(x)), yt.detach().numpy())
+    assert_close(g, xt.grad.numpy(), scale=20)
