@@ -1,10 +1,11 @@
 """Converters between jaxnorm and Keras 3 / PyTorch normalization layers (need keras or torch installed).
 
-- :func:`from_keras` / :func:`to_keras`: ``keras.layers.BatchNormalization`` and ``LayerNormalization``
-  (config keys, nested initializer/regularizer/constraint configs, renorm statistics).
-- :func:`from_torch` / :func:`to_torch` / :func:`from_torch_state_dict`: ``torch.nn.BatchNorm1d/2d/3d`` and
-  ``torch.nn.LayerNorm`` (momentum convention, unbiased running variance, channel axis,
-  ``num_batches_tracked``).
+- :func:`from_keras` / :func:`to_keras`: ``keras.layers.BatchNormalization``, ``LayerNormalization``,
+  ``GroupNormalization`` (also for :class:`jaxnorm.InstanceNorm`, as ``groups=-1``), ``RMSNormalization`` and
+  ``UnitNormalization`` (config keys, nested initializer/regularizer/constraint configs, renorm statistics).
+- :func:`from_torch` / :func:`to_torch` / :func:`from_torch_state_dict`: ``torch.nn.BatchNorm1d/2d/3d``,
+  ``LayerNorm``, ``GroupNorm``, ``InstanceNorm1d/2d/3d`` and ``RMSNorm`` (momentum convention, unbiased running
+  variance, channel axis, ``num_batches_tracked``).
 
 Round trips are exact, and a converted layer computes the peer's outputs and moving statistics.
 

@@ -1,5 +1,6 @@
-"""jaxnorm.interop against the real peers: PyTorch (BatchNorm1d/2d/3d, LayerNorm) and Keras 3 (BatchNormalization,
-LayerNormalization).
+"""jaxnorm.interop against the real peers: PyTorch (BatchNorm1d/2d/3d, LayerNorm, GroupNorm, InstanceNorm1d/2d/3d,
+RMSNorm) and Keras 3 (BatchNormalization, LayerNormalization, GroupNormalization, RMSNormalization,
+UnitNormalization).
 
 A converted layer must compute what the peer computes, training included (outputs, moving statistics, step
 counter, gradients), round trips must be exact (bit for bit, dtypes kept), and every setting a peer cannot express
@@ -548,7 +549,14 @@ TO_TORCH_ERRORS = {
     "ln_no_params_no_shape": (lambda: interop.to_torch(jaxnorm.LayerNorm(use_scale=False, use_bias=False), {}, {}),
                               ValueError, r"needs `input_shape` for a LayerNorm without params"),
     "not_a_spec": (lambda: interop.to_torch(object(), {}, {}, (None, 3)), TypeError,
-                   r"`spec` must be a jaxnorm.BatchNorm or jaxnorm.LayerNorm to convert to PyTorch, got object"),
+                   r"`spec` must be a jaxnorm.BatchNorm, LayerNorm, GroupNorm, InstanceNorm or RMSNorm to "
+                   r"convert to PyTorch, got object"),
+    "gn_group_size": (_to_torch(jaxnorm.GroupNorm(group_size=2, axis=1), (None, 4, 3)), ValueError,
+                      r"group_size: PyTorch's GroupNorm takes the number of groups"),
+    "gn_channels_last": (_to_torch(jaxnorm.GroupNorm(num_groups=2), (None, 3, 4)), ValueError,
+                         r"axis: -1; PyTorch normalizes channels on axis 1"),
+    "in_rank2": (_to_torch(jaxnorm.InstanceNorm(axis=1), (None, 4)), ValueError,
+                 r"rank 2; PyTorch's InstanceNorm takes 3 to 5"),
 }
 
 
@@ -563,9 +571,11 @@ def test_to_torch_errors(torch, name):
     "make, exc, match",
     [
         (lambda torch: torch.nn.Linear(3, 3), TypeError,
-         r"`module` must be a torch.nn.BatchNorm1d, BatchNorm2d, BatchNorm3d or LayerNorm, got Linear"),
+         r"`module` must be a torch.nn.BatchNorm1d/2d/3d, LayerNorm, GroupNorm, InstanceNorm1d/2d/3d or RMSNorm, "
+         r"got Linear"),
         (lambda torch: torch.nn.SyncBatchNorm(3), TypeError, r"got SyncBatchNorm"),
-        (lambda torch: torch.nn.GroupNorm(1, 3), TypeError, r"got GroupNorm"),
+        (lambda torch: torch.nn.InstanceNorm2d(3, track_running_stats=True), ValueError,
+         r"InstanceNorm2d\(track_running_stats=True\) normalizes with running statistics"),
         (lambda torch: torch.nn.BatchNorm2d(3, track_running_stats=False), ValueError,
          r"BatchNorm2d\(track_running_stats=False\) normalizes with batch statistics in eval mode too"),
     ],
@@ -580,7 +590,7 @@ def test_keras_errors(keras):
         interop.from_keras(keras.layers.BatchNormalization(name="unbuilt"))
     dense = keras.layers.Dense(2)
     dense.build((None, 3))
-    with pytest.raises(TypeError, match=r"must be a keras.layers.BatchNormalization or .*, got Dense"):
+    with pytest.raises(TypeError, match=r"must be a keras.layers.BatchNormalization, .*, got Dense"):
         interop.from_keras(dense)
 
     spec = jaxnorm.BatchNorm(axis=(1, 2))
@@ -601,7 +611,7 @@ def test_keras_errors(keras):
         interop.to_keras(spec, *_arrays(spec, (2, 3, 4)), (None, 3, 5))
     with pytest.raises(TypeError, match=r"`input_shape` must be the layer's input shape as a tuple"):
         interop.to_keras(spec, *_arrays(spec, (2, 3, 4)), 4)
-    with pytest.raises(TypeError, match=r"`spec` must be a jaxnorm.BatchNorm or .*LayerNorm to convert to Keras"):
+    with pytest.raises(TypeError, match=r"`spec` must be one of jaxnorm.BatchNorm, .* to convert to Keras"):
         interop.to_keras(object(), {}, {}, (None, 3))
 
 
@@ -682,3 +692,72 @@ def test_keras_layer_norm_mixed_sign_axes_keep_keras_numbers(keras):
     back = interop.to_keras(spec, params, state, (2, 3, 4))
     for a, b in zip(layer.weights, back.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The rest of the family: GroupNorm, InstanceNorm, RMSNorm (PyTorch); GroupNormalization, RMSNormalization,
+# UnitNormalization (Keras).
+
+
+def _torch_family(torch):
+    return {
+        "GroupNorm": (lambda: torch.nn.GroupNorm(3, 6, eps=1e-4), (2, 6, 4, 5)),
+        "GroupNorm_no_affine": (lambda: torch.nn.GroupNorm(2, 6, affine=False), (2, 6, 7)),
+        "InstanceNorm1d": (lambda: torch.nn.InstanceNorm1d(6, affine=True), (2, 6, 7)),
+        "InstanceNorm2d": (lambda: torch.nn.InstanceNorm2d(6, eps=1e-3), (2, 6, 4, 5)),
+        "InstanceNorm3d": (lambda: torch.nn.InstanceNorm3d(6, affine=True), (2, 6, 3, 4, 2)),
+        "RMSNorm": (lambda: torch.nn.RMSNorm(5, eps=1e-5), (2, 3, 5)),
+        "RMSNorm_eps_none": (lambda: torch.nn.RMSNorm((3, 5)), (2, 3, 5)),
+    }
+
+
+@pytest.mark.parametrize("name", ["GroupNorm", "GroupNorm_no_affine", "InstanceNorm1d", "InstanceNorm2d",
+                                  "InstanceNorm3d", "RMSNorm", "RMSNorm_eps_none"])
+def test_torch_family_converts_both_ways(torch, name):
+    make, shape = _torch_family(torch)[name]
+    module = make()
+    with torch.no_grad():  # parameters away from their initial values
+        for i, p in enumerate(module.parameters()):
+            p.copy_(torch.from_numpy(np.random.default_rng(i).standard_normal(p.shape).astype(np.float32)))
+    spec, params, state = interop.from_torch(module)
+    x = np.random.default_rng(9).standard_normal(shape).astype(np.float32) * 2 + 1
+    assert_close(spec.apply(params, state, jnp.asarray(x))[0], module(torch.from_numpy(x)).detach().numpy(),
+                 scale=4)
+    back = interop.to_torch(spec, params, state, input_shape=(None, *shape[1:]))
+    assert type(back) is type(module)
+    assert back.state_dict().keys() == module.state_dict().keys()
+    for k, v in module.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k].numpy(), v.numpy())
+    assert_close(back(torch.from_numpy(x)).detach().numpy(), module(torch.from_numpy(x)).detach().numpy())
+
+
+@pytest.mark.parametrize("name", ["GroupNormalization", "GroupNormalization_channels_first", "RMSNormalization",
+                                  "UnitNormalization", "InstanceNorm"])
+def test_keras_family_converts_both_ways(keras, name):
+    shape = (2, 4, 5, 6)
+    if name == "InstanceNorm":  # written as GroupNormalization(groups=-1)
+        spec = jaxnorm.InstanceNorm(epsilon=1e-4)
+        params, state = spec.init(None, jnp.ones(shape))
+        params = {k: v + 0.5 for k, v in params.items()}
+        layer = interop.to_keras(spec, params, state, (None, *shape[1:]))
+    else:
+        layer = {
+            "GroupNormalization": lambda: keras.layers.GroupNormalization(groups=3, epsilon=1e-4),
+            "GroupNormalization_channels_first": lambda: keras.layers.GroupNormalization(groups=2, axis=1),
+            "RMSNormalization": lambda: keras.layers.RMSNormalization(axis=(2, 3)),
+            "UnitNormalization": lambda: keras.layers.UnitNormalization(axis=(1, -1)),
+        }[name]()
+        layer.build((None, *shape[1:]))
+        for i, w in enumerate(layer.weights):
+            w.assign(np.random.default_rng(i).standard_normal(w.shape).astype(np.float32))
+    x = np.random.default_rng(9).standard_normal(shape).astype(np.float32) * 2 + 1
+    with jax.numpy_rank_promotion("allow"):  # Keras's own code relies on rank promotion
+        want = np.asarray(layer(x))
+    spec, params, state = interop.from_keras(layer)
+    assert_close(spec.apply(params, state, jnp.asarray(x))[0], want, scale=4)
+    back = interop.to_keras(spec, params, state, (None, *shape[1:]))
+    assert [w.name for w in back.weights] == [w.name for w in layer.weights]
+    for a, b in zip(back.weights, layer.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+    with jax.numpy_rank_promotion("allow"):
+        assert_close(np.asarray(back(x)), want)

@@ -18,10 +18,22 @@ import numpy as np
 
 from jaxnorm._src import validation
 from jaxnorm._src.batch_norm import BatchNorm
+from jaxnorm._src.group_norm import GroupNorm, InstanceNorm
 from jaxnorm._src.layer_norm import LayerNorm
+from jaxnorm._src.rms_norm import RMSNorm
+from jaxnorm._src.unit_norm import UnitNormalization
 
-# jaxnorm name -> Keras weight name.
-_KERAS_PARAMS = {"scale": "gamma", "bias": "beta"}
+# Keras layer class name -> the spec that reads its config (InstanceNorm is written as GroupNormalization).
+_FROM_KERAS = {
+    "BatchNormalization": BatchNorm,
+    "LayerNormalization": LayerNorm,
+    "GroupNormalization": GroupNorm,
+    "RMSNormalization": RMSNorm,
+    "UnitNormalization": UnitNormalization,
+}
+_TO_KERAS = (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, UnitNormalization)
+# Keras weight name -> jaxnorm name (RMSNormalization calls its multiplier `scale`).
+_KERAS_WEIGHT_NAMES = {"gamma": "scale", "beta": "bias", "scale": "scale"}
 _KERAS_STATE = {
     "mean": "moving_mean",
     "var": "moving_variance",
@@ -83,13 +95,10 @@ def _import_torch():
 
 
 def _keras_class(keras: Any, spec: Any) -> Any:
-    if isinstance(spec, BatchNorm):
-        return keras.layers.BatchNormalization
-    if isinstance(spec, LayerNorm):
-        return keras.layers.LayerNormalization
-    raise TypeError(
-        f"`spec` must be a jaxnorm.BatchNorm or jaxnorm.LayerNorm to convert to Keras, got {type(spec).__name__}."
-    )
+    if isinstance(spec, _TO_KERAS):
+        return getattr(keras.layers, spec._KERAS_CLASS)
+    names = ", ".join(f"jaxnorm.{c.__name__}" for c in _TO_KERAS)
+    raise TypeError(f"`spec` must be one of {names} to convert to Keras, got {type(spec).__name__}.")
 
 
 def _check_input_shape(input_shape: Any, name: str = "input_shape") -> tuple[Any, ...]:
@@ -118,15 +127,19 @@ def _spec_arrays(spec: Any, params: Any, state: Any, shape: tuple[Any, ...]):
 
 
 def from_keras(layer: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Converts a built ``keras.layers.BatchNormalization`` or ``LayerNormalization`` to jaxnorm.
+    """Converts a built Keras normalization layer to jaxnorm: ``BatchNormalization``, ``LayerNormalization``,
+    ``GroupNormalization``, ``RMSNormalization`` or ``UnitNormalization``.
 
     The spec comes from the layer's ``get_config()`` (every key, nested initializer, regularizer and constraint
-    configs included); ``gamma``/``beta`` become ``params['scale']``/``params['bias']`` and ``moving_mean``,
+    configs included); ``gamma``/``beta`` (RMSNormalization's ``scale``) become ``params['scale']``/
+    ``params['bias']`` and ``moving_mean``,
     ``moving_variance`` (and with renorm ``moving_stddev``, ``renorm_mean``, ``renorm_stddev``) become
     ``state['mean']``, ``state['var']`` (``state['stddev']``, ...). Values are copied exactly.
 
     Args:
-      layer: a built Keras 3 ``BatchNormalization`` or ``LayerNormalization`` (call it once, or ``build``).
+      layer: a built Keras 3 layer of those classes (call it once, or ``build``). A built
+        ``GroupNormalization(groups=-1)`` reports ``groups`` = its channel count (Keras rewrites it at build),
+        so it becomes ``jaxnorm.GroupNorm`` with that many groups, which computes the same thing.
 
     Returns:
       ``(spec, params, state)``: ``spec.apply(params, state, x, training=...)`` gives the layer's outputs and
@@ -137,17 +150,14 @@ def from_keras(layer: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
       TypeError: ``layer`` is another kind of layer.
       ValueError: ``layer`` is not built yet, or its config has keys jaxnorm does not support.
 
-    Source: Keras 3 ``BatchNormalization``/``LayerNormalization`` (weights and config keys).
+    Source: Keras 3 ``BatchNormalization``, ``LayerNormalization``, ``GroupNormalization``,
+    ``RMSNormalization``, ``UnitNormalization`` (weights and config keys).
     """
     keras = _import_keras()
-    if isinstance(layer, keras.layers.BatchNormalization):
-        cls = BatchNorm
-    elif isinstance(layer, keras.layers.LayerNormalization):
-        cls = LayerNorm
-    else:
+    cls = next((c for name, c in _FROM_KERAS.items() if isinstance(layer, getattr(keras.layers, name))), None)
+    if cls is None:
         raise TypeError(
-            "`layer` must be a keras.layers.BatchNormalization or keras.layers.LayerNormalization, got "
-            f"{type(layer).__name__}."
+            f"`layer` must be a keras.layers.{', '.join(_FROM_KERAS)} layer, got {type(layer).__name__}."
         )
     if not layer.built:
         raise ValueError(
@@ -164,7 +174,7 @@ def from_keras(layer: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         axes = validation.canonicalize_axes(spec.axis, len(input_shape), "axis")
         pshape = tuple(input_shape[a] for a in axes)
         weights = {k: v.reshape(pshape) for k, v in weights.items()}
-    params = {k: jnp.asarray(weights[name]) for k, name in _KERAS_PARAMS.items() if name in weights}
+    params = {_KERAS_WEIGHT_NAMES[n]: jnp.asarray(v) for n, v in weights.items() if n in _KERAS_WEIGHT_NAMES}
     state = {k: jnp.asarray(weights[name]) for k, name in _KERAS_STATE.items() if name in weights}
     return spec, params, state
 
@@ -180,25 +190,26 @@ def to_keras(
     """Builds the Keras 3 layer equivalent to ``(spec, params, state)``.
 
     Args:
-      spec: a ``jaxnorm.BatchNorm`` or ``jaxnorm.LayerNorm`` that Keras can express (see
+      spec: a ``jaxnorm.BatchNorm``, ``LayerNorm``, ``GroupNorm``, ``InstanceNorm`` (as
+        ``GroupNormalization(groups=-1)``), ``RMSNorm`` or ``UnitNormalization`` that Keras can express (see
         ``spec.to_keras_config()``).
-      params: the spec's ``{'scale', 'bias'}``.
+      params: the spec's ``{'scale', 'bias'}`` (those it has).
       state: the spec's state (``{'mean', 'var'}``, plus the renorm statistics with ``renorm``; ``{}`` for
-        LayerNorm).
+        the others).
       input_shape: the input shape to build the layer for, a tuple (None allowed for the batch size); its
         rank fixes Keras's reduction axes.
       name: the Keras layer's name (None: Keras picks one).
 
     Returns:
-      A built ``keras.layers.BatchNormalization`` or ``LayerNormalization`` holding copies of the arrays.
+      A built Keras layer of the spec's class holding copies of the arrays.
 
     Raises:
       ImportError: keras is not installed.
-      TypeError: ``spec`` is not a BatchNorm/LayerNorm; an initializer or regularizer has no Keras form.
+      TypeError: ``spec`` is not one of those; an initializer or regularizer has no Keras form.
       ValueError: a setting Keras cannot express (several BatchNorm axes, ``momentum_convention='torch'``, ...)
         or ``params``/``state`` not matching ``spec`` and ``input_shape``.
 
-    Source: Keras 3 ``BatchNormalization``/``LayerNormalization`` (weights and config keys).
+    Source: Keras 3's normalization layers (weights and config keys).
     """
     keras = _import_keras()
     cls = _keras_class(keras, spec)
@@ -210,7 +221,7 @@ def to_keras(
         config["name"] = name
     layer = cls.from_config(config)
     layer.build(shape)
-    names = {**{v: k for k, v in _KERAS_PARAMS.items()}, **{v: k for k, v in _KERAS_STATE.items()}}
+    names = {**_KERAS_WEIGHT_NAMES, **{v: k for k, v in _KERAS_STATE.items()}}
     arrays = {**np_params, **np_state}
     for w in layer.weights:  # reshape: Keras's LayerNormalization weight layout for mixed-sign axes (from_keras)
         w.assign(arrays[names[w.name]].astype(w.dtype).reshape(w.shape))
@@ -248,16 +259,48 @@ def _torch_layer_norm_spec(module: Any) -> LayerNorm:
     )
 
 
+def _torch_group_norm_spec(module: Any) -> GroupNorm:
+    return GroupNorm(
+        num_groups=int(module.num_groups), axis=1, epsilon=float(module.eps), use_scale=bool(module.affine),
+        use_bias=bool(module.affine),
+    )
+
+
+def _torch_instance_norm_spec(module: Any) -> InstanceNorm:
+    if module.track_running_stats:
+        raise ValueError(
+            f"{type(module).__name__}(track_running_stats=True) normalizes with running statistics in eval mode; "
+            "jaxnorm.InstanceNorm (as Flax's and Keras's) always uses each example's own statistics. Convert a "
+            "module with track_running_stats=False (PyTorch's default)."
+        )
+    return InstanceNorm(
+        axis=1, epsilon=float(module.eps), use_scale=bool(module.affine), use_bias=bool(module.affine)
+    )
+
+
+def _torch_rms_norm_spec(module: Any) -> RMSNorm:
+    k = len(module.normalized_shape)
+    # PyTorch's eps=None means finfo(input dtype).eps at each call; jaxnorm pins one value: float32's.
+    eps = float(np.finfo(np.float32).eps) if module.eps is None else float(module.eps)
+    return RMSNorm(
+        axis=-1 if k == 1 else tuple(range(-k, 0)), epsilon=eps, use_scale=bool(module.elementwise_affine)
+    )
+
+
 def from_torch(module: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Converts a ``torch.nn.BatchNorm1d/2d/3d`` or ``torch.nn.LayerNorm`` to jaxnorm.
+    """Converts a ``torch.nn.BatchNorm1d/2d/3d``, ``LayerNorm``, ``GroupNorm``, ``InstanceNorm1d/2d/3d`` or
+    ``RMSNorm`` to jaxnorm.
 
     BatchNorm becomes ``jaxnorm.BatchNorm(axis=1, epsilon=eps, momentum=m, momentum_convention='torch',
     moving_var='unbiased', count_steps=True)`` (``averaging='cumulative'`` for ``momentum=None``), ``affine``
     maps to ``use_scale``/``use_bias``; ``weight``, ``bias``, ``running_mean``, ``running_var`` and
     ``num_batches_tracked`` become ``params['scale']``, ``params['bias']``, ``state['mean']``, ``state['var']``
     and ``state['count']``. LayerNorm becomes ``jaxnorm.LayerNorm`` over the trailing
-    ``len(normalized_shape)`` axes. Values are copied exactly (float dtypes kept, bfloat16 included; float64
-    needs ``jax.config.update('jax_enable_x64', True)``, else JAX stores float32; the counter as int32).
+    ``len(normalized_shape)`` axes, and RMSNorm likewise (``eps=None`` pinned to float32's ``finfo.eps``).
+    GroupNorm and InstanceNorm become ``jaxnorm.GroupNorm(num_groups, axis=1)`` and ``jaxnorm.InstanceNorm(
+    axis=1)`` with ``affine`` as ``use_scale``/``use_bias``. Values are copied exactly (float dtypes kept,
+    bfloat16 included; float64 needs ``jax.config.update('jax_enable_x64', True)``, else JAX stores float32;
+    the counter as int32).
 
     Args:
       module: the PyTorch module (its hyperparameters and current tensors are read; use
@@ -270,9 +313,11 @@ def from_torch(module: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     Raises:
       ImportError: torch is not installed.
       TypeError: ``module`` is another kind of module.
-      ValueError: ``track_running_stats=False`` (batch statistics at inference too: no jaxnorm equivalent).
+      ValueError: a BatchNorm with ``track_running_stats=False`` (batch statistics at inference too) or an
+        InstanceNorm with ``track_running_stats=True`` (running statistics at inference): no jaxnorm equivalent.
 
-    Source: ``torch.nn.BatchNorm1d/2d/3d``, ``torch.nn.LayerNorm`` (PyTorch 2).
+    Source: ``torch.nn.BatchNorm1d/2d/3d``, ``LayerNorm``, ``GroupNorm``, ``InstanceNorm1d/2d/3d``, ``RMSNorm``
+    (PyTorch 2).
     """
     torch = _import_torch()
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(
@@ -281,10 +326,16 @@ def from_torch(module: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         spec = _torch_batch_norm_spec(module)
     elif isinstance(module, torch.nn.LayerNorm):
         spec = _torch_layer_norm_spec(module)
+    elif isinstance(module, torch.nn.GroupNorm):
+        spec = _torch_group_norm_spec(module)
+    elif isinstance(module, torch.nn.modules.instancenorm._InstanceNorm):
+        spec = _torch_instance_norm_spec(module)
+    elif isinstance(module, torch.nn.RMSNorm):
+        spec = _torch_rms_norm_spec(module)
     else:
         raise TypeError(
-            "`module` must be a torch.nn.BatchNorm1d, BatchNorm2d, BatchNorm3d or LayerNorm, got "
-            f"{type(module).__name__}."
+            "`module` must be a torch.nn.BatchNorm1d/2d/3d, LayerNorm, GroupNorm, InstanceNorm1d/2d/3d or "
+            f"RMSNorm, got {type(module).__name__}."
         )
     params, state = from_torch_state_dict(spec, module.state_dict())
     return spec, params, state
@@ -344,7 +395,8 @@ def _torch_incompatible(spec: Any, checks: dict[str, tuple[bool, str]]) -> None:
 def to_torch(
     spec: Any, params: Mapping[str, Any], state: Mapping[str, Any], input_shape: Sequence[Any] | None = None
 ) -> Any:
-    """Builds the PyTorch module equivalent to ``(spec, params, state)``: BatchNorm1d/2d/3d or LayerNorm.
+    """Builds the PyTorch module equivalent to ``(spec, params, state)``: BatchNorm1d/2d/3d, LayerNorm,
+    GroupNorm, InstanceNorm1d/2d/3d or RMSNorm.
 
     For BatchNorm, ``input_shape`` picks the class (rank 2 or 3: ``BatchNorm1d``, 4: ``BatchNorm2d``, 5:
     ``BatchNorm3d``); the feature axis must be 1 (channels-first, PyTorch's layout). PyTorch's momentum is
@@ -355,11 +407,12 @@ def to_torch(
     ``requires_grad=False``.
 
     Args:
-      spec: a ``jaxnorm.BatchNorm`` or ``jaxnorm.LayerNorm``.
+      spec: a ``jaxnorm.BatchNorm``, ``LayerNorm``, ``GroupNorm``, ``InstanceNorm`` or ``RMSNorm``.
       params: the spec's ``{'scale', 'bias'}``.
       state: the spec's state.
-      input_shape: the input shape (None allowed for the batch size). Required for BatchNorm; for LayerNorm
-        needed only when it has no params (to read ``normalized_shape``).
+      input_shape: the input shape (None allowed for the batch size). Required for BatchNorm, GroupNorm and
+        InstanceNorm (the channel count and the rank, which picks the 1d/2d/3d class); for LayerNorm and
+        RMSNorm needed only when they have no params (to read ``normalized_shape``).
 
     Returns:
       A ``torch.nn`` module holding float copies of the arrays (the state's dtype), in training mode unless
@@ -367,18 +420,20 @@ def to_torch(
 
     Raises:
       ImportError: torch is not installed.
-      TypeError: ``spec`` is not a BatchNorm/LayerNorm.
+      TypeError: ``spec`` is not one of those.
       ValueError: a setting PyTorch cannot express (``moving_var='biased'``, 'debiased' averaging, renorm,
         regularizers or constraints, a feature axis other than 1, scale without bias or bias without scale,
-        LayerNorm over non-trailing axes, ``rms_scaling``), or arrays not matching the spec.
+        LayerNorm over non-trailing axes, ``rms_scaling``, GroupNorm's ``group_size`` or a channel axis other
+        than 1), or arrays not matching the spec.
 
-    Source: ``torch.nn.BatchNorm1d/2d/3d``, ``torch.nn.LayerNorm`` (PyTorch 2).
+    Source: ``torch.nn.BatchNorm1d/2d/3d``, ``LayerNorm``, ``GroupNorm``, ``InstanceNorm1d/2d/3d``,
+    ``RMSNorm`` (PyTorch 2).
     """
     torch = _import_torch()
-    if not isinstance(spec, BatchNorm | LayerNorm):
+    if not isinstance(spec, BatchNorm | LayerNorm | GroupNorm | InstanceNorm | RMSNorm):
         raise TypeError(
-            f"`spec` must be a jaxnorm.BatchNorm or jaxnorm.LayerNorm to convert to PyTorch, got "
-            f"{type(spec).__name__}."
+            "`spec` must be a jaxnorm.BatchNorm, LayerNorm, GroupNorm, InstanceNorm or RMSNorm to convert to "
+            f"PyTorch, got {type(spec).__name__}."
         )
     extras = {
         f: (getattr(spec, f) is None, "PyTorch layers have no regularizers or constraints")
@@ -386,6 +441,8 @@ def to_torch(
     }
     if isinstance(spec, BatchNorm):
         module = _to_torch_batch_norm(torch, spec, params, state, input_shape, extras)
+    elif isinstance(spec, GroupNorm | InstanceNorm):
+        module = _to_torch_channels_first(torch, spec, params, state, input_shape, extras)
     else:
         module = _to_torch_layer_norm(torch, spec, params, state, input_shape, extras)
     if not spec.trainable:
@@ -451,13 +508,15 @@ def _to_torch_layer_norm(torch, spec, params, state, input_shape, extras):
         shape = _check_input_shape(input_shape)
     axes = validation.canonicalize_axes(spec.axis, len(shape), "axis")
     trailing = axes == tuple(range(len(shape) - len(axes), len(shape)))
+    rms = isinstance(spec, RMSNorm)
+    name = type(spec).__name__
     _torch_incompatible(
         spec,
         {
-            "axis": (trailing, f"{spec.axis!r}; PyTorch's LayerNorm normalizes the trailing axes"),
-            "rms_scaling": (not spec.rms_scaling, "True (Keras's deprecated mode)"),
+            "axis": (trailing, f"{spec.axis!r}; PyTorch's {name} normalizes the trailing axes"),
+            "rms_scaling": (rms or not spec.rms_scaling, "True (Keras's deprecated mode)"),
             "use_scale/use_bias": (
-                spec.use_scale or not spec.use_bias,
+                rms or spec.use_scale or not spec.use_bias,
                 "bias without scale; PyTorch's LayerNorm(bias=True) needs elementwise_affine=True",
             ),
             **extras,
@@ -466,8 +525,49 @@ def _to_torch_layer_norm(torch, spec, params, state, input_shape, extras):
     np_params, _ = _spec_arrays(spec, params, state, shape)
     normalized_shape = tuple(shape[a] for a in axes)
     dtype = _torch_dtype(torch, next(iter(np_params.values())).dtype) if np_params else None
-    module = torch.nn.LayerNorm(
-        normalized_shape, eps=spec.epsilon, elementwise_affine=spec.use_scale, bias=spec.use_bias, dtype=dtype
-    )
+    if rms:
+        module = torch.nn.RMSNorm(
+            normalized_shape, eps=spec.epsilon, elementwise_affine=spec.use_scale, dtype=dtype
+        )
+    else:
+        module = torch.nn.LayerNorm(
+            normalized_shape, eps=spec.epsilon, elementwise_affine=spec.use_scale, bias=spec.use_bias,
+            dtype=dtype,
+        )
+    module.load_state_dict({_TORCH_PARAMS[k]: _numpy_to_tensor(torch, v) for k, v in np_params.items()})
+    return module
+
+
+def _to_torch_channels_first(torch, spec, params, state, input_shape, extras):
+    """GroupNorm (``torch.nn.GroupNorm``) or InstanceNorm (``torch.nn.InstanceNorm{1,2,3}d``) on axis 1."""
+    if input_shape is None:
+        raise ValueError(
+            f"to_torch needs `input_shape` for a {type(spec).__name__}: its channel count (axis 1) and, for "
+            "InstanceNorm, its rank (which picks InstanceNorm1d/2d/3d). Pass e.g. input_shape=(None, C, H, W)."
+        )
+    shape = _check_input_shape(input_shape)
+    axes = validation.canonicalize_axes(spec.axis, len(shape), "axis")
+    checks = {
+        "axis": (axes == (1,), f"{spec.axis!r}; PyTorch normalizes channels on axis 1 (channels-first)"),
+        "use_scale/use_bias": (
+            spec.use_scale == spec.use_bias, "PyTorch's `affine` creates both weight and bias or neither"
+        ),
+        **extras,
+    }
+    instance = isinstance(spec, InstanceNorm)
+    classes = {3: torch.nn.InstanceNorm1d, 4: torch.nn.InstanceNorm2d, 5: torch.nn.InstanceNorm3d}
+    if instance:
+        checks["input_shape"] = (len(shape) in classes, f"rank {len(shape)}; PyTorch's InstanceNorm takes 3 to 5")
+    else:
+        checks["group_size"] = (spec.group_size is None, "PyTorch's GroupNorm takes the number of groups")
+    _torch_incompatible(spec, checks)
+    np_params, _ = _spec_arrays(spec, params, state, shape)
+    channels = shape[1]
+    dtype = _torch_dtype(torch, next(iter(np_params.values())).dtype) if np_params else None
+    if instance:
+        module = classes[len(shape)](channels, eps=spec.epsilon, affine=spec.use_scale, dtype=dtype)
+    else:
+        groups = validation.resolve_groups(spec.num_groups, None, channels, 1)
+        module = torch.nn.GroupNorm(groups, channels, eps=spec.epsilon, affine=spec.use_scale, dtype=dtype)
     module.load_state_dict({_TORCH_PARAMS[k]: _numpy_to_tensor(torch, v) for k, v in np_params.items()})
     return module
