@@ -23,8 +23,9 @@ Run (from the repository root)::
     python examples/train_digits.py --norm batch layer none  # compare, one plot
 
 Flags:
-  --norm {batch,layer,none} [...]  'batch': BatchNorm in the conv blocks and LayerNorm in the head; 'layer':
-                     LayerNorm everywhere (over the channel axis); 'none': no normalization. Several values
+  --norm {batch,layer,group,none} [...]  'batch': BatchNorm in the conv blocks and LayerNorm in the head;
+                     'layer': LayerNorm everywhere (over the channel axis); 'group': GroupNorm (8 groups) in
+                     the conv blocks and LayerNorm in the head; 'none': no normalization. Several values
                      train one model each, in turn, from the same seed, and draw them all in one plot
                      (default: batch).
   --epochs N         epochs per model (default 12).
@@ -82,11 +83,17 @@ WEIGHT_DECAY = 1e-4
 # to the conv kernel alone; jaxnorm.constraints_transform applies it after every optimizer step, as Keras does.
 BATCH_NORM = jaxnorm.BatchNorm(momentum=0.9, scale_constraint="non_neg")
 LAYER_NORM = jaxnorm.LayerNorm()  # axis=-1: over the channels (NHWC) or the features (dense)
+GROUP_NORM = jaxnorm.GroupNorm(num_groups=8)  # 8 groups of 4 or 8 channels, statistics per example
 
 
 def norm_specs(norm: str):
     """(spec of the conv blocks, spec of the dense head) for a --norm choice; None means no normalization."""
-    return {"batch": (BATCH_NORM, LAYER_NORM), "layer": (LAYER_NORM, LAYER_NORM), "none": (None, None)}[norm]
+    return {
+        "batch": (BATCH_NORM, LAYER_NORM),
+        "layer": (LAYER_NORM, LAYER_NORM),
+        "group": (GROUP_NORM, LAYER_NORM),
+        "none": (None, None),
+    }[norm]
 
 
 def norm_layers(norm: str):
@@ -264,7 +271,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--norm",
         nargs="+",
-        choices=["batch", "layer", "none"],
+        choices=["batch", "layer", "group", "none"],
         default=["batch"],
         help="normalization; several train one model each and share the plot (default: batch)",
     )

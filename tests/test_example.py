@@ -70,3 +70,18 @@ def test_example_optimizer_projects_and_masks_decay():
         params = jax.tree.map(lambda p, u: p + u, params, updates)
     assert float(np.min(params["norm0"]["scale"])) == 0.0  # projected onto >= 0, as Keras's NonNeg
     assert float(np.min(params["conv0"]["w"])) < 0.0  # the unconstrained weights moved below 0
+
+
+def test_group_norm_model_trains_and_is_per_example(tmp_path):
+    example = load_example()
+    result = example.main(["--epochs", "2", "--norm", "group", "--seed", "0", "--out", str(tmp_path)])
+    assert result["test_accuracy"] > 0.9  # two epochs; 12 give 0.99
+    params, state = result["params"]["group"], result["state"]["group"]
+    assert state["norm0"] == {} and params["norm0"]["scale"].shape == (32,)
+    # GroupNorm uses no batch statistics: training and inference agree, and each example is on its own.
+    x = jax.random.uniform(jax.random.key(1), (5, 8, 8, 1))
+    train, _ = example.model(params, state, x, norm="group", training=True)
+    infer, _ = example.model(params, state, x, norm="group", training=False)
+    np.testing.assert_allclose(train, infer, rtol=1e-6)
+    one, _ = example.model(params, state, x[:1], norm="group", training=False)
+    np.testing.assert_allclose(one, infer[:1], rtol=1e-5, atol=1e-5)
