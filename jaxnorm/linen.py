@@ -46,7 +46,7 @@ from flax.linen import dtypes, module, transforms
 from flax.typing import Axes, Dtype, Initializer
 from jax.nn import initializers
 
-from jaxnorm._src import ops, reparam, stats, validation
+from jaxnorm._src import moving, ops, reparam, validation
 from jaxnorm._src.flax_compat import (
     compute_input,
     flax_groups,
@@ -81,8 +81,11 @@ class BatchNorm(module.Module):
     In training (``use_running_average=False``) :math:`\mu, \sigma^2` are the batch mean and (biased, two-pass)
     variance, and the running statistics in ``batch_stats`` are updated as
     ``mean = momentum * mean + (1 - momentum) * batch_mean`` (same for ``var``), except while
-    ``self.is_initializing()``, exactly as in Flax. In evaluation (``use_running_average=True``) the stored
-    ``batch_stats['mean']`` and ``['var']`` are used and nothing is updated.
+    ``self.is_initializing()``, exactly as in Flax, per feature: a feature with no valid element in the batch
+    (all masked, or an empty batch) or with non-finite batch statistics keeps its running ``mean`` and ``var``
+    bit for bit (Flax would write NaN there, or drift an all-masked feature toward 0). In evaluation
+    (``use_running_average=True``) the stored ``batch_stats['mean']`` and ``['var']`` are used and nothing is
+    updated.
 
     Attributes:
       use_running_average: bool or None; the default for ``__call__``'s argument (merged with
@@ -123,7 +126,9 @@ class BatchNorm(module.Module):
     Raises:
       ValueError: ``axis_index_groups`` without a single ``axis_name``;
         both or neither ``use_running_average`` given; an axis
-        out of range or repeated; ``mask`` not broadcastable to ``x``; ``axis_name`` not bound.
+        out of range or repeated; ``mask`` not broadcastable to ``x``; ``axis_name`` not bound; stored
+        ``batch_stats['mean']``/``['var']`` not of the features' shape (the message names the variable; a
+        wrong-shaped ``params`` entry raises Flax's own ``ScopeParamShapeError``).
       TypeError: complex ``x``.
 
     Source: mirrors ``flax.linen.BatchNorm`` (Flax 0.12); Ioffe & Szegedy 2015, "Batch Normalization".
@@ -183,6 +188,13 @@ class BatchNorm(module.Module):
         stat_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stat_dtype), feature_shape)
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stat_dtype), feature_shape)
+        for name, stat in (("mean", ra_mean), ("var", ra_var)):  # a checkpoint for another feature count
+            validation.fit_variable(
+                stat.value, tuple(feature_shape), f"batch_stats['{name}']", exact=True,
+                fix=f"It must hold one value per feature of x along axis={self.axis!r} (x has shape {x.shape}). "
+                "Load batch_stats saved for this layer with inputs of these features, or re-create them with "
+                "`init`.",
+            )
         scale, bias = _affine_params(self, feature_shape)
         out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
@@ -195,15 +207,16 @@ class BatchNorm(module.Module):
         axis_name = None if self.is_initializing() else sync_axis(
             self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm"
         )
-        y, _, mean, var = ops.normalize_by_moments(
+        y, count, mean, var = ops.normalize_by_moments(
             xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), axis_name
         )
         if not self.is_initializing():
             sdt = stats_dtype(x, self.dtype, self.force_float32_reductions)
             batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
             batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
-            ra_mean.value = stats.moving_average(ra_mean.value, batch_mean, self.momentum)
-            ra_var.value = stats.moving_average(ra_var.value, batch_var, self.momentum)
+            ok = moving.update_ok(jnp.squeeze(count, reduction_axes), batch_mean, batch_var)  # per feature
+            ra_mean.value = moving.moving_average(ra_mean.value, batch_mean, self.momentum, ok)
+            ra_var.value = moving.moving_average(ra_var.value, batch_var, self.momentum, ok)
         return y.astype(out_dtype)
 
 
@@ -658,7 +671,9 @@ class SpectralNorm(module.Module):
         value = jnp.asarray(vs)
         if value.ndim <= 1 or self.n_steps < 1:  # Flax leaves vectors, scalars (and n_steps=0) alone
             return value
-        u_shape = reparam.spectral_u_shape(value.shape, self.error_on_non_matrix)
+        u_shape = reparam.spectral_u_shape(
+            value.shape, self.error_on_non_matrix, lead=f"Input is {value.ndim}D but error_on_non_matrix is True: "
+        )
         name = _reparam_name(self, path)
         has_u = self.has_variable(self.collection_name, name + "/u")
         u_var = self.variable(
@@ -666,6 +681,12 @@ class SpectralNorm(module.Module):
             None if has_u else self.make_rng("params"), u_shape, self.param_dtype,
         )
         sigma_var = self.variable(self.collection_name, name + "/sigma", jnp.ones, (), self.param_dtype)
+        fix = (
+            f"The weight has shape {value.shape}. Load the variables saved for this wrapped layer, or re-create "
+            "them with `init`."
+        )
+        validation.fit_variable(u_var.value, u_shape, f"{self.collection_name}['{name}/u']", fix, exact=True)
+        validation.fit_variable(sigma_var.value, (), f"{self.collection_name}['{name}/sigma']", fix, exact=True)
         out_dtype = dtypes.canonicalize_dtype(value, u_var.value, dtype=self.dtype)
         w_bar, u, sigma = reparam.spectral_normalize(
             value, u_var.value, n_steps=self.n_steps, epsilon=self.epsilon,

@@ -26,6 +26,7 @@ writing the normalized weight back into the wrapped layer (google/flax#5576); th
 
 from __future__ import annotations
 
+import math
 import typing as tp
 from types import MappingProxyType
 
@@ -38,7 +39,7 @@ from flax.nnx.nn import dtypes, initializers
 from flax.typing import Axes, Dtype, Initializer, PromoteDtypeFn
 from jax import lax
 
-from jaxnorm._src import ops, reparam, stats, validation
+from jaxnorm._src import moving, ops, reparam, validation
 from jaxnorm._src.flax_compat import (
     compute_input,
     flax_groups,
@@ -71,6 +72,23 @@ def _features_shape(x: jax.Array, feature_axes: tuple[int, ...]) -> list[int]:
     return [d if i in feature_axes else 1 for i, d in enumerate(x.shape)]
 
 
+def _check_variables(module: nnx.Module, x_shape: tuple[int, ...], feature_axes: tuple[int, ...], names) -> None:
+    """Raises ``ValueError`` naming ``<Class>.<name>`` when a stored variable (after ``nnx.merge``/``nnx.update``
+    of a state for another feature count, or a layer built with another ``num_features``) does not hold one
+    value per feature of ``x``, instead of a reshape error deep inside."""
+    need = tuple(x_shape[a] for a in feature_axes)
+    owner = type(module).__name__
+    for name in names:
+        var = getattr(module, name, None)
+        if var is not None:
+            validation.fit_variable(
+                var[...], need, f"{owner}.{name}",
+                f"It must hold one value per feature of x (shape {tuple(x_shape)}, features {need}). Build the "
+                f"layer with num_features={math.prod(need)} for this input, or merge a state saved for a layer of "
+                "this input's feature count.",
+            )
+
+
 def _affine_param(use, init, rngs, shape, dtype, metadata) -> nnx.Param | None:
     """An ``nnx.Param`` created as Flax creates ``scale``/``bias``, or ``nnx.data(None)`` when disabled."""
     return nnx.Param(init(rngs.params(), shape, dtype), **metadata) if use else nnx.data(None)
@@ -85,8 +103,10 @@ class BatchNorm(nnx.Module):
     In training (``use_running_average=False``, or after ``model.train()``) :math:`\mu, \sigma^2` are the batch
     mean and (biased, two-pass) variance over every axis but ``axis``, and the ``nnx.BatchStat`` ``mean`` and
     ``var`` are updated in place, ``mean = momentum * mean + (1 - momentum) * batch_mean`` (under
-    ``stop_gradient``, as in Flax). In evaluation (``use_running_average=True``, ``model.eval()`` or
-    ``nnx.view(model, use_running_average=True)``) the stored ``mean``/``var`` are used.
+    ``stop_gradient``, as in Flax), per feature: a feature with no valid element in the batch (all masked, or
+    an empty batch) or with non-finite batch statistics keeps its ``mean`` and ``var`` bit for bit (Flax would
+    write NaN there, or drift an all-masked feature toward 0). In evaluation (``use_running_average=True``,
+    ``model.eval()`` or ``nnx.view(model, use_running_average=True)``) the stored ``mean``/``var`` are used.
 
     Args:
       num_features: int, the size of the feature axis.
@@ -124,7 +144,9 @@ class BatchNorm(nnx.Module):
     Raises:
       ValueError: ``axis_index_groups`` without a single ``axis_name``;
         no ``use_running_average`` anywhere; ``axis`` out of
-        range; ``mask`` not broadcastable to ``x``; ``axis_name`` not bound.
+        range; ``mask`` not broadcastable to ``x``; ``axis_name`` not bound; ``mean``/``var``/``scale``/``bias``
+        not holding one value per feature of ``x`` (e.g. after ``nnx.merge`` of another layer's state; the
+        message names ``BatchNorm.<variable>``; LayerNorm, RMSNorm, GroupNorm and InstanceNorm likewise).
       TypeError: complex ``x``.
 
     Source: mirrors ``flax.nnx.BatchNorm`` (Flax 0.12); Ioffe & Szegedy 2015, "Batch Normalization".
@@ -200,6 +222,7 @@ class BatchNorm(nnx.Module):
         feature_axes = validation.canonicalize_axes(self.axis, x.ndim, "axis")
         reduction_axes = validation.complement_axes(feature_axes, x.ndim)
         stats_shape = [1 if i in reduction_axes else d for i, d in enumerate(x.shape)]
+        _check_variables(self, x.shape, feature_axes, ("mean", "var", "scale", "bias"))
 
         scale = self.scale[...] if self.scale is not None else None
         bias = self.bias[...] if self.bias is not None else None
@@ -214,15 +237,16 @@ class BatchNorm(nnx.Module):
         if use_running_average:
             y = ops.normalize(xc, mean.reshape(stats_shape), var.reshape(stats_shape), bias, scale, self.epsilon)
             return y.astype(out_dtype)
-        y, _, mean, var = ops.normalize_by_moments(
+        y, count, mean, var = ops.normalize_by_moments(
             xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
         )
         sdt = stats_dtype(x, self.dtype)
         batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
         batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
-        self.mean[...] = lax.stop_gradient(stats.moving_average(self.mean[...], batch_mean, self.momentum))
-        self.var[...] = lax.stop_gradient(stats.moving_average(self.var[...], batch_var, self.momentum))
+        ok = moving.update_ok(jnp.squeeze(count, reduction_axes), batch_mean, batch_var)  # per feature
+        self.mean[...] = lax.stop_gradient(moving.moving_average(self.mean[...], batch_mean, self.momentum, ok))
+        self.var[...] = lax.stop_gradient(moving.moving_average(self.var[...], batch_var, self.momentum, ok))
         return y.astype(out_dtype)
 
     def set_view(self, use_running_average: bool | None = None):
@@ -343,6 +367,7 @@ class LayerNorm(nnx.Module):
         x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
         reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
         feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
+        _check_variables(self, x.shape, feature_axes, ("scale", "bias"))
         out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
 
@@ -436,6 +461,7 @@ class RMSNorm(nnx.Module):
         x, scale = self.promote_dtype((x, scale), dtype=self.dtype)
         reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
         feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
+        _check_variables(self, x.shape, feature_axes, ("scale",))
         out_dtype = dtypes.canonicalize_dtype(x, scale, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
         scale = None if scale is None else scale.reshape(_features_shape(x, feature_axes))
@@ -535,6 +561,7 @@ class GroupNorm(nnx.Module):
         out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
         fshape = _features_shape(x, (x.ndim - 1,))
+        _check_variables(self, x.shape, (x.ndim - 1,), ("scale", "bias"))
         y = ops.normalize_groups(
             xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
             x.ndim - 1, self.num_groups, reduction_axes[:-1], self.epsilon, full_mask(mask, xc),
@@ -621,6 +648,7 @@ class InstanceNorm(nnx.Module):
         """Normalizes each example's features of ``x``; see the class docstring."""
         feature_axes = validation.canonicalize_axes(self.feature_axes, jnp.ndim(x), "feature_axes")
         reduction_axes = instance_reduction_axes(feature_axes, jnp.ndim(x))
+        _check_variables(self, jnp.shape(x), feature_axes, ("scale", "bias"))
         scale = self.scale[...] if self.scale is not None else None
         bias = self.bias[...] if self.bias is not None else None
         x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
@@ -733,7 +761,8 @@ class SpectralNorm(nnx.Module):
         """``u``'s shape for a weight, None where Flax leaves it alone (vectors, scalars, ``n_steps < 1``)."""
         if len(shape) <= 1 or self.n_steps < 1:
             return None
-        return reparam.spectral_u_shape(shape, self.error_on_non_matrix)
+        lead = f"Layer instance parameter is {len(shape)}D but error_on_non_matrix is True: "
+        return reparam.spectral_u_shape(shape, self.error_on_non_matrix, lead=lead)
 
     def __call__(self, x, update_stats: bool | None = None):
         """Normalizes the weights of ``layer_instance`` (in place, as Flax) and calls it on ``x``."""
@@ -743,7 +772,8 @@ class SpectralNorm(nnx.Module):
         return self.layer_instance(x)
 
     def _spectral_normalize_inplace(self, path, param, update_stats):
-        if self._u_shape(param[...].shape) is None:
+        u_shape = self._u_shape(param[...].shape)
+        if u_shape is None:
             return
         u_stat, sigma_stat = (self.batch_stats.get((*path, name)) for name in ("u", "sigma"))
         if u_stat is None or sigma_stat is None:
@@ -751,6 +781,9 @@ class SpectralNorm(nnx.Module):
                 f"Could not find the u and sigma batch stats of the param {path} in the batch stats dict. "
                 "Parameters of the layer_instance should not change!"
             )
+        fix = "Merge a state saved for this wrapped layer, or re-create the SpectralNorm."
+        name = f"SpectralNorm.batch_stats[{(*path, 'u')!r}]"
+        validation.fit_variable(u_stat[...], u_shape, name, fix, exact=True)
         out_dtype = dtypes.canonicalize_dtype(param[...], u_stat[...], dtype=self.dtype)
         w_bar, u, sigma = reparam.spectral_normalize(
             param[...], u_stat[...], n_steps=self.n_steps, epsilon=self.epsilon,
@@ -877,6 +910,11 @@ class WeightNorm(nnx.Module):
         value = param[...]
         out_dtype = dtypes.canonicalize_dtype(value, scale, dtype=self.dtype)
         feature, _ = reparam.weight_norm_axes(value.ndim, self.feature_axes)
+        if scale is not None:
+            scale = validation.fit_variable(
+                scale, tuple(value.shape[a] for a in feature), f"WeightNorm.scales[{path!r}]",
+                "Merge a state saved for this wrapped layer, or re-create the WeightNorm.", exact=True,
+            )
         param.set_value(
             reparam.weight_normalize(value, scale, feature_axes=feature, epsilon=self.epsilon, dtype=out_dtype)
         )

@@ -78,15 +78,24 @@ def test_debiased_average_matches_haiku_formula():
 
 
 @pytest.mark.parametrize("averaging", ["exponential", "cumulative", "debiased"])
-def test_non_finite_batch_leaves_state_exactly(averaging):
+def test_non_finite_feature_keeps_its_state_exactly(averaging):
     spec = jaxnorm.BatchNorm(momentum=0.5, averaging=averaging)
     xs = _batches(k=2)
     params, state = spec.init(None, xs[0])
     _, state = spec.apply(params, state, xs[0], training=True)
     bad = xs[1].at[0, 0, 1].set(jnp.nan)
-    _, after = jax.jit(spec.apply, static_argnames="training")(params, state, bad, training=True)
+    step = jax.jit(spec.apply, static_argnames="training")
+    _, after = step(params, state, bad, training=True)
+    _, clean = step(params, state, xs[1], training=True)
+    for k in ("mean", "var"):  # per feature: feature 1 keeps its statistics, the others update as without it
+        np.testing.assert_array_equal(np.asarray(after[k])[1], np.asarray(state[k])[1])
+        np.testing.assert_array_equal(np.asarray(after[k])[[0, 2]], np.asarray(clean[k])[[0, 2]])
+    if "count" in state:  # the counter counts the steps in which any feature updated
+        assert int(after["count"]) == int(state["count"]) + 1
+    everywhere = xs[1].at[0, 0].set(jnp.nan)  # every feature non-finite: the whole state, counter included
+    _, kept = spec.apply(params, state, everywhere, training=True)
     for k in state:
-        np.testing.assert_array_equal(after[k], state[k])
+        np.testing.assert_array_equal(kept[k], state[k])
     unsafe = jaxnorm.BatchNorm(momentum=0.5, averaging=averaging, safe_update=False)
     _, poisoned = unsafe.apply(params, state, bad, training=True)
     assert np.isnan(np.asarray(poisoned["mean"])[1])

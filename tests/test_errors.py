@@ -18,7 +18,8 @@ X = jnp.ones((4, 3))
         (lambda: jaxnorm.moments(X, ()), ValueError, r"`axes` must name at least one axis"),
         (lambda: jaxnorm.moments(jnp.ones((4, 3), jnp.int32), 0), TypeError,
          r"`x` must have a floating-point dtype, got int32.*astype\(jnp.float32\)"),
-        (lambda: jaxnorm.moments(X, 0, where=jnp.ones((4, 3))), TypeError, r"`where` must be a boolean array"),
+        (lambda: jaxnorm.moments(X, 0, where=jnp.ones((4, 3), jnp.complex64)), TypeError,
+         r"`where` must be a boolean \(or 0/1 integer or float\) array, got dtype complex64"),
         (lambda: jaxnorm.moments(X, 0, where=jnp.ones((5,), bool)), ValueError,
          r"`where` has shape \(5,\), which does not broadcast to x's shape \(4, 3\)"),
         (lambda: jaxnorm.batch_normalization(X, jnp.zeros(4), jnp.ones(3)), ValueError,
@@ -60,8 +61,8 @@ def test_layer_errors():
         bn.apply(params, state, jnp.ones((4, 3), jnp.int32), training=False)
     with pytest.raises(TypeError, match=r"`x` must have a floating-point dtype"):
         bn.init(None, jax.ShapeDtypeStruct((2, 3), jnp.int8))
-    with pytest.raises(TypeError, match=r"`mask` must be a boolean array"):
-        bn.apply(params, state, X, training=True, mask=jnp.ones((4, 3)))
+    with pytest.raises(TypeError, match=r"`mask` must be a boolean \(or 0/1 integer or float\) array"):
+        bn.apply(params, state, X, training=True, mask=jnp.ones((4, 3), jnp.complex64))
     ln = jaxnorm.LayerNorm(axis=(0, 1))
     lp, ls = ln.init(None, X)
     with pytest.raises(ValueError, match=r"`params\['scale'\]` has shape \(4, 3\) but the input needs \(4, 5\)"):

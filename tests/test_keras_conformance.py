@@ -710,3 +710,112 @@ def test_keras_training_continues_in_jitted_jaxnorm(kwargs, shape):
     # the jaxnorm steps did move the statistics (the comparison above is not of unchanged values)
     for key in state:
         assert np.max(np.abs(np.asarray(state[key]) - np.asarray(after_3[key]))) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. Keras's own masked BatchNormalization cases (keras/src/layers/normalization/batch_normalization_test.py),
+#    and masks that leave a feature without data: jaxnorm matches Keras on every feature that had data and keeps
+#    its own moving statistics on the others (Keras drifts those toward 0) -- issue 12, class 5.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_keras_case_input_fully_masked():
+    """Keras's ``test_input_fully_masked``: zeros (4, 5), a mask selecting nothing -> zeros; jaxnorm keeps its
+    state, Keras moves it."""
+    layer = keras.layers.BatchNormalization(scale=False, center=False)
+    x, mask = np.zeros((4, 5), np.float32), np.zeros((4,), np.float32)  # Keras's float mask; jaxnorm: its bools
+    layer.build(x.shape)
+    spec, params, state = keras_to_jaxnorm(layer, x.shape)
+    y_keras = _keras_call(layer, x, mask=mask, training=True)
+    y, after = spec.apply(params, state, jnp.asarray(x), training=True, mask=jnp.asarray(mask != 0))
+    assert_close(y_keras, np.zeros_like(x))
+    assert_close(y, y_keras)
+    for key in state:
+        np.testing.assert_array_equal(after[key], state[key])
+    assert np.all(keras_state(layer)["var"] < 1)  # Keras moved toward var 0
+
+
+@pytest.mark.parametrize("mask_value", [0.0, 0.1, 1.0])
+def test_keras_case_batch_norm_ignores_masked_values(mask_value):
+    """Keras's ``test_bachnorm_ignore_masked_values``: rows [1, 5], [2, 5] and two padding rows, masked the way
+    ``keras.layers.Masking(mask_value)`` masks them; momentum 0, five training steps: moving mean [1.5, 5] and
+    variance [0.25, 0], in Keras and in jaxnorm (outputs compared at every step)."""
+    x = np.array([[[1, 5], [2, 5], [mask_value] * 2, [mask_value] * 2] for _ in range(10)], np.float32)
+    mask = np.any(x != mask_value, axis=-1)  # keras.layers.Masking's rule
+    layer = keras.layers.BatchNormalization(momentum=0.0)
+    layer.build(x.shape)
+    spec, params, state = keras_to_jaxnorm(layer, x.shape)
+    step = jax.jit(spec.apply, static_argnames="training")
+    for _ in range(5):
+        y_keras = _keras_call(layer, x, mask=mask, training=True)
+        y, state = step(params, state, jnp.asarray(x), training=True, mask=jnp.asarray(mask))
+        assert_close(np.asarray(y)[mask], y_keras[mask])
+    want = keras_state(layer)
+    assert_close(want["mean"], [1.5, 5.0], scale=10)
+    assert_close(want["var"], [0.25, 0.0], scale=10)
+    for key in want:
+        assert_close(state[key], want[key])
+
+
+@pytest.mark.parametrize("axis, shape", [(-1, (5, 2, 3)), (1, (5, 3, 3, 2))])
+def test_keras_case_mask_ignored_in_inference_and_used_in_training(axis, shape):
+    """Keras's ``test_correctness`` masked part: at inference a mask changes nothing; in training it does."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(5.0, 10.0, shape).astype(np.float32)
+    x[:, 1, :] = 0.0
+    mask = np.any(x != 0.0, axis=-1)  # keras.layers.Masking()
+    layer = keras.layers.BatchNormalization(axis=axis, momentum=0.0)
+    layer.build(shape)
+    _randomize_weights(layer, rng)
+    spec, params, state = keras_to_jaxnorm(layer, shape)
+    unmasked, _ = spec.apply(params, state, jnp.asarray(x), training=False)
+    masked, _ = spec.apply(params, state, jnp.asarray(x), training=False, mask=jnp.asarray(mask))
+    np.testing.assert_array_equal(masked, unmasked)
+    assert_close(masked, _keras_call(layer, x, mask=mask, training=False))
+    trained, _ = spec.apply(params, state, jnp.asarray(x), training=True, mask=jnp.asarray(mask))
+    assert_close(trained, _keras_call(layer, x, mask=mask, training=True))
+    assert np.max(np.abs(np.asarray(trained) - np.asarray(unmasked))) > 1e-2
+
+
+def _feature_starving_masks(rng, shape, n_steps):
+    """Keras masks (``shape[:-1]``) for channels-first input (axis 1): each step leaves one or two channels
+    without any valid element (and the others with at least two)."""
+    masks = []
+    for i in range(n_steps):
+        m = rng.random(shape[:-1]) < 0.8
+        m[:2] = True
+        m[:, i % shape[1]] = False
+        if i % 2:
+            m[:, (i + 1) % shape[1]] = False
+        masks.append(m)
+    return masks
+
+
+@pytest.mark.parametrize("renorm", [False, True])
+def test_batch_norm_features_without_data_keep_their_statistics_keras_elsewhere(renorm):
+    """Channels-first (axis=1) input and Keras's mask of rank ndim - 1, shape (N, C, H): a channel can have no
+    valid element. At every step: outputs equal Keras's everywhere (both normalize such a channel by (0, 0));
+    channels with data get exactly Keras's moving statistics; channels without keep jaxnorm's bit for bit while
+    Keras's move toward 0 (then Keras is set back to jaxnorm's value, so the next step compares again)."""
+    shape, n_steps = (6, 4, 3, 5), 5
+    rng = np.random.default_rng(22)
+    layer = keras.layers.BatchNormalization(axis=1, momentum=0.6, renorm=renorm, renorm_momentum=0.5)
+    layer.build(shape)
+    _randomize_weights(layer, rng)
+    spec, params, state = keras_to_jaxnorm(layer, shape)
+    step = jax.jit(spec.apply, static_argnames="training")
+    for i, mask in enumerate(_feature_starving_masks(rng, shape, n_steps)):
+        x = _batch(rng, shape)
+        has_data = mask.any(axis=(0, 2))
+        assert not has_data.all() and has_data.any()
+        y_keras = _keras_call(layer, x, mask=mask, training=True)
+        y, new_state = step(params, state, jnp.asarray(x), training=True, mask=jnp.asarray(mask[..., None]))
+        assert_close(y, y_keras, scale=10)
+        want = keras_state(layer)
+        for key in state:
+            got, old = np.asarray(new_state[key]), np.asarray(state[key])
+            assert_close(got[has_data], want[key][has_data], scale=10)
+            np.testing.assert_array_equal(got[~has_data], old[~has_data], err_msg=f"step {i}: {key}")
+            assert np.all(np.abs(want[key][~has_data] - old[~has_data]) > 1e-4)  # Keras drifted
+            _set_weight(layer, STATE_NAMES[key], got)
+        state = new_state

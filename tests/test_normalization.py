@@ -261,8 +261,8 @@ def test_errors_name_the_argument():
         norm.apply({}, state, jnp.ones((2, 4)))
     with pytest.raises(TypeError, match=r"`x` must have a floating-point dtype, got int32"):
         norm.apply({}, state, jnp.ones((2, 3), jnp.int32))
-    with pytest.raises(TypeError, match=r"`mask` must be a boolean array"):
-        norm.apply({}, state, jnp.ones((2, 3)), mask=jnp.ones((2, 3)))
+    with pytest.raises(TypeError, match=r"`mask` must be a boolean \(or 0/1 integer or float\) array"):
+        norm.apply({}, state, jnp.ones((2, 3)), mask=jnp.ones((2, 3), jnp.complex64))
     with pytest.raises(ValueError, match=r"`params`"):
         norm.apply({"scale": jnp.ones(3)}, state, jnp.ones((2, 3)))
     with pytest.raises(ValueError, match=r"`state`.*missing \['count'\]"):

@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from jaxnorm._src import initializers, layer, ops, stats, validation
+from jaxnorm._src import initializers, layer, moving, ops, stats, validation
 from jaxnorm._src.layer import Layer
 
 _RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
@@ -110,11 +111,23 @@ class BatchNorm(Layer):
         ``momentum=None``): the plain mean of all batch statistics so far, ``moving += (batch - moving) / t``,
         ``momentum`` unused and the initial value dropping out; 'debiased' (Haiku): the zero-debiased EMA
         ``hidden_t = d * hidden_{t-1} + (1 - d) * batch``, ``moving = hidden_t / (1 - d^t)`` with
-        ``hidden_0 = 0`` and ``d`` the old value's weight. The last two add a step counter ``state['count']``
+        ``hidden_0 = 0`` and ``d`` the old value's weight (which must be below 1: ``momentum=1`` with 'keras' or
+        ``momentum=0`` with 'torch' raises ``ValueError`` at construction, as 1 - d^t would be 0). The last two
+        add a step counter ``state['count']``
         (int32, PyTorch's ``num_batches_tracked``).
-      safe_update: if True (default), a training batch whose statistics are not all finite, or whose mask
-        selects nothing for some feature, leaves the whole state (moving statistics and counter) exactly as it
-        was. The output is still computed from the batch (finite for an all-masked batch of finite values).
+      safe_update: if True (default), the moving statistics are updated per feature: a feature whose batch
+        statistics are not finite (a NaN/inf value it reads), or that has no valid element in the batch (its
+        mask selects nothing, or the batch is empty), keeps every one of its moving statistics bit for bit
+        (``mean``, ``var``, and with ``renorm`` ``stddev``, ``renorm_mean``, ``renorm_stddev``; with ghost
+        batches, those with no valid element drop out of the average), while every other feature updates as
+        Keras, Flax and PyTorch would. The step counter ``state['count']`` advances when any feature updated, so
+        an empty or all-NaN batch leaves the whole state, counter included, exactly as it was; with
+        'cumulative' and 'debiased' averaging the shared counter then counts the steps in which any feature
+        updated, and a feature that skipped steps is averaged with that step number (its skipped steps weigh as
+        if they had repeated its moving value). The rule lives in ``jaxnorm._src.moving`` and the Flax drop-ins'
+        BatchNorm follow it too. False: every feature updates from every batch (Keras's behaviour; an all-masked
+        feature drifts toward 0, a NaN batch writes NaN). The output is computed from the batch either way
+        (finite for an all-masked batch of finite values).
       allow_single_value: if False (default), training on an input with a single value per feature (e.g. a
         batch of one without spatial axes) raises ``ValueError`` at trace time, as PyTorch does: its variance
         is 0 and the output is all ``bias``. Set True to allow it. Not checked with a mask or ``axis_name``
@@ -142,6 +155,10 @@ class BatchNorm(Layer):
         :func:`jaxnorm.trainable_mask` (so that weight decay does not move them either).
       count_steps: keep the step counter ``state['count']`` (PyTorch's ``num_batches_tracked``) also with
         exponential averaging; on by itself for 'cumulative' and 'debiased'.
+      dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
+        default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype`` by
+        :meth:`to_keras_config` and :func:`jaxnorm.interop.to_keras`. It changes no number here: the output has
+        the input's dtype and the statistics are float32, which is what the policy computes on half input.
 
     ``init(key, x) -> (params, state)``: ``params = {'scale', 'bias'}`` (each present when enabled) and
     ``state = {'mean', 'var'}``, the same trees as Flax's ``variables['params']`` and
@@ -197,6 +214,7 @@ class BatchNorm(Layer):
     count_steps: bool = False
     axis_index_groups: Any = None
     virtual_batch_size: int | None = None
+    dtype_policy: Any = None
 
     #: The ``axis_name`` a Keras config with ``synchronized=True`` gets (rename it with ``dataclasses.replace``).
     KERAS_SYNCHRONIZED_AXIS_NAME: ClassVar[str] = "batch"
@@ -246,6 +264,14 @@ class BatchNorm(Layer):
                 f"biased statistics; got averaging={self.averaging!r}, moving_var={self.moving_var!r}. Use "
                 "averaging='exponential', moving_var='biased' with renorm, or renorm=False."
             )
+        if self.averaging == "debiased" and float(np.float32(self._keep(self.momentum))) == 1.0:
+            # hidden_t / (1 - d^t) with old-value weight d = 1 (in float32) is 0 / 0: NaN after the first step.
+            raise ValueError(
+                f"averaging='debiased' divides by 1 - d^t, with d the old value's weight, which is 1 for "
+                f"momentum={self.momentum!r} with momentum_convention={self.momentum_convention!r}: the moving "
+                "statistics would be NaN after one step. Use a momentum whose old-value weight is below 1 (e.g. "
+                "0.99 with 'keras', 0.01 with 'torch'), or averaging='exponential' to freeze the statistics."
+            )
         if isinstance(self.axis_name, list):
             object.__setattr__(self, "axis_name", tuple(self.axis_name))
         if self.axis_index_groups is not None:
@@ -267,6 +293,7 @@ class BatchNorm(Layer):
     def _translate_keras(cls, config):
         synchronized = config.get("synchronized") is True
         kwargs = super()._translate_keras(config)
+        kwargs["allow_single_value"] = True  # Keras trains on one value per feature (its output is beta there)
         if synchronized:  # Keras's cross-replica statistics: jaxnorm's exact ones over a named axis
             kwargs["axis_name"] = cls.KERAS_SYNCHRONIZED_AXIS_NAME
         return kwargs
@@ -355,20 +382,19 @@ class BatchNorm(Layer):
             var = var * jnp.where(count > 1, count / jnp.maximum(count - 1, 1), 1)
         keep = self._keep(self.momentum)
         new = {}
-        if self._counts_steps:
-            new["count"] = state["count"] + 1
-            t = new["count"].astype(mean.dtype)
+        if self._counts_steps:  # t: this step's number for every feature that updates in it
+            t = (state["count"] + 1).astype(mean.dtype)
         batches = {"mean": mean, "var": var}
         if self.renorm:  # Keras: averages of the stddev; the variance is derived from the moving stddev
             stddev = jnp.sqrt(var + self.epsilon)
             batches = {"mean": mean, "stddev": stddev}
             renorm_keep = self._keep(self.renorm_momentum)
             for key, batch in (("renorm_mean", mean), ("renorm_stddev", stddev)):
-                new[key] = stats.moving_average(state[key], batch, renorm_keep)
+                new[key] = moving.moving_average(state[key], batch, renorm_keep)
         for key, batch in batches.items():
             old = state[key]
             if self.averaging == "exponential":
-                value = stats.moving_average(old, batch, keep)
+                value = moving.moving_average(old, batch, keep)
             elif self.averaging == "cumulative":
                 value = old + (batch - old) / t
             else:  # debiased: recover hidden_{t-1} = old * (1 - d^(t-1)); hidden_0 = 0
@@ -377,10 +403,11 @@ class BatchNorm(Layer):
             new[key] = value
         if self.renorm:
             new["var"] = jnp.maximum(new["stddev"] ** 2 - self.epsilon, 0)
-        new = {k: lax.stop_gradient(v.astype(state[k].dtype)) for k, v in new.items()}
-        if self.safe_update:
-            ok = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(var)) & jnp.all(count > 0)
-            new = {k: jnp.where(ok, v, state[k]) for k, v in new.items()}
+        # Per feature (moving.py): a feature with no valid element or non-finite statistics keeps its own values.
+        ok = moving.update_ok(count, mean, var) if self.safe_update else jnp.ones(jnp.shape(mean), bool)
+        new = {k: lax.stop_gradient(moving.safe_update(state[k], v, ok)) for k, v in new.items()}
+        if self._counts_steps:
+            new["count"] = moving.advance_counter(state["count"], ok) if self.safe_update else state["count"] + 1
         return new
 
     def _ghost_batches(self, x, scale, bias, reduction_axes, mask, sync):
@@ -430,14 +457,19 @@ class BatchNorm(Layer):
           training: required Python bool. True: normalize with the batch statistics and return updated moving
             statistics. False (or a frozen layer, ``trainable=False``): normalize with the moving statistics;
             the state is returned unchanged.
-          mask: optional boolean array broadcastable to ``x`` (or of shape ``x.shape[:-1]``, Keras's); in
-            training only the True positions enter the batch statistics (values elsewhere may be NaN).
+          mask: optional array, Keras's rules: boolean, or integer/float read as ``mask != 0`` (nonzero, NaN
+            included, keeps a position); broadcastable to ``x``, or of rank ``x.ndim - 1`` (Keras's; e.g.
+            ``x.shape[:-1]`` or ``(1, H, 1)`` for ``(N, H, W, C)``), which is expanded on the last axis first
+            when that broadcasts (so a 1-D mask of an ``(N, C)`` input with ``N == C`` is per example; give a
+            per-feature mask as ``(1, C)``). In training only the kept positions enter the batch statistics
+            (values elsewhere may be NaN).
 
         Returns:
           ``(y, new_state)``: ``y`` of ``x``'s shape and dtype; ``new_state`` the same tree as ``state``.
 
         Raises:
-          TypeError: ``training`` missing or not a Python bool; ``x`` not floating; ``mask`` not boolean.
+          TypeError: ``training`` missing or not a Python bool; ``x`` not floating; ``mask`` complex, a string or
+            not an array.
           ValueError: ``axis`` out of range for ``x``; ``params``/``state`` keys or shapes not matching ``x``;
             ``mask`` not broadcastable to ``x``.
         """
@@ -456,8 +488,8 @@ class BatchNorm(Layer):
         scale = expand(params["scale"]) if self.use_scale else None
         bias = expand(params["bias"]) if self.use_bias else None
 
+        m = None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
         if training and self.trainable:
-            m = None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
             n = math.prod(x.shape[a] for a in reduction_axes)
             if self.virtual_batch_size is not None:  # values per feature in one ghost batch
                 n = n // x.shape[0] * min(self.virtual_batch_size, x.shape[0])
@@ -488,4 +520,4 @@ class BatchNorm(Layer):
         else:
             mean, var = expand(state["mean"]), expand(state["var"])
             new_state = given_state
-        return ops.normalize(x, mean, var, bias, scale, self.epsilon), new_state
+        return ops.normalize(x, mean, var, bias, scale, self.epsilon, m), new_state

@@ -25,6 +25,10 @@ forward and a two-pass backward: the per-channel sums of ``dy`` and ``dy * xhat`
 axes (GroupNorm's grouped view, InstanceNorm, channels-first BatchNorm, scale/bias varying along kept axes) take
 the same formula with the means over those axes and scale/bias of x's rank (:func:`normalize_axes`).
 
+The statistics are :func:`stats.normalizer`'s: ``y = (x q - mean q) rstd_q`` with ``q`` a power of two per row
+that is 1 on ordinary data and rescales only the inputs whose squares would overflow or underflow; the backward
+saves ``q`` beside the mean and rstd and uses the same form, so both directions are exact at any magnitude.
+
 A ``custom_vjp`` supports ``grad``, ``vjp``, ``jax.hessian`` and ``jvp`` of ``grad`` (forward-over-reverse), but
 not ``jax.jvp``/``jacfwd`` applied to the normalization itself; the statistics kernel path
 (``implementation`` aside, any masked or ``axis_name`` call) remains plain autodiff.
@@ -62,37 +66,34 @@ def _rows(x, scale, bias, epsilon, block_rows, center):
 def _forward(x, scale, bias, epsilon, axis, center=True):
     """(M, N) ``x`` normalized over ``axis`` (1: rows, LayerNorm; 0: columns, BatchNorm); ``(N,)`` params.
     ``center=False`` (rows only, RMSNorm): ``mean`` is 0 and ``var`` the mean of squares."""
-    if center:
-        _, mean, var = stats.count_mean_var(x, (axis,))
-    else:
-        _, var = stats.count_mean_square(x, (axis,))
-        mean = jnp.zeros_like(var)
-    dtype = mean.dtype
-    rstd = lax.rsqrt(var + epsilon.astype(dtype))
-    inv = rstd if scale is None else rstd * scale.astype(dtype)[None]
-    y = (x.astype(dtype) - mean) * inv
+    st = stats.normalizer(x, (axis,), epsilon=epsilon, center=center)
+    dtype = st.mean.dtype
+    inv = st.rstd_q if scale is None else st.rstd_q * scale.astype(dtype)[None]
+    y = (x.astype(dtype) * st.q - st.mean_q) * inv
     if bias is not None:
         y = y + bias.astype(dtype)[None]
-    return y.astype(x.dtype), mean, var, rstd
+    return y.astype(x.dtype), st.mean, st.var, st
 
 
 def _rows_fwd(x, scale, bias, epsilon, block_rows, center):
-    y, mean, var, rstd = _forward(x, scale, bias, epsilon, 1, center)
+    y, mean, var, st = _forward(x, scale, bias, epsilon, 1, center)
     bias_dtype = None if bias is None else jnp.zeros((0,), bias.dtype)  # only its dtype is needed
-    return (y, mean, var), (x, scale, bias_dtype, epsilon, mean, rstd)
+    return (y, mean, var), (x, scale, bias_dtype, epsilon, st.q, st.mean_q, st.rstd_q)
 
 
-def _block_grads(x, dy, dmean, dvar, mean, rstd, scale, center=True):
+def _block_grads(x, dy, dmean, dvar, q, mean_q, rstd_q, scale, center=True):
     """dx, and the per-block sums of dy * xhat, dy and the epsilon cotangent, for one block of rows.
-    ``center=False`` (RMSNorm): no mean is subtracted, so neither its term nor its cotangent enters."""
-    dtype = mean.dtype
+    ``center=False`` (RMSNorm): no mean is subtracted, so neither its term nor its cotangent enters.
+    ``q, mean_q, rstd_q``: the rows' :class:`stats.Normalizer` (``q`` 1 unless the magnitudes demand it)."""
+    dtype = mean_q.dtype
     n = x.shape[1]
-    c = x.astype(dtype) - mean if center else x.astype(dtype)
-    xhat = c * rstd
+    c_q = x.astype(dtype) * q - mean_q  # (x - mean) q
+    xhat = c_q * rstd_q
+    rstd = rstd_q * q
     dyf = dy.astype(dtype)
     g = dyf if scale is None else dyf * scale.astype(dtype)[None]
     gx_mean = jnp.mean(g * xhat, 1, keepdims=True)
-    dx = rstd * (g - xhat * gx_mean) + (2 / n) * dvar * c
+    dx = rstd * (g - xhat * gx_mean) + ((2 / n) * dvar / q) * c_q
     if center:
         dx = dx - rstd * jnp.mean(g, 1, keepdims=True) + dmean / n
     deps = -0.5 * n * jnp.sum(rstd * rstd * gx_mean)
@@ -100,16 +101,16 @@ def _block_grads(x, dy, dmean, dvar, mean, rstd, scale, center=True):
 
 
 def _rows_bwd(block_rows, center, res, cts):
-    x, scale, bias_dtype, epsilon, mean, rstd = res
+    x, scale, bias_dtype, epsilon, q, mean_q, rstd_q = res
     dy, dmean, dvar = cts
     m, n = x.shape
-    dtype = mean.dtype
+    dtype = mean_q.dtype
     r = max(1, min(block_rows, m))
     full = m // r
 
     def block(start, rows):
         sl = lambda a: lax.dynamic_slice_in_dim(a, start, rows, 0)  # noqa: E731
-        return _block_grads(sl(x), sl(dy), sl(dmean), sl(dvar), sl(mean), sl(rstd), scale, center)
+        return _block_grads(sl(x), sl(dy), sl(dmean), sl(dvar), sl(q), sl(mean_q), sl(rstd_q), scale, center)
 
     zeros = jnp.zeros((n,), dtype)
     if m <= r:
@@ -142,25 +143,26 @@ def _cols(x, scale, bias, epsilon):
 
 
 def _cols_fwd(x, scale, bias, epsilon):
-    y, mean, var, rstd = _forward(x, scale, bias, epsilon, 0)
+    y, mean, var, st = _forward(x, scale, bias, epsilon, 0)
     bias_dtype = None if bias is None else jnp.zeros((0,), bias.dtype)
-    return (y, mean, var), (x, scale, bias_dtype, epsilon, mean, rstd)
+    return (y, mean, var), (x, scale, bias_dtype, epsilon, st.q, st.mean_q, st.rstd_q)
 
 
 def _cols_bwd(res, cts):
     """Columns (BatchNorm): the per-channel sums of dy and dy * xhat are dbias and dscale and also the two
     means the dx formula needs, so the backward is one fused reduction pass and one elementwise pass."""
-    x, scale, bias_dtype, epsilon, mean, rstd = res
+    x, scale, bias_dtype, epsilon, q, mean_q, rstd_q = res
     dy, dmean, dvar = cts
     m = x.shape[0]
-    dtype = mean.dtype
-    c = x.astype(dtype) - mean
-    xhat = c * rstd
+    dtype = mean_q.dtype
+    c_q = x.astype(dtype) * q - mean_q  # (x - mean) q
+    xhat = c_q * rstd_q
+    rstd = rstd_q * q
     dyf = dy.astype(dtype)
     sum_dy = jnp.sum(dyf, 0, keepdims=True)
     sum_dy_xhat = jnp.sum(dyf * xhat, 0, keepdims=True)
     k = rstd if scale is None else rstd * scale.astype(dtype)[None]
-    dx = k * (dyf - sum_dy / m - xhat * (sum_dy_xhat / m)) + dmean / m + (2 / m) * dvar * c
+    dx = k * (dyf - sum_dy / m - xhat * (sum_dy_xhat / m)) + dmean / m + ((2 / m) * dvar / q) * c_q
     deps = -0.5 * jnp.sum(k * rstd * sum_dy_xhat)
     dscale = None if scale is None else sum_dy_xhat[0].astype(scale.dtype)
     dbias = None if bias_dtype is None else sum_dy[0].astype(bias_dtype.dtype)
@@ -262,20 +264,20 @@ def _axes(x, scale, bias, epsilon, axes):
 
 
 def _axes_forward(x, scale, bias, epsilon, axes):
-    _, mean, var = stats.count_mean_var(x, axes)
-    dtype = mean.dtype
-    rstd = lax.rsqrt(var + epsilon.astype(dtype))
-    inv = rstd if scale is None else rstd * scale.astype(dtype)
-    y = (x.astype(dtype) - mean) * inv
+    st = stats.normalizer(x, axes, epsilon=epsilon)
+    dtype = st.mean.dtype
+    q, mean_q, rstd_q = st.q, st.mean_q, st.rstd_q
+    inv = rstd_q if scale is None else rstd_q * scale.astype(dtype)
+    y = (x.astype(dtype) * q - mean_q) * inv
     if bias is not None:
         y = y + bias.astype(dtype)
-    return y.astype(x.dtype), mean, var, rstd
+    return y.astype(x.dtype), st.mean, st.var, st
 
 
 def _axes_fwd(x, scale, bias, epsilon, axes):
-    y, mean, var, rstd = _axes_forward(x, scale, bias, epsilon, axes)
+    y, mean, var, st = _axes_forward(x, scale, bias, epsilon, axes)
     bias_like = None if bias is None else jnp.zeros((0, *bias.shape), bias.dtype)  # its dtype and shape
-    return (y, mean, var), (x, scale, bias_like, epsilon, mean, rstd)
+    return (y, mean, var), (x, scale, bias_like, epsilon, st.q, st.mean_q, st.rstd_q)
 
 
 def _sum_to(a, shape):
@@ -289,9 +291,9 @@ def _axes_bwd(axes, res, cts):
     reduced axes along which scale and bias are constant (H, W for GroupNorm), in one pass over ``x`` and
     ``dy``; the group means, ``dscale`` and ``dbias`` all come from those partial sums, and ``dx`` is one
     elementwise pass."""
-    x, scale, bias_like, epsilon, mean, rstd = res
+    x, scale, bias_like, epsilon, q, mean_q, rstd_q = res
     dy, dmean, dvar = cts
-    dtype = mean.dtype
+    dtype = mean_q.dtype
     n = math.prod(x.shape[a] for a in axes)
     bias_shape = None if bias_like is None else bias_like.shape[1:]
     pure = tuple(
@@ -300,9 +302,10 @@ def _axes_bwd(axes, res, cts):
     )
     rest = tuple(a for a in axes if a not in pure)
     # Statistics broadcast along the inner reduced axes first (see stats.along_inner): much faster on XLA CPU.
-    mean_b, rstd_b = (stats.along_inner(a, x.shape, axes) for a in (mean, rstd))
-    c = x.astype(dtype) - mean_b
-    xhat = c * rstd_b
+    q_b, mean_b, rstd_b = (stats.along_inner(a, x.shape, axes) for a in (q, mean_q, rstd_q))
+    c_q = x.astype(dtype) * q_b - mean_b  # (x - mean) q
+    xhat = c_q * rstd_b
+    rstd_b = rstd_b * q_b
     dyf = dy.astype(dtype)
     s1 = stats.sum_keepdims(dyf, pure)
     s2 = stats.sum_keepdims(dyf * xhat, pure)
@@ -310,7 +313,8 @@ def _axes_bwd(axes, res, cts):
     g_mean = jnp.sum(s1 if sc is None else sc * s1, rest, keepdims=True) / n
     gx_mean = jnp.sum(s2 if sc is None else sc * s2, rest, keepdims=True) / n
     g = dyf if sc is None else dyf * sc
-    dx = rstd_b * (g - g_mean - xhat * gx_mean) + dmean / n + (2 / n) * dvar * c
+    dx = rstd_b * (g - g_mean - xhat * gx_mean) + dmean / n + ((2 / n) * dvar / q_b) * c_q
+    rstd = rstd_q * q
     deps = -0.5 * n * jnp.sum(rstd * rstd * gx_mean)
     dscale = None if scale is None else _sum_to(s2, scale.shape).astype(scale.dtype)
     dbias = None if bias_like is None else _sum_to(s1, bias_shape).astype(bias_like.dtype)

@@ -47,6 +47,10 @@ class GroupNorm(Layer):
       scale_init, bias_init: initializers ('ones', 'zeros'): Keras names or configs, or JAX initializers.
       param_dtype: dtype of ``scale`` and ``bias`` (float32).
       scale_regularizer, bias_regularizer, scale_constraint, bias_constraint, trainable: as :class:`LayerNorm`'s.
+      dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
+        default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype`` by
+        :meth:`to_keras_config` and :func:`jaxnorm.interop.to_keras`. It changes no number here: the output has
+        the input's dtype and the statistics are float32, which is what the policy computes on half input.
 
     ``init(key, x) -> (params, {})`` with ``params = {'scale', 'bias'}`` of shape ``(x.shape[axis],)``, the tree
     of ``flax.linen.GroupNorm`` and of Keras's ``gamma``/``beta``.
@@ -81,6 +85,7 @@ class GroupNorm(Layer):
     scale_constraint: Any = None
     bias_constraint: Any = None
     trainable: bool = True
+    dtype_policy: Any = None
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
     _KERAS_CLASS = "GroupNormalization"
@@ -133,17 +138,20 @@ class GroupNorm(Layer):
           state: ``{}`` from :meth:`init`.
           x: floating array of rank >= 2 (batch first) with ``C`` channels along ``axis``.
           training: optional Python bool, ignored (GroupNorm behaves the same in both modes).
-          mask: optional boolean array broadcastable to ``x``; only True positions enter the statistics.
+          mask: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept; broadcastable to
+            ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that broadcasts); only kept
+            positions enter the statistics.
 
         Returns:
           ``(y, {})`` with ``y`` of ``x``'s shape and dtype.
 
         Raises:
-          TypeError: ``x`` not floating, ``mask`` not boolean, ``training`` not a bool.
+          TypeError: ``x`` not floating, ``mask`` complex, a string or not an array, ``training`` not a bool.
           ValueError: ``axis`` out of range; groups not dividing the channels; ``params`` not matching ``x``;
             non-empty ``state``.
         """
         x, _, params = self._per_example_inputs(params, state, x, training)
+        mask = self._checked_mask(mask, x)
         y = ops.group_norm(
             x, params.get("scale"), params.get("bias"), num_groups=self.num_groups, group_size=self.group_size,
             axis=self.axis, epsilon=self.epsilon, where=mask,
@@ -179,7 +187,7 @@ class InstanceNorm(Layer):
       epsilon: float >= 0 added to the variance (1e-3, as Keras's ``GroupNormalization``; Flax uses 1e-6,
         PyTorch 1e-5).
       use_scale, use_bias, scale_init, bias_init, param_dtype, scale_regularizer, bias_regularizer,
-      scale_constraint, bias_constraint, trainable: as :class:`GroupNorm`'s.
+      scale_constraint, bias_constraint, trainable, dtype_policy: as :class:`GroupNorm`'s.
 
     ``init(key, x) -> (params, {})`` with ``params = {'scale', 'bias'}`` of shape ``[x.shape[a] for a in
     axis]``, the tree of ``flax.linen.InstanceNorm``. ``apply(params, state, x, *, training=None, mask=None)
@@ -210,6 +218,7 @@ class InstanceNorm(Layer):
     scale_constraint: Any = None
     bias_constraint: Any = None
     trainable: bool = True
+    dtype_policy: Any = None
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
     _KERAS_CLASS = "GroupNormalization"
@@ -267,16 +276,19 @@ class InstanceNorm(Layer):
           state: ``{}`` from :meth:`init`.
           x: floating array of rank >= 2 (batch first) whose sizes along ``axis`` match ``params``.
           training: optional Python bool, ignored.
-          mask: optional boolean array broadcastable to ``x``; only True positions enter the statistics.
+          mask: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept; broadcastable to
+            ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that broadcasts); only kept
+            positions enter the statistics.
 
         Returns:
           ``(y, {})`` with ``y`` of ``x``'s shape and dtype.
 
         Raises:
-          TypeError: ``x`` not floating, ``mask`` not boolean, ``training`` not a bool.
+          TypeError: ``x`` not floating, ``mask`` complex, a string or not an array, ``training`` not a bool.
           ValueError: ``axis`` out of range or including 0; ``params`` not matching ``x``; non-empty ``state``.
         """
         x, axes, params = self._per_example_inputs(params, state, x, training)
+        mask = self._checked_mask(mask, x)
         y = ops.instance_norm(
             x, params.get("scale"), params.get("bias"), axis=axes, epsilon=self.epsilon, where=mask
         )

@@ -134,7 +134,10 @@ def from_keras(layer: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     configs included); ``gamma``/``beta`` (RMSNormalization's ``scale``) become ``params['scale']``/
     ``params['bias']`` and ``moving_mean``,
     ``moving_variance`` (and with renorm ``moving_stddev``, ``renorm_mean``, ``renorm_stddev``) become
-    ``state['mean']``, ``state['var']`` (``state['stddev']``, ...). Values are copied exactly.
+    ``state['mean']``, ``state['var']`` (``state['stddev']``, ...). Values are copied exactly. The spec keeps
+    the layer's dtype policy in ``dtype_policy`` ('mixed_float16', 'mixed_bfloat16'; None for float32), which
+    :func:`to_keras` writes back; a BatchNormalization becomes a ``BatchNorm`` with ``allow_single_value=True``,
+    as Keras trains on a batch of one value per feature (its output is beta there).
 
     Args:
       layer: a built Keras 3 layer of those classes (call it once, or ``build``). A built
@@ -201,7 +204,8 @@ def to_keras(
       name: the Keras layer's name (None: Keras picks one).
 
     Returns:
-      A built Keras layer of the spec's class holding copies of the arrays.
+      A built Keras layer of the spec's class holding copies of the arrays, with the dtype policy
+      ``spec.dtype_policy`` ('float32' when None; a spec from :func:`from_keras` keeps its source's policy).
 
     Raises:
       ImportError: keras is not installed.

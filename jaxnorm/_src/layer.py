@@ -7,6 +7,7 @@ pure: ``init(key, x) -> (params, state)`` and ``apply(params, state, x, *, train
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -25,6 +26,36 @@ def _is_float32_dtype(value: Any) -> bool:
     if isinstance(value, Mapping):
         value = (value.get("config") or {}).get("name")
     return value in ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+# The Keras dtype policies a spec can carry in ``dtype_policy`` (float32 variables; jaxnorm's own dtype rule
+# computes what they compute on input of their compute dtype). 'float32' is stored as None, the default.
+KERAS_DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def keras_policy_name(value: Any) -> Any:
+    """The policy name of Keras's ``dtype`` config entry (a name, or a ``DTypePolicy`` config dict)."""
+    if isinstance(value, Mapping):
+        value = (value.get("config") or {}).get("name")
+    return value
+
+
+def check_dtype_policy(value: Any) -> str | None:
+    """Validates a spec's ``dtype_policy`` and returns it canonical: None for float32, else the policy name."""
+    name = keras_policy_name(value)
+    if name is None or name == "float32":
+        return None
+    if not isinstance(name, str):
+        raise TypeError(
+            f"`dtype_policy` must be None or a Keras dtype policy name among {list(KERAS_DTYPE_POLICIES)}, got "
+            f"{value!r} ({type(value).__name__})."
+        )
+    if name not in KERAS_DTYPE_POLICIES:
+        raise ValueError(
+            f"`dtype_policy` must be None or one of {list(KERAS_DTYPE_POLICIES)} (Keras policies with float32 "
+            f"variables, as jaxnorm's converters keep them); got {value!r}."
+        )
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +96,35 @@ class Layer:
     # Keras config entries jaxnorm always writes in to_keras_config.
     _KERAS_FIXED: ClassVar[dict[str, Any]] = {}
 
+    def __init_subclass__(cls, **kwargs):
+        # Every spec's __post_init__ first turns NumPy/JAX scalars into Python numbers (momentum=np.float32(0.9),
+        # epsilon=jnp.float32(1e-3), use_scale=np.True_), so that the field checks see Python numbers and the
+        # spec stays hashable (a static jit argument) with a JSON-serializable config.
+        super().__init_subclass__(**kwargs)
+        post = cls.__dict__.get("__post_init__")
+        if post is not None and not getattr(post, "_python_scalars_first", False):
+
+            @functools.wraps(post)
+            def __post_init__(self):
+                self._python_scalars()
+                post(self)
+
+            __post_init__._python_scalars_first = True
+            cls.__post_init__ = __post_init__
+
+    def _python_scalars(self) -> None:
+        """Replaces concrete NumPy/JAX scalars in the fields by Python numbers (``validation.python_scalars``)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            converted = validation.python_scalars(value)
+            if converted is not value:
+                object.__setattr__(self, f.name, converted)
+
+    def _checked_mask(self, mask: Any, x: jax.Array) -> jax.Array | None:
+        """``apply``'s ``mask`` checked under its own name (Keras's rules, :func:`validation.broadcast_mask`) and
+        broadcast to ``x``'s shape, before it reaches an op that would call it ``where``."""
+        return None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
+
     def _post_init_common(self) -> None:
         for f in self._INITIALIZER_FIELDS:
             object.__setattr__(self, f, initializers.check(getattr(self, f), f))
@@ -77,10 +137,10 @@ class Layer:
                     value = initializers.freeze(module.serialize(initializers.thaw(value), f))
                 object.__setattr__(self, f, value)
         validation.check_bool(self.trainable, "trainable")
+        if hasattr(self, "dtype_policy"):
+            object.__setattr__(self, "dtype_policy", check_dtype_policy(self.dtype_policy))
         if hasattr(self, "param_dtype"):
-            dt = jnp.dtype(self.param_dtype)
-            validation.check_float_dtype(dt, "param_dtype")
-            object.__setattr__(self, "param_dtype", dt.name)
+            object.__setattr__(self, "param_dtype", validation.check_dtype_name(self.param_dtype, "param_dtype"))
         if hasattr(self, "epsilon"):
             validation.check_epsilon(self.epsilon)
 
@@ -196,9 +256,11 @@ class Layer:
 
         Returns:
           A dict with Keras's keys (``center``, ``gamma_initializer``, ...); initializers, regularizers and
-          constraints in the forms Keras deserializes. BatchNorm's ``safe_update``, ``allow_single_value`` and
-          ``count_steps`` have no Keras key and are left out: Keras updates its moving statistics even from a
-          non-finite or all-masked batch, and keeps no step counter.
+          constraints in the forms Keras deserializes; ``dtype`` is the spec's ``dtype_policy`` (the Keras
+          policy it was converted from, e.g. 'mixed_float16'), 'float32' by default. BatchNorm's
+          ``safe_update``, ``allow_single_value`` and ``count_steps`` have no Keras key and are left out: Keras
+          updates its moving statistics even from a non-finite or all-masked batch, trains on a single value per
+          feature (a spec read from a Keras config gets ``allow_single_value=True``), and keeps no step counter.
 
         Raises:
           ValueError: a setting Keras cannot express (e.g. several feature axes for BatchNorm,
@@ -218,6 +280,8 @@ class Layer:
             )
         out = {keras_key: config[field] for keras_key, field in self._KERAS_RENAMES.items()}
         out.update(self._KERAS_FIXED)
+        if hasattr(self, "dtype_policy"):  # the source layer's policy (from_keras), float32 by default
+            out["dtype"] = self.dtype_policy or "float32"
         return out
 
     def get_config(self) -> dict[str, Any]:
@@ -250,8 +314,10 @@ class Layer:
         A Keras config (recognised by its Keras-only keys such as ``center``, ``gamma_initializer``) has its
         keys translated (``center`` -> ``use_bias``, ``gamma_initializer`` -> ``scale_init``,
         ``gamma_regularizer`` -> ``scale_regularizer``, ...). ``name`` is dropped; ``dtype`` must be a policy
-        with float32 variables; BatchNormalization's ``synchronized`` must be False (give ``axis_name``
-        instead).
+        with float32 variables ('float32', 'mixed_float16', 'mixed_bfloat16'), kept in ``dtype_policy`` by the
+        specs that have it (so that ``to_keras_config`` writes it back); BatchNormalization's ``synchronized``
+        True becomes ``axis_name`` (:attr:`BatchNorm.KERAS_SYNCHRONIZED_AXIS_NAME`) and it gets
+        ``allow_single_value=True`` (Keras trains on a batch of one value per feature: the output is beta).
 
         Raises:
           TypeError: ``config`` is not a mapping.
@@ -282,6 +348,8 @@ class Layer:
                 accepts, what = cls._KERAS_RESTRICTED[key]
                 if not accepts(value):
                     unsupported.append(f"{key}={value!r} (supported: {what})")
+                elif key == "dtype" and any(f.name == "dtype_policy" for f in dataclasses.fields(cls)):
+                    kwargs["dtype_policy"] = keras_policy_name(value)  # kept for to_keras
             else:
                 unknown.append(key)
         if unknown:

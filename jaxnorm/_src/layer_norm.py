@@ -46,6 +46,10 @@ class LayerNorm(Layer):
         :func:`jaxnorm.trainable_mask`.
       implementation: ``'auto'`` (default), ``'xla'`` or ``'pallas'``, as in :func:`jaxnorm.layer_norm`
         (a performance choice: same numbers to float32 rounding; not written to Keras configs).
+      dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
+        default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype`` by
+        :meth:`to_keras_config` and :func:`jaxnorm.interop.to_keras`. It changes no number here: the output has
+        the input's dtype and the statistics are float32, which is what the policy computes on half input.
 
     ``init(key, x) -> (params, {})`` with ``params = {'scale', 'bias'}`` of shape
     ``[x.shape[a] for a in sorted(axis)]``, the tree of ``flax.linen.LayerNorm``'s ``variables['params']``.
@@ -81,6 +85,7 @@ class LayerNorm(Layer):
     bias_constraint: Any = None
     trainable: bool = True
     implementation: str = "auto"
+    dtype_policy: Any = None
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
     _KERAS_CLASS = "LayerNormalization"
@@ -138,23 +143,24 @@ class LayerNorm(Layer):
           state: ``{}`` from :meth:`init`.
           x: floating array whose sizes along ``axis`` match ``params``.
           training: optional Python bool, ignored (LayerNorm behaves the same in both modes).
-          mask: optional boolean array broadcastable to ``x``; only the True positions enter each example's
-            statistics (values elsewhere may be NaN).
+          mask: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept; broadcastable to
+            ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that broadcasts); only kept
+            positions enter each example's statistics (values elsewhere may be NaN).
 
         Returns:
           ``(y, state)``: ``y`` of ``x``'s shape and dtype, and the (empty) state.
 
         Raises:
-          TypeError: ``x`` not floating, ``mask`` not boolean, ``training`` not a bool.
+          TypeError: ``x`` not floating, ``mask`` complex, a string or not an array, ``training`` not a bool.
           ValueError: ``axis`` out of range; ``params`` keys or shapes not matching ``x``; non-empty ``state``.
         """
         x, axes, params = self._per_example_inputs(params, state, x, training)
+        mask = self._checked_mask(mask, x)
         state = {}
         if self.rms_scaling:  # Keras's deprecated rms_scaling: x * rsqrt(var + eps) * scale, no centering
-            m = None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
-            mean, var = stats.mean_var(x, axes, m)
+            mean, var = stats.mean_var(x, axes, mask)
             scale = validation.expand_to_rank(params["scale"], x.ndim, axes)
-            return ops.normalize(x, jnp.zeros_like(mean), var, None, scale, self.epsilon), state
+            return ops.normalize(x, jnp.zeros_like(mean), var, None, scale, self.epsilon, mask), state
         y = ops.layer_norm(
             x, params.get("scale"), params.get("bias"), axis=axes, epsilon=self.epsilon, where=mask,
             implementation=self.implementation,

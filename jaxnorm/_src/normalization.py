@@ -405,7 +405,8 @@ class Normalization(Layer):
             (``count`` is not read: before ``adapt`` the statistics are 0 and 1, and ``y = x``, as in Keras 3).
           x: floating array of any rank containing ``axis``, with the kept axes' sizes of the state.
           training: optional Python bool, ignored (adapt is the only thing that changes the state).
-          mask: optional boolean array broadcastable to ``x`` (or of shape ``x.shape[:-1]``), checked and
+          mask: optional mask by Keras's rules (boolean or nonzero = kept; broadcastable to ``x`` or of rank
+            ``x.ndim - 1``), checked and
             otherwise without effect: each output depends only on the same position of ``x``, so masked-out
             positions are transformed too, as Keras's Normalization (which passes its mask through) does.
 
@@ -413,7 +414,7 @@ class Normalization(Layer):
           ``(y, state)``: ``y`` of ``x``'s shape and dtype, and the state unchanged.
 
         Raises:
-          TypeError: ``x`` not floating, ``mask`` not boolean, ``training`` not a bool.
+          TypeError: ``x`` not floating, ``mask`` complex, a string or not an array, ``training`` not a bool.
           ValueError: ``axis`` out of range for ``x``; ``x``'s sizes along ``axis`` differ from the state's
             shape; ``params`` not ``{}``; ``state`` keys wrong.
         """

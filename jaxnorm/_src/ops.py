@@ -1,6 +1,17 @@
 """Functional normalization ops: pure functions of arrays, jit-compatible, any rank.
 
 Every op computes in ``promote_types(x.dtype, float32)`` and returns ``x.dtype`` (bf16 in, bf16 out).
+
+What every op that takes its own statistics guarantees (tests/test_adversarial.py holds each to it):
+
+- any finite input whose normalized result is representable gives the float64 result to float32 rounding,
+  also where squares overflow or underflow float32 (``1e20``, ``3e38``, ``1e-30`` with ``epsilon=0``): such
+  inputs are rescaled by a power of two (:func:`stats.normalizer`), at no cost on ordinary data;
+- masked-out positions (``where``) may hold NaN or inf: the kept outputs and every gradient (parameters and
+  ``x``) of a loss that reads only the kept outputs are those of the same call with those positions zeroed;
+  a masked-out position's own output is still computed from it (NaN stays NaN there);
+- an empty input (a zero-size batch or feature axis) gives an empty output of ``x``'s shape and dtype, and
+  empty statistics are count 0, mean 0, variance 0.
 """
 
 from __future__ import annotations
@@ -62,15 +73,36 @@ def batch_normalization(
     return normalize(x, mean, variance, offset, scale, epsilon)
 
 
-def normalize(x, mean, variance, offset, scale, epsilon):
-    """``(x - mean) * rsqrt(variance + epsilon) * scale + offset`` in the statistics dtype, cast to x's dtype."""
+def normalize(x, mean, variance, offset, scale, epsilon, mask=None):
+    """``(x - mean) * rsqrt(variance + epsilon) * scale + offset`` in the statistics dtype, cast to x's dtype
+    (given statistics: Keras's inference path, the TF op). ``mask``: see :func:`affine`."""
     dtype = validation.stats_dtype(x.dtype)
     inv = lax.rsqrt(variance.astype(dtype) + jnp.asarray(epsilon, dtype))
     if scale is not None:
         inv = inv * scale.astype(dtype)
-    y = (x.astype(dtype) - mean.astype(dtype)) * inv
-    if offset is not None:
-        y = y + offset.astype(dtype)
+    return affine(x, None, mean.astype(dtype), inv, offset, mask)
+
+
+def affine(x, q, shift, inv, offset, mask=None):
+    """``y = (x * q - shift) * inv + offset`` in ``inv``'s dtype, cast to x's dtype: the normalize step (``q``
+    None means 1). With a ``mask``, a masked-out position holding NaN or inf still gets its own (non-finite)
+    output, but it contributes no gradient to ``shift``, ``inv`` and ``offset`` (their cotangents would be
+    0 * inf = NaN): such positions take the same formula with the statistics and parameters held constant, and
+    the finite positions the plain one. Without a mask every position is data, so nothing is held."""
+    dtype = inv.dtype
+    xf = x.astype(dtype)
+    offset = None if offset is None else offset.astype(dtype)
+
+    def form(v, shift, inv, offset):
+        y = (v if q is None else v * q) - shift
+        y = y * inv
+        return y if offset is None else y + offset
+
+    if mask is None:
+        return form(xf, shift, inv, offset).astype(x.dtype)
+    finite = jnp.isfinite(xf)
+    held = jax.tree.map(lax.stop_gradient, (shift, inv, offset))
+    y = jnp.where(finite, form(jnp.where(finite, xf, 0), shift, inv, offset), form(xf, *held))
     return y.astype(x.dtype)
 
 
@@ -86,6 +118,11 @@ def normalize_by_moments(x, scale, bias, axes, epsilon, mask=None, axis_name=Non
     """
     rows = tuple(axes) == tuple(range(x.ndim - len(axes), x.ndim))
     columns = tuple(axes) == tuple(range(len(axes)))
+    if x.size == 0 and axis_name is None:  # an empty batch: an empty output, statistics (0, 0) of count 0
+        n = math.prod(x.shape[a] for a in axes)
+        kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        zeros = jnp.zeros(kept, validation.stats_dtype(x.dtype))
+        return x, jnp.full(kept, n, zeros.dtype), zeros, zeros
     if mask is None and axis_name is None:
         out = None
         if rows or columns:
@@ -96,8 +133,9 @@ def normalize_by_moments(x, scale, bias, axes, epsilon, mask=None, axis_name=Non
         y, mean, var = out
         n = math.prod(x.shape[a] for a in axes)
         return y, jnp.full(mean.shape, n, mean.dtype), mean, var
-    count, mean, var = stats.count_mean_var(x, axes, mask, axis_name)
-    return normalize(x, mean, var, bias, scale, epsilon), count, mean, var
+    st = stats.normalizer(x, tuple(axes), mask, axis_name, epsilon)
+    inv = st.rstd_q if scale is None else st.rstd_q * scale.astype(st.rstd_q.dtype)
+    return affine(x, st.q, st.mean_q, inv, bias, mask), st.count, st.mean, st.var
 
 
 def normalize_batch_in_training(
@@ -183,8 +221,10 @@ def layer_norm(
       bias: None, or an array shaped like ``scale``.
       axis: int or sequence of ints, the axes normalized over (-1: the last, Keras's and Flax's default).
       epsilon: non-negative float (1e-3, Keras ``LayerNormalization``'s default; Flax uses 1e-6).
-      where: optional boolean mask broadcastable to ``x``; the statistics use only the positions where it is
-        True (values elsewhere may be NaN). Every position is normalized.
+      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
+        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
+        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+        the statistics use only the kept positions (values elsewhere may be NaN). Every position is normalized.
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
         across which the normalized axes are split (e.g. sequence parallelism); statistics are then exact
         over the whole example.
@@ -197,9 +237,10 @@ def layer_norm(
 
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
+      Exact at any finite magnitude; see the module docstring for masks and empty inputs.
 
     Raises:
-      TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` not boolean.
+      TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` complex, a string or not an array.
       ValueError: an axis out of range or repeated; ``scale``/``bias`` of the wrong shape; ``epsilon`` < 0;
         ``implementation`` unknown, or ``"pallas"`` for a case the kernels do not cover (the message says which).
 
@@ -247,17 +288,20 @@ def rms_norm(
       axis: int or sequence of ints, the axes normalized over (-1: the last).
       epsilon: non-negative float added to the mean of squares (1e-6: Keras ``RMSNormalization`` and Flax
         ``RMSNorm``; PyTorch's ``eps=None`` means ``finfo(x.dtype).eps``: pass that value explicitly).
-      where: optional boolean mask broadcastable to ``x``; the statistic uses only the positions where it is
-        True (values elsewhere may be NaN). Every position is normalized.
+      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
+        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
+        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+        the statistic uses only the kept positions (values elsewhere may be NaN). Every position is normalized.
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
         across which the normalized axes are split; the statistic is then exact over the whole example.
       implementation: ``"auto"``, ``"xla"`` or ``"pallas"``, as in :func:`layer_norm`.
 
     Returns:
       An array of ``x``'s shape and dtype; the statistic computed in ``promote_types(x.dtype, float32)``.
+      Exact at any finite magnitude; see the module docstring for masks and empty inputs.
 
     Raises:
-      TypeError: ``x`` or ``scale`` not floating; ``where`` not boolean.
+      TypeError: ``x`` or ``scale`` not floating; ``where`` complex, a string or not an array.
       ValueError: an axis out of range or repeated; ``scale`` of the wrong shape; ``epsilon`` < 0;
         ``implementation`` unknown or ``"pallas"`` for a case the kernels do not cover.
 
@@ -285,12 +329,15 @@ def normalize_by_square(x, scale, axes, epsilon, mask=None, axis_name=None, impl
     if check_implementation(implementation) == "pallas":
         return pallas_rows(x, scale, None, axes, epsilon, mask, axis_name, subtract_mean=False)
     rows = tuple(axes) == tuple(range(x.ndim - len(axes), x.ndim))
+    if x.size == 0 and axis_name is None:
+        return x
     if rows and mask is None and axis_name is None:
         out = fused.normalize_rows(x, scale, None, tuple(axes), epsilon, center=False)
         if out is not None:
             return out[0]
-    _, square = stats.count_mean_square(x, axes, mask, axis_name)
-    return normalize(x, jnp.zeros_like(square), square, None, scale, epsilon)
+    st = stats.normalizer(x, tuple(axes), mask, axis_name, epsilon, center=False)
+    inv = st.rstd_q if scale is None else st.rstd_q * scale.astype(st.rstd_q.dtype)
+    return affine(x, st.q, 0, inv, None, mask)
 
 
 def unit_norm(x: jax.Array, *, axis: validation.Axes = -1, epsilon: float = 1e-12, where: Any = None) -> jax.Array:
@@ -303,16 +350,19 @@ def unit_norm(x: jax.Array, *, axis: validation.Axes = -1, epsilon: float = 1e-1
     Args:
       x: floating array of any shape.
       axis: int or sequence of ints, the axes of the norm (-1: the last).
-      epsilon: non-negative float; norms below it are treated as ``epsilon`` (1e-12, Keras's), so an all-zero
-        example stays zero with a zero gradient.
-      where: optional boolean mask broadcastable to ``x``; only True positions enter the norm (values elsewhere
-        may be NaN; they are scaled too).
+      epsilon: non-negative float; norms below it are treated as ``epsilon`` (1e-12, Keras's). An all-zero
+        example stays zero with a zero gradient (where ``x / epsilon`` would have ``1 / epsilon``).
+      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
+        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
+        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+        only kept positions enter the norm (values elsewhere may be NaN; they are scaled too).
 
     Returns:
       An array of ``x``'s shape and dtype; the sum of squares computed in ``promote_types(x.dtype, float32)``.
+      Exact at any finite magnitude; see the module docstring for masks and empty inputs.
 
     Raises:
-      TypeError: ``x`` not floating; ``where`` not boolean.
+      TypeError: ``x`` not floating; ``where`` complex, a string or not an array.
       ValueError: an axis out of range or repeated; ``epsilon`` < 0.
 
     Source: ``keras.layers.UnitNormalization`` (``keras.ops.normalize(x, axis, order=2, epsilon=1e-12)``).
@@ -327,10 +377,17 @@ def unit_norm(x: jax.Array, *, axis: validation.Axes = -1, epsilon: float = 1e-1
     validation.check_epsilon(epsilon)
     axes = validation.canonicalize_axes(axis, x.ndim, "axis")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    count, square = stats.count_mean_square(x, axes, mask)
-    sum_sq = square * count
-    inv = lax.rsqrt(jnp.maximum(sum_sq, jnp.asarray(epsilon, sum_sq.dtype) ** 2))
-    return (x.astype(sum_sq.dtype) * inv).astype(x.dtype)
+    if x.size == 0:
+        return x
+    dtype = validation.stats_dtype(x.dtype)
+    n = math.prod(x.shape[a] for a in axes)
+    count = jnp.full((), n, dtype) if mask is None else stats.sum_keepdims(mask, axes, dtype)
+    count = jnp.maximum(count, 1)
+    # max(sum x^2, eps^2) as the mean of squares floored at eps^2 / n: exact at any magnitude (stats.normalizer)
+    st = stats.normalizer(x, axes, mask, None, jnp.asarray(epsilon, dtype) ** 2 / count, center=False, floor=True)
+    y = affine(x, st.q, 0, st.rstd_q * lax.rsqrt(count), None, mask)
+    # An all-zero example: y = 0 with a zero gradient (the derivative of x / eps would be 1 / eps there).
+    return jnp.where(st.var_q > 0, y, lax.stop_gradient(y))
 
 
 def group_norm(
@@ -372,19 +429,21 @@ def group_norm(
         group). Give it when ``x`` has no batch axis, e.g. under ``jax.vmap``.
       epsilon: non-negative float (1e-3, Keras ``GroupNormalization``'s default; Flax uses 1e-6, PyTorch
         1e-5).
-      where: optional boolean mask broadcastable to ``x``; the statistics use only the positions where it is
-        True (values elsewhere may be NaN). Every position is normalized.
+      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
+        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
+        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+        the statistics use only the kept positions (values elsewhere may be NaN). Every position is normalized.
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
         across which the reduced axes are split (e.g. spatial parallelism); statistics are then exact.
 
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
+      Exact at any finite magnitude; see the module docstring for masks and empty inputs.
 
     Raises:
-      TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` not boolean; ``num_groups``/
-        ``group_size`` not ints.
-      ValueError: both ``num_groups`` and ``group_size`` given; the groups do not divide the channels;
-        ``x`` of rank < 2; an axis out of range or repeated; ``scale``/``bias`` of the wrong shape;
+      TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` complex, a string or not an array.
+      ValueError: both ``num_groups`` and ``group_size`` given, or either not a positive int (Keras raises
+        ValueError too); the groups do not divide the channels; ``x`` of rank < 2; an axis out of range or repeated; ``scale``/``bias`` of the wrong shape;
         ``epsilon`` < 0.
 
     Source: Wu & He 2018, "Group Normalization"; semantics of ``keras.layers.GroupNormalization``
@@ -464,14 +523,18 @@ def instance_norm(
       axis: int or sequence of ints, the channel (feature) axes, not 0 (-1: channels-last; 1: NCHW as PyTorch).
       epsilon: non-negative float (1e-3, as Keras-family ``GroupNormalization(groups=-1)``; Flax uses 1e-6,
         PyTorch 1e-5).
-      where: optional boolean mask broadcastable to ``x``; the statistics use only the True positions.
+      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
+        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
+        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+        the statistics use only the kept positions.
       axis_name: optional named axis (or tuple of names) across which the reduced axes are split.
 
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
+      Exact at any finite magnitude; see the module docstring for masks and empty inputs.
 
     Raises:
-      TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` not boolean.
+      TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` complex, a string or not an array.
       ValueError: ``x`` of rank < 2; ``axis`` includes 0 (the batch), is out of range or repeated;
         ``scale``/``bias`` of the wrong shape; ``epsilon`` < 0.
 

@@ -62,8 +62,9 @@ def _weight_input(w: Any, name: str = "w") -> tuple[tuple[int, ...], Any]:
     return arr.shape, arr.dtype
 
 
-def spectral_u_shape(shape: tuple[int, ...], error_on_non_matrix: bool) -> tuple[int, int]:
-    """The shape ``(1, shape[-1])`` of the power-iteration vector ``u`` of a weight of ``shape``.
+def spectral_u_shape(shape: tuple[int, ...], error_on_non_matrix: bool, lead: str = "") -> tuple[int, int]:
+    """The shape ``(1, shape[-1])`` of the power-iteration vector ``u`` of a weight of ``shape``. ``lead``
+    starts the rank > 2 error (the Flax drop-ins put Flax's own wording there).
 
     Raises:
       ValueError: rank < 2 (no matrix), or rank > 2 with ``error_on_non_matrix``.
@@ -77,7 +78,7 @@ def spectral_u_shape(shape: tuple[int, ...], error_on_non_matrix: bool) -> tuple
         )
     if len(shape) > 2 and error_on_non_matrix:
         raise ValueError(
-            f"`w` has shape {shape} (rank {len(shape)}) but error_on_non_matrix=True accepts only matrices. "
+            f"{lead}`w` has shape {shape} (rank {len(shape)}) but error_on_non_matrix=True accepts only matrices. "
             f"Pass error_on_non_matrix=False to flatten it to ({int(np.prod(shape[:-1]))}, {shape[-1]}) "
             "(all axes but the last), as Flax does, or reshape it to a matrix yourself."
         )

@@ -41,6 +41,10 @@ class RMSNorm(Layer):
       scale_regularizer, scale_constraint: as :class:`LayerNorm`'s.
       trainable: False freezes ``scale`` (no gradient, regularization or constraint), as Keras does.
       implementation: ``'auto'`` (default), ``'xla'`` or ``'pallas'``, as in :func:`jaxnorm.rms_norm`.
+      dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
+        default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype`` by
+        :meth:`to_keras_config` and :func:`jaxnorm.interop.to_keras`. It changes no number here: the output has
+        the input's dtype and the statistics are float32, which is what the policy computes on half input.
 
     ``init(key, x) -> (params, {})`` with ``params = {'scale'}`` of shape ``[x.shape[a] for a in sorted(axis)]``,
     the tree of ``flax.linen.RMSNorm``'s ``variables['params']`` and Keras's ``scale`` weight.
@@ -68,6 +72,7 @@ class RMSNorm(Layer):
     scale_constraint: Any = None
     trainable: bool = True
     implementation: str = "auto"
+    dtype_policy: Any = None
 
     _INITIALIZER_FIELDS = ("scale_init",)
     _REGULARIZER_FIELDS = {"scale_regularizer": "scale"}
@@ -129,17 +134,19 @@ class RMSNorm(Layer):
           state: ``{}`` from :meth:`init`.
           x: floating array whose sizes along ``axis`` match ``params``.
           training: optional Python bool, ignored (RMSNorm behaves the same in both modes).
-          mask: optional boolean array broadcastable to ``x``; only the True positions enter each example's
-            mean of squares (values elsewhere may be NaN).
+          mask: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept; broadcastable to
+            ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that broadcasts); only kept
+            positions enter each example's mean of squares (values elsewhere may be NaN).
 
         Returns:
           ``(y, state)``: ``y`` of ``x``'s shape and dtype, and the (empty) state.
 
         Raises:
-          TypeError: ``x`` not floating, ``mask`` not boolean, ``training`` not a bool.
+          TypeError: ``x`` not floating, ``mask`` complex, a string or not an array, ``training`` not a bool.
           ValueError: ``axis`` out of range; ``params`` keys or shapes not matching ``x``; non-empty ``state``.
         """
         x, axes, params = self._per_example_inputs(params, state, x, training)
+        mask = self._checked_mask(mask, x)
         y = ops.rms_norm(
             x, params.get("scale"), axis=axes, epsilon=self.epsilon, where=mask, implementation=self.implementation
         )

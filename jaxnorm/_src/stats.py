@@ -6,22 +6,33 @@ Haiku's default "fast variance"), this has no catastrophic cancellation: on floa
 variance 1, where the fast formula returns 0.
 
 Masked-out values are replaced by zero *before* any arithmetic, so NaN or inf there touches neither the
-statistics nor their gradients. Across devices (``axis_name``) the per-device ``(count, mean, M2)`` triples are
-gathered in one collective and merged exactly (Chan, Golub & LeVeque 1979), so devices holding different
+statistics nor their gradients.
+
+Any finite float32 magnitude is exact: where squares overflow (``|x - mean|`` beyond ``2**64``) or underflow (a
+variance below ``2**-101`` with an ``epsilon`` too small to hide it), :func:`normalizer` detects it from the small
+statistics (no extra pass over ``x`` on ordinary data) and only then, in a ``lax.cond`` branch, takes the
+statistics again of ``x`` rescaled by a power of two per reduction. Subnormal float32 inputs enter that rescaled
+statistics exactly (read from their bits); XLA's CPU arithmetic reads them as zero everywhere else.
+
+An empty reduction (a zero-size batch) has count 0, mean 0 and variance 0.
+
+Across devices (``axis_name``) the per-device ``(count, mean, M2)`` triples are gathered in one collective and
+merged exactly (Chan, Golub & LeVeque 1979), so devices holding different
 numbers of valid elements are weighted by their counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+from jax import custom_batching, lax
 
 from jaxnorm._src import validation
 
@@ -89,6 +100,12 @@ def count_mean_m2(
       where ``count`` is 0.
     """
     dtype = validation.stats_dtype(x.dtype)
+    kept_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    if any(x.shape[a] == 0 for a in axes):  # an empty reduction: count 0, mean 0, M2 0 (no sample to shift by)
+        zeros = jnp.zeros(kept_shape, dtype)
+        if axis_name is not None:
+            return _merge_across(zeros, zeros, zeros, axis_name)
+        return zeros, zeros, zeros
     xs = x.astype(dtype)
     if mask is not None:
         xs = jnp.where(mask, xs, 0)  # before any arithmetic: NaN/inf outside the mask never propagate
@@ -161,25 +178,33 @@ def with_groups(axis_name: Any, axis_index_groups: Any, owner: str = "") -> Any:
 
 
 def _merge_across(count, mean, m2, axis_name):
-    """Exact merge of per-device (count, mean, M2) triples over named axes (one all_gather per name)."""
+    """Exact merge of per-device (count, mean, M2) triples over named axes (one all_gather per name).
+    ``m2=None``: the count-weighted mean only, gathered apart from the counts so that it may be a tangent."""
     grouped = axis_name if isinstance(axis_name, Grouped) else None
     if grouped is not None:
         axis_name = grouped.axis_name
-    try:
-        stacked = jnp.stack([count, mean, m2])
-        # One all_gather per name (JAX's vmap cannot gather over several names at once), then one merge.
-        for name in reversed(axis_name if isinstance(axis_name, tuple) else (axis_name,)):
-            stacked = lax.all_gather(stacked, name)
-        stacked = stacked.reshape((-1,) + stacked.shape[-(count.ndim + 1):])  # (devices, 3, ...)
-    except NameError as err:
-        raise ValueError(
-            f"`axis_name`={axis_name!r} is not bound here ({err}). Call the layer inside "
-            f"`jax.shard_map`, `jax.pmap` or `jax.vmap` with axis_name={axis_name!r}, or pass axis_name=None "
-            "(under jax.jit with a sharded input the statistics are already global)."
-        ) from None
-    counts, means, m2s = stacked[:, 0], stacked[:, 1], stacked[:, 2]
+
+    def gather(a):  # (devices, *a.shape[1:]) from each device's a
+        try:
+            # One all_gather per name (JAX's vmap cannot gather over several names at once).
+            for name in reversed(axis_name if isinstance(axis_name, tuple) else (axis_name,)):
+                a = lax.all_gather(a, name)
+        except NameError as err:
+            raise ValueError(
+                f"`axis_name`={axis_name!r} is not bound here ({err}). Call the layer inside "
+                f"`jax.shard_map`, `jax.pmap` or `jax.vmap` with axis_name={axis_name!r}, or pass axis_name=None "
+                "(under jax.jit with a sharded input the statistics are already global)."
+            ) from None
+        return a.reshape((-1,) + a.shape[-(count.ndim + 1):])  # (devices, k, ...)
+
+    if m2 is None:  # separate gathers: a tangent mean must not share an array with the (primal) counts
+        counts, means = gather(count[None])[:, 0], gather(mean[None])[:, 0]
+        m2s = jnp.zeros_like(counts)
+    else:
+        stacked = gather(jnp.stack([count, mean, m2]))  # (devices, 3, ...)
+        counts, means, m2s = stacked[:, 0], stacked[:, 1], stacked[:, 2]
     if grouped is not None:  # keep only the devices of this device's group
-        n = stacked.shape[0]
+        n = counts.shape[0]
         flat = sorted(i for g in grouped.groups for i in g)
         if flat != list(range(n)):
             raise ValueError(
@@ -193,6 +218,8 @@ def _merge_across(count, mean, m2, axis_name):
         counts, m2s = jnp.where(weight, counts, 0), jnp.where(weight, m2s, 0)
     total = jnp.sum(counts, 0, keepdims=True)
     mean_all = jnp.sum(counts * means, 0, keepdims=True) / jnp.maximum(total, 1)
+    if m2 is None:  # the count-weighted mean only (linear in the means: a tangent may pass through)
+        return total[0], mean_all[0], None
     m2_all = jnp.sum(m2s + counts * jnp.square(means - mean_all), 0, keepdims=True)
     return total[0], mean_all[0], m2_all[0]
 
@@ -230,19 +257,217 @@ def count_mean_square(
         square = sum_keepdims(jnp.square(xs), axes) / max(n, 1)
     else:
         count = sum_keepdims(mask, axes, dtype)
-        square = sum_keepdims(jnp.where(mask, jnp.square(jnp.where(mask, xs, 0)), 0), axes)
+        square = sum_keepdims(jnp.square(jnp.where(mask, xs, 0)), axes)
         square = square / jnp.maximum(count, 1)
     if axis_name is not None:  # the count-weighted mean of the devices' means is the global mean of squares
         count, square, _ = _merge_across(count, square, jnp.zeros_like(square), axis_name)
     return count, square
 
 
+@custom_batching.custom_vmap
+def _any_anywhere(flags: jax.Array) -> jax.Array:
+    """``jnp.any(flags)``, also over every ``vmap``-ped axis: under ``vmap`` the result stays one unbatched bool,
+    so that a ``lax.cond`` on it stays a branch (a batched predicate would turn it into a select that runs both
+    branches)."""
+    return jnp.any(flags)
+
+
+@_any_anywhere.def_vmap
+def _any_anywhere_vmap(axis_size, in_batched, flags):
+    del axis_size, in_batched
+    return jnp.any(flags), False
+
+
+def _thresholds(dtype: Any) -> tuple[float, float]:
+    """``(tiny, eps_floor)`` of a statistics dtype: a variance (or mean square) below ``tiny`` may have lost
+    digits to squares that underflowed; it matters only when the ``epsilon`` added to it is below
+    ``eps_floor`` (above, such a variance is below the rounding of ``var + epsilon``)."""
+    info = jnp.finfo(dtype)
+    tiny = float(info.tiny) / float(info.eps) * 4  # float32: 2**-101
+    return tiny, tiny / float(info.eps)  # float32: 2**-78
+
+
+def _exponent(x: jax.Array) -> jax.Array:
+    """``e`` (int32) with ``|x| * 2**-e`` in [0.5, 1), read from the bits (0 for 0, inf and NaN): exact also
+    for subnormal float32 values, which XLA's CPU arithmetic flushes to zero (``frexp`` included)."""
+    if x.dtype != jnp.float32:
+        _, e = jnp.frexp(jnp.where(jnp.isfinite(x), x, 0))
+        return e.astype(jnp.int32)
+    bits = lax.bitcast_convert_type(x, jnp.int32) & 0x7FFFFFFF
+    biased = bits >> 23
+    mant = bits & 0x7FFFFF
+    subnormal = (32 - lax.clz(mant)) - 149
+    return jnp.where(biased == 255, 0, jnp.where(biased > 0, biased - 126, jnp.where(mant > 0, subnormal, 0)))
+
+
+def _times_pow2(x: jax.Array, e: jax.Array) -> jax.Array:
+    """``x * 2**-e``, exact where the result is a normal number, also for subnormal float32 ``x`` (rebuilt from
+    its mantissa bits: XLA's CPU arithmetic flushes subnormals to zero). ``e`` in [-125, 126]."""
+    q = jnp.ldexp(jnp.ones((), x.dtype), -e)
+    if x.dtype != jnp.float32:
+        return x * q
+    bits = lax.bitcast_convert_type(x, jnp.int32)
+    biased = (bits >> 23) & 0xFF
+    mant = (bits & 0x7FFFFF).astype(jnp.float32)
+    sub = jnp.where(bits < 0, -mant, mant) * jnp.ldexp(jnp.ones((), x.dtype), jnp.maximum(-149 - e, -126))
+    return jnp.where(biased == 0, sub, x * q)
+
+
+def _scale_exponent(amax_e: jax.Array, epsilon: jax.Array) -> jax.Array:
+    """The exponent ``e`` of :func:`_times_pow2` that brings a maximum magnitude of exponent ``amax_e`` to
+    [0.5, 1), raised where needed so that ``epsilon * 2**(-2e)`` stays finite (at most 2**100), and kept in
+    [-125, 126] so that ``q = 2**-e`` and ``1 / q`` are normal numbers."""
+    floor = jnp.where(
+        epsilon > 0, jnp.ceil((jnp.log2(jnp.maximum(epsilon, jnp.finfo(epsilon.dtype).tiny)) - 100) / 2), -(2**20)
+    )
+    return lax.stop_gradient(jnp.clip(jnp.maximum(amax_e, floor.astype(jnp.int32)), -125, 126))
+
+
+def _max_exponent(x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None, axis_name: Any) -> jax.Array:
+    """The largest :func:`_exponent` of the selected values over ``axes`` (keepdims) and ``axis_name``'s devices
+    (-2**20 where nothing is selected)."""
+    e = _exponent(x)
+    e = jnp.where(x == 0 if mask is None else (~mask | (x == 0)), -(2**20), e)
+    if x.dtype == jnp.float32:  # x == 0 is also true of flushed subnormals: read their bits instead
+        e = jnp.where((lax.bitcast_convert_type(x, jnp.int32) & 0x7FFFFFFF) > 0, _exponent(x), -(2**20))
+        if mask is not None:
+            e = jnp.where(mask, e, -(2**20))
+    e = jnp.max(e, axes, keepdims=True, initial=-(2**20))
+    if axis_name is not None:
+        e = lax.pmax(e, axis_name.axis_name if isinstance(axis_name, Grouped) else axis_name)
+    return jnp.where(e == -(2**20), 0, e)
+
+
+class Normalizer(NamedTuple):
+    """The statistics of a normalization, exact at any float32 magnitude.
+
+    ``y = (x * q - mean_q) * rstd_q`` is ``(x - mean) / sqrt(var + epsilon)`` without overflow or underflow:
+    ``q`` is a power of two per reduction (1 on ordinary data), ``mean_q = mean * q`` and
+    ``rstd_q = 1 / sqrt((var + epsilon) q^2)``. ``count``, ``mean``, ``var`` are in the data's units (``var``
+    rounds to inf or 0 where it is beyond the dtype's range; ``mean`` never is). All keep the reduced axes with
+    size 1, in the statistics dtype.
+    """
+
+    count: jax.Array
+    mean: jax.Array
+    var: jax.Array
+    q: jax.Array
+    mean_q: jax.Array
+    var_q: jax.Array
+    rstd_q: jax.Array
+
+    @property
+    def rstd(self) -> jax.Array:
+        """``1 / sqrt(var + epsilon)`` in the data's units (inf where it is beyond the dtype's range)."""
+        return self.rstd_q * self.q
+
+
+def normalizer(
+    x: jax.Array,
+    axes: tuple[int, ...],
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    epsilon: Any = 0.0,
+    *,
+    center: bool = True,
+    floor: bool = False,
+) -> Normalizer:
+    """The statistics that normalize ``x`` over ``axes``, exact for any finite input (a :class:`Normalizer`).
+
+    The ordinary path is the shifted two-pass kernel (:func:`count_mean_m2`; :func:`count_mean_square` with
+    ``center=False``, RMSNorm's mean of squares in ``var`` and ``mean`` 0). A cheap check on the small
+    statistics (not on ``x``) catches the inputs whose squares overflow or underflow in the statistics dtype
+    (a non-finite statistic, or a variance below :func:`_thresholds`' ``tiny`` with an ``epsilon`` too small to
+    hide it); only then, in a ``lax.cond`` branch, ``x`` is rescaled per reduction by a power of two from its
+    maximum magnitude (exact) and the statistics are taken again. Across ``axis_name`` every device takes the
+    same branch, and under ``vmap`` the branch stays a branch (one flag for the whole batch). The derivatives
+    are the closed form (a ``custom_jvp``, so the untaken branch costs nothing in reverse mode), zero at
+    masked-out positions whatever they hold.
+
+    ``floor=True``: ``epsilon`` is a floor of the variance, ``rstd = 1 / sqrt(max(var, epsilon))`` (unit
+    normalization's ``max(||x||^2, eps^2)`` with ``epsilon = eps^2 / n``), instead of added to it.
+    """
+    dtype = validation.stats_dtype(x.dtype)
+    eps = jnp.asarray(epsilon, dtype)
+    count, q, mean_q, var_q = _scaled_stats(x, tuple(axes), axis_name, bool(center), bool(floor), mask, eps)
+    eps_q = (eps * q) * q
+    rstd_q = lax.rsqrt(jnp.maximum(var_q, eps_q) if floor else var_q + eps_q)
+    return Normalizer(count, mean_q / q, var_q / q / q, q, mean_q, var_q, rstd_q)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
+def _scaled_stats(x, axes, axis_name, center, floor, mask, eps):
+    """``(count, q, mean_q, var_q)`` of :func:`normalizer`: the ordinary kernel, or the rescaled one when the
+    ordinary statistics show overflow or underflow."""
+    dtype = validation.stats_dtype(x.dtype)
+    if center:
+        count, mean, m2 = count_mean_m2(x, axes, mask, axis_name)
+        var = m2 / jnp.maximum(count, 1)
+    else:
+        count, var = count_mean_square(x, axes, mask, axis_name)
+        mean = jnp.zeros_like(var)
+    one = jnp.ones_like(var)
+    if x.size == 0:
+        return count, one, mean, var
+    tiny, eps_floor = _thresholds(dtype)
+    if floor:  # below a floor of at least 2 tiny, a variance that lost digits still rounds to the floor
+        eps_floor = 2 * tiny
+    flag = ~jnp.isfinite(mean) | ~jnp.isfinite(var) | ((var < tiny) & (eps < eps_floor))
+    if axis_name is not None:  # every device must take the same branch (the rescaled one gathers too)
+        names = axis_name.axis_name if isinstance(axis_name, Grouped) else axis_name
+        flag = lax.pmax(flag.astype(jnp.int32), names) > 0
+
+    def ordinary(x):
+        return one, mean, var
+
+    def rescaled(x):
+        xs = x.astype(dtype)
+        e = _scale_exponent(_max_exponent(xs, axes, mask, axis_name), eps)
+        q, xq = jnp.ldexp(jnp.ones_like(var), -e), _times_pow2(xs, e)
+        if center:
+            _, mean_q, m2_q = count_mean_m2(xq, axes, mask, axis_name)
+            return q, mean_q, m2_q / jnp.maximum(count, 1)
+        _, var_q = count_mean_square(xq, axes, mask, axis_name)
+        return q, jnp.zeros_like(var_q), var_q
+
+    q, mean_q, var_q = lax.cond(_any_anywhere(flag), rescaled, ordinary, x)
+    return count, q, mean_q, var_q
+
+
+@_scaled_stats.defjvp
+def _scaled_stats_jvp(axes, axis_name, center, floor, primals, tangents):
+    """d mean_q = <q dx>, d var_q = 2 <(x q - mean_q) q dx> (RMS: 2 <x q q dx>), means over the selected
+    positions of every device; the masked-out positions enter as zeros, never multiplied."""
+    x, mask, eps = primals
+    dx = tangents[0]
+    count, q, mean_q, var_q = out = _scaled_stats(x, axes, axis_name, center, floor, mask, eps)
+    dtype = mean_q.dtype
+    xq = x.astype(dtype) * q
+    dxq = dx.astype(dtype) * q
+    c = xq - mean_q if center else xq
+    if mask is not None:
+        c, dxq = jnp.where(mask, c, 0), jnp.where(mask, dxq, 0)
+
+    local = jnp.full(count.shape, math.prod(x.shape[i] for i in axes), dtype) if mask is None else (
+        sum_keepdims(mask, axes, dtype))
+
+    def mean_over(a):  # the mean over the selected positions of every device (linear in a)
+        m = sum_keepdims(a, axes) / jnp.maximum(local, 1)
+        return m if axis_name is None else _merge_across(local, m, None, axis_name)[1]
+
+    dmean_q = mean_over(dxq) if center else jnp.zeros_like(mean_q)
+    dvar_q = 2 * mean_over(c * dxq)
+    zero = jnp.zeros_like(count)
+    return out, (zero, jnp.zeros_like(q), dmean_q, dvar_q)
+
+
 def count_mean_var(
     x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None = None, axis_name: Any = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Count, mean and population variance over ``axes`` with keepdims (mean and var 0 where count is 0)."""
-    count, mean, m2 = count_mean_m2(x, axes, mask, axis_name)
-    return count, mean, m2 / jnp.maximum(count, 1)
+    """Count, mean and population variance over ``axes`` with keepdims (mean and var 0 where count is 0), exact
+    at any magnitude (:func:`normalizer`; the variance rounds to inf or 0 beyond the dtype's range)."""
+    stats = normalizer(x, axes, mask, axis_name)
+    return stats.count, stats.mean, stats.var
 
 
 def mean_var(
@@ -274,9 +499,11 @@ def moments(
     Args:
       x: floating array of any shape and rank; bf16, f16, f32 or f64.
       axes: int or sequence of ints, the axes to reduce (negative values count from the end).
-      where: optional boolean array broadcastable to ``x`` (or of shape ``x.shape[:-1]``, Keras's mask);
-        only positions where it is True count. Values elsewhere, even NaN or inf, touch neither the result
-        nor its gradient.
+      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
+        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
+        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+        only the kept positions count. Values elsewhere, even NaN or inf, touch neither the result nor its
+        gradient.
       keepdims: keep the reduced axes with size 1, so the results broadcast against ``x``.
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``;
         the statistics are then those of the global batch, each device weighted by its number of valid
@@ -284,10 +511,12 @@ def moments(
 
     Returns:
       ``(mean, variance)``: arrays of ``x``'s shape without ``axes`` (with size-1 axes if ``keepdims``), in
-      ``promote_types(x.dtype, float32)``. Where ``where`` selects nothing, both are 0.
+      ``promote_types(x.dtype, float32)``. Where ``where`` selects nothing, or a reduced axis has size 0, both
+      are 0. Exact at any finite magnitude: the mean of float32 values near ``3e38`` is their mean, and a
+      variance beyond float32's range rounds to inf (or to 0 below it), as the float64 value would.
 
     Raises:
-      TypeError: ``x`` is not floating, or ``where`` is not boolean.
+      TypeError: ``x`` is not floating, or ``where`` is complex, a string or not an array.
       ValueError: an axis is out of range or repeated; ``where`` does not broadcast to ``x``; ``axis_name``
         is not bound.
 
@@ -311,8 +540,3 @@ def moments(
     if not keepdims:
         mean, var = jnp.squeeze(mean, axes_t), jnp.squeeze(var, axes_t)
     return mean, var
-
-
-def moving_average(moving: jax.Array, batch: jax.Array, momentum: float) -> jax.Array:
-    """The Keras/Flax update ``momentum * moving + (1 - momentum) * batch``, in ``moving``'s dtype."""
-    return (momentum * moving + (1 - momentum) * batch).astype(moving.dtype)

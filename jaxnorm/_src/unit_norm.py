@@ -24,6 +24,10 @@ class UnitNormalization(Layer):
       axis: int or sequence of ints, the axes of the norm (default -1; Keras's ``axis``).
       epsilon: norms below it count as ``epsilon`` (1e-12, the value Keras uses), so zero examples stay zero.
       trainable: accepted for Keras configs (there is nothing to train).
+      dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
+        default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype`` by
+        :meth:`to_keras_config` and :func:`jaxnorm.interop.to_keras`. It changes no number here: the output has
+        the input's dtype and the statistics are float32, which is what the policy computes on half input.
 
     ``init(key, x) -> ({}, {})``; ``apply(params, state, x, *, training=None, mask=None) -> (y, state)``, with
     ``mask`` (broadcastable to ``x``) selecting the positions that enter the norm.
@@ -41,6 +45,7 @@ class UnitNormalization(Layer):
     axis: int | tuple[int, ...] = -1
     epsilon: float = 1e-12
     trainable: bool = True
+    dtype_policy: Any = None
 
     _REGULARIZER_FIELDS = {}
     _CONSTRAINT_FIELDS = {}
@@ -89,14 +94,17 @@ class UnitNormalization(Layer):
           params, state: ``{}`` and ``{}`` from :meth:`init`.
           x: floating array.
           training: optional Python bool, ignored.
-          mask: optional boolean array broadcastable to ``x``; only True positions enter the norm.
+          mask: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept; broadcastable to
+            ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that broadcasts); only kept
+            positions enter the norm.
 
         Returns:
           ``(y, {})`` with ``y`` of ``x``'s shape and dtype.
 
         Raises:
-          TypeError: ``x`` not floating, ``mask`` not boolean, ``training`` not a bool.
+          TypeError: ``x`` not floating, ``mask`` complex, a string or not an array, ``training`` not a bool.
           ValueError: ``axis`` out of range; non-empty ``params`` or ``state``.
         """
         x, axes, _ = self._per_example_inputs(params, state, x, training)
+        mask = self._checked_mask(mask, x)
         return ops.unit_norm(x, axis=axes, epsilon=self.epsilon, where=mask), {}

@@ -7,6 +7,7 @@ and dtypes, so every check is free under ``jax.jit``.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -30,9 +31,11 @@ def check_float_array(x: Any, name: str = "x") -> jax.Array:
             f"`{name}` must be an array, got a jax.ShapeDtypeStruct {x}. Pass real data here; "
             "ShapeDtypeStruct is accepted only by `init`."
         )
+    if x is None:
+        raise TypeError(f"`{name}` must be an array, got None. Pass the input array (e.g. a jax.Array of floats).")
     try:
         arr = jnp.asarray(x)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise TypeError(f"`{name}` must be an array, got {type(x).__name__}: {err}") from None
     check_float_dtype(arr.dtype, name)
     return arr
@@ -117,8 +120,12 @@ def check_epsilon(epsilon: Any, name: str = "epsilon") -> None:
         raise TypeError(f"`{name}` must be a non-negative float, got {epsilon!r} ({type(epsilon).__name__}).")
     if np.ndim(epsilon) != 0:
         raise ValueError(f"`{name}` must be a scalar, got an array of shape {np.shape(epsilon)}.")
-    if not float(epsilon) >= 0:
-        raise ValueError(f"`{name}` must be >= 0, got {epsilon!r}. Use a small positive value such as 1e-3.")
+    if np.iscomplexobj(epsilon):
+        raise TypeError(f"`{name}` must be a non-negative float, got {epsilon!r} (complex).")
+    if not 0 <= float(epsilon) < math.inf:
+        raise ValueError(
+            f"`{name}` must be >= 0 and finite, got {epsilon!r}. Use a small positive value such as 1e-3."
+        )
 
 
 def check_unit_interval(value: Any, name: str) -> None:
@@ -141,15 +148,17 @@ def check_choice(value: Any, name: str, choices: dict[str, str]) -> None:
 
 def check_groups_static(num_groups: Any, group_size: Any) -> None:
     """Checks GroupNorm's ``num_groups``/``group_size`` before any input is seen: at most one of them is given,
-    ``num_groups`` a positive int or -1 (one group per channel, Keras), ``group_size`` a positive int."""
+    ``num_groups`` a positive int or -1 (one group per channel, Keras), ``group_size`` a positive int.
+
+    Raises ``ValueError`` for any bad value, a float, string or bool included, as Keras's
+    ``GroupNormalization`` does for ``groups``."""
     for name, value, low in (("num_groups", num_groups, -1), ("group_size", group_size, 1)):
         if value is None:
             continue
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-            raise TypeError(f"`{name}` must be an int or None, got {value!r} ({type(value).__name__}).")
-        if value < low or value == 0:
-            what = "a positive int or -1 (one group per channel)" if name == "num_groups" else "a positive int"
-            raise ValueError(f"`{name}` must be {what}, got {value!r}.")
+        what = "a positive int or -1 (one group per channel)" if name == "num_groups" else "a positive int"
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low or value == 0:
+            # ValueError for a wrong type too, as keras.layers.GroupNormalization raises for groups=1.5 or '32'.
+            raise ValueError(f"`{name}` must be {what} or None, got {value!r} ({type(value).__name__}).")
     if num_groups is not None and group_size is not None:
         raise ValueError(
             f"give either `num_groups` or `group_size`, not both (got num_groups={num_groups!r}, "
@@ -212,26 +221,110 @@ def broadcast_operand(value: Any, x_shape: tuple[int, ...], name: str, hint: str
     return arr.reshape((1,) * (len(x_shape) - arr.ndim) + arr.shape)  # explicit rank: no rank promotion
 
 
-def broadcast_mask(mask: Any, x_shape: tuple[int, ...], name: str = "mask") -> jax.Array:
-    """Returns a boolean mask broadcast to ``x_shape``.
+def mask_array(mask: Any, name: str = "mask") -> jax.Array:
+    """``mask`` as a boolean array, Keras's way: a boolean array as it is; an integer or floating one as
+    ``mask != 0`` (nonzero keeps a position, so NaN keeps it too, as Keras's cast to bool does).
 
-    A mask of shape ``x_shape[:-1]`` (the Keras convention: one flag per position, shared by the channels)
-    is expanded on the last axis; any other mask must broadcast to ``x_shape`` under NumPy rules.
+    Raises ``TypeError`` naming ``name`` for anything else (complex, strings, None inside, objects).
     """
-    m = jnp.asarray(mask)
-    if m.dtype != jnp.bool_:
+    if isinstance(mask, jax.ShapeDtypeStruct):
+        raise TypeError(f"`{name}` must be an array, got a jax.ShapeDtypeStruct {mask}. Pass the mask's values.")
+    try:
+        m = jnp.asarray(mask)
+    except (TypeError, ValueError) as err:
         raise TypeError(
-            f"`{name}` must be a boolean array, got dtype {m.dtype.name}. Pass e.g. `{name}.astype(bool)` "
-            "(True marks the positions that count)."
-        )
-    if len(x_shape) >= 1 and m.ndim == len(x_shape) - 1 and m.shape == tuple(x_shape[:-1]):
+            f"`{name}` must be an array of booleans or of 0/1 numbers, got {type(mask).__name__}: {err}"
+        ) from None
+    if m.dtype == jnp.bool_:
+        return m
+    if jnp.issubdtype(m.dtype, jnp.integer) or jnp.issubdtype(m.dtype, jnp.floating):
+        return m != 0
+    raise TypeError(
+        f"`{name}` must be a boolean (or 0/1 integer or float) array, got dtype {m.dtype.name}. Pass e.g. "
+        f"`{name}.astype(bool)` (True, or any nonzero number, marks the positions that count)."
+    )
+
+
+def broadcast_mask(mask: Any, x_shape: tuple[int, ...], name: str = "mask") -> jax.Array:
+    """Returns a boolean mask broadcast to ``x_shape``, by Keras's rules.
+
+    Values: booleans, or integers/floats read as ``mask != 0`` (nonzero, NaN included, keeps a position; see
+    :func:`mask_array`). Shape: a mask of rank ``len(x_shape) - 1`` is first expanded on the last axis (Keras:
+    one flag per position, shared by the channels) when the expanded shape broadcasts to ``x_shape`` (e.g.
+    ``(1, 2, 1)`` for x ``(1, 2, 3, 4)``); otherwise, and for any other rank, it must broadcast to ``x_shape``
+    under NumPy rules. So for an ``(N, C)`` input with ``N == C`` a 1-D mask is per example (Keras); give a
+    per-feature mask as shape ``(1, C)``.
+
+    Raises:
+      TypeError: the mask is complex, a string, or not an array (the message names ``name``).
+      ValueError: it broadcasts to ``x_shape`` under neither rule.
+    """
+    m = mask_array(mask, name)
+    if len(x_shape) >= 1 and m.ndim == len(x_shape) - 1 and _broadcasts_to(m.shape + (1,), x_shape):
         m = m[..., None]
     if not _broadcasts_to(m.shape, x_shape):
         raise ValueError(
             f"`{name}` has shape {m.shape}, which does not broadcast to x's shape {x_shape}. Give it x's "
-            f"shape, a shape that broadcasts to it, or x.shape[:-1] = {tuple(x_shape[:-1])} (Keras)."
+            f"shape, a shape that broadcasts to it, or (Keras) a shape of rank {len(x_shape) - 1} that broadcasts "
+            f"to x.shape[:-1] = {tuple(x_shape[:-1])}."
         )
     return jnp.broadcast_to(m, x_shape)
+
+
+def python_scalars(value: Any) -> Any:
+    """A hyperparameter with its concrete NumPy/JAX scalars (``np.float32(0.9)``, ``jnp.float32(1e-3)``, 0-d
+    arrays, ``np.True_``) turned into Python ``float``/``int``/``bool``, inside lists, tuples and dicts too, so
+    that a spec stays hashable and its config JSON-serializable. Anything else (arrays of rank > 0, tracers,
+    complex scalars, callables, strings) is returned as it is, for the field's own check to judge."""
+    if type(value) in (list, tuple):
+        return type(value)(python_scalars(v) for v in value)
+    if type(value) is dict:
+        return {k: python_scalars(v) for k, v in value.items()}
+    if isinstance(value, jax.core.Tracer):
+        return value
+    if isinstance(value, np.generic | np.ndarray | jax.Array) and np.ndim(value) == 0:
+        dtype = value.dtype
+        if dtype == np.bool_:
+            return bool(value)
+        if jnp.issubdtype(dtype, jnp.integer):
+            return int(value)
+        if jnp.issubdtype(dtype, jnp.floating):
+            if np.dtype(dtype).itemsize >= 8:
+                return float(value)
+            # The shortest decimal that is the same number in its own precision (np.float32(0.9) -> 0.9, not
+            # 0.8999999761581421); bfloat16 via float32, which holds it exactly.
+            f = np.asarray(value)
+            f = f if f.dtype in (np.float16, np.float32) else f.astype(np.float32)
+            return float(np.format_float_scientific(f[()], unique=True))
+    return value
+
+
+def check_dtype_name(dtype: Any, name: str) -> str:
+    """The name of a real floating dtype given as a name, a NumPy/JAX dtype or a type; ``TypeError`` naming
+    ``name`` otherwise (None included: give the dtype explicitly)."""
+    try:
+        dt = None if dtype is None else jnp.dtype(dtype)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"`{name}` must be a floating-point dtype (e.g. 'float32', 'bfloat16'), got {dtype!r}: {err}."
+        ) from None
+    if dt is None:
+        raise TypeError(f"`{name}` must be a floating-point dtype (e.g. 'float32', 'bfloat16'), got None.")
+    check_float_dtype(dt, name)
+    return dt.name
+
+
+def fit_variable(value: Any, shape: tuple[int, ...], name: str, fix: str, exact: bool = False) -> jax.Array:
+    """A stored variable (a Flax drop-in's ``scale``, ``bias``, ``batch_stats['mean']``, ...) reshaped to
+    ``shape``, the shape the input needs; ``ValueError`` naming the variable ``name``, the shape received and
+    the one needed, and ``fix``, when its size differs (``exact``: when its shape differs), e.g. a checkpoint or
+    ``nnx.merge`` state for another feature count, instead of a broadcasting error deep inside."""
+    arr = jnp.asarray(value)
+    if (arr.shape != tuple(shape)) if exact else (math.prod(arr.shape) != math.prod(shape)):
+        raise ValueError(
+            f"`{name}` has shape {arr.shape} but this call needs {tuple(shape)}. {fix}"
+        )
+    return arr.reshape(shape)
 
 
 def expand_to_rank(value: jax.Array, ndim: int, axes: tuple[int, ...]) -> jax.Array:

@@ -1,0 +1,34 @@
+"""The hostile-input table (issue 12): bad arguments, numerical extremes against NumPy float64, empty inputs,
+masks holding NaN/inf and their gradients, state-safety streams, config and hashing round trips, drop-in state
+loading. Each row asserts either the exact error type and a message naming the argument, or a result verified
+against a reference. The rows live in tests/adversarial/*.py, one module per class of hostile input.
+"""
+
+import re
+
+import pytest
+
+from tests.adversarial import Case, parts
+
+CASES: list[Case] = parts.all_cases()
+
+
+def test_the_table_is_large_and_names_are_unique():
+    names = [c.name for c in CASES]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    assert len(CASES) >= 100, len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_case(case: Case):
+    if case.raises is not None:
+        with pytest.raises(BaseException) as info:
+            case.run()
+        err = info.value
+        if case.subclass_ok:
+            assert isinstance(err, case.raises), f"{type(err).__name__}: {err}"
+        else:
+            assert type(err) is case.raises, f"expected {case.raises.__name__}, got {type(err).__name__}: {err}"
+        assert re.search(case.match, str(err)), f"message {str(err)!r} does not match {case.match!r}"
+    else:
+        case.check(case.run())
