@@ -9,3 +9,4 @@ import jax  # noqa: E402
 
 # jaxnorm never relies on implicit rank promotion; make any accidental use an error in the tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+

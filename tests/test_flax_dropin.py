@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 
 import jax
 import jax.numpy as jnp
@@ -161,8 +162,13 @@ LINEN_LN_CONFIGS = [
 ]
 
 
+def _stable(text):
+    """A test id without memory addresses, so that every pytest-xdist worker collects the same tests."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+
+
 def _ids(configs):
-    return [f"{shape}-{kw}" for shape, kw in configs]
+    return [_stable(f"{shape}-{kw}") for shape, kw in configs]
 
 
 @pytest.mark.parametrize(("shape", "kwargs"), LINEN_BN_CONFIGS, ids=_ids(LINEN_BN_CONFIGS))
@@ -210,7 +216,8 @@ NNX_LN_CONFIGS = [
     ("ours_cls", "theirs_cls", "kwargs"),
     [(jnnx.BatchNorm, nnx.BatchNorm, kw) for kw in NNX_BN_CONFIGS]
     + [(jnnx.LayerNorm, nnx.LayerNorm, kw) for kw in NNX_LN_CONFIGS],
-    ids=[f"BatchNorm-{kw}" for kw in NNX_BN_CONFIGS] + [f"LayerNorm-{kw}" for kw in NNX_LN_CONFIGS],
+    ids=[_stable(f"BatchNorm-{kw}") for kw in NNX_BN_CONFIGS]
+    + [_stable(f"LayerNorm-{kw}") for kw in NNX_LN_CONFIGS],
 )
 def test_nnx_state_matches_flax(ours_cls, theirs_cls, kwargs):
     ours = ours_cls(**kwargs, rngs=nnx.Rngs(3))

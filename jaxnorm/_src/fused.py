@@ -172,18 +172,7 @@ def _cols_bwd(res, cts):
 _cols.defvjp(_cols_fwd, _cols_bwd)
 
 
-def vary_like(p: Any, x: jax.Array) -> Any:
-    """``p`` cast to vary over the manual (``shard_map``) axes ``x`` varies over. A replicated scale, bias or
-    epsilon then reaches the custom backward typed like its per-device cotangent (which ``jax.custom_vjp``
-    requires under ``check_vma``), and JAX's transpose of the cast sums that cotangent over the devices, as
-    autodiff of a replicated parameter does."""
-    if p is None or p is False:
-        return p
-    try:
-        extra = jax.typeof(x).manual_axis_type.varying - jax.typeof(p).manual_axis_type.varying
-    except AttributeError:  # outside shard_map, or a JAX without varying-axis types
-        return p
-    return lax.pcast(p, tuple(sorted(extra)), to="varying") if extra else p
+vary_like = stats.vary_like
 
 
 def rows_operand(p: jax.Array | None, x_shape: tuple[int, ...], axes: tuple[int, ...]) -> Any:

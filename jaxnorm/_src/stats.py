@@ -11,8 +11,10 @@ statistics nor their gradients.
 Any finite float32 magnitude is exact: where squares overflow (``|x - mean|`` beyond ``2**64``) or underflow (a
 variance below ``2**-101`` with an ``epsilon`` too small to hide it), :func:`normalizer` detects it from the small
 statistics (no extra pass over ``x`` on ordinary data) and only then, in a ``lax.cond`` branch, takes the
-statistics again of ``x`` rescaled by a power of two per reduction. Subnormal float32 inputs enter that rescaled
-statistics exactly (read from their bits); XLA's CPU arithmetic reads them as zero everywhere else.
+statistics again of ``x`` rescaled by a power of two per reduction (on the host in float64, where no square of a
+float32 overflows or underflows; across devices in the graph). Subnormal float32 inputs get exact statistics
+there, but XLA's CPU arithmetic flushes them to zero in every op (``jnp.float32(1e-40) * 2**100`` is 0), the
+output pass included.
 
 An empty reduction (a zero-size batch) has count 0, mean 0 and variance 0.
 
@@ -287,34 +289,8 @@ def _thresholds(dtype: Any) -> tuple[float, float]:
     return tiny, tiny / float(info.eps)  # float32: 2**-78
 
 
-def _exponent(x: jax.Array) -> jax.Array:
-    """``e`` (int32) with ``|x| * 2**-e`` in [0.5, 1), read from the bits (0 for 0, inf and NaN): exact also
-    for subnormal float32 values, which XLA's CPU arithmetic flushes to zero (``frexp`` included)."""
-    if x.dtype != jnp.float32:
-        _, e = jnp.frexp(jnp.where(jnp.isfinite(x), x, 0))
-        return e.astype(jnp.int32)
-    bits = lax.bitcast_convert_type(x, jnp.int32) & 0x7FFFFFFF
-    biased = bits >> 23
-    mant = bits & 0x7FFFFF
-    subnormal = (32 - lax.clz(mant)) - 149
-    return jnp.where(biased == 255, 0, jnp.where(biased > 0, biased - 126, jnp.where(mant > 0, subnormal, 0)))
-
-
-def _times_pow2(x: jax.Array, e: jax.Array) -> jax.Array:
-    """``x * 2**-e``, exact where the result is a normal number, also for subnormal float32 ``x`` (rebuilt from
-    its mantissa bits: XLA's CPU arithmetic flushes subnormals to zero). ``e`` in [-125, 126]."""
-    q = jnp.ldexp(jnp.ones((), x.dtype), -e)
-    if x.dtype != jnp.float32:
-        return x * q
-    bits = lax.bitcast_convert_type(x, jnp.int32)
-    biased = (bits >> 23) & 0xFF
-    mant = (bits & 0x7FFFFF).astype(jnp.float32)
-    sub = jnp.where(bits < 0, -mant, mant) * jnp.ldexp(jnp.ones((), x.dtype), jnp.maximum(-149 - e, -126))
-    return jnp.where(biased == 0, sub, x * q)
-
-
 def _scale_exponent(amax_e: jax.Array, epsilon: jax.Array) -> jax.Array:
-    """The exponent ``e`` of :func:`_times_pow2` that brings a maximum magnitude of exponent ``amax_e`` to
+    """The exponent ``e`` of the scale ``2**-e`` that brings a maximum magnitude of exponent ``amax_e`` to
     [0.5, 1), raised where needed so that ``epsilon * 2**(-2e)`` stays finite (at most 2**100), and kept in
     [-125, 126] so that ``q = 2**-e`` and ``1 / q`` are normal numbers."""
     floor = jnp.where(
@@ -324,18 +300,14 @@ def _scale_exponent(amax_e: jax.Array, epsilon: jax.Array) -> jax.Array:
 
 
 def _max_exponent(x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None, axis_name: Any) -> jax.Array:
-    """The largest :func:`_exponent` of the selected values over ``axes`` (keepdims) and ``axis_name``'s devices
-    (-2**20 where nothing is selected)."""
-    e = _exponent(x)
-    e = jnp.where(x == 0 if mask is None else (~mask | (x == 0)), -(2**20), e)
-    if x.dtype == jnp.float32:  # x == 0 is also true of flushed subnormals: read their bits instead
-        e = jnp.where((lax.bitcast_convert_type(x, jnp.int32) & 0x7FFFFFFF) > 0, _exponent(x), -(2**20))
-        if mask is not None:
-            e = jnp.where(mask, e, -(2**20))
-    e = jnp.max(e, axes, keepdims=True, initial=-(2**20))
+    """``e`` (int32, keepdims) with ``max |x| * 2**-e`` in [0.5, 1), the maximum over ``axes`` of the selected
+    values and over ``axis_name``'s devices (0 where nothing is selected or the maximum is 0, inf or NaN)."""
+    a = jnp.abs(x) if mask is None else jnp.where(mask, jnp.abs(x), 0)
+    amax = jnp.max(a, axes, keepdims=True, initial=0)
     if axis_name is not None:
-        e = lax.pmax(e, axis_name.axis_name if isinstance(axis_name, Grouped) else axis_name)
-    return jnp.where(e == -(2**20), 0, e)
+        amax = lax.pmax(amax, axis_name.axis_name if isinstance(axis_name, Grouped) else axis_name)
+    _, e = jnp.frexp(jnp.where(jnp.isfinite(amax), amax, 0))
+    return e.astype(jnp.int32)
 
 
 class Normalizer(NamedTuple):
@@ -422,8 +394,16 @@ def _scaled_stats(x, axes, axis_name, center, floor, mask, eps):
 
     def rescaled(x):
         xs = x.astype(dtype)
+        if axis_name is None:  # on the host, in float64 (a small branch: XLA compiles a large one slowly)
+            out = jax.ShapeDtypeStruct(var.shape, dtype)
+            host = functools.partial(_rescaled_on_host, axes=axes, center=center)
+            q, mean_q, var_q = jax.pure_callback(
+                host, (out, out, out), xs, mask, jnp.broadcast_to(eps, var.shape), vmap_method="sequential"
+            )
+            return tuple(vary_like(a, var) for a in (q, mean_q, var_q))  # typed as the other branch's
         e = _scale_exponent(_max_exponent(xs, axes, mask, axis_name), eps)
-        q, xq = jnp.ldexp(jnp.ones_like(var), -e), _times_pow2(xs, e)
+        q = jnp.ldexp(jnp.ones_like(var), -e)
+        xq = xs * q
         if center:
             _, mean_q, m2_q = count_mean_m2(xq, axes, mask, axis_name)
             return q, mean_q, m2_q / jnp.maximum(count, 1)
@@ -432,6 +412,39 @@ def _scaled_stats(x, axes, axis_name, center, floor, mask, eps):
 
     q, mean_q, var_q = lax.cond(_any_anywhere(flag), rescaled, ordinary, x)
     return count, q, mean_q, var_q
+
+
+def vary_like(p: Any, x: jax.Array) -> Any:
+    """``p`` cast to vary over the manual (``shard_map``) axes ``x`` varies over. A replicated scale, bias or
+    epsilon then reaches the custom backward typed like its per-device cotangent (which ``jax.custom_vjp``
+    requires under ``check_vma``), and JAX's transpose of the cast sums that cotangent over the devices, as
+    autodiff of a replicated parameter does."""
+    if p is None or p is False:
+        return p
+    try:
+        extra = jax.typeof(x).manual_axis_type.varying - jax.typeof(p).manual_axis_type.varying
+    except AttributeError:  # outside shard_map, or a JAX without varying-axis types
+        return p
+    return lax.pcast(p, tuple(sorted(extra)), to="varying") if extra else p
+
+
+def _rescaled_on_host(x, mask, eps, *, axes, center):
+    """``(q, mean q, var q^2)`` of float32 ``x`` over ``axes`` in NumPy float64, whose range holds every float32
+    square (and which reads subnormals exactly): the rare branch of :func:`_scaled_stats` without ``axis_name``.
+    ``q = 2**-e`` brings ``max |x|`` to [0.5, 1), lowered so that ``eps q^2`` stays below 2**100."""
+    dtype = np.asarray(x).dtype  # the statistics dtype (float32, or float64 for float64 input)
+    x = np.asarray(x, np.float64)
+    m = np.ones(x.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), x.shape)
+    xz = np.where(m, x, 0.0)
+    n = np.maximum(m.sum(axes, keepdims=True), 1)
+    mean = xz.sum(axes, keepdims=True) / n if center else np.zeros_like(n, np.float64)
+    var = (np.where(m, xz - mean, 0.0) ** 2).sum(axes, keepdims=True) / n
+    _, e = np.frexp(np.abs(xz).max(axes, keepdims=True, initial=0.0))
+    eps = np.asarray(eps, np.float64)
+    with np.errstate(divide="ignore"):
+        floor = np.where(eps > 0, np.ceil((np.log2(np.where(eps > 0, eps, 1.0)) - 100) / 2), -(2**20))
+    q = np.ldexp(1.0, -np.clip(np.maximum(e, floor), -125, 126).astype(np.int64))
+    return tuple(np.asarray(a, dtype) for a in (q, mean * q, var * q * q))
 
 
 @_scaled_stats.defjvp
