@@ -12,9 +12,9 @@ Any finite float32 magnitude is exact: where squares overflow (``|x - mean|`` be
 variance below ``2**-101`` with an ``epsilon`` too small to hide it), :func:`normalizer` detects it from the small
 statistics (no extra pass over ``x`` on ordinary data) and only then, in a ``lax.cond`` branch, takes the
 statistics again of ``x`` rescaled by a power of two per reduction (on the host in float64, where no square of a
-float32 overflows or underflows; across devices in the graph). Subnormal float32 inputs get exact statistics
-there, but XLA's CPU arithmetic flushes them to zero in every op (``jnp.float32(1e-40) * 2**100`` is 0), the
-output pass included.
+float32 overflows or underflows; across devices in the graph), for the reductions that need it only. Subnormal
+float32 inputs are read as zero: XLA's CPU arithmetic flushes them in every op (``jnp.float32(1e-40) * 2**100``
+is 0 there), so a row of them normalizes as a row of zeros.
 
 An empty reduction (a zero-size batch) has count 0, mean 0 and variance 0.
 
@@ -384,7 +384,8 @@ def _scaled_stats(x, axes, axis_name, center, floor, mask, eps):
     tiny, eps_floor = _thresholds(dtype)
     if floor:  # below a floor of at least 2 tiny, a variance that lost digits still rounds to the floor
         eps_floor = 2 * tiny
-    flag = ~jnp.isfinite(mean) | ~jnp.isfinite(var) | ((var < tiny) & (eps < eps_floor))
+    bad = ~jnp.isfinite(mean) | ~jnp.isfinite(var) | ((var < tiny) & (eps < eps_floor))  # per reduction
+    flag = bad
     if axis_name is not None:  # every device must take the same branch (the rescaled one gathers too)
         names = axis_name.axis_name if isinstance(axis_name, Grouped) else axis_name
         flag = lax.pmax(flag.astype(jnp.int32), names) > 0
@@ -410,7 +411,11 @@ def _scaled_stats(x, axes, axis_name, center, floor, mask, eps):
         _, var_q = count_mean_square(xq, axes, mask, axis_name)
         return q, jnp.zeros_like(var_q), var_q
 
-    q, mean_q, var_q = lax.cond(_any_anywhere(flag), rescaled, ordinary, x)
+    def some_rescaled(x):  # only the reductions that need it: the others keep the ordinary kernel's bits
+        q, mean_q, var_q = rescaled(x)
+        return jnp.where(bad, q, one), jnp.where(bad, mean_q, mean), jnp.where(bad, var_q, var)
+
+    q, mean_q, var_q = lax.cond(_any_anywhere(flag), some_rescaled, ordinary, x)
     return count, q, mean_q, var_q
 
 
@@ -433,18 +438,19 @@ def _rescaled_on_host(x, mask, eps, *, axes, center):
     square (and which reads subnormals exactly): the rare branch of :func:`_scaled_stats` without ``axis_name``.
     ``q = 2**-e`` brings ``max |x|`` to [0.5, 1), lowered so that ``eps q^2`` stays below 2**100."""
     dtype = np.asarray(x).dtype  # the statistics dtype (float32, or float64 for float64 input)
-    x = np.asarray(x, np.float64)
-    m = np.ones(x.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), x.shape)
-    xz = np.where(m, x, 0.0)
-    n = np.maximum(m.sum(axes, keepdims=True), 1)
-    mean = xz.sum(axes, keepdims=True) / n if center else np.zeros_like(n, np.float64)
-    var = (np.where(m, xz - mean, 0.0) ** 2).sum(axes, keepdims=True) / n
-    _, e = np.frexp(np.abs(xz).max(axes, keepdims=True, initial=0.0))
-    eps = np.asarray(eps, np.float64)
-    with np.errstate(divide="ignore"):
+    with np.errstate(all="ignore"):  # NaN or inf data (a bad batch) gives NaN statistics, as the graph does
+        x = np.asarray(x, np.float64)
+        m = np.ones(x.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), x.shape)
+        xz = np.where(m, x, 0.0)
+        n = np.maximum(m.sum(axes, keepdims=True), 1)
+        mean = xz.sum(axes, keepdims=True) / n if center else np.zeros_like(n, np.float64)
+        var = (np.where(m, xz - mean, 0.0) ** 2).sum(axes, keepdims=True) / n
+        amax = np.abs(xz).max(axes, keepdims=True, initial=0.0)
+        _, e = np.frexp(np.where(np.isfinite(amax), amax, 0.0))
+        eps = np.asarray(eps, np.float64)
         floor = np.where(eps > 0, np.ceil((np.log2(np.where(eps > 0, eps, 1.0)) - 100) / 2), -(2**20))
-    q = np.ldexp(1.0, -np.clip(np.maximum(e, floor), -125, 126).astype(np.int64))
-    return tuple(np.asarray(a, dtype) for a in (q, mean * q, var * q * q))
+        q = np.ldexp(1.0, -np.clip(np.maximum(e, floor), -125, 126).astype(np.int64))
+        return tuple(np.asarray(a, dtype) for a in (q, mean * q, var * q * q))
 
 
 @_scaled_stats.defjvp

@@ -98,7 +98,7 @@ _OPS = [
     ("op_instance_norm", lambda x, p, m: jaxnorm.instance_norm(x, p["scale"], p["bias"], where=m), (4, 3, 6)),
     # unit_norm has no parameters (a scale applied to its output would multiply the NaN kept positions itself)
     ("op_unit_norm", lambda x, p, m: jaxnorm.unit_norm(x, where=m), (5, 6)),
-    ("op_moments", lambda x, p, m: jnp.stack(jaxnorm.moments(x, 0, where=m)) * p["scale"], (5, 6)),
+    ("op_moments", lambda x, p, m: jnp.stack(jaxnorm.moments(x, 0, where=m)) * p["scale"][None], (5, 6)),
 ]
 
 CASES = []
