@@ -443,8 +443,8 @@ def group_norm(
     Raises:
       TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` complex, a string or not an array.
       ValueError: both ``num_groups`` and ``group_size`` given, or either not a positive int (Keras raises
-        ValueError too); the groups do not divide the channels; ``x`` of rank < 2; an axis out of range or repeated; ``scale``/``bias`` of the wrong shape;
-        ``epsilon`` < 0.
+        ValueError too); the groups do not divide the channels; ``x`` of rank < 2; an axis out of range or
+        repeated; ``scale``/``bias`` of the wrong shape; ``epsilon`` < 0.
 
     Source: Wu & He 2018, "Group Normalization"; semantics of ``keras.layers.GroupNormalization``
     (``groups``, ``axis``), ``flax.linen.GroupNorm`` (``num_groups``/``group_size``, ``reduction_axes``) and

@@ -293,9 +293,8 @@ def _scale_exponent(amax_e: jax.Array, epsilon: jax.Array) -> jax.Array:
     """The exponent ``e`` of the scale ``2**-e`` that brings a maximum magnitude of exponent ``amax_e`` to
     [0.5, 1), raised where needed so that ``epsilon * 2**(-2e)`` stays finite (at most 2**100), and kept in
     [-125, 126] so that ``q = 2**-e`` and ``1 / q`` are normal numbers."""
-    floor = jnp.where(
-        epsilon > 0, jnp.ceil((jnp.log2(jnp.maximum(epsilon, jnp.finfo(epsilon.dtype).tiny)) - 100) / 2), -(2**20)
-    )
+    tiny = jnp.finfo(epsilon.dtype).tiny
+    floor = jnp.where(epsilon > 0, jnp.ceil((jnp.log2(jnp.maximum(epsilon, tiny)) - 100) / 2), -(2**20))
     return lax.stop_gradient(jnp.clip(jnp.maximum(amax_e, floor.astype(jnp.int32)), -125, 126))
 
 
