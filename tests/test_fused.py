@@ -113,7 +113,8 @@ def test_reverse_mode_saves_only_the_input_and_per_row_statistics(dtype):
     _, vjp_ref = jax.vjp(
         lambda x, s, b: _autodiff_reference(x.astype(jnp.float32), s[None], b[None], (1,), 1e-3)[0], x, scale, bias
     )
-    assert sum(leaf.nbytes for leaf in jax.tree.leaves(vjp_ref)) >= saved + 2 * m * n * 4
+    # (at least two float32 copies beyond the input itself).
+    assert sum(leaf.nbytes for leaf in jax.tree.leaves(vjp_ref)) >= x.nbytes + 2 * m * n * 4
 
 
 def test_batch_norm_training_gradients_equal_autodiff_of_reference():
