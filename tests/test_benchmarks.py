@@ -10,6 +10,9 @@ import math
 from pathlib import Path
 
 import jax
+import pytest
+
+pytestmark = pytest.mark.slow  # a whole benchmark run: the heavy tier (`pytest -m slow`), run by .ci/run
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # four training processes: the heavy tier (`pytest -m slow`), run by .ci/run
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_data_parallel.py"
 COMMON = ["--epochs", "2", "--batch-size", "32", "--max-steps", "12", "--seed", "0"]
 TIMEOUT = 300

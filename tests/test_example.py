@@ -7,6 +7,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # training runs of the example: the heavy tier (`pytest -m slow`), run by .ci/run
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_digits.py"
 

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
 import jaxnorm
 from jaxnorm._src import fused, ops
@@ -59,25 +58,31 @@ def test_gradients_equal_autodiff_including_statistics_cotangents(shape, axes, p
             return inner
 
         argnums = (0, 1, 2, 3) if affine else (0, 3)
-        want = jax.grad(loss(_autodiff_reference), argnums)(x, scale, bias, eps)
+        # (Everything compiled: eagerly, every primitive of the second-order graphs would compile on its own.)
+        want = jax.jit(jax.grad(loss(_autodiff_reference), argnums))(x, scale, bias, eps)
         rows = axes[-1] == len(shape) - 1
         ignored = [i for i in range(len(shape)) if (i in axes) != rows]  # axes the params must be constant on
         varies = any(pshape[i] != 1 for i in ignored)
         # Params varying where the fused paths expect them constant take the generic autodiff path.
         normalize_fused = fused.normalize_rows if rows else fused.normalize_columns
         assert (normalize_fused(x, scale, bias, axes, eps) is None) == (affine and varies)
-        got = jax.grad(loss(_ours), argnums)(x, scale, bias, eps)
+        got = jax.jit(jax.grad(loss(_ours), argnums))(x, scale, bias, eps)
         for g, r in zip(got, want, strict=True):
             assert g.shape == r.shape and g.dtype == r.dtype
             assert_close(g, r, jnp.float64)
-        # Second order (reverse over reverse, forward over reverse) differentiates the backward itself.
-        f = lambda x, eps: jnp.sum(_ours(x, scale, bias, axes, eps)[0] * w)  # noqa: E731
-        check_grads(f, (x, eps), order=2, modes=("rev",))
-        ref = lambda x: jnp.sum(_autodiff_reference(x, scale, bias, axes, eps)[0] * w)  # noqa: E731
-        ours = lambda x: f(x, eps)  # noqa: E731
-        assert_close(jax.hessian(ours)(x), jax.hessian(ref)(x), jnp.float64)
-        hvp = lambda g: jax.jvp(jax.grad(g), (x,), (w,))[1]  # noqa: E731
-        assert_close(hvp(ours), hvp(ref), jnp.float64)
+        # Second order differentiates the backward itself: reverse over reverse, forward over reverse (the
+        # Hessian), and a Hessian-vector product, each against the same derivative of the reference.
+        def second_orders(f):
+            g = jax.grad(lambda x, eps: jnp.sum(f(x, scale, bias, axes, eps)[0] * w), (0, 1))
+            rev = jax.jacrev(g, (0, 1))(x, eps)
+            fwd = jax.jacfwd(g, (0, 1))(x, eps)
+            hvp = jax.jvp(lambda x: g(x, eps)[0], (x,), (w,))[1]
+            return rev, fwd, hvp
+
+        got, want = jax.jit(second_orders, static_argnums=0)(_ours), jax.jit(second_orders, static_argnums=0)(
+            _autodiff_reference)
+        for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert_close(g, r, jnp.float64)
 
 
 def test_forward_mode_on_the_normalization_itself_is_jaxs_custom_vjp_error():

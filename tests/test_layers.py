@@ -152,7 +152,7 @@ def test_batch_norm_gradients():
         y, _ = bn.apply(params, state, x, training=True)
         return jnp.sum(jnp.sin(y))
 
-    check_grads(loss, (params, x), order=1, modes=["rev"], atol=grad_tol(jnp.float32),
+    check_grads(jax.jit(loss), (params, x), order=1, modes=["rev"], atol=grad_tol(jnp.float32),
                               rtol=grad_tol(jnp.float32))
     # Analytic property: batch-normalized output is invariant to a per-channel shift of x, so the gradient
     # w.r.t. x sums to zero over the reduced axes.

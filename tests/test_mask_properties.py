@@ -7,11 +7,14 @@ import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxnorm
 from tests.tolerances import assert_close
+
+pytestmark = pytest.mark.slow  # hypothesis sweeps: the heavy tier (`pytest -m slow`), run by .ci/run
 
 _VALUES = st.floats(-50, 50, width=32)
 

@@ -215,7 +215,7 @@ def test_gradients_half_precision_and_parameter_dtypes():
 def test_check_grads_numerically(subtract_mean):
     x, scale, bias = _data(3, 7, seed=9)
     f = lambda x, s, b: _run(x, s, b, subtract_mean=subtract_mean, num_programs=2, block_rows=1)
-    check_grads(f, (x, scale, bias), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+    check_grads(jax.jit(f), (x, scale, bias), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
