@@ -837,6 +837,9 @@ def parse_args(argv=None):
         "--repeats", type=int, default=None, help="timed runs per implementation (full 20, quick 15, smoke 3)"
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--models", action="store_true", help="run the model-level benchmark (benchmarks/models.py) instead"
+    )
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -845,6 +848,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.models:  # the whole-model step with Flax's norm layers, jaxnorm's drop-ins and none
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import models
+
+        return models.main([*(["--smoke"] if args.mode == "smoke" else []), "--out", str(args.out)])
     start = time.perf_counter()
     repeats = args.repeats or REPEATS[args.mode]
     device = jax.devices()[0]

@@ -83,3 +83,28 @@ def test_benchmarks_smoke(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.startswith(tuple(f"{op} " for op in run.OPS))]
     assert len(rows) == sum(len(c["results"]) for c in data["cases"])
     assert "wrote " in out
+
+
+def test_models_smoke_checks_the_swap_changes_no_number(tmp_path, capsys, monkeypatch):
+    run = load_run()
+    run.main(["--smoke", "--models", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "figures below time dispatch" in out  # smoke mode says its figures mean nothing
+    data = json.loads((tmp_path / "models_smoke.json").read_text())
+    assert set(data["models"]) == {"cnn", "transformer-layer", "transformer-rms"}
+    for model in data["models"].values():
+        assert set(model["variants"]) == {"flax", "jaxnorm", "identity"}
+        for variant in model["variants"].values():
+            assert all(_positive_finite(variant[f"{step}_ms"]) for step in ("train", "infer"))
+            assert all(variant[f"{step}_temp_MiB"] >= 0 for step in ("train", "infer"))
+        for step in ("train", "infer"):
+            assert _positive_finite(model["summary"][step]["flax/jaxnorm"])
+    # A "drop-in" that changes the numbers (another epsilon) is caught before any timing.
+    import flax.linen as nn
+    import models  # benchmarks/ is on sys.path after run.main(--models)
+
+    wrong = type(models.NORMS["jaxnorm"])(**vars(models.NORMS["jaxnorm"]))
+    wrong.LayerNorm = lambda: nn.LayerNorm(epsilon=0.5)
+    monkeypatch.setitem(models.NORMS, "jaxnorm", wrong)
+    with pytest.raises(AssertionError, match="transformer-layer"):
+        models.main(["--smoke", "--only", "transformer-layer", "--out", str(tmp_path)])

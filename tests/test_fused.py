@@ -85,11 +85,83 @@ def test_gradients_equal_autodiff_including_statistics_cotangents(shape, axes, p
             assert_close(g, r, jnp.float64)
 
 
-def test_forward_mode_on_the_normalization_itself_is_jaxs_custom_vjp_error():
-    # Documented limit of a custom_vjp: jax.jvp/jacfwd of the layer itself (jvp of grad works, above).
-    x = jnp.ones((2, 3))
-    with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(lambda x: jaxnorm.layer_norm(x), (x,), (x,))
+def _textbook(x, axes, eps, center=True):
+    mean = jnp.mean(x, axes, keepdims=True) if center else 0.0
+    return (x - mean) / jnp.sqrt(jnp.mean(jnp.square(x - mean), axes, keepdims=True) + eps)
+
+
+def _bn_train(x, s, b):
+    spec = jaxnorm.BatchNorm(epsilon=0.3)
+    params, state = spec.init(jax.random.key(0), x)
+    return spec.apply({"scale": s, "bias": b}, state, x, training=True)[0]
+
+
+def _p(p, ndim, axis=-1):
+    """A (C,) parameter of x's rank, along ``axis``."""
+    shape = [1] * ndim
+    shape[axis] = p.shape[0]
+    return p.reshape(shape)
+
+
+# (name, ours(x, s, b), float64 textbook reference(x, s, b), x shape, param shape): every op whose default path
+# is a custom derivative (rows: LayerNorm/RMSNorm; columns: BatchNorm NHWC; any axes: GroupNorm, InstanceNorm,
+# channels-first BatchNorm).
+FORWARD_MODE_OPS = [
+    ("layer_norm", lambda x, s, b: jaxnorm.layer_norm(x, s, b, epsilon=0.3),
+     lambda x, s, b: _textbook(x, (1,), 0.3) * _p(s, 2) + _p(b, 2), (4, 6), (6,)),
+    ("rms_norm", lambda x, s, b: jaxnorm.rms_norm(x, s, epsilon=0.3),
+     lambda x, s, b: _textbook(x, (1,), 0.3, center=False) * _p(s, 2), (4, 6), (6,)),
+    ("batch_norm_nhwc", _bn_train,
+     lambda x, s, b: _textbook(x, (0, 1, 2), 0.3) * _p(s, 4) + _p(b, 4), (3, 2, 2, 4), (4,)),
+    ("normalize_batch_in_training_nchw",
+     lambda x, s, b: jaxnorm.normalize_batch_in_training(x, _p(s, 4, 1), _p(b, 4, 1), (0, 2, 3), 0.3)[0],
+     lambda x, s, b: _textbook(x, (0, 2, 3), 0.3) * _p(s, 4, 1) + _p(b, 4, 1), (3, 4, 2, 2), (4,)),
+    ("group_norm", lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=2, epsilon=0.3),
+     lambda x, s, b: _textbook(x.reshape(2, 3, 2, 2), (1, 3), 0.3).reshape(2, 3, 4) * _p(s, 3) + _p(b, 3),
+     (2, 3, 4), (4,)),
+    ("instance_norm", lambda x, s, b: jaxnorm.instance_norm(x, s, b, epsilon=0.3),
+     lambda x, s, b: _textbook(x, (1,), 0.3) * _p(s, 3) + _p(b, 3), (2, 5, 3), (3,)),
+]
+
+
+@pytest.mark.parametrize("name, ours, ref, shape, pshape", FORWARD_MODE_OPS, ids=[o[0] for o in FORWARD_MODE_OPS])
+def test_forward_and_reverse_modes_equal_autodiff_of_the_float64_reference(name, ours, ref, shape, pshape):
+    """jax.jvp and jacfwd of the op itself (the closed-form tangent), grad (the hand-written backward, the
+    tangent's transpose), the Hessian (forward over reverse), reverse over reverse, and vmap of jvp: all equal
+    the same derivatives of the float64 textbook formula."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        x = jnp.asarray(rng.standard_normal(shape) * 3 + 2)
+        s, b = (jnp.asarray(rng.standard_normal(pshape)) for _ in range(2))
+        w = jnp.asarray(rng.standard_normal(shape))
+        tx, ts, tb = (jnp.asarray(rng.standard_normal(np.shape(a))) for a in (x, s, b))
+
+        def derivatives(f):
+            loss = lambda x, s, b: jnp.sum(f(x, s, b) * w)  # noqa: E731
+            return dict(
+                jvp=jax.jvp(f, (x, s, b), (tx, ts, tb)),
+                jacfwd=jax.jacfwd(f, (0, 1, 2))(x, s, b),
+                grad=jax.grad(loss, (0, 1, 2))(x, s, b),
+                hessian=jax.hessian(lambda x: loss(x, s, b))(x),
+                rev_rev=jax.jacrev(jax.grad(loss))(x, s, b),
+                vmap_jvp=jax.vmap(lambda t: jax.jvp(lambda x: f(x, s, b), (x,), (t,))[1])(jnp.stack([tx, w])),
+            )
+
+        got = jax.jit(derivatives, static_argnums=0)(ours)
+        want = jax.jit(derivatives, static_argnums=0)(ref)
+        for key in want:
+            for g, r in zip(jax.tree.leaves(got[key]), jax.tree.leaves(want[key]), strict=True):
+                assert g.shape == r.shape, (key, g.shape, r.shape)
+                assert_close(g, r, jnp.float64, scale=10)
+
+
+def test_reverse_mode_runs_the_hand_written_backward():
+    """grad of the fused path transposes the tangent with the hand-written backward (a blocked loop for rows),
+    not JAX's transposition of the tangent map: the loop is in the gradient's program."""
+    x = jnp.ones((512, 4096))  # beyond ONE_BLOCK_ELEMENTS: several blocks
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(jaxnorm.layer_norm(x) ** 2)))
+    assert "while" in grad.lower(x).as_text()
+    assert "while" not in jax.jit(lambda x: jax.jvp(jaxnorm.layer_norm, (x,), (x,))[1]).lower(x).as_text()
 
 
 def test_matches_reference_on_offset_data_and_empty_rows():

@@ -4,7 +4,8 @@ Forward: ``mean, var`` per row (the shifted two-pass kernel of :mod:`stats`), th
 ``y = (x - mean) * rstd * scale + bias`` with ``rstd = rsqrt(var + eps)``. The rows are the trailing ``axes``
 flattened: ``x`` is viewed as ``(M, N)``.
 
-Backward: a ``jax.custom_vjp`` that saves only ``x`` (the caller holds it anyway), ``scale`` and the float32
+Backward: the transpose of a ``jax.custom_jvp``'s tangent map (:func:`linear.linear`, below); it saves only ``x``
+(the caller holds it anyway), ``scale`` and the float32
 ``mean`` and ``rstd`` of each row, and computes, with :math:`c = x - \mu`, :math:`\hat x = c\,r`,
 :math:`g = dy \cdot \text{scale}` and :math:`\langle\cdot\rangle` the mean over the row (all in float32):
 
@@ -29,9 +30,10 @@ The statistics are :func:`stats.normalizer`'s: ``y = (x q - mean q) rstd_q`` wit
 that is 1 on ordinary data and rescales only the inputs whose squares would overflow or underflow; the backward
 saves ``q`` beside the mean and rstd and uses the same form, so both directions are exact at any magnitude.
 
-A ``custom_vjp`` supports ``grad``, ``vjp``, ``jax.hessian`` and ``jvp`` of ``grad`` (forward-over-reverse), but
-not ``jax.jvp``/``jacfwd`` applied to the normalization itself; the statistics kernel path
-(``implementation`` aside, any masked or ``axis_name`` call) remains plain autodiff.
+Both modes: each path is a ``jax.custom_jvp`` whose tangent (:func:`_tangent`, the closed form) is a
+:func:`linear.linear` map with the hand-written backward as its transpose. ``jax.jvp``/``jacfwd`` run the
+tangent; ``grad``/``vjp`` run the backward above with the same residuals a ``custom_vjp`` would save;
+``jax.hessian`` (forward over reverse) and reverse over reverse differentiate the backward itself.
 
 Source: the backward is the standard LayerNorm gradient (Ba, Kiros & Hinton 2016); the blocked, in-place
 structure follows the fused kernels of Apex/Triton's layer-norm tutorial, expressed in XLA loops.
@@ -47,7 +49,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._src import stats, validation
+from jaxnorm._src import linear, stats, validation
 
 # Elements per backward block: 256 KiB of float32, so a block's temporaries stay in L2. Measured (1024x4096,
 # 4096x1024 float32): 32K-128K elements per block are within noise of each other; 8K is slower (loop overhead).
@@ -57,7 +59,34 @@ BLOCK_ELEMENTS = 1 << 16
 ONE_BLOCK_ELEMENTS = 1 << 20
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _tangent(axes, center, res, lin):
+    """The forward-mode derivative of ``(y, mean, var)``: linear in ``lin = (dx, dscale, dbias, depsilon)``, in
+    the rescaled form of the forward (``q`` a power of two per reduction, see :class:`stats.Normalizer`):
+    with ``c = x q - mean q``, ``xhat = c rstd_q`` and ``<.>`` the mean over ``axes``,
+    ``d mean q = <q dx>``, ``d var q^2 = 2 <c q dx> + q^2 d eps`` and
+    ``d xhat = rstd_q (q dx - <q dx>) - xhat rstd_q^2 (d var q^2) / 2``;
+    ``dy = d xhat scale + xhat dscale + dbias``.
+    The backward (its transpose) is the hand-written one of each path."""
+    x, scale, bias_like, _, q, mean_q, rstd_q = res
+    dx, dscale, dbias, deps = lin
+    dtype = mean_q.dtype
+    flat = lambda p: p.astype(dtype)[None] if p.ndim < x.ndim else p.astype(dtype)  # noqa: E731
+    c = x.astype(dtype) * q - mean_q if center else x.astype(dtype) * q
+    xhat = c * rstd_q
+    dxq = dx.astype(dtype) * q
+    mean_over = lambda a: jnp.mean(a, axes, keepdims=True)  # noqa: E731
+    dmean_q = mean_over(dxq) if center else jnp.zeros_like(mean_q)
+    dvar_q = 2 * mean_over(c * dxq)
+    dxhat = rstd_q * (dxq - dmean_q) - 0.5 * xhat * (rstd_q * rstd_q) * (dvar_q + deps.astype(dtype) * q * q)
+    dy = dxhat if scale is None else dxhat * flat(scale)
+    if dscale is not None:
+        dy = dy + xhat * flat(dscale)
+    if dbias is not None:
+        dy = dy + flat(dbias)
+    return dy.astype(x.dtype), dmean_q / q, dvar_q / q / q
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
 def _rows(x, scale, bias, epsilon, block_rows, center):
     y, mean, var, _ = _forward(x, scale, bias, epsilon, 1, center)
     return y, mean, var
@@ -133,10 +162,14 @@ def _rows_bwd(block_rows, center, res, cts):
     return dx, dscale, dbias, deps.astype(epsilon.dtype)
 
 
-_rows.defvjp(_rows_fwd, _rows_bwd)
+@_rows.defjvp
+def _rows_jvp(block_rows, center, primals, tangents):
+    out, res = _rows_fwd(*primals, block_rows, center)
+    bwd = functools.partial(_rows_bwd, block_rows, center)
+    return out, linear.linear(functools.partial(_tangent, (1,), center), bwd, res, tangents)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _cols(x, scale, bias, epsilon):
     y, mean, var, _ = _forward(x, scale, bias, epsilon, 0)
     return y, mean, var
@@ -169,7 +202,10 @@ def _cols_bwd(res, cts):
     return dx.astype(x.dtype), dscale, dbias, deps.astype(epsilon.dtype)
 
 
-_cols.defvjp(_cols_fwd, _cols_bwd)
+@_cols.defjvp
+def _cols_jvp(primals, tangents):
+    out, res = _cols_fwd(*primals)
+    return out, linear.linear(functools.partial(_tangent, (0,), True), _cols_bwd, res, tangents)
 
 
 vary_like = stats.vary_like
@@ -246,7 +282,7 @@ def normalize_columns(
     return y.reshape(x.shape), mean.reshape(kept), var.reshape(kept)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
 def _axes(x, scale, bias, epsilon, axes):
     y, mean, var, _ = _axes_forward(x, scale, bias, epsilon, axes)
     return y, mean, var
@@ -310,14 +346,18 @@ def _axes_bwd(axes, res, cts):
     return dx.astype(x.dtype), dscale, dbias, deps.astype(epsilon.dtype)
 
 
-_axes.defvjp(_axes_fwd, _axes_bwd)
+@_axes.defjvp
+def _axes_jvp(axes, primals, tangents):
+    out, res = _axes_fwd(*primals, axes)
+    bwd = functools.partial(_axes_bwd, axes)
+    return out, linear.linear(functools.partial(_tangent, axes, True), bwd, res, tangents)
 
 
 def normalize_axes(
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """As :func:`normalize_rows` over any sorted ``axes`` (GroupNorm's grouped view, InstanceNorm, BatchNorm on
-    channels-first input), with scale/bias of x's rank broadcastable to it: a ``custom_vjp`` that saves ``x``,
+    channels-first input), with scale/bias of x's rank broadcastable to it: a custom derivative that saves ``x``,
     ``scale`` and the float32 statistics, and whose backward is two fused reductions and one elementwise pass.
     """
     eps = jnp.asarray(epsilon, validation.stats_dtype(x.dtype))

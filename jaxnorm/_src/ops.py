@@ -113,8 +113,8 @@ def normalize_by_moments(x, scale, bias, axes, epsilon, mask=None, axis_name=Non
     over trailing axes (rows: LayerNorm) it uses :func:`fused.normalize_rows` and over leading axes (columns:
     BatchNorm on channels-last input) :func:`fused.normalize_columns`, and over any other axes (GroupNorm,
     InstanceNorm, channels-first BatchNorm) :func:`fused.normalize_axes`, all with a hand-written
-    ``custom_vjp`` backward that saves only ``x`` and float32 statistics; with a mask or ``axis_name``, the
-    statistics kernel and plain autodiff. ``scale``/``bias``: None or of x's rank.
+    backward that saves only ``x`` and float32 statistics (forward mode works too); with a mask or
+    ``axis_name``, the statistics kernel and plain autodiff. ``scale``/``bias``: None or of x's rank.
     """
     rows = tuple(axes) == tuple(range(x.ndim - len(axes), x.ndim))
     columns = tuple(axes) == tuple(range(len(axes)))
