@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 import jaxnorm
 from jaxnorm._src import fused, ops
@@ -214,3 +215,27 @@ def test_batch_norm_training_gradients_equal_autodiff_of_reference():
     assert_close(got[0], want[0], scale=10)
     for k in ("scale", "bias"):
         assert_close(got[1][k], want[1][k], scale=10)
+
+
+def test_forward_over_reverse_through_scan():
+    """Under lax.scan, forward-over-reverse AD differentiates the statistics kernel's own implementation (JAX
+    drops a custom_jvp rule when it partially evaluates a scan body), including its rarely taken host-callback
+    branch, which therefore carries its own derivative: the Hessian-vector product equals the unrolled loop's.
+    (It raised "Pure callbacks do not support JVP" before. Known limit: at magnitudes whose squares overflow,
+    this scan-specific path still gives NaN; the unrolled loop and every other transform are exact.)"""
+    x = jax.random.normal(jax.random.key(4), (3, 8))
+    s = jnp.linspace(0.5, 1.5, 8)
+
+    def step(c):
+        return jnp.sin(jaxnorm.layer_norm(c, s))
+
+    def scanned(x):
+        return jnp.sum(lax.scan(lambda c, _: (step(c), None), x, None, length=2)[0])
+
+    def unrolled(x):
+        return jnp.sum(step(step(x)))
+
+    hvp = lambda f: jax.jit(lambda x, t: jax.jvp(jax.grad(f), (x,), (t,))[1])(x, x)  # noqa: E731
+    got, want = hvp(scanned), hvp(unrolled)
+    assert np.isfinite(np.asarray(got)).all()
+    assert_close(got, want, jnp.float32, scale=10)

@@ -54,7 +54,8 @@ def linear(fun: Callable, fun_t: Callable, res: Any, lin: Any) -> Any:
     """
     res_flat, res_tree = tree_util.tree_flatten(res)
     lin_flat, lin_tree = tree_util.tree_flatten(lin)
-    out_tree = tree_util.tree_structure(jax.eval_shape(fun, res, lin))
+    traced, out_shape = jax.make_jaxpr(fun, return_shape=True)(res, lin)
+    out_tree = tree_util.tree_structure(out_shape)
 
     def flat_fun(r, v):
         out = fun(tree_util.tree_unflatten(res_tree, r), tree_util.tree_unflatten(lin_tree, v))
@@ -67,7 +68,7 @@ def linear(fun: Callable, fun_t: Callable, res: Any, lin: Any) -> Any:
             raise TypeError(f"the transpose returns structure {tree}, the linear inputs have {lin_tree}")
         return leaves
 
-    spec = _Spec(flat_fun, flat_fun_t, _out_avals(flat_fun, res_flat, lin_flat))
+    spec = _Spec(flat_fun, flat_fun_t, tuple(traced.out_avals))
     outs = linear_p.bind(*res_flat, *lin_flat, spec=spec, num_res=len(res_flat))
     return tree_util.tree_unflatten(out_tree, outs)
 

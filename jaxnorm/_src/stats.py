@@ -399,10 +399,7 @@ def _scaled_stats(x, axes, axis_name, center, floor, mask, eps):
 
     def rescaled(x, bad, mean, var, one):  # only the flagged reductions are rescaled
         if axis_name is None:  # on the host, in float64
-            out = jax.ShapeDtypeStruct(var.shape, dtype)
-            host = functools.partial(_rescaled_on_host, axes=axes, center=center)
-            res = jax.pure_callback(host, (out, out, out), x, mask, eps, bad, mean, var, vmap_method="sequential")
-            return tuple(vary_like(a, var) for a in res)  # typed as the other branch's
+            return _host_stats(x, mask, eps, bad, mean, var, axes, center)
         xs = x.astype(dtype)
         e = _scale_exponent(_max_exponent(xs, axes, mask, axis_name), eps)
         q = jnp.ldexp(jnp.ones_like(var), -e)
@@ -462,13 +459,10 @@ def _rescaled_on_host(x, mask, eps, bad, mean, var, *, axes, center):
         return tuple(np.asarray(a, dtype) for a in merged)
 
 
-@_scaled_stats.defjvp
-def _scaled_stats_jvp(axes, axis_name, center, floor, primals, tangents):
-    """d mean_q = <q dx>, d var_q = 2 <(x q - mean_q) q dx> (RMS: 2 <x q q dx>), means over the selected
-    positions of every device; the masked-out positions enter as zeros, never multiplied."""
-    x, mask, eps = primals
-    dx = tangents[0]
-    count, q, mean_q, var_q = out = _scaled_stats(x, axes, axis_name, center, floor, mask, eps)
+def _tangent_q(x, dx, mask, q, mean_q, axes, axis_name, center):
+    """``(d mean_q, d var_q)`` for a tangent ``dx`` of ``x``: ``d mean_q = <q dx>``,
+    ``d var_q = 2 <(x q - mean_q) q dx>`` (RMS: ``2 <x q q dx>``), means over the selected positions of every
+    device; the masked-out positions enter as zeros, never multiplied."""
     dtype = mean_q.dtype
     xq = x.astype(dtype) * q
     dxq = dx.astype(dtype) * q
@@ -476,7 +470,7 @@ def _scaled_stats_jvp(axes, axis_name, center, floor, primals, tangents):
     if mask is not None:
         c, dxq = jnp.where(mask, c, 0), jnp.where(mask, dxq, 0)
 
-    local = jnp.full(count.shape, math.prod(x.shape[i] for i in axes), dtype) if mask is None else (
+    local = jnp.full(mean_q.shape, math.prod(x.shape[i] for i in axes), dtype) if mask is None else (
         sum_keepdims(mask, axes, dtype))
 
     def mean_over(a):  # the mean over the selected positions of every device (linear in a)
@@ -484,9 +478,37 @@ def _scaled_stats_jvp(axes, axis_name, center, floor, primals, tangents):
         return m if axis_name is None else _merge_across(local, m, None, axis_name)[1]
 
     dmean_q = mean_over(dxq) if center else jnp.zeros_like(mean_q)
-    dvar_q = 2 * mean_over(c * dxq)
-    zero = jnp.zeros_like(count)
-    return out, (zero, jnp.zeros_like(q), dmean_q, dvar_q)
+    return dmean_q, 2 * mean_over(c * dxq)
+
+
+@_scaled_stats.defjvp
+def _scaled_stats_jvp(axes, axis_name, center, floor, primals, tangents):
+    """The closed form of :func:`_tangent_q`; ``count`` and ``q`` (piecewise constant) have zero tangents."""
+    x, mask, eps = primals
+    count, q, mean_q, var_q = out = _scaled_stats(x, axes, axis_name, center, floor, mask, eps)
+    dmean_q, dvar_q = _tangent_q(x, tangents[0], mask, q, mean_q, axes, axis_name, center)
+    return out, (jnp.zeros_like(count), jnp.zeros_like(q), dmean_q, dvar_q)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(6, 7))
+def _host_stats(x, mask, eps, bad, mean, var, axes, center):
+    """The host callback of :func:`_scaled_stats`' rescaled branch, with its own closed-form derivative: JAX
+    drops the kernel's ``custom_jvp`` rule when it partially evaluates a primal computation (``scan`` under
+    forward-over-reverse AD) and then differentiates the branch itself, where a bare callback has none."""
+    out = jax.ShapeDtypeStruct(var.shape, var.dtype)
+    host = functools.partial(_rescaled_on_host, axes=axes, center=center)
+    res = jax.pure_callback(host, (out, out, out), x, mask, eps, bad, mean, var, vmap_method="sequential")
+    return tuple(vary_like(a, var) for a in res)  # typed as the other branch's
+
+
+@_host_stats.defjvp
+def _host_stats_jvp(axes, center, primals, tangents):
+    x, mask, eps, bad, mean, var = primals
+    dx, _, _, _, dmean, dvar = tangents
+    q, mean_q, var_q = out = _host_stats(x, mask, eps, bad, mean, var, axes, center)
+    dmean_q, dvar_q = _tangent_q(x, dx, mask, q, mean_q, axes, None, center)
+    # Unflagged reductions pass the ordinary statistics through (q = 1), with their tangents.
+    return out, (jnp.zeros_like(q), jnp.where(bad, dmean_q, dmean), jnp.where(bad, dvar_q, dvar))
 
 
 def count_mean_var(
