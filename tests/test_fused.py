@@ -42,6 +42,7 @@ def test_gradients_equal_autodiff_including_statistics_cotangents(shape, axes, p
                                                                   monkeypatch):
     monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
     monkeypatch.setattr(fused, "ONE_BLOCK_ELEMENTS", 0 if block_elements < 100 else 1 << 20)
+    monkeypatch.setattr(fused, "BLOCK_MIN_ROW", 0)
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.standard_normal(shape) * 3 + 2)
@@ -159,7 +160,7 @@ def test_forward_and_reverse_modes_equal_autodiff_of_the_float64_reference(name,
 def test_reverse_mode_runs_the_hand_written_backward():
     """grad of the fused path transposes the tangent with the hand-written backward (a blocked loop for rows),
     not JAX's transposition of the tangent map: the loop is in the gradient's program."""
-    x = jnp.ones((512, 4096))  # beyond ONE_BLOCK_ELEMENTS: several blocks
+    x = jnp.ones((128, 1 << 14))  # beyond ONE_BLOCK_ELEMENTS, rows of BLOCK_MIN_ROW: several blocks
     grad = jax.jit(jax.grad(lambda x: jnp.sum(jaxnorm.layer_norm(x) ** 2)))
     assert "while" in grad.lower(x).as_text()
     assert "while" not in jax.jit(lambda x: jax.jvp(jaxnorm.layer_norm, (x,), (x,))[1]).lower(x).as_text()

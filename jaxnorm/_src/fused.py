@@ -14,11 +14,13 @@ Backward: the transpose of a ``jax.custom_jvp``'s tangent map (:func:`linear.lin
     \quad d\text{scale} = \textstyle\sum_{rows} dy\,\hat x, \quad d\text{bias} = \sum_{rows} dy, \quad
     d\epsilon = -\tfrac12 \sum_{rows} r^2 N \langle g\hat x\rangle
 
-where :math:`\bar\mu, \bar v` are the cotangents reaching the returned mean and variance. The rows are processed
-in blocks of about 64K elements in a loop that writes ``dx`` in place and accumulates ``dscale``/``dbias`` in
-float32: every temporary is a block, cache-sized and reused, instead of several full-size float32 arrays.
-Measured on a 2-vCPU CPU (benchmarks/RESULTS.md), each fresh full-size temporary costs its page faults on every
-call; autodiff of the same forward (and Flax's LayerNorm) keeps 2-3 of them.
+where :math:`\bar\mu, \bar v` are the cotangents reaching the returned mean and variance. Every reduction is
+its own fused pass over ``x`` and ``dy``, each taking them from its own :func:`stats.fresh` (an optimization
+barrier), and so is ``dx``: XLA then materializes no full-size intermediate (``xhat``, ``dy * scale``, a float32
+copy of 16-bit input), where autodiff of the same forward (and Flax's LayerNorm) keeps 2-4 of them. Measured on
+a 2-vCPU CPU (benchmarks/RESULTS.md), each fresh full-size temporary costs its page faults on every call. Long
+float32 rows (:data:`BLOCK_MIN_ROW`) in large arrays are processed in blocks of about 64K elements in a loop
+that writes ``dx`` in place and accumulates ``dscale``/``dbias`` in float32.
 
 Columns (BatchNorm over the leading axes of channels-last input, ``x`` viewed as ``(M, C)``) use the same
 forward and a two-pass backward: the per-channel sums of ``dy`` and ``dy * xhat`` (which are also ``dbias`` and
@@ -57,6 +59,11 @@ BLOCK_ELEMENTS = 1 << 16
 # Arrays up to this many elements (4 MiB of float32, cache-sized) take one block: the loop would only add its
 # overhead (measured at 1024x512: 1.0 ms blocked vs 0.5 ms in one block; Flax 0.48 ms).
 ONE_BLOCK_ELEMENTS = 1 << 20
+# Larger arrays take the blocked loop only when their rows are at least this long. Since every backward pass
+# takes its own x and dy (stats.fresh) one block keeps no full-size temporary either, and it is faster unless the
+# rows are long (measured fwd+bwd float32, CPU, ms, blocked / one block: 1024x4096 25 / 16, 4096x4096 118 / 92,
+# 8192x768 37 / 24, 1024x16384 112 / 126, 512x32768 306 / 328; benchmarks/RESULTS.md, issue 13).
+BLOCK_MIN_ROW = 1 << 14
 
 
 def _tangent(axes, center, res, lin):
@@ -98,7 +105,8 @@ def _forward(x, scale, bias, epsilon, axis, center=True):
     st = stats.normalizer(x, (axis,), epsilon=epsilon, center=center)
     dtype = st.mean.dtype
     inv = st.rstd_q if scale is None else st.rstd_q * scale.astype(dtype)[None]
-    y = (x.astype(dtype) * st.q - st.mean_q) * inv
+    xo, q, mean_q, inv = stats.fresh(x, st.q, st.mean_q, inv)  # the output pass converts x itself
+    y = (xo.astype(dtype) * q - mean_q) * inv
     if bias is not None:
         y = y + bias.astype(dtype)[None]
     return y.astype(x.dtype), st.mean, st.var, st
@@ -116,17 +124,30 @@ def _block_grads(x, dy, dmean, dvar, q, mean_q, rstd_q, scale, center=True):
     ``q, mean_q, rstd_q``: the rows' :class:`stats.Normalizer` (``q`` 1 unless the magnitudes demand it)."""
     dtype = mean_q.dtype
     n = x.shape[1]
-    c_q = x.astype(dtype) * q - mean_q  # (x - mean) q
-    xhat = c_q * rstd_q
     rstd = rstd_q * q
-    dyf = dy.astype(dtype)
-    g = dyf if scale is None else dyf * scale.astype(dtype)[None]
+    sc = None if scale is None else scale.astype(dtype)[None]
+
+    def grads(x, dy, q, mean_q, rstd_q, sc, *_):
+        c_q = x.astype(dtype) * q - mean_q  # (x - mean) q
+        dyf = dy.astype(dtype)
+        return c_q, c_q * rstd_q, dyf, dyf if sc is None else dyf * sc
+
+    # Every reduction is its own pass over x and dy, each taking them (and the broadcast operands) from its own
+    # distinct stats.fresh: no shared full-size intermediate (xhat, dy * scale, a float32 copy of 16-bit input,
+    # scale broadcast to x's shape) is materialized.
+    res = (q, mean_q, rstd_q, sc)
+    _, xhat, _, g = grads(*stats.fresh(x, dy, *res))
     gx_mean = jnp.mean(g * xhat, 1, keepdims=True)
+    g_mean = jnp.mean(grads(*stats.fresh(x, dy, *res, gx_mean))[3], 1, keepdims=True) if center else 0.0
+    _, xhat, dyf, _ = grads(*stats.fresh(x, dy, *res, gx_mean, g_mean))
+    dscale = jnp.sum(dyf * xhat, 0)
+    dbias = jnp.sum(stats.fresh(dy, gx_mean, g_mean)[0].astype(dtype), 0)
+    c_q, xhat, dyf, g = grads(*stats.fresh(x, dy, *res, gx_mean, g_mean, dscale))
     dx = rstd * (g - xhat * gx_mean) + ((2 / n) * dvar / q) * c_q
     if center:
-        dx = dx - rstd * jnp.mean(g, 1, keepdims=True) + dmean / n
+        dx = dx - rstd * g_mean + dmean / n
     deps = -0.5 * n * jnp.sum(rstd * rstd * gx_mean)
-    return dx.astype(x.dtype), jnp.sum(dyf * xhat, 0), jnp.sum(dyf, 0), deps
+    return dx.astype(x.dtype), dscale, dbias, deps
 
 
 def _rows_bwd(block_rows, center, res, cts):
@@ -188,14 +209,16 @@ def _cols_bwd(res, cts):
     dy, dmean, dvar = cts
     m = x.shape[0]
     dtype = mean_q.dtype
-    c_q = x.astype(dtype) * q - mean_q  # (x - mean) q
-    xhat = c_q * rstd_q
     rstd = rstd_q * q
-    dyf = dy.astype(dtype)
-    sum_dy = jnp.sum(dyf, 0, keepdims=True)
-    sum_dy_xhat = jnp.sum(dyf * xhat, 0, keepdims=True)
+    # Each pass converts its own x and dy (stats.fresh): no full-size float32 copies of 16-bit input.
+    sum_dy = jnp.sum(stats.fresh(dy)[0].astype(dtype), 0, keepdims=True)
+    x1, dy1 = stats.fresh(x, dy)
+    sum_dy_xhat = jnp.sum(dy1.astype(dtype) * ((x1.astype(dtype) * q - mean_q) * rstd_q), 0, keepdims=True)
     k = rstd if scale is None else rstd * scale.astype(dtype)[None]
-    dx = k * (dyf - sum_dy / m - xhat * (sum_dy_xhat / m)) + dmean / m + ((2 / m) * dvar / q) * c_q
+    x2, dy2, sum_dy, sum_dy_xhat, q, mean_q, rstd_q, k = stats.fresh(x, dy, sum_dy, sum_dy_xhat, q, mean_q, rstd_q, k)
+    c_q = x2.astype(dtype) * q - mean_q  # (x - mean) q
+    xhat = c_q * rstd_q
+    dx = k * (dy2.astype(dtype) - sum_dy / m - xhat * (sum_dy_xhat / m)) + dmean / m + ((2 / m) * dvar / q) * c_q
     deps = -0.5 * jnp.sum(k * rstd * sum_dy_xhat)
     dscale = None if scale is None else sum_dy_xhat[0].astype(scale.dtype)
     dbias = None if bias_dtype is None else sum_dy[0].astype(bias_dtype.dtype)
@@ -256,7 +279,7 @@ def normalize_rows(
     s, b, eps = (vary_like(a, x) for a in (s, b, eps))
     # 16-bit input takes one block: XLA CPU converts a bf16/f16 operand of the loop's dynamic slices to float32
     # in full before the loop (measured at 1024x16384 bf16: 128 MiB of temporaries, 2x slower than one block).
-    one_block = m * n <= ONE_BLOCK_ELEMENTS or jnp.dtype(x.dtype).itemsize < 4
+    one_block = m * n <= ONE_BLOCK_ELEMENTS or n < BLOCK_MIN_ROW or jnp.dtype(x.dtype).itemsize < 4
     block_rows = m if one_block else max(1, BLOCK_ELEMENTS // max(n, 1))
     y, mean, var = _rows(x.reshape(m, n), s, b, eps, block_rows, bool(center))
     kept = lead + (1,) * len(axes)
@@ -293,7 +316,8 @@ def _axes_forward(x, scale, bias, epsilon, axes):
     dtype = st.mean.dtype
     q, mean_q, rstd_q = st.q, st.mean_q, st.rstd_q
     inv = rstd_q if scale is None else rstd_q * scale.astype(dtype)
-    y = (x.astype(dtype) * q - mean_q) * inv
+    xo, q, mean_q, inv = stats.fresh(x, q, mean_q, inv)  # the output pass converts x itself
+    y = (xo.astype(dtype) * q - mean_q) * inv
     if bias is not None:
         y = y + bias.astype(dtype)
     return y.astype(x.dtype), st.mean, st.var, st
@@ -328,15 +352,18 @@ def _axes_bwd(axes, res, cts):
     rest = tuple(a for a in axes if a not in pure)
     # Statistics broadcast along the inner reduced axes first (see stats.along_inner): much faster on XLA CPU.
     q_b, mean_b, rstd_b = (stats.along_inner(a, x.shape, axes) for a in (q, mean_q, rstd_q))
-    c_q = x.astype(dtype) * q_b - mean_b  # (x - mean) q
-    xhat = c_q * rstd_b
-    rstd_b = rstd_b * q_b
-    dyf = dy.astype(dtype)
-    s1 = stats.sum_keepdims(dyf, pure)
-    s2 = stats.sum_keepdims(dyf * xhat, pure)
+    # Each pass takes its own x and dy (stats.fresh): no full-size float32 copy of 16-bit input.
+    s1 = stats.sum_keepdims(stats.fresh(dy)[0].astype(dtype), pure)
+    x1, dy1, q1, mean1, rstd1 = stats.fresh(x, dy, q_b, mean_b, rstd_b)
+    s2 = stats.sum_keepdims(dy1.astype(dtype) * ((x1.astype(dtype) * q1 - mean1) * rstd1), pure)
     sc = None if scale is None else scale.astype(dtype)
     g_mean = jnp.sum(s1 if sc is None else sc * s1, rest, keepdims=True) / n
     gx_mean = jnp.sum(s2 if sc is None else sc * s2, rest, keepdims=True) / n
+    x2, dy2, q_b, mean_b, rstd_b, g_mean, gx_mean = stats.fresh(x, dy, q_b, mean_b, rstd_b, g_mean, gx_mean)
+    c_q = x2.astype(dtype) * q_b - mean_b  # (x - mean) q
+    xhat = c_q * rstd_b
+    rstd_b = rstd_b * q_b
+    dyf = dy2.astype(dtype)
     g = dyf if sc is None else dyf * sc
     dx = rstd_b * (g - g_mean - xhat * gx_mean) + dmean / n + ((2 / n) * dvar / q_b) * c_q
     rstd = rstd_q * q

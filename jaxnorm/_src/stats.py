@@ -83,6 +83,18 @@ def along_inner(stat: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...]) 
     return lax.optimization_barrier(jnp.broadcast_to(stat, target))
 
 
+def fresh(x: jax.Array, *deps: Any) -> tuple[Any, ...]:
+    """``(x, *deps)`` behind an optimization barrier: a use of ``x`` that XLA cannot merge with its other uses
+    and that starts only once ``deps`` (small statistics) are computed.
+
+    Each pass over ``x`` (the statistics' passes, the output) takes its own ``x`` from here, so that a 16-bit
+    ``x`` is converted to float32 inside each pass's fused loop. Otherwise XLA shares one conversion among the
+    passes and materializes it: a full-size float32 copy of ``x`` (measured on CPU, BatchNorm forward at
+    ``(8, 56, 56, 256)`` bfloat16: 25 MiB of temporaries and 1.8x the time; see benchmarks/RESULTS.md, issue 13).
+    """
+    return lax.optimization_barrier((x, *deps))
+
+
 def count_mean_m2(
     x: jax.Array,
     axes: tuple[int, ...],
@@ -108,28 +120,29 @@ def count_mean_m2(
         if axis_name is not None:
             return _merge_across(zeros, zeros, zeros, axis_name)
         return zeros, zeros, zeros
-    xs = x.astype(dtype)
-    if mask is not None:
-        xs = jnp.where(mask, xs, 0)  # before any arithmetic: NaN/inf outside the mask never propagate
     # Shift by one sample per reduction (a constant for the gradient): sums of x - shift are O(std * n),
     # not O(offset * n), so the mean keeps its float32 precision on offset data.
     first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))
-    shift = lax.stop_gradient(xs[first])
     if mask is None:
         # Each pass is one fused reduction over x (no shifted full-size copy is materialized): measured on CPU,
         # a materialized temporary costs its page faults on every call. With inner reduced axes (split_axes),
         # the shift is one sample per outer reduction (it varies along the inner axes; every inner position
         # has the same count, so the mean of the shifts corrects the sum) and the mean is broadcast along the
         # inner axes before the second pass: both passes then broadcast only along the outer axes.
+        # Each pass takes its own x (:func:`fresh`): 16-bit input is converted inside each pass.
         n = math.prod(x.shape[a] for a in axes)
         outer, inner = split_axes(x.ndim, axes) if _split_pays(x.shape, axes) else (axes, ())
         if inner:
-            shift = lax.stop_gradient(xs[tuple(slice(0, 1) if i in outer else slice(None) for i in range(x.ndim))])
+            first = tuple(slice(0, 1) if i in outer else slice(None) for i in range(x.ndim))
+        x1, shift = fresh(x, lax.stop_gradient(x[first]).astype(dtype))
         base = jnp.mean(shift, inner, keepdims=True) if inner else shift
-        mean = base + sum_keepdims(xs - shift, axes) / max(n, 1)
-        m2 = sum_keepdims(jnp.square(xs - along_inner(mean, x.shape, axes)), axes)
+        mean = base + sum_keepdims(x1.astype(dtype) - shift, axes) / max(n, 1)
+        x2, mean = fresh(x, mean)
+        m2 = sum_keepdims(jnp.square(x2.astype(dtype) - along_inner(mean, x.shape, axes)), axes)
         count = jnp.full(mean.shape, n, dtype)
     else:
+        xs = jnp.where(mask, x.astype(dtype), 0)  # before any arithmetic: NaN/inf outside the mask never propagate
+        shift = lax.stop_gradient(xs[first])
         d = jnp.where(mask, xs - shift, 0)
         count = sum_keepdims(mask, axes, dtype)
         mean_d = sum_keepdims(d, axes) / jnp.maximum(count, 1)
