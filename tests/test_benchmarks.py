@@ -83,6 +83,22 @@ def test_benchmarks_smoke(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.startswith(tuple(f"{op} " for op in run.OPS))]
     assert len(rows) == sum(len(c["results"]) for c in data["cases"])
     assert "wrote " in out
+    assert "smoke mode: tiny shapes" in out  # and says that its figures and targets mean nothing
+
+
+def test_formulations_smoke_checks_every_candidate(capsys):
+    spec = importlib.util.spec_from_file_location("benchmarks_formulations", RUN.parent / "formulations.py")
+    formulations = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(formulations)
+    formulations.main(["--smoke"])
+    out = capsys.readouterr().out
+    blocks = {b.splitlines()[0]: b.splitlines()[2:] for b in out.split("\n\n")[1:]}
+    assert len(blocks) == 4 and all(blocks.values())  # columns float32 and bfloat16, convert, blocks
+    assert "MISMATCH" not in out  # every candidate equals the float64 reference on ordinary data
+    # On offset data jaxnorm's form keeps float32 precision where Flax's one-pass E[x^2] - E[x]^2 cancels.
+    (rows,) = [rows for title, rows in blocks.items() if title.startswith("columns") and "float32" in title]
+    offset = {r.split("  ")[1]: float(r.rsplit(" ", 1)[1]) for r in rows if "offset data" in r}
+    assert offset["jaxnorm"] < 1e-3 < offset["flax one-pass"], offset
 
 
 def test_models_smoke_checks_the_swap_changes_no_number(tmp_path, capsys, monkeypatch):
