@@ -246,7 +246,7 @@ def test_layer_norm_gradients_float64():
     with jax.enable_x64(True):
         x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 6)))
         scale, bias = jnp.linspace(0.5, 1.5, 6), jnp.linspace(-1, 1, 6)
-        # Reverse mode only: the custom_vjp backward (forward-over-reverse is tested in test_fused.py).
+        # Reverse mode of the hand-written backward here (forward mode and the Hessian: test_fused.py).
         check_grads(jax.jit(lambda x, s, b: jaxnorm.layer_norm(x, s, b)), (x, scale, bias), order=2, modes=["rev"])
         where = jnp.ones(x.shape, bool)  # a mask takes the plain-autodiff path, where forward mode works too
         check_grads(jax.jit(lambda x: jaxnorm.layer_norm(x, where=where)), (x,), order=2, modes=["rev", "fwd"])
