@@ -215,7 +215,8 @@ def _cols_bwd(res, cts):
     x1, dy1 = stats.fresh(x, dy)
     sum_dy_xhat = jnp.sum(dy1.astype(dtype) * ((x1.astype(dtype) * q - mean_q) * rstd_q), 0, keepdims=True)
     k = rstd if scale is None else rstd * scale.astype(dtype)[None]
-    x2, dy2, sum_dy, sum_dy_xhat, q, mean_q, rstd_q, k = stats.fresh(x, dy, sum_dy, sum_dy_xhat, q, mean_q, rstd_q, k)
+    sums = (sum_dy, sum_dy_xhat)
+    x2, dy2, sum_dy, sum_dy_xhat, q, mean_q, rstd_q, k = stats.fresh(x, dy, *sums, q, mean_q, rstd_q, k)
     c_q = x2.astype(dtype) * q - mean_q  # (x - mean) q
     xhat = c_q * rstd_q
     dx = k * (dy2.astype(dtype) - sum_dy / m - xhat * (sum_dy_xhat / m)) + dmean / m + ((2 / m) * dvar / q) * c_q
