@@ -31,8 +31,8 @@ def _positive_finite(value):
 
 def test_benchmarks_smoke(tmp_path, capsys):
     run = load_run()
-    # bfloat16 only, to stay well under 20 s: it is the dtype with the most conversions (torch bits, Keras's mixed
-    # policy); float32 goes through the same code.
+    # bfloat16 only, to keep the smoke run short (about 35 s on 2 cores): it is the dtype with the most
+    # conversions (torch bits, Keras's mixed policy); float32 goes through the same code.
     result = run.main(["--smoke", "--dtypes", "bfloat16", "--out", str(tmp_path)])
     out = capsys.readouterr().out
 

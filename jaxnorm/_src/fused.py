@@ -1,4 +1,6 @@
-r"""Normalization over trailing axes (rows) with its own statistics and a memory-light, blocked backward.
+r"""Normalization by its own statistics, with a memory-light hand-written backward: over trailing axes (rows:
+LayerNorm, RMSNorm), leading axes (columns: channels-last BatchNorm) or any other axes (GroupNorm, InstanceNorm,
+channels-first BatchNorm).
 
 Forward: ``mean, var`` per row (the shifted two-pass kernel of :mod:`stats`), then
 ``y = (x - mean) * rstd * scale + bias`` with ``rstd = rsqrt(var + eps)``. The rows are the trailing ``axes``

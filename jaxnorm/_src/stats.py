@@ -1,9 +1,9 @@
 """The statistics kernel: every layer's mean and variance come from :func:`moments` and its helper.
 
 Statistics are two-pass (mean, then the mean of squared deviations about it) on data shifted by one of its
-own samples, computed in at least float32 whatever the input dtype. Unlike ``E[x^2] - E[x]^2`` (Flax's and
-Haiku's default "fast variance"), this has no catastrophic cancellation: on float32 ``1e4 + N(0, 1)`` it returns
-variance 1, where the fast formula returns 0.
+own samples, computed in at least float32 whatever the input dtype. Unlike ``E[x^2] - E[x]^2`` (Flax's default,
+``use_fast_variance=True``; Haiku's opt-in), this has no catastrophic cancellation: on float32
+``1e4 + N(0, 1)`` it returns variance 1, where the fast formula returns 0.
 
 Masked-out values are replaced by zero *before* any arithmetic, so NaN or inf there touches neither the
 statistics nor their gradients.

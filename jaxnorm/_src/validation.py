@@ -1,6 +1,7 @@
 """Argument checks shared by every op and layer.
 
-All user errors are raised here, at trace time, as ``TypeError`` or ``ValueError`` whose message names the
+The checks that several ops and layers share live here; a check that belongs to one layer stays with it, in the
+same form. Every user error is raised at trace time as a ``TypeError`` or ``ValueError`` whose message names the
 argument, says what was received and how to fix it. Nothing in this module touches array values, only shapes
 and dtypes, so every check is free under ``jax.jit``.
 """
