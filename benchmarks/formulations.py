@@ -20,7 +20,7 @@ Studies:
 
 Every candidate is checked against a float64 NumPy reference before timing, the columns study also on offset
 data (mean 1e4, std 1), where a formulation that cancels (``E[x^2] - E[x]^2``, ``x * r - mean * r``) loses
-digits that jaxnorm's tests require. Timing: compile, 2 warm-up runs,
+digits that jaxnorm's tests require. Timing: compile (run.py's ``JaxRunner``), 2 warm-up runs,
 then ``--repeats`` rounds in which every candidate runs once (interleaved); medians in ms; ``temp`` is XLA's
 ``temp_size_in_bytes``. Figures of a run are recorded in benchmarks/RESULTS.md (issue 13).
 """
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -39,25 +40,26 @@ from jax import lax
 import jaxnorm
 from jaxnorm._src import fused
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (benchmarks/run.py: its compiled-function runner)
+
 EPSILON = 1e-5
 F32 = jnp.float32
 
 
 def _time(fns, args, repeats):
-    compiled = {k: jax.jit(f).lower(*args).compile() for k, f in fns.items()}
-    for c in compiled.values():
-        for _ in range(2):
-            jax.block_until_ready(c(*args))
+    """Interleaved medians (ms) and XLA temporary memory (KiB), compiled by run.py's runner."""
+    runners = {k: run.JaxRunner(f, args) for k, f in fns.items()}
+    for r in runners.values():
+        for _ in range(run.WARMUP):
+            r()
     samples = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, c in compiled.items():
+    for _ in range(repeats):  # interleaved: drift of the machine hits every candidate alike
+        for k, r in runners.items():
             start = time.perf_counter()
-            jax.block_until_ready(c(*args))
+            r()
             samples[k].append(time.perf_counter() - start)
-    return {
-        k: (1e3 * float(np.median(samples[k])), compiled[k].memory_analysis().temp_size_in_bytes / 1024)
-        for k in fns
-    }
+    return {k: (1e3 * float(np.median(samples[k])), (runners[k].temp_bytes or 0) / 1024) for k in fns}
 
 
 def _report(title, results, checked):
