@@ -25,20 +25,23 @@ Implementations, each jit-compiled (``jax.jit(f).lower(*args).compile()``) and f
 ``flax_nnx`` (split/merge into a pure function), ``naive_jnp`` (a textbook jnp version), ``keras``
 (Keras 3 layers on the JAX backend through ``stateless_call``), ``equinox`` and ``haiku`` (LayerNorm only, when
 installed), ``torch_cpu`` (``torch.nn.functional.layer_norm`` / ``rms_norm`` / ``batch_norm`` /
-``group_norm``, eager, always on the CPU, with ``torch.set_num_threads`` = the CPUs this process may use;
-BatchNorm and GroupNorm in ``channels_last``, the NHWC layout),
+``group_norm``, eager, on the CPU, with ``torch.set_num_threads`` = the CPUs this process may use;
+BatchNorm and GroupNorm in ``channels_last``, the NHWC layout), ``torch_cuda`` (the same on the GPU, when JAX
+and torch both run on a CUDA GPU),
 and ``copy``: the same bytes moved by one trivial XLA kernel (``x + 0``, read ``x`` and write ``y``, for
 ``fwd``; ``x + dy``, read ``x`` and ``dy`` and write one array, for ``fwd+bwd``). Epsilon is 1e-5 and momentum
 0.9 (weight of the old value) for all. Each peer's outputs are checked once per case against jaxnorm's (relative
 max error, loose tolerance); a peer that does not match is reported and not timed.
 
-Timing: compile, one checked run, 2 warm-up runs, then ``--repeats`` rounds in which every implementation runs
-once (interleaved, so that drift of the machine hits all alike), each run timed with ``time.perf_counter``
-around the call and ``jax.block_until_ready``. Reported: median ms; ``x_jaxnorm`` = time / jaxnorm's time (> 1:
-jaxnorm is faster); ``GB/s`` = the bytes the op must move at least / time (``fwd``: read x + write y;
-``fwd+bwd``: read x + read dy + write dx); ``%copy`` = that bandwidth as a percentage of the copy kernel's;
-``temp MiB`` = ``compiled.memory_analysis().temp_size_in_bytes`` (XLA's scratch memory) and its ratio to
-flax.linen's.
+Timing: compile, one checked run, then per implementation 2 warm-up runs and ``--repeats`` timed runs (one
+implementation after the other: interleaving would hand the cores back and forth between XLA's and PyTorch's
+thread pools), each timed with ``time.perf_counter`` around the call and ``jax.block_until_ready``. On a GPU a
+timed run is as many back-to-back calls as make about 2 ms (at most 100), waited for once, divided by their
+number, so that small kernels are not timed as their dispatch. Reported: median ms; ``x_jaxnorm`` = time /
+jaxnorm's time (> 1: jaxnorm is faster); ``GB/s`` = the bytes the op must move at least / time (``fwd``:
+read x + write y; ``fwd+bwd``: read x + read dy + write dx); ``%copy`` = that bandwidth as a percentage of the
+copy kernel's; ``temp MiB`` = ``compiled.memory_analysis().temp_size_in_bytes`` (XLA's scratch memory) and its
+ratio to flax.linen's.
 
 Writes ``<out>/results_<mode>.json`` (device, versions, date, settings, every figure, a summary against the
 issue's targets) and ``<out>/ratios_<mode>.png`` (speed-up over flax.linen per case); ``--out`` defaults to
@@ -77,6 +80,7 @@ import jaxnorm  # noqa: E402
 EPSILON = 1e-5
 MOMENTUM = 0.9  # weight of the old moving value (Keras/Flax convention); PyTorch's momentum is 1 - this
 WARMUP = 2
+SAMPLE_S, MAX_CALLS = 2e-3, 100  # accelerators only: back-to-back calls per timed sample (see run_case)
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
 SHAPES = {
@@ -131,6 +135,7 @@ IMPLS = (
     "equinox",
     "haiku",
     "torch_cpu",
+    "torch_cuda",
     "copy",
 )
 BASELINE = "flax_linen"
@@ -147,6 +152,12 @@ def _pallas_on_gpu() -> bool:
     from jaxnorm._src import pallas_norm
 
     return pallas_norm.pallas_available()
+
+
+def _torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _num_threads() -> int:
@@ -419,8 +430,10 @@ class JaxRunner:
         except Exception:  # not every backend implements it
             self.temp_bytes = None
 
-    def __call__(self):
-        return jax.block_until_ready(self.compiled(*self.args))
+    def __call__(self, calls=1):
+        for _ in range(calls):  # dispatched back to back; only the last one is waited for
+            out = self.compiled(*self.args)
+        return jax.block_until_ready(out)
 
     def outputs(self):
         out = self()
@@ -428,32 +441,32 @@ class JaxRunner:
         return [np.asarray(o.astype(jnp.float32)) for o in out]
 
 
-def _to_torch(torch, a):
-    """A jax array as a CPU torch tensor of the same dtype (bfloat16 exactly, through its bits)."""
+def _to_torch(torch, a, device="cpu"):
+    """A jax array as a torch tensor of the same dtype (bfloat16 exactly, through its bits) on ``device``."""
     host = np.array(a)  # a writable host copy
     if host.dtype == jnp.bfloat16:
-        return torch.from_numpy(host.view(np.uint16)).view(torch.bfloat16)
-    return torch.from_numpy(host)
+        return torch.from_numpy(host.view(np.uint16)).view(torch.bfloat16).to(device)
+    return torch.from_numpy(host).to(device)
 
 
 class TorchRunner:
-    """Eager PyTorch on the CPU (``torch.nn.functional``), channels_last for BatchNorm."""
+    """Eager PyTorch (``torch.nn.functional``) on the CPU or a CUDA GPU, channels_last for BatchNorm."""
 
     compile_s = 0.0
     temp_bytes = None
 
-    def __init__(self, op, mode, inputs):
+    def __init__(self, op, mode, inputs, device="cpu"):
         import torch
         import torch.nn.functional as F
 
-        self.torch = torch
-        x, s, b = (_to_torch(torch, inputs[k]) for k in ("x", "scale", "bias"))
-        dy = _to_torch(torch, inputs["dy"])
+        self.torch, self.device = torch, device
+        x, s, b = (_to_torch(torch, inputs[k], device) for k in ("x", "scale", "bias"))
+        dy = _to_torch(torch, inputs["dy"], device)
         backward = mode == "fwd+bwd"
         if op in ("batch_norm", "group_norm"):  # NHWC memory, NCHW sizes: torch's channels_last layout, no copy
             x, dy = x.permute(0, 3, 1, 2), dy.permute(0, 3, 1, 2)
         if op == "batch_norm":
-            self.m0, self.v0 = _to_torch(torch, inputs["mean"]), _to_torch(torch, inputs["var"])
+            self.m0, self.v0 = (_to_torch(torch, inputs[k], device) for k in ("mean", "var"))
             self.mean, self.var = self.m0.clone(), self.v0.clone()
             self.n = math.prod(inputs["x"].shape[:-1])
         if backward:
@@ -477,8 +490,12 @@ class TorchRunner:
 
         self.run = run
 
-    def __call__(self):
-        return self.run()
+    def __call__(self, calls=1):
+        for _ in range(calls):
+            out = self.run()
+        if self.device != "cpu":
+            self.torch.cuda.synchronize()
+        return out
 
     def outputs(self):
         if self.op == "batch_norm":  # start from the same moving statistics as the others
@@ -492,7 +509,7 @@ class TorchRunner:
             new_var_unbiased = (self.var - MOMENTUM * self.v0) / (1 - MOMENTUM)
             biased = MOMENTUM * self.v0 + (1 - MOMENTUM) * new_var_unbiased * (self.n - 1) / self.n
             out += [self.mean.clone(), biased]
-        return [o.contiguous().numpy() for o in out]
+        return [o.contiguous().cpu().numpy() for o in out]
 
 
 def _copy_fn(mode):
@@ -551,8 +568,8 @@ def _rel_errors(outputs, reference):
 
 
 def _build(impl, op, mode, inputs):
-    if impl == "torch_cpu":
-        return TorchRunner(op, mode, inputs)
+    if impl in ("torch_cpu", "torch_cuda"):
+        return TorchRunner(op, mode, inputs, device=impl.removeprefix("torch_"))
     if impl == "copy":
         args = (inputs["x"],) if mode == "fwd" else (inputs["x"], inputs["dy"])
         return JaxRunner(_copy_fn(mode), args)
@@ -561,7 +578,7 @@ def _build(impl, op, mode, inputs):
     return JaxRunner(fn, _args(op, mode, inputs))
 
 
-def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes):
+def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes, on_cpu=True):
     inputs = _inputs(op, shape, jnp.dtype(dtype))
     x_bytes = inputs["x"].nbytes
     n_arrays = 2 if mode == "fwd" else 3  # fwd: read x, write y; fwd+bwd: read x, dy, write dx
@@ -607,16 +624,24 @@ def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes):
 
     # Each implementation in its own block: warm-up runs, then the timed ones. (Interleaving the runs would hand
     # the cores back and forth between XLA's and PyTorch's thread pools, which then wait on each other.)
+    # On an accelerator one call can take less than its dispatch: a sample there is `calls` back-to-back calls
+    # (about SAMPLE_S of work, waited for once at the end), divided by `calls`.
     times = {}
     for impl, runner in runners.items():
         for _ in range(WARMUP):
             runner()
+        calls = 1
+        if not on_cpu:
+            start = time.perf_counter()
+            runner()
+            calls = max(1, min(MAX_CALLS, round(SAMPLE_S / max(time.perf_counter() - start, 1e-6))))
         samples = []
         for _ in range(repeats):
             start = time.perf_counter()
-            runner()
-            samples.append(time.perf_counter() - start)
+            runner(calls)
+            samples.append((time.perf_counter() - start) / calls)
         times[impl] = samples
+        case["results"][impl]["calls_per_sample"] = calls
 
     ref_ms = statistics.median(times["jaxnorm"]) * 1e3
     copy_gbps = None
@@ -748,6 +773,12 @@ def summarize(cases):
             per_group("fwd+bwd", "torch_cpu_over_jaxnorm_geomean", ("layer_norm",)),
             "higher",
         ),
+        target(  # on a GPU: PyTorch on the same GPU
+            "layer_norm fwd+bwd: torch (CUDA) time / jaxnorm time (geomean)",
+            TARGETS["layer_norm_fwd+bwd_vs_torch_cpu"],
+            per_group("fwd+bwd", "torch_cuda_over_jaxnorm_geomean", ("layer_norm",)),
+            "higher",
+        ),
         target(
             "fwd beyond the last-level cache, layer/rms_norm: jaxnorm time / copy time",
             TARGETS["rows_fwd_time_over_copy_beyond_cache"],
@@ -849,6 +880,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed runs per implementation (full 20, quick 10, smoke 3)"
     )
+    parser.add_argument(
+        "--skip", choices=[i for i in IMPLS if i != "jaxnorm"], nargs="+", default=[], help="peers not to run"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     parser.add_argument(
         "--models", action="store_true", help="run the model-level benchmark (benchmarks/models.py) instead"
@@ -874,9 +908,13 @@ def main(argv=None):
 
     impls, skipped = [], {}
     for impl in IMPLS:
-        module = "torch" if impl == "torch_cpu" else JAX_FORWARDS.get(impl, (None,))[0]
-        if module is not None and not _installed(module):
+        module = "torch" if impl.startswith("torch_") else JAX_FORWARDS.get(impl, (None,))[0]
+        if impl in args.skip:
+            skipped[impl] = "--skip"
+        elif module is not None and not _installed(module):
             skipped[impl] = f"{module} not installed"
+        elif impl == "torch_cuda" and (device.platform != "gpu" or not _torch_cuda()):
+            skipped[impl] = "JAX or torch not on a CUDA GPU"
         elif args.mode == "quick" and impl in FULL_ONLY:
             skipped[impl] = "full mode only (quick mode stays under 4 minutes)"
         elif impl == "jaxnorm_pallas" and not _pallas_on_gpu():
@@ -899,7 +937,7 @@ def main(argv=None):
             "machine": platform.machine(),
             "processor": platform.processor() or None,
             "cache_bytes_for_beyond_cache": cache,
-            "torch_device": "cpu",
+            "torch_device": "cpu" + (" and cuda" if "torch_cuda" in impls else ""),
         },
         "versions": _versions(),
         "jaxnorm_source_sha256": _jaxnorm_source_digest(),
@@ -927,7 +965,9 @@ def main(argv=None):
     print(
         f"jaxnorm benchmarks ({args.mode}): JAX on {device.platform} ({device.device_kind}), "
         f"jax {info['versions']['jax']}, {repeats} timed runs, median; torch eager on the CPU, "
-        f"{threads} threads" + ("" if device.platform == "cpu" else " (not comparable with the JAX device)")
+        f"{threads} threads"
+        + ("" if device.platform == "cpu" else " (not comparable with the JAX device)")
+        + ("; torch_cuda: eager on the GPU" if "torch_cuda" in impls else "")
     )
     if skipped:
         print("skipped: " + ", ".join(f"{k} ({v})" for k, v in skipped.items()))
@@ -936,13 +976,17 @@ def main(argv=None):
         "%copy = GB/s / copy kernel's GB/s; temp = XLA temp bytes"
     )
     print(HEADER, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"results_{args.mode}.json"  # rewritten after each case (a cut-off run keeps them)
+    png_path = args.out / f"ratios_{args.mode}.png"
     for op in args.only:
         for shape in SHAPES[args.mode][op]:
             for dtype in args.dtypes:
                 for mode in args.modes:
-                    case = run_case(op, mode, shape, dtype, impls, repeats, cache)
+                    case = run_case(op, mode, shape, dtype, impls, repeats, cache, device.platform == "cpu")
                     info["cases"].append(case)
                     print("\n".join(format_rows(case)), flush=True)
+                    json_path.write_text(json.dumps(info, indent=1, allow_nan=False, default=float) + "\n")
     info["summary"] = summarize(info["cases"])
     info["wall_s"] = time.perf_counter() - start
     info["load_average_end"] = _load_average()  # 1/5/15-minute load: well above 0 means other work shared the CPU
@@ -968,9 +1012,6 @@ def main(argv=None):
     if args.mode == "smoke":
         print("(smoke mode: tiny shapes that check that everything runs; its figures and targets mean nothing)")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / f"results_{args.mode}.json"
-    png_path = args.out / f"ratios_{args.mode}.png"
     json_path.write_text(json.dumps(info, indent=1, allow_nan=False, default=float) + "\n")
     plot(info["cases"], png_path)
     print(f"wrote {json_path} and {png_path} ({info['wall_s']:.1f} s)")
