@@ -28,6 +28,7 @@ then ``--repeats`` rounds in which every candidate runs once (interleaved); medi
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ import numpy as np
 from jax import lax
 
 import jaxnorm
-from jaxnorm._src import fused
+from jaxnorm._src import fused, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (benchmarks/run.py: its compiled-function runner)
@@ -54,11 +55,17 @@ def _time(fns, args, repeats):
         for _ in range(run.WARMUP):
             r()
     samples = {k: [] for k in fns}
-    for _ in range(repeats):  # interleaved: drift of the machine hits every candidate alike
+    calls = dict.fromkeys(fns, 1)
+    if jax.default_backend() != "cpu":  # as run.py: back-to-back calls per sample where one call is < dispatch
         for k, r in runners.items():
             start = time.perf_counter()
             r()
-            samples[k].append(time.perf_counter() - start)
+            calls[k] = max(1, min(run.MAX_CALLS, round(run.SAMPLE_S / max(time.perf_counter() - start, 1e-6))))
+    for _ in range(repeats):  # interleaved: drift of the machine hits every candidate alike
+        for k, r in runners.items():
+            start = time.perf_counter()
+            r(calls[k])
+            samples[k].append((time.perf_counter() - start) / calls[k])
     return {k: (1e3 * float(np.median(samples[k])), (runners[k].temp_bytes or 0) / 1024) for k in fns}
 
 
@@ -200,7 +207,142 @@ def study_blocks(repeats, shapes=((1024, 4096), (8192, 768), (4096, 4096), (1024
         _report(f"rows (LayerNorm fwd+bwd) {shape} float32", results, {})
 
 
-STUDIES = {"columns": study_columns, "convert": study_convert, "blocks": study_blocks}
+def _switches(fn, guard=True, fresh=True, blocks=True):
+    """``fn`` traced with jaxnorm's formulation switches set (read at trace time; restored after)."""
+
+    def f(*args):
+        saved = stats._GUARD, stats._FRESH, fused.BLOCK_MIN_ROW
+        stats._GUARD, stats._FRESH = guard, fresh
+        fused.BLOCK_MIN_ROW = fused.BLOCK_MIN_ROW if blocks else 1 << 62
+        try:
+            return fn(*args)
+        finally:
+            stats._GUARD, stats._FRESH, fused.BLOCK_MIN_ROW = saved
+
+    return f
+
+
+def _plain(axes, kind):
+    """Textbook forms in jnp, differentiated by JAX: ``flax`` (one-pass E[x^2] - E[x]^2, flax.linen's default),
+    ``two-pass`` (mean, then mean of squared deviations), ``scaled`` (branch-free and exact at any magnitude:
+    one fused pass for the shifted sum and max |x - shift|, then a pass over (x - mean1) * q with q = 2**-e
+    from that maximum, summing it and its square), ``rms``/``rms-scaled`` (mean of squares, plain or scaled)."""
+
+    def stats_of(xf):
+        n = math.prod(xf.shape[a] for a in axes)
+        if kind == "flax":
+            mean = jnp.mean(xf, axes, keepdims=True)
+            var = jnp.maximum(jnp.mean(xf * xf, axes, keepdims=True) - mean * mean, 0)
+            return xf - mean, var, 1.0
+        if kind == "two-pass":
+            mean = jnp.mean(xf, axes, keepdims=True)
+            return xf - mean, jnp.mean(jnp.square(xf - mean), axes, keepdims=True), 1.0
+        if kind == "rms":
+            return xf, jnp.mean(xf * xf, axes, keepdims=True), 1.0
+        # Halves (exact) keep x - shift and x - mean finite at any float32 magnitude; q includes the half.
+        first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(xf.ndim))
+        half = lax.stop_gradient(xf[first]) * 0.5 if kind == "scaled" else 0.0
+        d1 = lax.stop_gradient(xf * 0.5 - half)
+        amax = jnp.max(jnp.abs(d1), axes, keepdims=True)
+        _, e = jnp.frexp(jnp.where(jnp.isfinite(amax), amax, 0))
+        e = jnp.minimum(stats._scale_exponent(e.astype(jnp.int32), jnp.asarray(EPSILON, F32)), 125)
+        q = jnp.ldexp(jnp.ones_like(amax), -e - 1)  # a normal number, with EPSILON * q**2 finite
+        if kind == "rms-scaled":
+            d = xf * q
+            return d, jnp.mean(d * d, axes, keepdims=True), q
+        s1 = jnp.sum(d1, axes, keepdims=True)
+        mean1_half = half + jnp.where(jnp.isfinite(s1), s1 / n, 0)
+        d2 = (xf * 0.5 - mean1_half) * (2 * q)
+        m = jnp.mean(d2, axes, keepdims=True)
+        var_q = jnp.maximum(jnp.mean(d2 * d2, axes, keepdims=True) - m * m, 0)
+        return d2 - m, var_q, q
+
+    def f(x, s, b):
+        c, var, q = stats_of(x.astype(F32))
+        y = c * lax.rsqrt(var + EPSILON * q * q) * s
+        return ((y if kind.startswith("rms") else y + b).astype(x.dtype),)
+
+    return f
+
+
+def _gpu_candidates(op):
+    if op == "batch_norm":
+        axes = (0,)
+
+        def library(x, s, b):
+            return (jaxnorm.normalize_batch_in_training(x, s, b, (0,), EPSILON)[0],)
+    else:
+        axes = (1,)
+
+        def library(x, s, b):
+            if op == "rms_norm":
+                return (jaxnorm.rms_norm(x, s, epsilon=EPSILON),)
+            return (jaxnorm.layer_norm(x, s, b, epsilon=EPSILON),)
+
+    rms = op == "rms_norm"
+    fns = {
+        "jaxnorm": library,
+        "jaxnorm no guard": _switches(library, guard=False),
+        "jaxnorm no fresh": _switches(library, fresh=False),
+        "jaxnorm no blocks": _switches(library, blocks=False),
+        "jaxnorm none of them": _switches(library, guard=False, fresh=False, blocks=False),
+    }
+    if op != "batch_norm":
+        fns["pallas"] = lambda x, s, b: (
+            jaxnorm.rms_norm(x, s, epsilon=EPSILON, implementation="pallas")
+            if rms
+            else jaxnorm.layer_norm(x, s, b, epsilon=EPSILON, implementation="pallas"),
+        )
+    for kind in ("rms", "rms-scaled") if rms else ("flax", "two-pass", "scaled"):
+        fns[kind + " (autodiff)"] = _plain(axes, kind)
+    return fns
+
+
+def _with_grad(fns):
+    def grad(f):
+        return lambda x, s, b, dy: jax.vjp(f, x, s, b)[1]((dy,))
+
+    out = {k: grad(f) for k, f in fns.items()}
+    out["copy"] = lambda x, s, b, dy: (x + dy,)
+    return out
+
+
+def study_gpu(repeats, shapes=None):
+    """Where the time goes on an accelerator: jaxnorm with each of its CPU-tuned devices switched off (the
+    exactness guard's lax.cond, the per-pass optimization barriers, the blocked row backward), the Pallas kernels,
+    and textbook forms that leave fusion to XLA, forward and forward+backward, float32 and bfloat16."""
+    cases = shapes or {
+        "layer_norm": ((4096, 1024), (4096, 16384)),
+        "rms_norm": ((4096, 4096),),
+        "batch_norm": ((100352, 256), (6272, 1024)),
+    }
+    on_gpu = jax.default_backend() == "gpu"
+    for op, op_shapes in cases.items():
+        for shape in op_shapes:
+            for dtype in ("float32", "bfloat16"):
+                key = jax.random.split(jax.random.key(0), 2)
+                x = (0.5 + jax.random.normal(key[0], shape)).astype(dtype)
+                dy = jax.random.normal(key[1], shape).astype(dtype)
+                c = shape[-1]
+                s, b = 1 + 0.1 * jnp.cos(jnp.arange(c, dtype=F32)), 0.1 * jnp.sin(jnp.arange(c, dtype=F32))
+                fwd = _gpu_candidates(op)
+                if op == "rms_norm" or not on_gpu:
+                    fwd.pop("pallas", None) if not on_gpu else None
+                reference = np.asarray(
+                    fwd["two-pass (autodiff)" if op != "rms_norm" else "rms (autodiff)"](
+                        *(jnp.asarray(a, F32) for a in (x, s, b))
+                    )[0],
+                    np.float64,
+                )
+                checked = _check(fwd, (x, s, b), reference, 2e-2 if dtype == "bfloat16" else 1e-4)
+                fwd["copy"] = lambda x, s, b: (x + 0,)
+                results = _time(fwd, (x, s, b), repeats)
+                _report(f"{op} fwd {shape} {dtype}", results, checked)
+                results = _time(_with_grad(fwd), (x, s, b, dy), repeats)
+                _report(f"{op} fwd+bwd {shape} {dtype}", results, {})
+
+
+STUDIES = {"columns": study_columns, "convert": study_convert, "blocks": study_blocks, "gpu": study_gpu}
 
 
 def main(argv=None):
@@ -215,7 +357,8 @@ def main(argv=None):
         # suite) makes JAX raise on implicit rank promotion.
         with jax.numpy_rank_promotion("allow"):
             if args.smoke:
-                STUDIES[name](2, shapes=((8, 128),) if name == "blocks" else ((64, 16),))
+                small = {"blocks": ((8, 128),), "gpu": {"layer_norm": ((64, 16),), "batch_norm": ((64, 16),)}}
+                STUDIES[name](2, shapes=small.get(name, ((64, 16),)))
             else:
                 STUDIES[name](args.repeats)
 

@@ -199,14 +199,22 @@ def run_case(name: str, case: dict[str, Any], repeats: int, rounds: int = 3) -> 
             "train_temp_MiB": train.memory_analysis().temp_size_in_bytes / 2**20,
             "infer_temp_MiB": infer.memory_analysis().temp_size_in_bytes / 2**20,
         }
-    # Equal before timing: the swap must change no number beyond float32 rounding.
+    # Equal before timing: the swap must change no number beyond float32 rounding. On a GPU, XLA's float32
+    # convolutions and matmuls default to TF32 (10-bit mantissa) inputs, which turn rounding differences of the
+    # norm layers into differences near 1e-3 of the outputs.
+    tol = 1 if jax.default_backend() == "cpu" else 10
     out_f = compiled["flax"][0](*compiled["flax"][1])
     out_j = compiled["jaxnorm"][0](*compiled["jaxnorm"][1])
-    np.testing.assert_allclose(out_j[3], out_f[3], rtol=1e-4, err_msg=f"{name}: train loss differs")
-    np.testing.assert_allclose(out_j[4], out_f[4], rtol=1e-3, atol=1e-4, err_msg=f"{name}: train outputs differ")
+    np.testing.assert_allclose(out_j[3], out_f[3], rtol=1e-4 * tol, err_msg=f"{name}: train loss differs")
     np.testing.assert_allclose(
-        compiled["jaxnorm"][2](*compiled["jaxnorm"][3]), compiled["flax"][2](*compiled["flax"][3]), rtol=1e-3,
-        atol=1e-4, err_msg=f"{name}: inference outputs differ",
+        out_j[4], out_f[4], rtol=1e-3 * tol, atol=1e-4 * tol, err_msg=f"{name}: train outputs differ"
+    )
+    np.testing.assert_allclose(
+        compiled["jaxnorm"][2](*compiled["jaxnorm"][3]),
+        compiled["flax"][2](*compiled["flax"][3]),
+        rtol=1e-3 * tol,
+        atol=1e-4 * tol,
+        err_msg=f"{name}: inference outputs differ",
     )
     times = {v: {"train": [], "infer": []} for v in VARIANTS}
     for variant in VARIANTS:  # warm-up

@@ -83,6 +83,12 @@ def along_inner(stat: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...]) 
     return lax.optimization_barrier(jnp.broadcast_to(stat, target))
 
 
+# Formulation switches, read at trace time; benchmarks/formulations.py turns them off to time what they cost
+# (not API: the defaults are the library's behaviour).
+_GUARD = True  # False: no overflow/underflow check and no lax.cond (the ordinary statistics only)
+_FRESH = True  # False: fresh() is the identity (passes may share a conversion of x)
+
+
 def fresh(x: jax.Array, *deps: Any) -> tuple[Any, ...]:
     """``(x, *deps)`` behind an optimization barrier: a use of ``x`` that XLA cannot merge with its other uses
     and that starts only once ``deps`` (small statistics) are computed.
@@ -92,6 +98,8 @@ def fresh(x: jax.Array, *deps: Any) -> tuple[Any, ...]:
     passes and materializes it: a full-size float32 copy of ``x`` (measured on CPU, BatchNorm forward at
     ``(8, 56, 56, 256)`` bfloat16: 25 MiB of temporaries and 1.8x the time; see benchmarks/RESULTS.md, issue 13).
     """
+    if not _FRESH:
+        return (x, *deps)
     return lax.optimization_barrier((x, *deps))
 
 
@@ -375,7 +383,8 @@ def normalizer(
     eps = jnp.asarray(epsilon, dtype)
     if isinstance(axis_name, list):
         axis_name = tuple(axis_name)  # hashable: the kernel is compiled once per static configuration
-    count, q, mean_q, var_q = _compiled_stats(x, tuple(axes), axis_name, bool(center), bool(floor), mask, eps)
+    kernel = _compiled_stats if _GUARD and _FRESH else _scaled_stats  # (the cache does not know the switches)
+    count, q, mean_q, var_q = kernel(x, tuple(axes), axis_name, bool(center), bool(floor), mask, eps)
     eps_q = (eps * q) * q
     rstd_q = lax.rsqrt(jnp.maximum(var_q, eps_q) if floor else var_q + eps_q)
     return Normalizer(count, mean_q / q, var_q / q / q, q, mean_q, var_q, rstd_q)
@@ -393,7 +402,7 @@ def _scaled_stats(x, axes, axis_name, center, floor, mask, eps):
         count, var = count_mean_square(x, axes, mask, axis_name)
         mean = jnp.zeros_like(var)
     one = jnp.ones_like(var)
-    if x.size == 0:
+    if x.size == 0 or not _GUARD:
         return count, one, mean, var
     tiny, eps_floor = _thresholds(dtype)
     if floor:  # below a floor of at least 2 tiny, a variance that lost digits still rounds to the floor
