@@ -462,6 +462,8 @@ class TorchRunner:
         self.torch, self.device = torch, device
         x, s, b = (_to_torch(torch, inputs[k], device) for k in ("x", "scale", "bias"))
         dy = _to_torch(torch, inputs["dy"], device)
+        if device != "cpu" and op != "batch_norm":  # torch's CUDA layer/group/rms norm take the input's dtype
+            s, b = s.to(x.dtype), b.to(x.dtype)
         backward = mode == "fwd+bwd"
         if op in ("batch_norm", "group_norm"):  # NHWC memory, NCHW sizes: torch's channels_last layout, no copy
             x, dy = x.permute(0, 3, 1, 2), dy.permute(0, 3, 1, 2)

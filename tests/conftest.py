@@ -16,3 +16,21 @@ import jax  # noqa: E402
 # jaxnorm never relies on implicit rank promotion; make any accidental use an error in the tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+
+# JAXNORM_TEST_FORMULATION=accelerator runs the suite with the GPU/TPU formulation of the statistics (branch-free
+# exact statistics, no per-pass barriers, no blocked row loop) on the CPU: its numerics are then checked by every
+# test, without a GPU. `.ci/run` runs the numerics tests this way too.
+if os.environ.get("JAXNORM_TEST_FORMULATION") == "accelerator":
+    from jaxnorm._src import stats  # noqa: E402
+
+    stats._ACCELERATOR = True
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    if os.environ.get("JAXNORM_TEST_FORMULATION") == "accelerator":
+        skip = pytest.mark.skip(reason="checks the CPU formulation's compiled structure")
+        for item in items:
+            if "cpu_formulation" in item.keywords:
+                item.add_marker(skip)

@@ -157,6 +157,7 @@ def test_forward_and_reverse_modes_equal_autodiff_of_the_float64_reference(name,
                 assert_close(g, r, jnp.float64, scale=10)
 
 
+@pytest.mark.cpu_formulation
 def test_reverse_mode_runs_the_hand_written_backward():
     """grad of the fused path transposes the tangent with the hand-written backward (a blocked loop for rows),
     not JAX's transposition of the tangent map: the loop is in the gradient's program."""
@@ -204,6 +205,7 @@ _OPS_FOR_TEMPS = {
 }
 
 
+@pytest.mark.cpu_formulation
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("op", sorted(_OPS_FOR_TEMPS))
 def test_no_full_size_temporary_in_forward_or_backward(op, dtype):

@@ -282,7 +282,8 @@ def normalize_rows(
     s, b, eps = (vary_like(a, x) for a in (s, b, eps))
     # 16-bit input takes one block: XLA CPU converts a bf16/f16 operand of the loop's dynamic slices to float32
     # in full before the loop (measured at 1024x16384 bf16: 128 MiB of temporaries, 2x slower than one block).
-    one_block = m * n <= ONE_BLOCK_ELEMENTS or n < BLOCK_MIN_ROW or jnp.dtype(x.dtype).itemsize < 4
+    one_block = (m * n <= ONE_BLOCK_ELEMENTS or n < BLOCK_MIN_ROW or jnp.dtype(x.dtype).itemsize < 4
+                 or stats.accelerator())  # a loop of small blocks is 10x slower on a GPU (H200, 4096 x 16384)
     block_rows = m if one_block else max(1, BLOCK_ELEMENTS // max(n, 1))
     y, mean, var = _rows(x.reshape(m, n), s, b, eps, block_rows, bool(center))
     kept = lead + (1,) * len(axes)

@@ -52,6 +52,8 @@ def split_axes(ndim: int, axes: tuple[int, ...]) -> tuple[tuple[int, ...], tuple
 def _split_pays(shape: tuple[int, ...], axes: tuple[int, ...]) -> bool:
     """Two stages pay when the inner reduced axes are the short ones (GroupNorm's channels per group), not
     when they are the long ones (channels-first BatchNorm's H, W after the batch)."""
+    if accelerator():  # an XLA CPU workaround (sum_keepdims); on a GPU its barriers only cost
+        return False
     outer, inner = split_axes(len(shape), axes)
     return bool(inner) and math.prod(shape[i] for i in inner) < math.prod(shape[i] for i in outer)
 
@@ -87,6 +89,15 @@ def along_inner(stat: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...]) 
 # (not API: the defaults are the library's behaviour).
 _GUARD = True  # False: no overflow/underflow check and no lax.cond (the ordinary statistics only)
 _FRESH = True  # False: fresh() is the identity (passes may share a conversion of x)
+_ACCELERATOR = None  # None: from jax.default_backend(); True/False forces a formulation (tests)
+
+
+def accelerator() -> bool:
+    """Whether to trace the accelerator (GPU/TPU) formulation: branch-free exact statistics
+    (:func:`_branch_free_stats`), no per-pass optimization barriers, no blocked row loop. The CPU formulation's
+    ``lax.cond`` guard reads its predicate on the host, which stalls a GPU's stream once per layer: measured on
+    an H200, 3-4x the time of the same statistics without it (benchmarks/RESULTS.md, "GPU")."""
+    return jax.default_backend() != "cpu" if _ACCELERATOR is None else bool(_ACCELERATOR)
 
 
 def fresh(x: jax.Array, *deps: Any) -> tuple[Any, ...]:
@@ -98,7 +109,7 @@ def fresh(x: jax.Array, *deps: Any) -> tuple[Any, ...]:
     passes and materializes it: a full-size float32 copy of ``x`` (measured on CPU, BatchNorm forward at
     ``(8, 56, 56, 256)`` bfloat16: 25 MiB of temporaries and 1.8x the time; see benchmarks/RESULTS.md, issue 13).
     """
-    if not _FRESH:
+    if not _FRESH or accelerator():  # XLA GPU fuses the passes itself; a barrier there costs a copy
         return (x, *deps)
     return lax.optimization_barrier((x, *deps))
 
@@ -383,7 +394,8 @@ def normalizer(
     eps = jnp.asarray(epsilon, dtype)
     if isinstance(axis_name, list):
         axis_name = tuple(axis_name)  # hashable: the kernel is compiled once per static configuration
-    kernel = _compiled_stats if _GUARD and _FRESH else _scaled_stats  # (the cache does not know the switches)
+    # (The cache does not know the switches: with one set, trace the kernel afresh.)
+    kernel = _compiled_stats if _GUARD and _FRESH and _ACCELERATOR is None else _scaled_stats
     count, q, mean_q, var_q = kernel(x, tuple(axes), axis_name, bool(center), bool(floor), mask, eps)
     eps_q = (eps * q) * q
     rstd_q = lax.rsqrt(jnp.maximum(var_q, eps_q) if floor else var_q + eps_q)
@@ -395,6 +407,8 @@ def _scaled_stats(x, axes, axis_name, center, floor, mask, eps):
     """``(count, q, mean_q, var_q)`` of :func:`normalizer`: the ordinary kernel, or the rescaled one when the
     ordinary statistics show overflow or underflow."""
     dtype = validation.stats_dtype(x.dtype)
+    if mask is None and axis_name is None and x.size and _GUARD and accelerator():
+        return _branch_free_stats(x, axes, center, floor, eps)
     if center:
         count, mean, m2 = count_mean_m2(x, axes, mask, axis_name)
         var = m2 / jnp.maximum(count, 1)
@@ -436,6 +450,56 @@ def _scaled_stats(x, axes, axis_name, center, floor, mask, eps):
 
     q, mean_q, var_q = lax.cond(_any_anywhere(flag), rescaled, ordinary, x, bad, mean, var, one)
     return count, q, mean_q, var_q
+
+
+_BIG, _SMALL = 2.0**-96, 2.0**96  # RMS accumulators' scales: (x * 2**-96)**2 never overflows, (x * 2**96)**2
+# never underflows where the plain mean square does
+
+
+def _branch_free_stats(x, axes, center, floor, eps):
+    """``(count, q, mean_q, var_q)`` exact at any finite float32 magnitude without a branch: the accelerator
+    formulation of :func:`_scaled_stats` (no mask, no ``axis_name``), two passes for the mean and variance and
+    one for the mean square, each of several reductions of the same operand (XLA GPU fuses them into one kernel).
+
+    Mean and variance: the first pass sums ``x/2 - shift/2`` (halves: exact, and never overflowing) and takes the
+    maximum magnitude of the same, which gives ``q = 2**-e``, a power of two per reduction (lowered so that
+    ``epsilon q^2`` stays finite). The second sums ``d = (x - mean1) q`` and ``d^2``; ``|d| < 2``, so no square
+    overflows or underflows: ``mean_q = mean1 q + <d>`` and ``var_q = <d^2> - <d>^2`` (a small correction when
+    ``mean1`` is good; ``mean1`` falls back to the shift where the first sum overflowed).
+
+    Mean square (``center=False``): one pass with three accumulators, ``<x^2>``, ``<(x 2^-96)^2>`` and
+    ``<(x 2^96)^2>``; the first is used where it is finite and not below the underflow threshold of
+    :func:`_thresholds` (or ``epsilon`` hides it), else the one that holds it, with ``q`` its scale.
+    """
+    dtype = validation.stats_dtype(x.dtype)
+    n = math.prod(x.shape[a] for a in axes)
+    xs = x.astype(dtype)
+    count = jnp.full(tuple(1 if i in axes else d for i, d in enumerate(x.shape)), n, dtype)
+    if not center:
+        tiny, eps_floor = _thresholds(dtype)
+        if floor:
+            eps_floor = 2 * tiny
+        mid = jnp.sum(jnp.square(xs), axes, keepdims=True) / n
+        big = jnp.sum(jnp.square(xs * _BIG), axes, keepdims=True) / n
+        small = jnp.sum(jnp.square(xs * _SMALL), axes, keepdims=True) / n
+        use_big = ~jnp.isfinite(mid)
+        use_small = ~use_big & (mid < tiny) & (eps < eps_floor)
+        one = jnp.ones_like(mid)
+        q = jnp.where(use_big, _BIG * one, jnp.where(use_small, _SMALL * one, one))
+        return count, q, jnp.zeros_like(mid), jnp.where(use_big, big, jnp.where(use_small, small, mid))
+    first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))
+    half = lax.stop_gradient(xs[first]) * 0.5
+    d1 = xs * 0.5 - half
+    s1 = jnp.sum(d1, axes, keepdims=True)
+    amax = jnp.max(jnp.abs(d1), axes, keepdims=True)
+    mean_half = lax.stop_gradient(half + jnp.where(jnp.isfinite(s1), s1 / n, 0))
+    _, e = jnp.frexp(jnp.where(jnp.isfinite(amax), amax, 0))
+    e = jnp.minimum(_scale_exponent(e.astype(jnp.int32), eps), 125)
+    q = lax.stop_gradient(jnp.ldexp(jnp.ones_like(s1), -e - 1))  # a normal number; |x/2 - mean/2| * 2q < 2
+    d2 = (xs * 0.5 - mean_half) * (2 * q)
+    m = jnp.sum(d2, axes, keepdims=True) / n
+    var_q = jnp.maximum(jnp.sum(jnp.square(d2), axes, keepdims=True) / n - m * m, 0)
+    return count, q, mean_half * (2 * q) + m, var_q
 
 
 # Compiled once per shape and static configuration: called eagerly (outside jit), the kernel's lax.cond and
