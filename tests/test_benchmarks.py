@@ -90,7 +90,7 @@ def test_formulations_smoke_checks_every_candidate(capsys):
     spec = importlib.util.spec_from_file_location("benchmarks_formulations", RUN.parent / "formulations.py")
     formulations = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(formulations)
-    formulations.main(["--smoke"])
+    formulations.main(["--smoke", "--only", "columns", "convert", "blocks"])
     out = capsys.readouterr().out
     blocks = {b.splitlines()[0]: b.splitlines()[2:] for b in out.split("\n\n")[1:]}
     assert len(blocks) == 4 and all(blocks.values())  # columns float32 and bfloat16, convert, blocks
@@ -124,3 +124,31 @@ def test_models_smoke_checks_the_swap_changes_no_number(tmp_path, capsys, monkey
     monkeypatch.setitem(models.NORMS, "jaxnorm", wrong)
     with pytest.raises(AssertionError, match="transformer-layer"):
         models.main(["--smoke", "--only", "transformer-layer", "--out", str(tmp_path)])
+
+
+def test_formulations_gpu_study_smoke_checks_every_candidate(capsys):
+    spec = importlib.util.spec_from_file_location("benchmarks_formulations", RUN.parent / "formulations.py")
+    formulations = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(formulations)
+    formulations.main(["--smoke", "--only", "gpu"])
+    out = capsys.readouterr().out
+    blocks = {b.splitlines()[0]: b.splitlines()[2:] for b in out.split("\n\n")[1:]}
+    assert len(blocks) == 8  # layer_norm and batch_norm, fwd and fwd+bwd, float32 and bfloat16
+    assert "MISMATCH" not in out
+    fwd = [rows for title, rows in blocks.items() if " fwd " in title]
+    assert all(sum(" ok (" in r for r in rows) >= 8 for rows in fwd)  # every candidate checked against float64
+
+
+def test_gpu_check_smoke_passes_on_cpu(capsys):
+    spec = importlib.util.spec_from_file_location("benchmarks_gpu_check", RUN.parent / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "in interpret mode" in out and "18/18 checks passed" in out
+    # The check can fail: a reference off by 1e-3 of the output is caught.
+    right = gpu_check._ref_channels
+    gpu_check._ref_channels = lambda *a: (lambda r: (r[0] + 1e-3, *r[1:]))(right(*a))
+    results = []
+    gpu_check.check_channels(results, [(2, 3, 3, 64)], ["float32"])
+    assert results == [False, False]
