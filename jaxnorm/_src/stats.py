@@ -32,9 +32,11 @@ import operator
 from typing import Any, NamedTuple
 
 import jax
+import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 from jax import custom_batching, lax
+from jax.interpreters import ad, batching, mlir
 
 from jaxnorm._src import validation
 
@@ -111,7 +113,42 @@ def fresh(x: jax.Array, *deps: Any) -> tuple[Any, ...]:
     """
     if not _FRESH or accelerator():  # XLA GPU fuses the passes itself; a barrier there costs a copy
         return (x, *deps)
-    return lax.optimization_barrier((x, *deps))
+    leaves, tree = jax.tree_util.tree_flatten((x, *deps))  # (deps may hold None, like optimization_barrier's)
+    return jax.tree_util.tree_unflatten(tree, _fresh_p.bind(*leaves)) if leaves else (x, *deps)
+
+
+# fresh() is its own primitive, lowered to an optimization barrier, because JAX's own barrier cannot be
+# transposed with residual (non-linear) operands beside linear ones (jax 0.11-0.12: "DynamicJaxprTracer has no
+# attribute accum"), which reverse-over-reverse AD of the custom backward does. Here a transpose passes each
+# linear operand's cotangent through a barrier and leaves the residuals alone.
+_fresh_p = jex.Primitive("jaxnorm_fresh")
+_fresh_p.multiple_results = True
+_fresh_p.def_impl(lambda *args: list(lax.optimization_barrier(args)))
+_fresh_p.def_abstract_eval(lambda *avals: list(avals))
+mlir.register_lowering(
+    _fresh_p, mlir.lower_fun(lambda *args: list(lax.optimization_barrier(args)), multiple_results=True)
+)
+
+
+def _fresh_jvp(primals, tangents):
+    nonzero = [type(t) is not ad.Zero for t in tangents]
+    live = [t for t, nz in zip(tangents, nonzero, strict=True) if nz]
+    moved = iter(_fresh_p.bind(*live) if live else ())
+    return _fresh_p.bind(*primals), [next(moved) if nz else t for t, nz in zip(tangents, nonzero, strict=True)]
+
+
+def _fresh_transpose(cts, *args):
+    linear = [ad.is_undefined_primal(a) and type(c) is not ad.Zero for a, c in zip(args, cts, strict=True)]
+    moved = iter(_fresh_p.bind(*(c for c, lin in zip(cts, linear, strict=True) if lin)) if any(linear) else ())
+    return [
+        (next(moved) if lin else ad.Zero(a.aval)) if ad.is_undefined_primal(a) else None
+        for a, lin in zip(args, linear, strict=True)
+    ]
+
+
+ad.primitive_jvps[_fresh_p] = _fresh_jvp
+ad.primitive_transposes[_fresh_p] = _fresh_transpose
+batching.primitive_batchers[_fresh_p] = lambda args, dims: (_fresh_p.bind(*args), dims)
 
 
 def count_mean_m2(
