@@ -305,6 +305,7 @@ def main(argv=None):
     metrics = {"config": config, "device": str(jax.devices()[0]), "runs": runs}
     metrics["test_accuracy"] = runs[args.norm[0]]["final_test_accuracy"]
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"wrote {args.out / 'train_digits.png'} and {args.out / 'metrics.json'}")
 
     if len(runs) > 1:
         for norm, h in runs.items():

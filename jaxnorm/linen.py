@@ -16,7 +16,7 @@ from jaxnorm's functional core, which differs from Flax on purpose in two places
   ``use_fast_variance=True`` computes ``E[x^2] - E[x]^2``, which cancels catastrophically when the data has a
   large offset (float32 ``1e4 + N(0, 1)``: Flax gives a variance of 0 or 8, jaxnorm gives 1). On well-scaled
   data the two agree to float32 rounding. ``use_fast_variance`` is accepted and ignored.
-- with ``axis_name``, the per-device ``(count, mean, M2)`` are merged exactly (one ``all_gather``), so devices
+- with ``axis_name``, the per-device ``(count, mean, M2)`` are merged exactly (two ``psum``), so devices
   holding different numbers of valid (masked-in) elements are weighted by their counts. Flax averages the
   per-device means with ``pmean``, which is exact only for equal counts.
 
@@ -107,6 +107,12 @@ class BatchNorm(module.Module):
       use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
       force_float32_reductions: accepted; statistics are always computed in at least float32. As in Flax,
         False stores ``batch_stats`` in ``param_dtype`` (the checkpoint layout is unchanged).
+      momentum_convention, moving_var, averaging, safe_update, count_steps: jaxnorm's moving-statistics options,
+        after Flax's arguments, as in :class:`jaxnorm.BatchNorm` (the same rule, ``jaxnorm._src.moving``):
+        'keras'/'torch' (which weight ``momentum`` is), 'biased'/'unbiased' running variance,
+        'exponential'/'cumulative'/'debiased' averaging, per-feature safe updates (False: update regardless, as
+        Flax), and a step counter. The defaults are Flax's behaviour (with safe updates); 'cumulative',
+        'debiased' or ``count_steps=True`` add ``batch_stats['count']`` (int32 scalar).
 
     Call ``__call__(x, use_running_average=None, *, mask=None)``:
       x: array of any rank with the feature sizes used at ``init``; real floating (or integer, as in Flax).
@@ -167,10 +173,20 @@ class BatchNorm(module.Module):
     axis_index_groups: Any = None
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
+    # jaxnorm's moving-statistics options (moving.DROP_IN_OPTIONS), after Flax's own arguments.
+    momentum_convention: str = "keras"
+    moving_var: str = "biased"
+    averaging: str = "exponential"
+    safe_update: bool = True
+    count_steps: bool = False
 
     def __post_init__(self):
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm")
+        self._rule()  # checks the moving-statistics options at construction
         super().__post_init__()
+
+    def _rule(self) -> moving.Rule:
+        return moving.Rule(self.momentum, **{k: getattr(self, k) for k in moving.DROP_IN_OPTIONS})
 
     @module.compact
     def __call__(self, x, use_running_average: bool | None = None, *, mask: jax.Array | None = None):
@@ -188,6 +204,8 @@ class BatchNorm(module.Module):
         stat_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stat_dtype), feature_shape)
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stat_dtype), feature_shape)
+        rule = self._rule()
+        ra_count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32) if rule.counts_steps else None
         for name, stat in (("mean", ra_mean), ("var", ra_var)):  # a checkpoint for another feature count
             validation.fit_variable(
                 stat.value, tuple(feature_shape), f"batch_stats['{name}']", exact=True,
@@ -214,9 +232,13 @@ class BatchNorm(module.Module):
             sdt = stats_dtype(x, self.dtype, self.force_float32_reductions)
             batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
             batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
-            ok = moving.update_ok(jnp.squeeze(count, reduction_axes), batch_mean, batch_var)  # per feature
-            ra_mean.value = moving.moving_average(ra_mean.value, batch_mean, self.momentum, ok)
-            ra_var.value = moving.moving_average(ra_var.value, batch_var, self.momentum, ok)
+            old = {"mean": ra_mean.value, "var": ra_var.value}
+            if ra_count is not None:
+                old["count"] = ra_count.value
+            new = moving.update(old, jnp.squeeze(count, reduction_axes), batch_mean, batch_var, rule)
+            ra_mean.value, ra_var.value = new["mean"], new["var"]
+            if ra_count is not None:
+                ra_count.value = new["count"]
         return y.astype(out_dtype)
 
 

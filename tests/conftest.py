@@ -1,4 +1,4 @@
-"""Test configuration: four CPU devices, explicit-rank broadcasting, warnings as errors (see pyproject).
+"""Test configuration: four CPU devices, explicit-rank broadcasting, warnings as errors (see pyproject), tiers.
 
 Most of the suite's time is XLA compiling many small programs, so the tests compile with LLVM's optimizations
 off (``--xla_backend_optimization_level=0``): the same XLA graphs and numerics contract, about 20% less time
@@ -12,6 +12,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --x
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # jaxnorm never relies on implicit rank promotion; make any accidental use an error in the tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -19,18 +20,85 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # JAXNORM_TEST_FORMULATION=accelerator runs the suite with the GPU/TPU formulation of the statistics (branch-free
 # exact statistics, no per-pass barriers, no blocked row loop) on the CPU: its numerics are then checked by every
-# test, without a GPU. `.ci/run` runs the numerics tests this way too.
+# test, without a GPU. `.ci/run` runs the numerics tests (tests/test_ops.py, test_fused.py, ...) this way too.
 if os.environ.get("JAXNORM_TEST_FORMULATION") == "accelerator":
     from jaxnorm._src import stats  # noqa: E402
 
     stats._ACCELERATOR = True
 
 
-def pytest_collection_modifyitems(config, items):
-    import pytest
+# The tiers (README, "Tests"). The README's command runs the default tier: every test function with its first
+# parametrization, so that every module and every check runs once. The rest is marked and run by .ci/run:
+#   full   the other parametrizations, and float64 gradient checks and other compile-heavy single tests;
+#   peers  conformance against Keras and PyTorch themselves (skipped, with the reason, when not installed);
+#   slow   training runs, the benchmark smoke runs, hypothesis sweeps.
+# `python -m pytest -m ""` runs everything.
+PEERS = ("keras", "torch")
 
-    if os.environ.get("JAXNORM_TEST_FORMULATION") == "accelerator":
-        skip = pytest.mark.skip(reason="checks the CPU formulation's compiled structure")
-        for item in items:
-            if "cpu_formulation" in item.keywords:
-                item.add_marker(skip)
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+# Modules whose every test is a `peers` test: not even imported (Keras alone takes 5 s) when `-m` leaves peers out.
+PEER_MODULES = {"test_keras_conformance.py", "test_keras_gradients.py", "test_continue_training.py"}
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.name not in PEER_MODULES or not config.option.markexpr:
+        return None
+    try:
+        from _pytest.mark.expression import Expression
+
+        selected = Expression.compile(config.option.markexpr).evaluate(lambda name, **kw: name == "peers")
+    except Exception:  # another pytest's private API: collect as usual
+        return None
+    return True if not selected else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
+def pytest_collection_modifyitems(config, items):
+    first = set()
+    for item in items:
+        # peers: marked `@pytest.mark.peers("keras")`, or asking for the `keras`/`torch` fixture.
+        needs = [n for n in PEERS if n in getattr(item, "fixturenames", ())]
+        for mark in item.iter_markers("peers"):
+            needs += list(mark.args)
+        if needs:
+            if item.get_closest_marker("peers") is None:
+                item.add_marker(pytest.mark.peers(*needs))
+            missing = [n for n in needs if not _installed(n)]
+            if missing:
+                why = f"{', '.join(missing)} not installed (pip install -e '.[conformance]')"
+                item.add_marker(pytest.mark.skip(reason=why))
+        # full: a parametrized function's cases after its first (unless its parametrization assigns tiers itself).
+        spec = getattr(item, "callspec", None)
+        if spec is not None and item.get_closest_marker("own_tiers") is None:
+            key = (item.nodeid.split("[")[0])
+            if key in first:
+                item.add_marker(pytest.mark.full)
+            first.add(key)
+        if os.environ.get("JAXNORM_TEST_FORMULATION") == "accelerator" and "cpu_formulation" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="checks the CPU formulation's compiled structure"))
+
+
+@pytest.fixture(scope="session")
+def keras():
+    """Keras 3 on the JAX backend (a `peers` test: skipped when Keras is not installed)."""
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras
+
+    if keras.backend.backend() != "jax":
+        backend = keras.backend.backend()
+        pytest.skip(f"the Keras tests need KERAS_BACKEND=jax (Keras was imported with {backend!r})")
+    return keras
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch on the CPU (a `peers` test: skipped when PyTorch is not installed)."""
+    import torch
+
+    return torch

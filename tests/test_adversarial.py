@@ -19,7 +19,19 @@ def test_the_table_is_large_and_names_are_unique():
     assert len(CASES) >= 100, len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def _tiered(cases: list[Case]) -> list:
+    """The default tier runs the first row of each kind (the first two words of its name, e.g. ``masked_nan``);
+    the other rows are in the ``full`` tier (.ci/run runs them all)."""
+    seen, params = set(), []
+    for c in cases:
+        kind = tuple(c.name.split("_")[:2])
+        params.append(pytest.param(c, id=c.name, marks=() if kind not in seen else pytest.mark.full))
+        seen.add(kind)
+    return params
+
+
+@pytest.mark.own_tiers
+@pytest.mark.parametrize("case", _tiered(CASES))
 def test_case(case: Case):
     if case.raises is not None:
         with pytest.raises(BaseException) as info:

@@ -53,8 +53,7 @@ def _jax_train_step(spec, layers, optimizer):
 @pytest.mark.parametrize(
     "momentum, cls, shape", [(0.1, "BatchNorm2d", (8, 3, 4, 4)), (None, "BatchNorm1d", (16, 5))]
 )
-def test_torch_batch_norm_keeps_training_in_optax(momentum, cls, shape):
-    torch = pytest.importorskip("torch")
+def test_torch_batch_norm_keeps_training_in_optax(momentum, cls, shape, torch):
     torch.manual_seed(0)
     module = getattr(torch.nn, cls)(shape[1], momentum=momentum)
     opt = torch.optim.SGD(module.parameters(), lr=LR, momentum=0.9, weight_decay=1e-2)
@@ -95,8 +94,7 @@ def test_torch_batch_norm_keeps_training_in_optax(momentum, cls, shape):
 
 
 @pytest.mark.parametrize("renorm", [False, True])
-def test_keras_batch_norm_keeps_training_in_optax(renorm):
-    keras = pytest.importorskip("keras")
+def test_keras_batch_norm_keeps_training_in_optax(renorm, keras):
     if keras.backend.backend() != "jax":
         pytest.skip("keras was imported with another backend")
     shape = (16, 3)

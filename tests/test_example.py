@@ -31,6 +31,7 @@ def test_train_digits_smoke(tmp_path, capsys):
     assert re.fullmatch(r"test_accuracy=\d\.\d{4}", lines[-1]), lines
     assert re.fullmatch(r"test_accuracy\[none\]=\d\.\d{4}", lines[-2]), lines
     assert float(lines[-1].split("=")[1]) == round(result["test_accuracy"], 4)
+    assert f"wrote {tmp_path / 'train_digits.png'} and {tmp_path / 'metrics.json'}" in lines, lines
 
     # Files written, and metrics.json holds what main returned (minus the pytrees).
     assert (tmp_path / "train_digits.png").stat().st_size > 0

@@ -19,8 +19,10 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 
+import jaxnorm
 import jaxnorm.linen as jln
 import jaxnorm.nnx as jnnx
+from jaxnorm._src import moving
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 GRAD_TOL = dict(rtol=1e-4, atol=1e-4)
@@ -71,17 +73,29 @@ def _params(sig):
     return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
 
 
+def _extras(cls) -> dict:
+    """jaxnorm's options beyond Flax's arguments: BatchNorm's moving-statistics rule (moving.DROP_IN_OPTIONS)."""
+    return dict(moving.DROP_IN_OPTIONS) if cls.__name__ == "BatchNorm" else {}
+
+
 @pytest.mark.parametrize(("ours", "theirs"), LINEN_PAIRS, ids=PAIR_IDS[:2])
 def test_linen_fields_and_call_signature_match_flax(ours, theirs):
     our_fields = {f.name: f for f in dataclasses.fields(ours)}
     their_fields = dataclasses.fields(theirs)
     missing = [f.name for f in their_fields if f.name not in our_fields]
     assert not missing, f"Flax arguments missing from {ours.__qualname__}: {missing}"
-    assert [f.name for f in dataclasses.fields(ours)] == [f.name for f in their_fields]  # order: positional use
+    extras = _extras(ours)
+    ours_names = [f.name for f in dataclasses.fields(ours)]
+    assert [n for n in ours_names if n not in extras] == [f.name for f in their_fields]  # order: positional use
     for f in their_fields:
         assert our_fields[f.name].default == f.default, f.name
-    # The generated constructors take the same positional/keyword arguments with the same defaults.
-    assert _params(inspect.signature(ours)) == _params(inspect.signature(theirs))
+    # The generated constructors take the same positional/keyword arguments with the same defaults; jaxnorm's
+    # extra options come after all of Flax's own (before linen's parent and name).
+    ours_params, their_params = _params(inspect.signature(ours)), _params(inspect.signature(theirs))
+    assert [p for p in ours_params if p[0] not in extras] == their_params
+    flax_own = [i for i, p in enumerate(ours_params) if p[0] not in (*extras, "parent", "name")]
+    assert all(i > max(flax_own) for i, p in enumerate(ours_params) if p[0] in extras)
+    assert {p[0]: p[2] for p in ours_params if p[0] in extras} == {k: extras[k] for k in extras}
     assert _params(inspect.signature(ours.__call__)) == _params(inspect.signature(theirs.__call__))
 
 
@@ -90,7 +104,12 @@ def test_nnx_signatures_match_flax(ours, theirs):
     our_init, their_init = inspect.signature(ours.__init__), inspect.signature(theirs.__init__)
     missing = sorted(set(their_init.parameters) - set(our_init.parameters))
     assert not missing, f"Flax arguments missing from {ours.__qualname__}: {missing}"
-    assert _params(our_init) == _params(their_init)
+    extras = _extras(ours)
+    ours_params = _params(our_init)
+    assert [p for p in ours_params if p[0] not in extras] == _params(their_init)
+    if extras:  # keyword-only, after Flax's own, with Flax's behaviour as their defaults
+        assert [(p[0], p[2]) for p in ours_params[-len(extras):]] == list(extras.items())
+        assert {p[1] for p in ours_params[-len(extras):]} == {inspect.Parameter.KEYWORD_ONLY}
     assert _params(inspect.signature(ours.__call__)) == _params(inspect.signature(theirs.__call__))
     if hasattr(theirs, "set_view"):
         assert _params(inspect.signature(ours.set_view)) == _params(inspect.signature(theirs.set_view))
@@ -747,3 +766,56 @@ def test_linen_model_trained_under_jit_matches_flax():
     assert not np.allclose(trained_o["params"]["Dense_0"]["kernel"], v_t["params"]["Dense_0"]["kernel"])
     x = _normal((16, 5), seed=70)
     np.testing.assert_allclose(ours.apply(trained_t, x, False), theirs.apply(trained_t, x, False), **TOL)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# jaxnorm's moving-statistics options on the drop-ins: the spec's rule (moving.py), checked against the spec
+
+RULE_OPTIONS = [
+    dict(momentum=0.1, momentum_convention="torch", moving_var="unbiased", count_steps=True),  # PyTorch's
+    dict(momentum=0.9, averaging="cumulative"),
+    dict(momentum=0.8, averaging="debiased"),
+    dict(momentum=0.7, safe_update=False),
+]
+
+
+@pytest.mark.parametrize("options", RULE_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_drop_in_batchnorm_options_follow_the_spec_over_steps(options):
+    """linen and nnx BatchNorm with the spec's options give the spec's outputs and moving statistics (count
+    included) over three steps, one of them with an all-masked feature; their variable trees gain `count`
+    only where the rule keeps one."""
+    c = 3
+    spec = jaxnorm.BatchNorm(epsilon=1e-5, **options)
+    extra = {k: v for k, v in options.items() if k != "momentum"}
+    linen_bn = jln.BatchNorm(momentum=options["momentum"], **extra)
+    nnx_bn = jnnx.BatchNorm(c, momentum=options["momentum"], rngs=nnx.Rngs(0), **extra)
+    xs = [_normal((8, c), seed=s, loc=2.0 + s, scale=1.5) for s in range(3)]
+    masks = [None, np.ones((8, c), bool), None]
+    masks[1][:, 0] = False  # feature 0 has no valid element in step 2
+
+    params, state = spec.init(None, xs[0])
+    variables = linen_bn.init(jax.random.key(0), xs[0], use_running_average=False)
+    counts = spec._rule.counts_steps
+    assert ("count" in state) == ("count" in variables["batch_stats"]) == ("count" in nnx.state(nnx_bn)) == counts
+    for x, m in zip(xs, masks, strict=True):
+        want, state = spec.apply(params, state, x, training=True, mask=m)
+        got, updates = linen_bn.apply(variables, x, use_running_average=False, mask=m, mutable=["batch_stats"])
+        variables = {**variables, **updates}
+        got_nnx = nnx_bn(x, mask=m)
+        for y in (got, got_nnx):
+            if m is None:  # with a mask the spec follows Keras's mask rank rules; the drop-ins take NumPy's
+                _assert_trees_close(y, want, rtol=1e-5, atol=1e-5)
+        for k in ("mean", "var") + (("count",) if counts else ()):
+            np.testing.assert_allclose(variables["batch_stats"][k], state[k], rtol=1e-6, atol=1e-6, err_msg=k)
+            np.testing.assert_allclose(getattr(nnx_bn, k)[...], state[k], rtol=1e-6, atol=1e-6, err_msg=k)
+    if options.get("safe_update", True):  # feature 0 skipped step 2 (and the counter still advanced)
+        assert state["count"] == 3 if counts else True
+
+
+def test_drop_in_batchnorm_rejects_bad_options_naming_them():
+    with pytest.raises(ValueError, match="averaging"):
+        jln.BatchNorm(averaging="median")
+    with pytest.raises(ValueError, match="momentum_convention"):
+        jnnx.BatchNorm(2, momentum_convention="tf", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="debiased"):
+        jnnx.BatchNorm(2, momentum=1.0, averaging="debiased", rngs=nnx.Rngs(0))

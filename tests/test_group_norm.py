@@ -15,8 +15,8 @@ from jaxnorm._src import ops
 from tests.tolerances import assert_close
 
 has_flax = pytest.mark.skipif(importlib.util.find_spec("flax") is None, reason="flax not installed")
-has_keras = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras not installed")
-has_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+has_keras = pytest.mark.peers("keras")
+has_torch = pytest.mark.peers("torch")
 
 
 def _data(shape, seed=0, offset=0.5, dtype=np.float32):
@@ -109,6 +109,7 @@ def test_custom_backward_equals_autodiff_of_the_textbook_formula(shape, axes):
                     modes=["rev"])
 
 
+@pytest.mark.full  # compile-heavy; the default tier covers this path elsewhere
 def test_identities_with_layer_norm_and_instance_norm():
     x = jnp.asarray(_data((3, 4, 5, 6), seed=11))
     ln = jaxnorm.layer_norm(x, axis=(1, 2, 3))

@@ -9,7 +9,6 @@ must raise an error that names it. Tests that need a peer skip without it; the r
 
 from __future__ import annotations
 
-import os
 import sys
 
 import jax
@@ -26,20 +25,6 @@ from tests.tolerances import assert_close
 # torch and XLA, so each side carries up to ~n * 2**-24 * 3 ~ 2e-5 of rounding in the worst case (observed: 3e-6).
 # A wrong formula (biased vs unbiased variance, a missing mean(g * x_hat) term, eps misplaced) errs by >= 1e-3.
 GRAD_TOL = dict(rtol=3e-5, atol=3e-5)
-
-
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture
-def keras():
-    os.environ.setdefault("KERAS_BACKEND", "jax")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "jax":
-        pytest.skip("the Keras tests need KERAS_BACKEND=jax")
-    return keras
 
 
 def _data(rng, shape):

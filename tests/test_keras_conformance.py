@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+pytestmark = pytest.mark.peers("keras")  # the conformance tier (`pytest -m peers`)
 keras = pytest.importorskip("keras")
 
 if keras.backend.backend() != "jax":  # keras was imported earlier (e.g. by another test) with another backend

@@ -2,7 +2,6 @@
 ``stateless_call`` and through the jaxnorm spec built from the Keras layer's config, with respect to the input
 and the weights."""
 
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,7 @@ import pytest
 import jaxnorm
 from tests.tolerances import assert_close
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras not installed")
+pytestmark = pytest.mark.peers("keras")
 
 
 def _data(shape, seed, offset=0.5):

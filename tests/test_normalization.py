@@ -1,6 +1,5 @@
 """Normalization (Keras's preprocessing layer): adapt against NumPy float64, apply against Keras, configs."""
 
-import importlib.util
 import json
 import weakref
 
@@ -12,7 +11,7 @@ import pytest
 import jaxnorm
 from tests.tolerances import assert_close
 
-needs_keras = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras not installed")
+needs_keras = pytest.mark.peers("keras")
 
 
 def _data(shape, seed=0, offset=0.0, dtype=np.float32):

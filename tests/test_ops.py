@@ -114,6 +114,7 @@ def test_moments_empty_mask_is_finite():
     np.testing.assert_array_equal(var, 0.0)
 
 
+@pytest.mark.full  # compile-heavy; the default tier covers this path elsewhere
 @settings(max_examples=30, deadline=None)
 @given(
     hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 4)),
@@ -242,6 +243,7 @@ def test_layer_norm_mask_with_nan():
     assert_close(np.asarray(y)[mask], r[mask])
 
 
+@pytest.mark.full  # a float64 gradient check (compile-heavy): the `full` tier
 def test_layer_norm_gradients_float64():
     with jax.enable_x64(True):
         x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 6)))

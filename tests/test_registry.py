@@ -90,6 +90,7 @@ def test_examples_are_independent_when_the_layer_is_per_example(entry):
         assert_close(_apply(entry, spec, params, state, x[i : i + 1])[0], y[i : i + 1])
 
 
+@pytest.mark.full  # a float64 gradient check (compile-heavy): the `full` tier
 @entries
 def test_gradients_match_finite_differences_in_float64(entry):
     if not entry.finite_differences:

@@ -3,7 +3,6 @@
 The Keras comparisons skip when Keras is not installed; everything else runs without it.
 """
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +19,6 @@ from .tolerances import assert_close
 SHAPES = [(4,), (3, 5)]
 DTYPES = [jnp.float32, jnp.bfloat16]
 EPS = 1e-7  # keras.config.epsilon()
-
-
-@pytest.fixture(scope="module")
-def keras():
-    os.environ.setdefault("KERAS_BACKEND", "jax")
-    return pytest.importorskip("keras")
 
 
 def _weight(shape, dtype, seed=0):

@@ -9,7 +9,6 @@ steps); torch.nn.utils.parametrizations.weight_norm / spectral_norm; keras.layer
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import inspect
 import json
 import os
@@ -29,8 +28,6 @@ from tests.tolerances import assert_close, grad_tol
 
 # The drop-ins are Flax's arithmetic: on CPU they agree bit for bit; allow float32 reassociation elsewhere.
 FLAX_TOL = dict(rtol=1e-6, atol=1e-6)
-HAS_TORCH = importlib.util.find_spec("torch") is not None
-HAS_KERAS = importlib.util.find_spec("keras") is not None
 
 
 def _normal(shape, seed=0, dtype=np.float32):
@@ -171,6 +168,7 @@ def test_nnx_signatures_match_flax(ours, theirs):
     assert _params(inspect.signature(ours.__call__)) == _params(inspect.signature(theirs.__call__))
 
 
+@pytest.mark.full  # compile-heavy (three Flax steps); the nnx twin runs in the default tier
 def test_linen_variables_outputs_and_gradients_match_flax_over_steps():
     ours, theirs = _linen_net(jln.SpectralNorm, jln.WeightNorm), _linen_net(nn.SpectralNorm, nn.WeightNorm)
     x = jnp.asarray(_normal((2, 6, 6, 3), seed=9))
@@ -310,7 +308,7 @@ def test_nnx_state_moves_between_flax_and_jaxnorm():
 # ------------------------------------------------------------------------------------------- PyTorch, Keras
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+@pytest.mark.peers("torch")
 @pytest.mark.parametrize(("kind", "dim"), [("linear", 0), ("conv", 0), ("linear", None)])
 def test_weight_norm_matches_torch_values_and_gradients(kind, dim):
     import torch
@@ -345,7 +343,7 @@ def test_weight_norm_matches_torch_values_and_gradients(kind, dim):
     np.testing.assert_allclose(np.asarray(gs).reshape(g_shape), orig.original0.grad.numpy(), rtol=1e-9)
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+@pytest.mark.peers("torch")
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_spectral_norm_converges_to_torch(kind):
     """torch draws u differently (and iterates over the transposed matrix): compare converged weights."""
@@ -367,7 +365,7 @@ def test_spectral_norm_converges_to_torch(kind):
     assert_close(w_bar, module.weight.detach().numpy().transpose(perm))
 
 
-@pytest.mark.skipif(not HAS_KERAS, reason="keras not installed")
+@pytest.mark.peers("keras")
 @pytest.mark.parametrize("power_iterations", [1, 3])
 def test_spectral_norm_matches_keras_spectral_normalization(power_iterations):
     os.environ.setdefault("KERAS_BACKEND", "jax")

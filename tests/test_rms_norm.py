@@ -51,6 +51,7 @@ def test_rms_norm_mask_ignores_nan_and_equals_the_filtered_example():
         assert_close(y[i, :4], kept / np.sqrt(np.mean(kept.astype(np.float64) ** 2) + 1e-6))
 
 
+@pytest.mark.full  # a float64 gradient check (compile-heavy): the `full` tier
 @pytest.mark.parametrize("block_elements", [1 << 16, 6])
 def test_gradients_equal_autodiff_of_the_reference(block_elements, monkeypatch):
     monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
@@ -117,7 +118,7 @@ def test_matches_flax_linen_rmsnorm_values_and_gradients():
         assert_close(a, b, scale=10)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras not installed")
+@pytest.mark.peers("keras")
 def test_matches_keras_rmsnormalization_and_reads_its_config():
     import keras
 
@@ -137,7 +138,7 @@ def test_matches_keras_rmsnormalization_and_reads_its_config():
         jaxnorm.RMSNorm(use_scale=False).to_keras_config()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+@pytest.mark.peers("torch")
 def test_matches_torch_rmsnorm_values_and_gradients():
     import torch
 
@@ -168,6 +169,7 @@ def test_bad_input_names_the_argument(bad, error, match):
         bad()
 
 
+@pytest.mark.full  # Pallas interpret mode is compile-heavy; tests/test_pallas.py runs it by default
 def test_pallas_implementation_equals_xla_in_interpret_mode():
     x = jnp.asarray(_data((6, 20), seed=13))
     scale = jnp.asarray(_data((20,), seed=14))

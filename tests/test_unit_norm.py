@@ -1,6 +1,5 @@
 """UnitNormalization (op and spec) against NumPy float64 and Keras."""
 
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +50,7 @@ def test_spec_has_no_params_and_round_trips_its_config():
         unit.apply({"scale": jnp.ones(3)}, {}, x)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras not installed")
+@pytest.mark.peers("keras")
 def test_matches_keras_unit_normalization_and_its_config():
     import keras
 
@@ -68,7 +67,7 @@ def test_matches_keras_unit_normalization_and_its_config():
         jaxnorm.UnitNormalization(epsilon=0.1).to_keras_config()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+@pytest.mark.peers("torch")
 def test_matches_torch_normalize_values_and_gradients():
     import torch
 

@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxnorm._src import initializers, layer, moving, ops, stats, validation
@@ -46,16 +45,7 @@ def _check_renorm_clipping(clipping: Any) -> Any:
     return initializers.freeze(dict(clipping))
 
 
-_MOMENTUM_CONVENTIONS = {
-    "keras": "momentum weighs the old value (Keras, Flax, equinox)",
-    "torch": "momentum weighs the batch (PyTorch)",
-}
-_MOVING_VARS = {"biased": "M2 / n (Keras, Flax)", "unbiased": "M2 / (n - 1) (PyTorch)"}
-_AVERAGINGS = {
-    "exponential": "moving average (Keras, Flax, PyTorch)",
-    "cumulative": "mean of all batches so far (PyTorch momentum=None)",
-    "debiased": "zero-debiased moving average (Haiku)",
-}
+
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -246,32 +236,13 @@ class BatchNorm(Layer):
 
     def __post_init__(self):
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
-        validation.check_unit_interval(self.momentum, "momentum")
         validation.check_bool(self.use_scale, "use_scale")
         validation.check_bool(self.use_bias, "use_bias")
-        validation.check_choice(self.momentum_convention, "momentum_convention", _MOMENTUM_CONVENTIONS)
-        validation.check_choice(self.moving_var, "moving_var", _MOVING_VARS)
-        validation.check_choice(self.averaging, "averaging", _AVERAGINGS)
-        validation.check_bool(self.safe_update, "safe_update")
         validation.check_bool(self.allow_single_value, "allow_single_value")
         validation.check_bool(self.renorm, "renorm")
-        validation.check_bool(self.count_steps, "count_steps")
-        validation.check_unit_interval(self.renorm_momentum, "renorm_momentum")
         object.__setattr__(self, "renorm_clipping", _check_renorm_clipping(self.renorm_clipping))
-        if self.renorm and (self.averaging != "exponential" or self.moving_var != "biased"):
-            raise ValueError(
-                f"renorm=True follows Keras's batch renormalization, which keeps exponential averages of the "
-                f"biased statistics; got averaging={self.averaging!r}, moving_var={self.moving_var!r}. Use "
-                "averaging='exponential', moving_var='biased' with renorm, or renorm=False."
-            )
-        if self.averaging == "debiased" and float(np.float32(self._keep(self.momentum))) == 1.0:
-            # hidden_t / (1 - d^t) with old-value weight d = 1 (in float32) is 0 / 0: NaN after the first step.
-            raise ValueError(
-                f"averaging='debiased' divides by 1 - d^t, with d the old value's weight, which is 1 for "
-                f"momentum={self.momentum!r} with momentum_convention={self.momentum_convention!r}: the moving "
-                "statistics would be NaN after one step. Use a momentum whose old-value weight is below 1 (e.g. "
-                "0.99 with 'keras', 0.01 with 'torch'), or averaging='exponential' to freeze the statistics."
-            )
+        validation.check_unit_interval(self.renorm_momentum, "renorm_momentum")
+        self._rule  # noqa: B018 - builds (and so checks) the moving-statistics rule
         if isinstance(self.axis_name, list):
             object.__setattr__(self, "axis_name", tuple(self.axis_name))
         if self.axis_index_groups is not None:
@@ -342,22 +313,23 @@ class BatchNorm(Layer):
             state["stddev"] = jnp.sqrt(state["var"])
             state["renorm_mean"] = state["mean"]
             state["renorm_stddev"] = state["stddev"]
-        if self._counts_steps:
+        if self._rule.counts_steps:
             state["count"] = jnp.zeros((), jnp.int32)
         return params, state
 
     @property
-    def _counts_steps(self) -> bool:
-        return self.averaging != "exponential" or self.count_steps
-
-    def _keep(self, momentum: float) -> float:
-        """The old value's weight in the moving average, from a momentum in this spec's convention."""
-        return momentum if self.momentum_convention == "keras" else 1 - momentum
+    def _rule(self) -> moving.Rule:
+        """This spec's moving-statistics rule (moving.py)."""
+        return moving.Rule(
+            momentum=self.momentum, momentum_convention=self.momentum_convention, moving_var=self.moving_var,
+            averaging=self.averaging, safe_update=self.safe_update, count_steps=self.count_steps,
+            renorm_momentum=self.renorm_momentum if self.renorm else None, epsilon=self.epsilon,
+        )
 
     def _state_spec(self, fshape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], Any]]:
-        keys = ("mean", "var") + (("stddev", "renorm_mean", "renorm_stddev") if self.renorm else ())
-        spec = {k: (fshape, None) for k in keys}
-        if self._counts_steps:
+        rule = self._rule
+        spec = {k: (fshape, None) for k in rule.keys}
+        if rule.counts_steps:
             spec["count"] = ((), "int")
         return spec
 
@@ -375,40 +347,6 @@ class BatchNorm(Layer):
         if clipping.get("dmax") is not None:
             d = jnp.clip(d, -clipping["dmax"], clipping["dmax"])
         return lax.stop_gradient(r), lax.stop_gradient(d)
-
-    def _updated_state(self, state, count, mean, var):
-        """The new state from the old one and this batch's feature-shaped (count, mean, biased var)."""
-        if self.moving_var == "unbiased":
-            var = var * jnp.where(count > 1, count / jnp.maximum(count - 1, 1), 1)
-        keep = self._keep(self.momentum)
-        new = {}
-        if self._counts_steps:  # t: this step's number for every feature that updates in it
-            t = (state["count"] + 1).astype(mean.dtype)
-        batches = {"mean": mean, "var": var}
-        if self.renorm:  # Keras: averages of the stddev; the variance is derived from the moving stddev
-            stddev = jnp.sqrt(var + self.epsilon)
-            batches = {"mean": mean, "stddev": stddev}
-            renorm_keep = self._keep(self.renorm_momentum)
-            for key, batch in (("renorm_mean", mean), ("renorm_stddev", stddev)):
-                new[key] = moving.moving_average(state[key], batch, renorm_keep)
-        for key, batch in batches.items():
-            old = state[key]
-            if self.averaging == "exponential":
-                value = moving.moving_average(old, batch, keep)
-            elif self.averaging == "cumulative":
-                value = old + (batch - old) / t
-            else:  # debiased: recover hidden_{t-1} = old * (1 - d^(t-1)); hidden_0 = 0
-                hidden = keep * (old * (1 - keep ** (t - 1))) + (1 - keep) * batch
-                value = hidden / (1 - keep**t)
-            new[key] = value
-        if self.renorm:
-            new["var"] = jnp.maximum(new["stddev"] ** 2 - self.epsilon, 0)
-        # Per feature (moving.py): a feature with no valid element or non-finite statistics keeps its own values.
-        ok = moving.update_ok(count, mean, var) if self.safe_update else jnp.ones(jnp.shape(mean), bool)
-        new = {k: lax.stop_gradient(moving.safe_update(state[k], v, ok)) for k, v in new.items()}
-        if self._counts_steps:
-            new["count"] = moving.advance_counter(state["count"], ok) if self.safe_update else state["count"] + 1
-        return new
 
     def _ghost_batches(self, x, scale, bias, reduction_axes, mask, sync):
         """Training output over contiguous ghost batches along axis 0, and the feature-shaped (count, mean,
@@ -501,22 +439,26 @@ class BatchNorm(Layer):
                     "training=False, or pass allow_single_value=True."
                 )
             squeeze = lambda v: jnp.squeeze(v, reduction_axes)  # noqa: E731
+
+            def next_state(count, mean, var):  # moving.py's rule on feature-shaped statistics; no gradient
+                return lax.stop_gradient(moving.update(state, count, mean, var, self._rule))
+
             sync = stats.with_groups(self.axis_name, self.axis_index_groups)
             if self.virtual_batch_size is not None:
                 y, count, mean, var = self._ghost_batches(x, scale, bias, reduction_axes, m, sync)
-                return y, self._updated_state(state, count, mean, var)
+                return y, next_state(count, mean, var)
             if not self.renorm:
                 y, count, mean, var = ops.normalize_by_moments(
                     x, scale, bias, reduction_axes, self.epsilon, m, sync
                 )
-                return y, self._updated_state(state, squeeze(count), squeeze(mean), squeeze(var))
+                return y, next_state(squeeze(count), squeeze(mean), squeeze(var))
             count, mean, var = stats.count_mean_var(x, reduction_axes, m, sync)
             # Batch renorm: (x_hat * r + d) * scale + bias, r and d constants of the gradient.
             r, d = (expand(v) for v in self._renorm_correction(state, squeeze(mean), squeeze(var)))
             shift = d if scale is None else d * scale
             bias = shift if bias is None else shift + bias
             scale = r if scale is None else r * scale
-            new_state = self._updated_state(state, squeeze(count), squeeze(mean), squeeze(var))
+            new_state = next_state(squeeze(count), squeeze(mean), squeeze(var))
         else:
             mean, var = expand(state["mean"]), expand(state["var"])
             new_state = given_state

@@ -6,10 +6,9 @@ import dataclasses
 import numbers
 from typing import Any
 
-import jax
-
-from jaxnorm._src import layer, ops, validation
+from jaxnorm._src import ops, validation
 from jaxnorm._src.layer import Layer
+from jaxnorm._src.per_example import PerExample
 
 
 def _channel_axis(axis: Any) -> int:
@@ -22,7 +21,7 @@ def _channel_axis(axis: Any) -> int:
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
-class GroupNorm(Layer):
+class GroupNorm(PerExample):
     r"""Group normalization (Wu & He 2018) as a pure spec: ``init`` and ``apply``.
 
     The channels (along ``axis``) are split into groups of consecutive channels; each example's group is
@@ -102,61 +101,16 @@ class GroupNorm(Layer):
         validation.check_bool(self.use_bias, "use_bias")
         self._post_init_common()
 
-    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        """Creates ``(params, {})`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
-
-        Args:
-          key: a ``jax.random`` key for random initializers (None uses ``jax.random.key(0)``).
-          x: example input, floating, rank >= 2 (batch first).
-
-        Returns:
-          ``params``: ``{'scale', 'bias'}`` (those enabled) of ``param_dtype`` and shape ``(x.shape[axis],)``;
-          ``state``: ``{}``.
-
-        Raises:
-          TypeError: ``x`` is not floating.
-          ValueError: ``axis`` out of range; the groups do not divide ``x.shape[axis]``.
-        """
-        shape, _ = layer.init_input(x)
+    def _param_axes(self, shape):
         (c,) = validation.canonicalize_axes(self.axis, len(shape), "axis")
         validation.resolve_groups(self.num_groups, self.group_size, shape[c], c)
-        return layer.init_arrays(key, self._affine_init_specs((shape[c],))), {}
+        return (c,)
 
-    def apply(
-        self,
-        params: dict[str, jax.Array],
-        state: dict[str, jax.Array],
-        x: jax.Array,
-        *,
-        training: bool | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Normalizes each example's channel groups of ``x``.
-
-        Args:
-          params: ``{'scale', 'bias'}`` from :meth:`init`, each ``(C,)``.
-          state: ``{}`` from :meth:`init`.
-          x: floating array of rank >= 2 (batch first) with ``C`` channels along ``axis``.
-          training: optional Python bool, ignored (GroupNorm behaves the same in both modes).
-          mask: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept; broadcastable to
-            ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that broadcasts); only kept
-            positions enter the statistics.
-
-        Returns:
-          ``(y, {})`` with ``y`` of ``x``'s shape and dtype.
-
-        Raises:
-          TypeError: ``x`` not floating, ``mask`` complex, a string or not an array, ``training`` not a bool.
-          ValueError: ``axis`` out of range; groups not dividing the channels; ``params`` not matching ``x``;
-            non-empty ``state``.
-        """
-        x, _, params = self._per_example_inputs(params, state, x, training)
-        mask = self._checked_mask(mask, x)
-        y = ops.group_norm(
+    def _normalize(self, params, x, axes, mask):
+        return ops.group_norm(
             x, params.get("scale"), params.get("bias"), num_groups=self.num_groups, group_size=self.group_size,
             axis=self.axis, epsilon=self.epsilon, where=mask,
         )
-        return y, {}
 
     def to_keras_config(self) -> dict[str, Any]:
         config = super().to_keras_config()
@@ -170,7 +124,7 @@ class GroupNorm(Layer):
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
-class InstanceNorm(Layer):
+class InstanceNorm(PerExample):
     r"""Instance normalization (Ulyanov et al. 2016) as a pure spec: ``init`` and ``apply``.
 
     Each example's channels are normalized separately over every axis but the batch (axis 0) and ``axis``:
@@ -241,55 +195,9 @@ class InstanceNorm(Layer):
         validation.check_bool(self.use_bias, "use_bias")
         self._post_init_common()
 
-    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        """Creates ``(params, {})`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
+    def _param_axes(self, shape):
+        return ops.instance_feature_axes(self.axis, len(shape))
 
-        Args:
-          key: a ``jax.random`` key for random initializers (None uses ``jax.random.key(0)``).
-          x: example input, floating, rank >= 2 (batch first).
-
-        Returns:
-          ``params``: ``{'scale', 'bias'}`` (those enabled) of ``param_dtype`` and shape ``[x.shape[a] for a
-          in axis]``; ``state``: ``{}``.
-
-        Raises:
-          TypeError: ``x`` is not floating.
-          ValueError: ``axis`` out of range, repeated, or including the batch axis 0.
-        """
-        shape, _ = layer.init_input(x)
-        features = ops.instance_feature_axes(self.axis, len(shape))
-        return layer.init_arrays(key, self._affine_init_specs(tuple(shape[a] for a in features))), {}
-
-    def apply(
-        self,
-        params: dict[str, jax.Array],
-        state: dict[str, jax.Array],
-        x: jax.Array,
-        *,
-        training: bool | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Normalizes each example's channels of ``x`` over the remaining non-batch axes.
-
-        Args:
-          params: ``{'scale', 'bias'}`` from :meth:`init`.
-          state: ``{}`` from :meth:`init`.
-          x: floating array of rank >= 2 (batch first) whose sizes along ``axis`` match ``params``.
-          training: optional Python bool, ignored.
-          mask: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept; broadcastable to
-            ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that broadcasts); only kept
-            positions enter the statistics.
-
-        Returns:
-          ``(y, {})`` with ``y`` of ``x``'s shape and dtype.
-
-        Raises:
-          TypeError: ``x`` not floating, ``mask`` complex, a string or not an array, ``training`` not a bool.
-          ValueError: ``axis`` out of range or including 0; ``params`` not matching ``x``; non-empty ``state``.
-        """
-        x, axes, params = self._per_example_inputs(params, state, x, training)
-        mask = self._checked_mask(mask, x)
-        y = ops.instance_norm(
-            x, params.get("scale"), params.get("bias"), axis=axes, epsilon=self.epsilon, where=mask
-        )
-        return y, {}
+    def _normalize(self, params, x, axes, mask):
+        scale, bias = params.get("scale"), params.get("bias")
+        return ops.instance_norm(x, scale, bias, axis=axes, epsilon=self.epsilon, where=mask)

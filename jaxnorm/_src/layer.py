@@ -120,11 +120,6 @@ class Layer:
             if converted is not value:
                 object.__setattr__(self, f.name, converted)
 
-    def _checked_mask(self, mask: Any, x: jax.Array) -> jax.Array | None:
-        """``apply``'s ``mask`` checked under its own name (Keras's rules, :func:`validation.broadcast_mask`) and
-        broadcast to ``x``'s shape, before it reaches an op that would call it ``where``."""
-        return None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
-
     def _post_init_common(self) -> None:
         for f in self._INITIALIZER_FIELDS:
             object.__setattr__(self, f, initializers.check(getattr(self, f), f))
@@ -168,22 +163,6 @@ class Layer:
         """Checks ``params`` holds exactly the enabled ``scale``/``bias``, each of ``shape``."""
         expected = {k: (shape, None) for k in self._affine_init_specs(shape)}
         return validation.check_tree(params, expected, "params", fix)
-
-    def _per_example_inputs(self, params: Any, state: Any, x: Any, training: Any) -> tuple[Any, ...]:
-        """The checks every per-example layer's ``apply`` starts with (LayerNorm, RMSNorm: params over
-        ``axis``, empty state): returns ``(x, axes, params in use)``."""
-        name = type(self).__name__
-        check_training(training, name, required=False)
-        x = validation.check_float_array(x, "x")
-        axes = validation.canonicalize_axes(self.axis, x.ndim, "axis")
-        pshape = tuple(x.shape[a] for a in axes)
-        fix = (
-            f"They must match the input's sizes along axis={self.axis!r} (shape {pshape}); re-create them "
-            "with `init` for this input and spec."
-        )
-        params = self._params_in_use(self._check_params(params, pshape, fix))
-        validation.check_tree(state, {}, "state", f"{name}'s state is always {{}}.")
-        return x, axes, params
 
     def _params_in_use(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """A frozen layer's (``trainable=False``) parameters get no gradient, as Keras's non-trainable weights."""

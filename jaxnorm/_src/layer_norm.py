@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
-from jaxnorm._src import layer, ops, stats, validation
+from jaxnorm._src import ops, stats, validation
 from jaxnorm._src.layer import Layer
+from jaxnorm._src.per_example import PerExample
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
-class LayerNorm(Layer):
+class LayerNorm(PerExample):
     r"""Layer normalization (Ba, Kiros & Hinton 2016) as a pure spec: ``init`` and ``apply``.
 
     Each example is normalized by its own statistics over ``axis``; ``scale`` and ``bias`` span those axes:
@@ -107,62 +107,12 @@ class LayerNorm(Layer):
     def _has_bias(self) -> bool:
         return self.use_bias and not self.rms_scaling
 
-    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        """Creates ``(params, {})`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
-
-        Args:
-          key: a ``jax.random`` key for random initializers (None uses ``jax.random.key(0)``).
-          x: example input, floating, of any rank.
-
-        Returns:
-          ``params``: ``{'scale', 'bias'}`` (only those enabled) of ``param_dtype`` and shape
-          ``[x.shape[a] for a in axis]``; ``state``: ``{}``.
-
-        Raises:
-          TypeError: ``x`` is not floating.
-          ValueError: ``axis`` is out of range or repeated for ``x``.
-        """
-        shape, _ = layer.init_input(x)
-        axes = validation.canonicalize_axes(self.axis, len(shape), "axis")
-        pshape = tuple(shape[a] for a in axes)
-        return layer.init_arrays(key, self._affine_init_specs(pshape)), {}
-
-    def apply(
-        self,
-        params: dict[str, jax.Array],
-        state: dict[str, jax.Array],
-        x: jax.Array,
-        *,
-        training: bool | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Normalizes each example of ``x`` over ``axis``.
-
-        Args:
-          params: ``{'scale', 'bias'}`` from :meth:`init`.
-          state: ``{}`` from :meth:`init`.
-          x: floating array whose sizes along ``axis`` match ``params``.
-          training: optional Python bool, ignored (LayerNorm behaves the same in both modes).
-          mask: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept; broadcastable to
-            ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that broadcasts); only kept
-            positions enter each example's statistics (values elsewhere may be NaN).
-
-        Returns:
-          ``(y, state)``: ``y`` of ``x``'s shape and dtype, and the (empty) state.
-
-        Raises:
-          TypeError: ``x`` not floating, ``mask`` complex, a string or not an array, ``training`` not a bool.
-          ValueError: ``axis`` out of range; ``params`` keys or shapes not matching ``x``; non-empty ``state``.
-        """
-        x, axes, params = self._per_example_inputs(params, state, x, training)
-        mask = self._checked_mask(mask, x)
-        state = {}
+    def _normalize(self, params, x, axes, mask):
         if self.rms_scaling:  # Keras's deprecated rms_scaling: x * rsqrt(var + eps) * scale, no centering
             mean, var = stats.mean_var(x, axes, mask)
             scale = validation.expand_to_rank(params["scale"], x.ndim, axes)
-            return ops.normalize(x, jnp.zeros_like(mean), var, None, scale, self.epsilon, mask), state
-        y = ops.layer_norm(
+            return ops.normalize(x, jnp.zeros_like(mean), var, None, scale, self.epsilon, mask)
+        return ops.layer_norm(
             x, params.get("scale"), params.get("bias"), axis=axes, epsilon=self.epsilon, where=mask,
             implementation=self.implementation,
         )
-        return y, state

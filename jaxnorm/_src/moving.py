@@ -1,4 +1,5 @@
-"""The safe moving-statistics update rule, in one place: ``BatchNorm`` and the Flax drop-ins' BatchNorm call it.
+"""The moving-statistics rule, in one place: :class:`Rule` and :func:`update`, which ``jaxnorm.BatchNorm`` and the
+Flax drop-ins' ``BatchNorm`` call.
 
 The rule is per feature. A feature whose batch statistics may enter its moving averages is one with at least one
 valid element (``count > 0``) and a finite batch mean and variance (:func:`update_ok`). Such a feature updates as
@@ -10,8 +11,13 @@ the whole state, counter included, exactly as it was.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jaxnorm._src import validation
 
 
 def update_ok(count: jax.Array, mean: jax.Array, var: jax.Array) -> jax.Array:
@@ -50,3 +56,154 @@ def moving_average(old: jax.Array, batch: jax.Array, keep: float, ok: jax.Array 
     old = jnp.asarray(old)
     new = (keep * old + (1 - keep) * batch).astype(old.dtype)
     return new if ok is None else safe_update(old, new, ok)
+
+
+MOMENTUM_CONVENTIONS = {
+    "keras": "momentum weighs the old value (Keras, Flax, equinox)",
+    "torch": "momentum weighs the batch (PyTorch)",
+}
+MOVING_VARS = {"biased": "M2 / n (Keras, Flax)", "unbiased": "M2 / (n - 1) (PyTorch)"}
+AVERAGINGS = {
+    "exponential": "moving average (Keras, Flax, PyTorch)",
+    "cumulative": "mean of all batches so far (PyTorch momentum=None)",
+    "debiased": "zero-debiased moving average (Haiku)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    r"""How the moving statistics follow the batch ones: the one rule of ``jaxnorm.BatchNorm`` and of the Flax
+    drop-ins' ``BatchNorm``.
+
+    With :math:`d` the old value's weight (``momentum`` with the 'keras' convention, ``1 - momentum`` with
+    'torch') and :math:`t` the step number:
+
+    - 'exponential': :math:`m \leftarrow d\,m + (1 - d)\,b` (Keras, Flax, PyTorch);
+    - 'cumulative': :math:`m \leftarrow m + (b - m) / t` (PyTorch's ``momentum=None``);
+    - 'debiased': the zero-debiased EMA :math:`h_t / (1 - d^t)`, :math:`h_t = d\,h_{t-1} + (1 - d)\,b`,
+      :math:`h_0 = 0` (Haiku);
+
+    the variance is the biased batch variance M2/n, or M2/(n-1) with ``moving_var='unbiased'`` (PyTorch); with
+    ``renorm_momentum`` set (Keras's batch renormalization) the standard deviation is averaged instead and
+    ``renorm_mean``/``renorm_stddev`` follow with ``renorm_momentum``. ``safe_update`` keeps a feature's moving
+    statistics bit for bit where :func:`update_ok` is False.
+
+    Attributes:
+      momentum: float in [0, 1]. momentum_convention: 'keras' or 'torch'. moving_var: 'biased' or 'unbiased'.
+      averaging: 'exponential', 'cumulative' or 'debiased'. safe_update: bool. count_steps: bool, keep a step
+        counter ``count`` with exponential averaging too (the others always keep one).
+      renorm_momentum: None (no renorm), or the momentum of the renorm statistics. epsilon: renorm's epsilon.
+
+    Raises:
+      ValueError: at construction, a choice outside the ones above, a momentum outside [0, 1], 'debiased' with
+        an old-value weight of 1 (the statistics would be NaN), renorm with other than exponential averages of
+        the biased statistics.
+
+    Source: ``keras.layers.BatchNormalization``, ``flax.linen.BatchNorm``, ``torch.nn.BatchNorm2d``,
+    ``haiku.BatchNorm`` (``ExponentialMovingAverage``).
+    """
+
+    momentum: float = 0.99
+    momentum_convention: str = "keras"
+    moving_var: str = "biased"
+    averaging: str = "exponential"
+    safe_update: bool = True
+    count_steps: bool = False
+    renorm_momentum: float | None = None
+    epsilon: float = 0.0
+
+    def __post_init__(self):
+        validation.check_unit_interval(self.momentum, "momentum")
+        validation.check_choice(self.momentum_convention, "momentum_convention", MOMENTUM_CONVENTIONS)
+        validation.check_choice(self.moving_var, "moving_var", MOVING_VARS)
+        validation.check_choice(self.averaging, "averaging", AVERAGINGS)
+        validation.check_bool(self.safe_update, "safe_update")
+        validation.check_bool(self.count_steps, "count_steps")
+        if self.renorm_momentum is not None:
+            validation.check_unit_interval(self.renorm_momentum, "renorm_momentum")
+            if self.averaging != "exponential" or self.moving_var != "biased":
+                raise ValueError(
+                    f"renorm=True follows Keras's batch renormalization, which keeps exponential averages of the "
+                    f"biased statistics; got averaging={self.averaging!r}, moving_var={self.moving_var!r}. Use "
+                    "averaging='exponential', moving_var='biased' with renorm, or renorm=False."
+                )
+        if self.averaging == "debiased" and float(np.float32(self.keep(self.momentum))) == 1.0:
+            # hidden_t / (1 - d^t) with old-value weight d = 1 (in float32) is 0 / 0: NaN after the first step.
+            raise ValueError(
+                f"averaging='debiased' divides by 1 - d^t, with d the old value's weight, which is 1 for "
+                f"momentum={self.momentum!r} with momentum_convention={self.momentum_convention!r}: the moving "
+                "statistics would be NaN after one step. Use a momentum whose old-value weight is below 1 (e.g. "
+                "0.99 with 'keras', 0.01 with 'torch'), or averaging='exponential' to freeze the statistics."
+            )
+
+    @property
+    def counts_steps(self) -> bool:
+        """Whether the state holds the step counter ``count`` (int32 scalar)."""
+        return self.averaging != "exponential" or self.count_steps
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The feature-shaped state entries, in creation order."""
+        renorm = ("stddev", "renorm_mean", "renorm_stddev") if self.renorm_momentum is not None else ()
+        return ("mean", "var") + renorm
+
+    def keep(self, momentum: float) -> float:
+        """The old value's weight in the moving average, from a momentum in this rule's convention."""
+        return momentum if self.momentum_convention == "keras" else 1 - momentum
+
+
+#: The moving-statistics options that the Flax drop-ins' BatchNorm accepts after Flax's own arguments, with
+#: their defaults (Flax's behaviour, plus per-feature safe updates); see :class:`Rule`.
+DROP_IN_OPTIONS = {
+    "momentum_convention": "keras",
+    "moving_var": "biased",
+    "averaging": "exponential",
+    "safe_update": True,
+    "count_steps": False,
+}
+
+
+def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: jax.Array, rule: Rule) -> dict:
+    """The new moving statistics after one batch.
+
+    Args:
+      state: ``{'mean', 'var'}`` (plus ``'stddev', 'renorm_mean', 'renorm_stddev'`` with renorm, and the int32
+        scalar ``'count'`` when ``rule.counts_steps``), feature-shaped arrays in any float dtype.
+      count, mean, var: this batch's feature-shaped number of valid elements, mean and biased variance (in the
+        dtype the statistics should be averaged in).
+
+    Returns:
+      The new state: the same keys, shapes and dtypes. Differentiable, as Flax linen's update is; the spec and
+      the nnx drop-in wrap it in ``stop_gradient``.
+    """
+    if rule.moving_var == "unbiased":
+        var = var * jnp.where(count > 1, count / jnp.maximum(count - 1, 1), 1)
+    keep = rule.keep(rule.momentum)
+    new = {}
+    if rule.counts_steps:  # t: this step's number for every feature that updates in it
+        t = (state["count"] + 1).astype(mean.dtype)
+    batches = {"mean": mean, "var": var}
+    if rule.renorm_momentum is not None:  # Keras: averages of the stddev; the variance comes from the moving one
+        stddev = jnp.sqrt(var + rule.epsilon)
+        batches = {"mean": mean, "stddev": stddev}
+        renorm_keep = rule.keep(rule.renorm_momentum)
+        for key, batch in (("renorm_mean", mean), ("renorm_stddev", stddev)):
+            new[key] = moving_average(state[key], batch, renorm_keep)
+    for key, batch in batches.items():
+        old = state[key]
+        if rule.averaging == "exponential":
+            value = moving_average(old, batch, keep)
+        elif rule.averaging == "cumulative":
+            value = old + (batch - old) / t
+        else:  # debiased: recover hidden_{t-1} = old * (1 - d^(t-1)); hidden_0 = 0
+            hidden = keep * (old * (1 - keep ** (t - 1))) + (1 - keep) * batch
+            value = hidden / (1 - keep**t)
+        new[key] = value
+    if rule.renorm_momentum is not None:
+        new["var"] = jnp.maximum(new["stddev"] ** 2 - rule.epsilon, 0)
+    # Per feature: a feature with no valid element or non-finite statistics keeps its own values.
+    ok = update_ok(count, mean, var) if rule.safe_update else jnp.ones(jnp.shape(mean), bool)
+    new = {k: safe_update(state[k], v, ok) for k, v in new.items()}
+    if rule.counts_steps:
+        new["count"] = advance_counter(state["count"], ok) if rule.safe_update else state["count"] + 1
+    return new

@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-
-from jaxnorm._src import initializers, layer, ops, validation
+from jaxnorm._src import initializers, ops, validation
 from jaxnorm._src.layer import Layer
+from jaxnorm._src.per_example import PerExample
 
 
 def _is_ones(init: Any) -> bool:
@@ -20,7 +19,7 @@ def _is_ones(init: Any) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
-class RMSNorm(Layer):
+class RMSNorm(PerExample):
     r"""Root-mean-square normalization (Zhang & Sennrich 2019) as a pure spec: ``init`` and ``apply``.
 
     Each example is divided by its root mean square over ``axis`` (no centering, no bias) and scaled:
@@ -99,55 +98,7 @@ class RMSNorm(Layer):
     def _has_bias(self) -> bool:
         return False
 
-    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        """Creates ``(params, {})`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
-
-        Args:
-          key: a ``jax.random`` key for random initializers (None uses ``jax.random.key(0)``).
-          x: example input, floating, of any rank.
-
-        Returns:
-          ``params``: ``{'scale'}`` (if ``use_scale``) of ``param_dtype`` and shape ``[x.shape[a] for a in
-          axis]``; ``state``: ``{}``.
-
-        Raises:
-          TypeError: ``x`` is not floating.
-          ValueError: ``axis`` is out of range or repeated for ``x``.
-        """
-        shape, _ = layer.init_input(x)
-        axes = validation.canonicalize_axes(self.axis, len(shape), "axis")
-        return layer.init_arrays(key, self._affine_init_specs(tuple(shape[a] for a in axes))), {}
-
-    def apply(
-        self,
-        params: dict[str, jax.Array],
-        state: dict[str, jax.Array],
-        x: jax.Array,
-        *,
-        training: bool | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Normalizes each example of ``x`` by its root mean square over ``axis``.
-
-        Args:
-          params: ``{'scale'}`` from :meth:`init` (``{}`` without a scale).
-          state: ``{}`` from :meth:`init`.
-          x: floating array whose sizes along ``axis`` match ``params``.
-          training: optional Python bool, ignored (RMSNorm behaves the same in both modes).
-          mask: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept; broadcastable to
-            ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that broadcasts); only kept
-            positions enter each example's mean of squares (values elsewhere may be NaN).
-
-        Returns:
-          ``(y, state)``: ``y`` of ``x``'s shape and dtype, and the (empty) state.
-
-        Raises:
-          TypeError: ``x`` not floating, ``mask`` complex, a string or not an array, ``training`` not a bool.
-          ValueError: ``axis`` out of range; ``params`` keys or shapes not matching ``x``; non-empty ``state``.
-        """
-        x, axes, params = self._per_example_inputs(params, state, x, training)
-        mask = self._checked_mask(mask, x)
-        y = ops.rms_norm(
+    def _normalize(self, params, x, axes, mask):
+        return ops.rms_norm(
             x, params.get("scale"), axis=axes, epsilon=self.epsilon, where=mask, implementation=self.implementation
         )
-        return y, {}

@@ -18,8 +18,8 @@ is 0 there), so a row of them normalizes as a row of zeros.
 
 An empty reduction (a zero-size batch) has count 0, mean 0 and variance 0.
 
-Across devices (``axis_name``) the per-device ``(count, mean, M2)`` triples are gathered in one collective and
-merged exactly (Chan, Golub & LeVeque 1979), so devices holding different
+Across devices (``axis_name``) the per-device ``(count, mean, M2)`` triples are merged exactly with two all-reduces
+(``psum``; an all_gather per name with device groups) (Chan, Golub & LeVeque 1979), so devices holding different
 numbers of valid elements are weighted by their counts.
 """
 
@@ -249,11 +249,33 @@ def with_groups(axis_name: Any, axis_index_groups: Any, owner: str = "") -> Any:
 
 
 def _merge_across(count, mean, m2, axis_name):
-    """Exact merge of per-device (count, mean, M2) triples over named axes (one all_gather per name).
-    ``m2=None``: the count-weighted mean only, gathered apart from the counts so that it may be a tangent."""
+    """Exact merge of per-device (count, mean, M2) triples over named axes (Chan et al.'s many-way form).
+
+    Without groups: two all-reduces (``psum``), ``(n, n * mean)`` and then ``M2 + n * (mean - mean_all)^2``, whose
+    results are replicated by construction (``jax.shard_map`` types them as invariant, so replicated moving
+    statistics may leave with ``out_specs=P()``). With groups (:class:`Grouped`): one all_gather per name and a
+    per-group sum. ``m2=None``: the count-weighted mean only, reduced apart from the counts so that it may be a
+    tangent."""
     grouped = axis_name if isinstance(axis_name, Grouped) else None
     if grouped is not None:
         axis_name = grouped.axis_name
+
+    def unbound(err):
+        return ValueError(
+            f"`axis_name`={axis_name!r} is not bound here ({err}). Call the layer inside "
+            f"`jax.shard_map`, `jax.pmap` or `jax.vmap` with axis_name={axis_name!r}, or pass axis_name=None "
+            "(under jax.jit with a sharded input the statistics are already global)."
+        )
+
+    if grouped is None:
+        try:
+            total, weighted = lax.psum((count, count * mean), axis_name)
+            mean_all = weighted / jnp.maximum(total, 1)
+            if m2 is None:
+                return total, mean_all, None
+            return total, mean_all, lax.psum(m2 + count * jnp.square(mean - mean_all), axis_name)
+        except NameError as err:
+            raise unbound(err) from None
 
     def gather(a):  # (devices, *a.shape[1:]) from each device's a
         try:
@@ -261,11 +283,7 @@ def _merge_across(count, mean, m2, axis_name):
             for name in reversed(axis_name if isinstance(axis_name, tuple) else (axis_name,)):
                 a = lax.all_gather(a, name)
         except NameError as err:
-            raise ValueError(
-                f"`axis_name`={axis_name!r} is not bound here ({err}). Call the layer inside "
-                f"`jax.shard_map`, `jax.pmap` or `jax.vmap` with axis_name={axis_name!r}, or pass axis_name=None "
-                "(under jax.jit with a sharded input the statistics are already global)."
-            ) from None
+            raise unbound(err) from None
         return a.reshape((-1,) + a.shape[-(count.ndim + 1):])  # (devices, k, ...)
 
     if m2 is None:  # separate gathers: a tangent mean must not share an array with the (primal) counts

@@ -5,14 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-
-from jaxnorm._src import layer, ops, validation
-from jaxnorm._src.layer import Layer
+from jaxnorm._src import ops, validation
+from jaxnorm._src.per_example import PerExample
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
-class UnitNormalization(Layer):
+class UnitNormalization(PerExample):
     r"""Scales each example to unit L2 norm over ``axis``, as ``keras.layers.UnitNormalization``.
 
     .. math::
@@ -67,44 +65,5 @@ class UnitNormalization(Layer):
     def _has_bias(self) -> bool:
         return False
 
-    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        """Returns ``({}, {})`` after checking ``x`` (an array or ``jax.ShapeDtypeStruct``) against ``axis``.
-
-        Raises:
-          TypeError: ``x`` is not floating.
-          ValueError: ``axis`` is out of range or repeated for ``x``.
-        """
-        del key
-        shape, _ = layer.init_input(x)
-        validation.canonicalize_axes(self.axis, len(shape), "axis")
-        return {}, {}
-
-    def apply(
-        self,
-        params: dict[str, jax.Array],
-        state: dict[str, jax.Array],
-        x: jax.Array,
-        *,
-        training: bool | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Scales each example of ``x`` to unit L2 norm over ``axis``.
-
-        Args:
-          params, state: ``{}`` and ``{}`` from :meth:`init`.
-          x: floating array.
-          training: optional Python bool, ignored.
-          mask: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept; broadcastable to
-            ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that broadcasts); only kept
-            positions enter the norm.
-
-        Returns:
-          ``(y, {})`` with ``y`` of ``x``'s shape and dtype.
-
-        Raises:
-          TypeError: ``x`` not floating, ``mask`` complex, a string or not an array, ``training`` not a bool.
-          ValueError: ``axis`` out of range; non-empty ``params`` or ``state``.
-        """
-        x, axes, _ = self._per_example_inputs(params, state, x, training)
-        mask = self._checked_mask(mask, x)
-        return ops.unit_norm(x, axis=axes, epsilon=self.epsilon, where=mask), {}
+    def _normalize(self, params, x, axes, mask):
+        return ops.unit_norm(x, axis=axes, epsilon=self.epsilon, where=mask)
