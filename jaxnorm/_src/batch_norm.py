@@ -333,49 +333,6 @@ class BatchNorm(Layer):
             spec["count"] = ((), "int")
         return spec
 
-    def _renorm_correction(self, state, mean, var):
-        """Keras's batch-renorm correction ``(r, d)`` from the old renorm statistics, clipped, as constants."""
-        eps = jnp.asarray(self.epsilon, mean.dtype)
-        renorm_stddev = jnp.maximum(state["renorm_stddev"].astype(mean.dtype), jnp.sqrt(eps))
-        r = jnp.sqrt(var + eps) / renorm_stddev
-        d = (mean - state["renorm_mean"].astype(mean.dtype)) / renorm_stddev
-        clipping = initializers.thaw(self.renorm_clipping) or {}
-        if clipping.get("rmin") is not None:
-            r = jnp.maximum(r, clipping["rmin"])
-        if clipping.get("rmax") is not None:
-            r = jnp.minimum(r, clipping["rmax"])
-        if clipping.get("dmax") is not None:
-            d = jnp.clip(d, -clipping["dmax"], clipping["dmax"])
-        return lax.stop_gradient(r), lax.stop_gradient(d)
-
-    def _ghost_batches(self, x, scale, bias, reduction_axes, mask, sync):
-        """Training output over contiguous ghost batches along axis 0, and the feature-shaped (count, mean,
-        var) for the moving statistics: the averages over the ghost batches (and devices) that hold data."""
-        v = self.virtual_batch_size
-        if 0 not in reduction_axes or x.shape[0] % v:
-            raise ValueError(
-                f"virtual_batch_size={v} splits axis 0 into ghost batches, so axis 0 must be a batch axis whose "
-                f"size is a multiple of {v}; got x of shape {x.shape} with axis={self.axis!r}. Use a batch of "
-                f"a multiple of {v} examples (per device), or virtual_batch_size=None."
-            )
-        ghosts = (x.shape[0] // v, v)
-
-        def split(a):  # x and the mask: (ghosts, v, ...); scale/bias (size 1 on axis 0): a new leading axis
-            return None if a is None else a[None] if a.shape[0] == 1 else a.reshape(ghosts + a.shape[1:])
-
-        axes = tuple(a + 1 for a in reduction_axes)
-        y, count, mean, var = ops.normalize_by_moments(
-            split(x), split(scale), split(bias), axes, self.epsilon, split(mask), None
-        )
-        count, mean, var = (jnp.squeeze(a, axes) for a in (count, mean, var))  # (ghosts, *features)
-        has = (count > 0).astype(mean.dtype)
-        sums = [jnp.sum(a, 0) for a in (has, has * mean, has * var, count)]
-        if sync is not None:
-            name = sync.axis_name if isinstance(sync, stats.Grouped) else sync
-            sums = [lax.psum(a, name) for a in sums]  # ghost batches never span devices; their averages do
-        n_ghosts, mean_sum, var_sum, total = sums
-        return (y.reshape(x.shape), total, mean_sum / jnp.maximum(n_ghosts, 1), var_sum / jnp.maximum(n_ghosts, 1))
-
     def apply(
         self,
         params: dict[str, jax.Array],
@@ -438,28 +395,84 @@ class BatchNorm(Layer):
                     "is all `bias` (PyTorch raises here too). Train on a batch of at least 2, use "
                     "training=False, or pass allow_single_value=True."
                 )
-            squeeze = lambda v: jnp.squeeze(v, reduction_axes)  # noqa: E731
-
-            def next_state(count, mean, var):  # moving.py's rule on feature-shaped statistics; no gradient
-                return lax.stop_gradient(moving.update(state, count, mean, var, self._rule))
-
             sync = stats.with_groups(self.axis_name, self.axis_index_groups)
             if self.virtual_batch_size is not None:
-                y, count, mean, var = self._ghost_batches(x, scale, bias, reduction_axes, m, sync)
-                return y, next_state(count, mean, var)
-            if not self.renorm:
-                y, count, mean, var = ops.normalize_by_moments(
-                    x, scale, bias, reduction_axes, self.epsilon, m, sync
+                if 0 not in reduction_axes or x.shape[0] % self.virtual_batch_size:
+                    v = self.virtual_batch_size
+                    raise ValueError(
+                        f"virtual_batch_size={v} splits axis 0 into ghost batches, so axis 0 must be a batch "
+                        f"axis whose size is a multiple of {v}; got x of shape {x.shape} with "
+                        f"axis={self.axis!r}. Use a batch of a multiple of {v} examples (per device), or "
+                        "virtual_batch_size=None."
+                    )
+                y, count, mean, var = ghost_batch_normalize(
+                    x, scale, bias, reduction_axes, self.epsilon, m, sync, self.virtual_batch_size
                 )
-                return y, next_state(squeeze(count), squeeze(mean), squeeze(var))
-            count, mean, var = stats.count_mean_var(x, reduction_axes, m, sync)
-            # Batch renorm: (x_hat * r + d) * scale + bias, r and d constants of the gradient.
-            r, d = (expand(v) for v in self._renorm_correction(state, squeeze(mean), squeeze(var)))
-            shift = d if scale is None else d * scale
-            bias = shift if bias is None else shift + bias
-            scale = r if scale is None else r * scale
-            new_state = next_state(squeeze(count), squeeze(mean), squeeze(var))
-        else:
-            mean, var = expand(state["mean"]), expand(state["var"])
-            new_state = given_state
-        return ops.normalize(x, mean, var, bias, scale, self.epsilon, m), new_state
+            elif self.renorm:
+                clipping = initializers.thaw(self.renorm_clipping) or {}
+                y, count, mean, var = batch_renormalize(
+                    x, scale, bias, state, reduction_axes, self.epsilon, clipping, m, sync
+                )
+            else:
+                y, *moments = ops.normalize_by_moments(x, scale, bias, reduction_axes, self.epsilon, m, sync)
+                count, mean, var = (jnp.squeeze(v, reduction_axes) for v in moments)
+            # The moving statistics follow moving.py's rule (no gradient flows into them).
+            return y, lax.stop_gradient(moving.update(state, count, mean, var, self._rule))
+        # Inference (or a frozen layer): the moving statistics, the state returned as given.
+        mean, var = expand(state["mean"]), expand(state["var"])
+        return ops.normalize(x, mean, var, bias, scale, self.epsilon, m), given_state
+
+
+def batch_renormalize(x, scale, bias, state, reduction_axes, epsilon, clipping, mask, sync):
+    r"""Batch renormalization in training (Ioffe 2017, as Keras): :math:`(\hat{x} r + d) \cdot scale + bias`.
+
+    ``r = clip(sigma_B / sigma_renorm, rmin, rmax)`` and ``d = clip((mu_B - mu_renorm) / sigma_renorm, -dmax,
+    dmax)`` come from the old ``state['renorm_mean']``/``['renorm_stddev']`` and are constants of the gradient.
+    ``scale``/``bias`` (or None) are expanded to ``x``'s rank; ``clipping`` a dict with optional 'rmin', 'rmax',
+    'dmax'. Returns ``(y, count, mean, var)`` with the feature-shaped batch statistics.
+    """
+    count, mean_x, var_x = stats.count_mean_var(x, reduction_axes, mask, sync)  # keepdims
+    count, mean, var = (jnp.squeeze(v, reduction_axes) for v in (count, mean_x, var_x))
+    eps = jnp.asarray(epsilon, mean.dtype)
+    renorm_stddev = jnp.maximum(state["renorm_stddev"].astype(mean.dtype), jnp.sqrt(eps))
+    r = jnp.sqrt(var + eps) / renorm_stddev
+    d = (mean - state["renorm_mean"].astype(mean.dtype)) / renorm_stddev
+    if clipping.get("rmin") is not None:
+        r = jnp.maximum(r, clipping["rmin"])
+    if clipping.get("rmax") is not None:
+        r = jnp.minimum(r, clipping["rmax"])
+    if clipping.get("dmax") is not None:
+        d = jnp.clip(d, -clipping["dmax"], clipping["dmax"])
+    feature_axes = validation.complement_axes(reduction_axes, x.ndim)
+    r, d = (validation.expand_to_rank(lax.stop_gradient(v), x.ndim, feature_axes) for v in (r, d))
+    shift = d if scale is None else d * scale
+    bias = shift if bias is None else shift + bias
+    scale = r if scale is None else r * scale
+    return ops.normalize(x, mean_x, var_x, bias, scale, epsilon, mask), count, mean, var
+
+
+def ghost_batch_normalize(x, scale, bias, reduction_axes, epsilon, mask, sync, virtual_batch_size):
+    """Ghost batch normalization in training (Keras 2's ``virtual_batch_size``; Hoffer et al. 2017): each
+    contiguous group of ``virtual_batch_size`` examples along axis 0 is normalized by its own statistics.
+
+    Axis 0 must be reduced and divisible by ``virtual_batch_size`` (the spec checks). Returns ``(y, count,
+    mean, var)``: for the moving statistics, the feature-shaped averages over the ghost batches (and devices,
+    with ``sync``) that hold data, and the total count.
+    """
+    ghosts = (x.shape[0] // virtual_batch_size, virtual_batch_size)
+
+    def split(a):  # x and the mask: (ghosts, v, ...); scale/bias (size 1 on axis 0): a new leading axis
+        return None if a is None else a[None] if a.shape[0] == 1 else a.reshape(ghosts + a.shape[1:])
+
+    axes = tuple(a + 1 for a in reduction_axes)
+    y, count, mean, var = ops.normalize_by_moments(
+        split(x), split(scale), split(bias), axes, epsilon, split(mask), None
+    )
+    count, mean, var = (jnp.squeeze(a, axes) for a in (count, mean, var))  # (ghosts, *features)
+    has = (count > 0).astype(mean.dtype)
+    sums = [jnp.sum(a, 0) for a in (has, has * mean, has * var, count)]
+    if sync is not None:
+        name = sync.axis_name if isinstance(sync, stats.Grouped) else sync
+        sums = [lax.psum(a, name) for a in sums]  # ghost batches never span devices; their averages do
+    n_ghosts, mean_sum, var_sum, total = sums
+    return y.reshape(x.shape), total, mean_sum / jnp.maximum(n_ghosts, 1), var_sum / jnp.maximum(n_ghosts, 1)

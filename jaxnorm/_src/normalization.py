@@ -8,8 +8,6 @@ totals on the host with the exact pairwise update (:func:`jaxnorm._src.stats.mer
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -22,23 +20,6 @@ from jaxnorm._src import layer, stats, validation
 from jaxnorm._src.layer import Layer
 
 _STATE_KEYS = ("mean", "variance", "count")
-# adapt's default slice: 2**20 values (4 MiB of float32) stay in cache between the kernel's two passes; on a
-# 2-core CPU, 1e6 x 16 float32 adapts about 3x faster in such slices than whole.
-_AUTO_SLICE_VALUES = 2**20
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _batch_moments(x: jax.Array, reduce_axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One batch's ``(shift, mean - shift, M2)`` over ``reduce_axes``, of the kept axes' shape (compiled once per
-    shape and dtype). ``shift`` is the batch's first sample: the host adds it back in float64, so the batch
-    mean keeps digits that a float32 ``1e4 + small`` would round away (they matter when many small batches of
-    offset data are merged: each rounded mean would add an error of order ``n_b * delta * ulp`` to M2)."""
-    xs = x.astype(validation.stats_dtype(x.dtype))
-    shift = xs[tuple(slice(0, 1) if a in reduce_axes else slice(None) for a in range(x.ndim))]
-    _, mean_d, m2 = stats.count_mean_m2(xs - shift, reduce_axes, None)
-    return tuple(jnp.squeeze(v, reduce_axes) for v in (shift, mean_d, m2))
-
-
 def _freeze_stat(value: Any, name: str) -> float | tuple:
     """A given mean/variance as a hashable float or nested tuple of floats (checked real and finite)."""
     try:
@@ -105,21 +86,6 @@ def _as_batch(batch: Any, index: int) -> Any:
     raise TypeError(
         f"`data` batch {index} has dtype {np.dtype(dtype).name}; adapt needs real numbers (float, int or bool)."
     )
-
-
-def _chunks(x: Any, reduce_axes: tuple[int, ...], batch_size: int | None) -> Iterator[Any]:
-    """``x`` in slices of at most ``batch_size`` (None: about ``_AUTO_SLICE_VALUES`` values) along its first
-    reduced axis (views for NumPy input)."""
-    if not reduce_axes or x.size == 0:
-        yield x
-        return
-    a = reduce_axes[0]
-    rows = batch_size if batch_size is not None else max(1, _AUTO_SLICE_VALUES // (x.size // x.shape[a]))
-    if x.shape[a] <= rows:
-        yield x
-        return
-    for start in range(0, x.shape[a], rows):
-        yield x[(slice(None),) * a + (slice(start, start + rows),)]
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -326,7 +292,7 @@ class Normalization(Layer):
         if state is not None:
             totals = self._totals_from_state(state)
             expected, where = totals[1].shape, f"`state` holds statistics of shape {totals[1].shape}"
-        pending = None  # (count, shift, mean - shift, m2) of the last dispatched slice, merged one step later
+        stream = stats.StreamingMoments(totals)
         for index, raw in enumerate(_batches(data)):
             batch = _as_batch(raw, index)
             del raw
@@ -340,22 +306,14 @@ class Normalization(Layer):
                     f"are {kshape}, but {where} (sizes {expected}). Every batch must have the same sizes along "
                     "the kept axes; only the reduced axes may vary."
                 )
-            reduce_axes = validation.complement_axes(kept, batch.ndim)
-            for chunk in _chunks(batch, reduce_axes, batch_size):
-                if chunk.size == 0:
-                    continue
-                n = math.prod(chunk.shape[a] for a in reduce_axes)
-                dispatched = (n, *_batch_moments(chunk, reduce_axes))  # asynchronous: the device runs ahead
-                if pending is not None:
-                    totals = self._merge(totals, pending, expected)
-                pending = dispatched
-            del batch, chunk
-        if pending is None:
+            stream.add(batch, validation.complement_axes(kept, batch.ndim), batch_size)
+            del batch
+        totals = stream.totals()
+        if stream.slices == 0:
             raise ValueError(
                 "`data` is empty: it holds no values (no batch, or only empty ones). Pass a non-empty array or "
                 "an iterable of non-empty batches."
             )
-        totals = self._merge(totals, pending, expected)
         count, mean, m2 = totals
         variance = m2 / np.maximum(count, 1)
         return {
@@ -363,14 +321,6 @@ class Normalization(Layer):
             "variance": jnp.asarray(variance, jnp.float32),
             "count": jnp.asarray(count, jnp.float32),
         }
-
-    @staticmethod
-    def _merge(totals: Any, pending: tuple[int, jax.Array, jax.Array, jax.Array], kshape: tuple[int, ...]
-               ) -> tuple:
-        n, shift, mean_d, m2 = pending
-        mean = np.asarray(shift, np.float64) + np.asarray(mean_d, np.float64)
-        batch = (np.full(kshape, n, np.float64), mean, np.asarray(m2, np.float64))
-        return batch if totals is None else stats.merge_count_mean_m2(totals, batch)
 
     def _totals_from_state(self, state: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         fix = "Pass the state returned by this spec's `init` or `adapt`, or None to start from nothing."
