@@ -20,7 +20,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # JAXNORM_TEST_FORMULATION=accelerator runs the suite with the GPU/TPU formulation of the statistics (branch-free
 # exact statistics, no per-pass barriers, no blocked row loop) on the CPU: its numerics are then checked by every
-# test, without a GPU. `.ci/run` runs the numerics tests (tests/test_ops.py, test_fused.py, ...) this way too.
+# test, without a GPU (tests/test_formulations.py checks that formulation against float64 in every run).
 if os.environ.get("JAXNORM_TEST_FORMULATION") == "accelerator":
     from jaxnorm._src import stats  # noqa: E402
 
