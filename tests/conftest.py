@@ -10,6 +10,10 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# PyTorch (the peers tier) on the 2 xdist workers: one OpenMP thread each, and no spinning OpenMP threads that
+# would steal the other worker's core between calls (benchmarks/README.md measured a scheduler tick per call).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
