@@ -6,10 +6,15 @@ Run from the repository root (CPU or GPU, unchanged; the JAX device is ``jax.dev
     python benchmarks/run.py              # full mode (--full): the issue's shapes, 20 timed runs
     python benchmarks/run.py --smoke      # tiny shapes, 3 runs: checks that everything runs (the test)
 
+This file is the command line: the cases (``SHAPES``, ``DTYPES``), which implementations can run here, the
+correctness check, the timing loop, the copy kernel (the memory limit) and issue 13's ``TARGETS``. Who implements
+what, and how each implementation is built, is the table in benchmarks/peers.py (``OPS``, ``IMPLS`` and
+``MODES`` come from there); the ratios, table, summary, plot and JSON file are benchmarks/report.py's.
+
 Cases (``op x mode x shape x dtype``):
 
-- ``layer_norm``: LayerNorm over the last axis of ``(M, N)``; full: M=4096, N in {512, 1024, 4096, 16384};
-  quick: M=1024, N in {512, 1024, 4096, 16384}.
+- ``layer_norm`` and ``rms_norm``: over the last axis of ``(M, N)``; full: M=4096, N in {512, 1024, 4096,
+  16384}; quick: M=1024, the same N.
 - ``batch_norm``: BatchNorm in training (batch statistics, NHWC, ``axis=-1``, moving statistics updated and
   returned) at ResNet-50 shapes: full: batch 32, ``(56,56,256) (28,28,512) (14,14,1024) (7,7,2048)``;
   quick: the same at batch 8.
@@ -20,18 +25,15 @@ Cases (``op x mode x shape x dtype``):
   of ``x``'s shape and dtype); BatchNorm also returns the new moving statistics.
 - dtypes float32 and bfloat16 (parameters and statistics float32; output in the input's dtype everywhere).
 
-Implementations, each jit-compiled (``jax.jit(f).lower(*args).compile()``) and fed the same arrays:
-``jaxnorm`` (public API only: ``jaxnorm.layer_norm``, ``jaxnorm.BatchNorm(...).apply``), ``flax_linen``,
-``flax_nnx`` (split/merge into a pure function), ``naive_jnp`` (a textbook jnp version), ``keras``
-(Keras 3 layers on the JAX backend through ``stateless_call``), ``equinox`` and ``haiku`` (LayerNorm only, when
-installed), ``torch_cpu`` (``torch.nn.functional.layer_norm`` / ``rms_norm`` / ``batch_norm`` /
-``group_norm``, eager, on the CPU, with ``torch.set_num_threads`` = the CPUs this process may use;
-BatchNorm and GroupNorm in ``channels_last``, the NHWC layout), ``torch_cuda`` (the same on the GPU, when JAX
-and torch both run on a CUDA GPU),
-and ``copy``: the same bytes moved by one trivial XLA kernel (``x + 0``, read ``x`` and write ``y``, for
-``fwd``; ``x + dy``, read ``x`` and ``dy`` and write one array, for ``fwd+bwd``). Epsilon is 1e-5 and momentum
-0.9 (weight of the old value) for all. Each peer's outputs are checked once per case against jaxnorm's (relative
-max error, loose tolerance); a peer that does not match is reported and not timed.
+Implementations (peers.py), each fed the same arrays: ``jaxnorm`` (the public API only), ``jaxnorm_pallas``
+(GPU only), ``flax_linen``, ``flax_nnx``, ``naive_jnp``, ``keras``, ``equinox`` and ``haiku`` (LayerNorm only,
+when installed), jit-compiled (``jax.jit(f).lower(*args).compile()``); ``torch_cpu`` (eager, on the CPU, with
+``torch.set_num_threads`` = the CPUs this process may use) and ``torch_cuda`` (the same on the GPU, when JAX and
+torch both run on a CUDA GPU); and ``copy``: the same bytes moved by one trivial XLA kernel (``x + 0``, read
+``x`` and write ``y``, for ``fwd``; ``x + dy``, read ``x`` and ``dy`` and write one array, for ``fwd+bwd``). An
+implementation runs only the ops it has an entry for. Epsilon is 1e-5 and momentum 0.9 (weight of the old value)
+for all. Each peer's outputs are checked once per case against jaxnorm's (relative max error, loose tolerance);
+a peer that does not match is reported and not timed.
 
 Timing: compile, one checked run, then per implementation 2 warm-up runs and ``--repeats`` timed runs (one
 implementation after the other: interleaving would hand the cores back and forth between XLA's and PyTorch's
@@ -52,10 +54,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import hashlib
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -72,16 +72,22 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is imported (by us
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxnorm  # noqa: E402
 
-EPSILON = 1e-5
-MOMENTUM = 0.9  # weight of the old moving value (Keras/Flax convention); PyTorch's momentum is 1 - this
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # benchmarks/ is not a package: its modules import each other by name
+    sys.path.insert(0, str(HERE))
+
+import peers  # noqa: E402
+import report  # noqa: E402
+from peers import COPY, EPSILON, IMPLS, MODES, MOMENTUM, OPS, JaxRunner  # noqa: E402
+from report import HEADER, format_rows, summarize  # noqa: E402
+
 WARMUP = 2
 SAMPLE_S, MAX_CALLS = 2e-3, 100  # accelerators only: back-to-back calls per timed sample (see run_case)
-DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+DEFAULT_OUT = HERE / "out"
 
 SHAPES = {
     "full": {
@@ -107,16 +113,11 @@ REPEATS = {"full": 20, "quick": 10, "smoke": 3}
 # Quick mode stays under 4 minutes on a 2-core CPU (issue 13): it leaves out the peers whose math another one
 # already covers (flax.nnx runs flax.linen's; the textbook jnp version), which full mode times.
 FULL_ONLY = ("flax_nnx", "naive_jnp")
-OPS = ("layer_norm", "rms_norm", "batch_norm", "group_norm")
-ROWS = ("layer_norm", "rms_norm")  # ops over the last axis with (x, scale, bias) -> y; RMSNorm ignores bias
-STATELESS = (*ROWS, "group_norm")  # (x, scale, bias) -> y, no moving statistics
-GROUPS = 32  # GroupNorm's groups (Wu & He's, Keras's and Flax's default), NHWC input
-MODES = ("fwd", "fwd+bwd")
 DTYPES = ("float32", "bfloat16")
 # Relative max error (max |peer - jaxnorm| / max |jaxnorm|, per output) above which a peer is not timed.
 TOLERANCE = {"float32": 2e-3, "bfloat16": 5e-2}
 # Issue 13's targets (speed-ups are peer time / jaxnorm time, geometric means over a group's shapes; temp is
-# jaxnorm / flax.linen; the beyond-cache ratios are per case).
+# jaxnorm / flax.linen; the beyond-cache ratios are per case). report.summarize evaluates them.
 TARGETS = {
     "fwd_vs_flax_linen": 1.0,
     "fwd+bwd_vs_flax_linen": 1.5,
@@ -126,20 +127,6 @@ TARGETS = {
     "channels_fwd_time_over_copy_beyond_cache": 2.0,
     "fwd+bwd_temp_vs_flax_linen": 0.6,
 }
-IMPLS = (
-    "jaxnorm",
-    "jaxnorm_pallas",
-    "flax_linen",
-    "flax_nnx",
-    "naive_jnp",
-    "keras",
-    "equinox",
-    "haiku",
-    "torch_cpu",
-    "torch_cuda",
-    "copy",
-)
-BASELINE = "flax_linen"
 
 
 def _installed(name: str) -> bool:
@@ -147,18 +134,6 @@ def _installed(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
-
-
-def _pallas_on_gpu() -> bool:
-    from jaxnorm._src import pallas_norm
-
-    return pallas_norm.pallas_available()
-
-
-def _torch_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _num_threads() -> int:
@@ -188,331 +163,23 @@ def _cache_bytes(platform_name: str) -> int:
     return 64 << 20
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The pure forward functions of every JAX implementation.
-#   layer_norm: forward(x, scale, bias) -> y
-#   batch_norm: forward(x, scale, bias, mean, var) -> (y, new_mean, new_var)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _full_rank(v, ndim):
-    return v.reshape((1,) * (ndim - 1) + v.shape)
-
-
-def _jaxnorm_forward(op, x):
-    if op == "group_norm":
-        return lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=GROUPS, epsilon=EPSILON)
-    if op == "rms_norm":
-        return lambda x, s, b: jaxnorm.rms_norm(x, s, axis=-1, epsilon=EPSILON)
-    if op == "layer_norm":
-        return lambda x, s, b: jaxnorm.layer_norm(x, s, b, axis=-1, epsilon=EPSILON)
-    spec = jaxnorm.BatchNorm(axis=-1, momentum=MOMENTUM, epsilon=EPSILON)
-
-    def forward(x, s, b, m, v):
-        y, state = spec.apply({"scale": s, "bias": b}, {"mean": m, "var": v}, x, training=True)
-        return y, state["mean"], state["var"]
-
-    return forward
-
-
-def _jaxnorm_pallas_forward(op, x):  # GPU only (interpret mode on CPU is a test aid, not timed)
-    if op == "rms_norm":
-        return lambda x, s, b: jaxnorm.rms_norm(x, s, axis=-1, epsilon=EPSILON, implementation="pallas")
-    if op != "layer_norm":
-        raise NotImplementedError("the Pallas kernels cover LayerNorm/RMSNorm rows, not BatchNorm")
-    return lambda x, s, b: jaxnorm.layer_norm(x, s, b, axis=-1, epsilon=EPSILON, implementation="pallas")
-
-
-def _naive_forward(op, x):
-    def normalize(x, s, b, axes):
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + EPSILON) * _full_rank(s, x.ndim) + _full_rank(b, x.ndim)
-        return y.astype(x.dtype), mean, var
-
-    if op == "rms_norm":
-
-        def rms(x, s, b):
-            x32 = x.astype(jnp.float32)
-            ms = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-            return (x32 * jax.lax.rsqrt(ms + EPSILON) * _full_rank(s, x.ndim)).astype(x.dtype)
-
-        return rms
-    if op == "layer_norm":
-        return lambda x, s, b: normalize(x, s, b, (x.ndim - 1,))[0]
-    if op == "group_norm":
-
-        def group(x, s, b):
-            g = x.reshape(x.shape[:-1] + (GROUPS, x.shape[-1] // GROUPS)).astype(jnp.float32)
-            axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
-            mean = jnp.mean(g, axis=axes, keepdims=True)
-            var = jnp.mean(jnp.square(g - mean), axis=axes, keepdims=True)
-            y = ((g - mean) * jax.lax.rsqrt(var + EPSILON)).reshape(x.shape)
-            return (y * _full_rank(s, x.ndim) + _full_rank(b, x.ndim)).astype(x.dtype)
-
-        return group
-
-    def forward(x, s, b, m, v):
-        y, mean, var = normalize(x, s, b, tuple(range(x.ndim - 1)))
-        return (
-            y,
-            MOMENTUM * m + (1 - MOMENTUM) * mean.reshape(m.shape),
-            MOMENTUM * v + (1 - MOMENTUM) * var.reshape(v.shape),
-        )
-
-    return forward
-
-
-def _flax_linen_forward(op, x):
-    from flax import linen as nn
-
-    if op == "group_norm":
-        gn = nn.GroupNorm(num_groups=GROUPS, epsilon=EPSILON, dtype=x.dtype)
-        return lambda x, s, b: gn.apply({"params": {"scale": s, "bias": b}}, x)
-    if op == "rms_norm":
-        rms = nn.RMSNorm(epsilon=EPSILON, dtype=x.dtype)
-        return lambda x, s, b: rms.apply({"params": {"scale": s}}, x)
-    if op == "layer_norm":
-        ln = nn.LayerNorm(epsilon=EPSILON, dtype=x.dtype)  # dtype: bf16 in, bf16 out, like the others
-        return lambda x, s, b: ln.apply({"params": {"scale": s, "bias": b}}, x)
-    bn = nn.BatchNorm(use_running_average=False, axis=-1, momentum=MOMENTUM, epsilon=EPSILON, dtype=x.dtype)
-
-    def forward(x, s, b, m, v):
-        variables = {"params": {"scale": s, "bias": b}, "batch_stats": {"mean": m, "var": v}}
-        y, updates = bn.apply(variables, x, mutable=["batch_stats"])
-        return y, updates["batch_stats"]["mean"], updates["batch_stats"]["var"]
-
-    return forward
-
-
-def _with_leaves(tree, by_name):
-    """``tree`` (an nnx.State) with each leaf replaced by ``by_name[<last key of its path>]``."""
-    paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    names = []
-    for path, _ in paths:
-        keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-        names.append(next(k for k in reversed(keys) if k in by_name))
-    return jax.tree_util.tree_unflatten(treedef, [by_name[n] for n in names])
-
-
-def _flax_nnx_forward(op, x):
-    from flax import nnx
-
-    features = x.shape[-1]
-    if op == "group_norm":
-        gn = nnx.GroupNorm(features, num_groups=GROUPS, epsilon=EPSILON, dtype=x.dtype, rngs=nnx.Rngs(0))
-        graphdef, params = nnx.split(gn)
-        return lambda x, s, b: nnx.merge(graphdef, _with_leaves(params, {"scale": s, "bias": b}))(x)
-    if op == "rms_norm":
-        graphdef, params = nnx.split(nnx.RMSNorm(features, epsilon=EPSILON, dtype=x.dtype, rngs=nnx.Rngs(0)))
-        return lambda x, s, b: nnx.merge(graphdef, _with_leaves(params, {"scale": s}))(x)
-    if op == "layer_norm":
-        model = nnx.LayerNorm(features, epsilon=EPSILON, dtype=x.dtype, rngs=nnx.Rngs(0))
-        graphdef, params = nnx.split(model)
-
-        def forward(x, s, b):
-            return nnx.merge(graphdef, _with_leaves(params, {"scale": s, "bias": b}))(x)
-
-        return forward
-    model = nnx.BatchNorm(
-        features, use_running_average=False, momentum=MOMENTUM, epsilon=EPSILON, dtype=x.dtype, rngs=nnx.Rngs(0)
-    )
-    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-
-    def forward(x, s, b, m, v):
-        module = nnx.merge(
-            graphdef, _with_leaves(params, {"scale": s, "bias": b}), _with_leaves(stats, {"mean": m, "var": v})
-        )
-        y = module(x)
-        _, _, new_stats = nnx.split(module, nnx.Param, nnx.BatchStat)
-        return y, jax.tree.leaves(new_stats["mean"])[0], jax.tree.leaves(new_stats["var"])[0]
-
-    return forward
-
-
-def _keras_forward(op, x):
-    import keras
-
-    if keras.backend.backend() != "jax":
-        raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()!r}, not 'jax'")
-    policy = "mixed_bfloat16" if x.dtype == jnp.bfloat16 else "float32"  # float32 variables, compute in x's dtype
-    if op == "group_norm":
-        layer = keras.layers.GroupNormalization(groups=GROUPS, axis=-1, epsilon=EPSILON, dtype=policy)
-        layer.build(x.shape)
-        return lambda x, s, b: layer.stateless_call([s, b], [], x)[0]
-    if op == "rms_norm":
-        rms = keras.layers.RMSNormalization(axis=-1, epsilon=EPSILON, dtype=policy)
-        rms.build(x.shape)
-        return lambda x, s, b: rms.stateless_call([s], [], x)[0]
-    if op == "layer_norm":
-        layer = keras.layers.LayerNormalization(axis=-1, epsilon=EPSILON, dtype=policy)
-        layer.build(x.shape)
-        return lambda x, s, b: layer.stateless_call([s, b], [], x)[0]
-    layer = keras.layers.BatchNormalization(axis=-1, momentum=MOMENTUM, epsilon=EPSILON, dtype=policy)
-    layer.build(x.shape)
-
-    def forward(x, s, b, m, v):
-        y, (mean, var) = layer.stateless_call([s, b], [m, v], x, training=True)
-        return y, mean, var
-
-    return forward
-
-
-def _equinox_forward(op, x):  # only when equinox is installed
-    import equinox as eqx
-
-    if op != "layer_norm":
-        raise NotImplementedError(f"{op} not benchmarked for equinox (LayerNorm only)")
-    ln = eqx.nn.LayerNorm(x.shape[-1], eps=EPSILON)
-
-    def forward(x, s, b):
-        module = eqx.tree_at(lambda m: (m.weight, m.bias), ln, (s, b))
-        return jax.vmap(module)(x).astype(x.dtype)
-
-    return forward
-
-
-def _haiku_forward(op, x):  # only when haiku is installed; LayerNorm only
-    import haiku as hk
-
-    if op != "layer_norm":
-        raise NotImplementedError(f"{op} not benchmarked for haiku (LayerNorm only)")
-    ln = hk.without_apply_rng(
-        hk.transform(lambda x: hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, eps=EPSILON)(x))
-    )
-    return lambda x, s, b: ln.apply({"layer_norm": {"scale": s, "offset": b}}, x).astype(x.dtype)
-
-
-JAX_FORWARDS = {
-    "jaxnorm": (None, _jaxnorm_forward),
-    "jaxnorm_pallas": (None, _jaxnorm_pallas_forward),
-    "flax_linen": ("flax", _flax_linen_forward),
-    "flax_nnx": ("flax", _flax_nnx_forward),
-    "naive_jnp": (None, _naive_forward),
-    "keras": ("keras", _keras_forward),
-    "equinox": ("equinox", _equinox_forward),
-    "haiku": ("haiku", _haiku_forward),
-}
-
-
-def _with_backward(forward, op):
-    """(x, dy, scale, bias[, mean, var]) -> (dx, dscale, dbias[, new_mean, new_var]): grad of sum(y * dy)."""
-
-    def loss(x, s, b, dy, *state):
-        out = forward(x, s, b, *state)
-        y, aux = (out, ()) if op in STATELESS else (out[0], tuple(out[1:]))
-        return jnp.sum(y.astype(jnp.float32) * dy.astype(jnp.float32)), aux
-
-    def fwd_bwd(x, dy, s, b, *state):
-        grads, aux = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(x, s, b, dy, *state)
-        return (*grads, *aux)
-
-    return fwd_bwd
+def why_skipped(impl, size, platform_name, skip=()):
+    """Why ``impl`` does not run in this session (``size``: full, quick or smoke), or None: it runs."""
+    if impl in skip:
+        return "--skip"
+    if impl == COPY:
+        return None
+    peer = peers.PEERS[impl]
+    if peer.requires is not None and not _installed(peer.requires):
+        return f"{peer.requires} not installed"
+    if size == "quick" and impl in FULL_ONLY:
+        return "full mode only (quick mode stays under 4 minutes)"
+    return peer.unavailable(platform_name)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Runners: a callable that does one full run (blocking) and its outputs as float32 NumPy arrays.
+# One case: build (peers.py), check against jaxnorm, time against the copy kernel.
 # ---------------------------------------------------------------------------------------------------------
-
-
-class JaxRunner:
-    def __init__(self, fn, args):
-        start = time.perf_counter()
-        lowered = jax.jit(fn).lower(*args)
-        self.compiled = lowered.compile()
-        self.compile_s = time.perf_counter() - start
-        self.args = args
-        self.temp_bytes = None
-        try:
-            analysis = self.compiled.memory_analysis()
-            if analysis is not None and getattr(analysis, "temp_size_in_bytes", None) is not None:
-                self.temp_bytes = int(analysis.temp_size_in_bytes)
-        except Exception:  # not every backend implements it
-            self.temp_bytes = None
-
-    def __call__(self, calls=1):
-        for _ in range(calls):  # dispatched back to back; only the last one is waited for
-            out = self.compiled(*self.args)
-        return jax.block_until_ready(out)
-
-    def outputs(self):
-        out = self()
-        out = out if isinstance(out, tuple | list) else (out,)
-        return [np.asarray(o.astype(jnp.float32)) for o in out]
-
-
-def _to_torch(torch, a, device="cpu"):
-    """A jax array as a torch tensor of the same dtype (bfloat16 exactly, through its bits) on ``device``."""
-    host = np.array(a)  # a writable host copy
-    if host.dtype == jnp.bfloat16:
-        return torch.from_numpy(host.view(np.uint16)).view(torch.bfloat16).to(device)
-    return torch.from_numpy(host).to(device)
-
-
-class TorchRunner:
-    """Eager PyTorch (``torch.nn.functional``) on the CPU or a CUDA GPU, channels_last for BatchNorm."""
-
-    compile_s = 0.0
-    temp_bytes = None
-
-    def __init__(self, op, mode, inputs, device="cpu"):
-        import torch
-        import torch.nn.functional as F
-
-        self.torch, self.device = torch, device
-        x, s, b = (_to_torch(torch, inputs[k], device) for k in ("x", "scale", "bias"))
-        dy = _to_torch(torch, inputs["dy"], device)
-        if device != "cpu" and op != "batch_norm":  # torch's CUDA layer/group/rms norm take the input's dtype
-            s, b = s.to(x.dtype), b.to(x.dtype)
-        backward = mode == "fwd+bwd"
-        if op in ("batch_norm", "group_norm"):  # NHWC memory, NCHW sizes: torch's channels_last layout, no copy
-            x, dy = x.permute(0, 3, 1, 2), dy.permute(0, 3, 1, 2)
-        if op == "batch_norm":
-            self.m0, self.v0 = (_to_torch(torch, inputs[k], device) for k in ("mean", "var"))
-            self.mean, self.var = self.m0.clone(), self.v0.clone()
-            self.n = math.prod(inputs["x"].shape[:-1])
-        if backward:
-            x, s, b = (t.requires_grad_(True) for t in (x, s, b))
-        self.op, self.backward = op, backward
-
-        def forward():
-            if op == "layer_norm":
-                return F.layer_norm(x, (x.shape[-1],), s, b, EPSILON)
-            if op == "rms_norm":
-                return F.rms_norm(x, (x.shape[-1],), s, EPSILON)
-            if op == "group_norm":
-                return F.group_norm(x, GROUPS, s, b, EPSILON)
-            return F.batch_norm(x, self.mean, self.var, s, b, training=True, momentum=1 - MOMENTUM, eps=EPSILON)
-
-        def run():
-            if not backward:
-                with torch.no_grad():
-                    return (forward(),)
-            return torch.autograd.grad(forward(), (x, s, b), dy, allow_unused=True, materialize_grads=True)
-
-        self.run = run
-
-    def __call__(self, calls=1):
-        for _ in range(calls):
-            out = self.run()
-        if self.device != "cpu":
-            self.torch.cuda.synchronize()
-        return out
-
-    def outputs(self):
-        if self.op == "batch_norm":  # start from the same moving statistics as the others
-            self.mean.copy_(self.m0)
-            self.var.copy_(self.v0)
-        out = [o.detach().float() for o in self.run()]
-        if self.op in ("batch_norm", "group_norm"):
-            out[0] = out[0].permute(0, 2, 3, 1)  # y or dx back to NHWC
-        if self.op == "batch_norm":
-            # torch tracks the unbiased variance: convert its update to the biased one the others track.
-            new_var_unbiased = (self.var - MOMENTUM * self.v0) / (1 - MOMENTUM)
-            biased = MOMENTUM * self.v0 + (1 - MOMENTUM) * new_var_unbiased * (self.n - 1) / self.n
-            out += [self.mean.clone(), biased]
-        return [o.contiguous().cpu().numpy() for o in out]
 
 
 def _copy_fn(mode):
@@ -521,38 +188,11 @@ def _copy_fn(mode):
     return lambda x, dy: x + dy  # read x and dy, write one array: the bytes of a fused backward
 
 
-# ---------------------------------------------------------------------------------------------------------
-# One case: build, check, time.
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _inputs(op, shape, dtype, seed=0):
-    return jax.block_until_ready(_make_inputs(op, tuple(shape), jnp.dtype(dtype), seed))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _make_inputs(op, shape, dtype, seed):  # one compiled program per case, generated on the device
-    keys = jax.random.split(jax.random.key(seed), 6)
-    c = shape[-1]
-    x = (jax.random.normal(keys[0], shape, jnp.float32) + 0.5).astype(dtype)
-    dy = jax.random.normal(keys[1], shape, jnp.float32).astype(dtype)
-    inputs = {
-        "x": x,
-        "dy": dy,
-        "scale": 1.0 + 0.1 * jax.random.normal(keys[2], (c,), jnp.float32),
-        "bias": 0.1 * jax.random.normal(keys[3], (c,), jnp.float32),
-    }
-    if op == "batch_norm":
-        inputs["mean"] = 0.1 * jax.random.normal(keys[4], (c,), jnp.float32)
-        inputs["var"] = 1.0 + 0.1 * jnp.abs(jax.random.normal(keys[5], (c,), jnp.float32))
-    return inputs
-
-
-def _args(op, mode, inputs):
-    args = [inputs["x"]] + ([inputs["dy"]] if mode == "fwd+bwd" else []) + [inputs["scale"], inputs["bias"]]
-    if op == "batch_norm":
-        args += [inputs["mean"], inputs["var"]]
-    return tuple(args)
+def _build(impl, op, mode, inputs):
+    if impl == COPY:
+        args = (inputs["x"],) if mode == "fwd" else (inputs["x"], inputs["dy"])
+        return JaxRunner(_copy_fn(mode), args)
+    return peers.TABLE[op][impl](op, mode, inputs)
 
 
 def _rel_errors(outputs, reference):
@@ -570,19 +210,27 @@ def _rel_errors(outputs, reference):
     return errors
 
 
-def _build(impl, op, mode, inputs):
-    if impl in ("torch_cpu", "torch_cuda"):
-        return TorchRunner(op, mode, inputs, device=impl.removeprefix("torch_"))
-    if impl == "copy":
-        args = (inputs["x"],) if mode == "fwd" else (inputs["x"], inputs["dy"])
-        return JaxRunner(_copy_fn(mode), args)
-    forward = JAX_FORWARDS[impl][1](op, inputs["x"])
-    fn = forward if mode == "fwd" else _with_backward(forward, op)
-    return JaxRunner(fn, _args(op, mode, inputs))
+def _time(runner, repeats, on_cpu):
+    """Per-call seconds of ``repeats`` timed samples after the warm-up, and the calls per sample."""
+    for _ in range(WARMUP):
+        runner()
+    calls = 1
+    if not on_cpu:
+        start = time.perf_counter()
+        runner()
+        calls = max(1, min(MAX_CALLS, round(SAMPLE_S / max(time.perf_counter() - start, 1e-6))))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner(calls)
+        samples.append((time.perf_counter() - start) / calls)
+    return samples, calls
 
 
 def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes, on_cpu=True):
-    inputs = _inputs(op, shape, jnp.dtype(dtype))
+    """One case: every implementation in ``impls`` that implements ``op`` (peers.TABLE; ``copy`` always),
+    checked against jaxnorm's outputs, then timed; the case's dict with each one's figures."""
+    inputs = peers.make_inputs(op, shape, dtype)
     x_bytes = inputs["x"].nbytes
     n_arrays = 2 if mode == "fwd" else 3  # fwd: read x, write y; fwd+bwd: read x, dy, write dx
     case = {
@@ -596,13 +244,13 @@ def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes, on_cpu=True):
         "results": {},
     }
     runners, reference = {}, None
-    for impl in impls:
+    for impl in (i for i in impls if i == COPY or i in peers.TABLE[op]):
         entry = case["results"].setdefault(impl, {})
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # peers' deprecation chatter is not ours to fix
                 runner = _build(impl, op, mode, inputs)
-                outputs = None if impl == "copy" else runner.outputs()
+                outputs = None if impl == COPY else runner.outputs()
         except Exception as exc:  # a peer that cannot run this case is reported, not fatal
             if impl == "jaxnorm":
                 raise
@@ -610,7 +258,7 @@ def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes, on_cpu=True):
             continue
         if impl == "jaxnorm":
             reference, err = outputs, 0.0
-        elif impl == "copy":
+        elif impl == COPY:
             err = None
         else:
             errors = _rel_errors(outputs, reference)
@@ -631,205 +279,12 @@ def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes, on_cpu=True):
     # (about SAMPLE_S of work, waited for once at the end), divided by `calls`.
     times = {}
     for impl, runner in runners.items():
-        for _ in range(WARMUP):
-            runner()
-        calls = 1
-        if not on_cpu:
-            start = time.perf_counter()
-            runner()
-            calls = max(1, min(MAX_CALLS, round(SAMPLE_S / max(time.perf_counter() - start, 1e-6))))
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            runner(calls)
-            samples.append((time.perf_counter() - start) / calls)
-        times[impl] = samples
-        case["results"][impl]["calls_per_sample"] = calls
-
-    ref_ms = statistics.median(times["jaxnorm"]) * 1e3
-    copy_gbps = None
-    if "copy" in times:
-        copy_gbps = case["bytes_moved"] / statistics.median(times["copy"]) / 1e9
-    base = case["results"].get(BASELINE, {})
+        times[impl], case["results"][impl]["calls_per_sample"] = _time(runner, repeats, on_cpu)
     for impl, samples in times.items():
-        entry = case["results"][impl]
-        ms = statistics.median(samples) * 1e3
-        gbps = case["bytes_moved"] / (ms * 1e-3) / 1e9
-        entry.update(
-            median_ms=ms,
-            min_ms=min(samples) * 1e3,
-            repeats=len(samples),
-            ratio_to_jaxnorm=ms / ref_ms,
-            gbps=gbps,
-            pct_copy=None if copy_gbps is None else 100.0 * gbps / copy_gbps,
+        case["results"][impl].update(
+            median_ms=statistics.median(samples) * 1e3, min_ms=min(samples) * 1e3, repeats=len(samples)
         )
-    for impl in times:
-        entry = case["results"][impl]
-        base_ms, base_temp = base.get("median_ms"), base.get("temp_bytes")
-        entry["speedup_vs_flax_linen"] = None if base_ms is None else base_ms / entry["median_ms"]
-        temp = entry.get("temp_bytes")
-        entry["temp_ratio_to_flax_linen"] = (
-            temp / base_temp if temp is not None and base_temp else (0.0 if temp == 0 and base_temp == 0 else None)
-        )
-    return case
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reporting: table, summary against the targets, plot.
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _fmt(value, spec, missing="-"):
-    return missing if value is None else format(value, spec)
-
-
-HEADER = (
-    f"{'op':<10} {'mode':<7} {'shape':<18} {'dtype':<8} {'impl':<10} {'median ms':>10} {'x_jaxnorm':>9} "
-    f"{'GB/s':>7} {'%copy':>6} {'temp MiB':>9} {'temp/flax':>9}  status"
-)
-
-
-def format_rows(case):
-    rows = []
-    for impl, r in case["results"].items():
-        temp = r.get("temp_bytes")
-        rows.append(
-            f"{case['op']:<10} {case['mode']:<7} {str(tuple(case['shape'])):<18} {case['dtype']:<8} {impl:<10} "
-            f"{_fmt(r.get('median_ms'), '10.3f'):>10} {_fmt(r.get('ratio_to_jaxnorm'), '9.2f'):>9} "
-            f"{_fmt(r.get('gbps'), '7.1f'):>7} {_fmt(r.get('pct_copy'), '6.0f'):>6} "
-            f"{_fmt(None if temp is None else temp / 2**20, '9.2f'):>9} "
-            f"{_fmt(r.get('temp_ratio_to_flax_linen'), '9.2f'):>9}  {r.get('status', '')}"
-        )
-    return rows
-
-
-def _geomean(values):
-    values = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
-
-
-def summarize(cases):
-    """Per (op, mode, dtype): geometric means of the headline ratios; and each target over the cases it covers."""
-    groups = {}
-    for c in cases:
-        groups.setdefault((c["op"], c["mode"], c["dtype"]), []).append(c)
-    by_group = []
-    for (op, mode, dtype), cs in groups.items():
-        row = {"op": op, "mode": mode, "dtype": dtype, "cases": len(cs)}
-        for impl in IMPLS:
-            if impl == "jaxnorm":
-                continue
-            ratios = [c["results"].get(impl, {}).get("ratio_to_jaxnorm") for c in cs]
-            row[f"{impl}_over_jaxnorm_geomean"] = _geomean(ratios)
-        row["jaxnorm_pct_copy_geomean"] = _geomean([c["results"]["jaxnorm"].get("pct_copy") for c in cs])
-        row["jaxnorm_temp_vs_flax_linen_geomean"] = _geomean(
-            [c["results"]["jaxnorm"].get("temp_ratio_to_flax_linen") for c in cs]
-        )
-        by_group.append(row)
-
-    def target(name, threshold, items, better):
-        """``items``: (label, value) pairs, each met when on the right side of ``threshold``."""
-        values = [
-            {"case": label, "value": v, "met": bool(v >= threshold if better == "higher" else v <= threshold)}
-            for label, v in items
-            if v is not None
-        ]
-        return {
-            "name": name,
-            "threshold": threshold,
-            "better": better,
-            "cases": values,
-            "met_in": f"{sum(v['met'] for v in values)}/{len(values)}",
-        }
-
-    def per_group(mode, key, ops=OPS):  # one value per (op, dtype): the geometric mean over the shapes
-        return [(f"{g['op']} {g['dtype']}", g.get(key)) for g in by_group if g["mode"] == mode and g["op"] in ops]
-
-    def over_copy(c):
-        copy_ms = c["results"].get("copy", {}).get("median_ms")
-        ms = c["results"]["jaxnorm"].get("median_ms")
-        return None if copy_ms is None or ms is None else ms / copy_ms
-
-    def beyond(ops):
-        return [
-            (f"{c['op']} {'x'.join(map(str, c['shape']))} {c['dtype']}", over_copy(c))
-            for c in cases
-            if c["mode"] == "fwd" and c["beyond_cache"] and c["op"] in ops
-        ]
-
-    targets = [
-        target(
-            "fwd: flax.linen time / jaxnorm time (geomean over shapes)",
-            TARGETS["fwd_vs_flax_linen"],
-            per_group("fwd", "flax_linen_over_jaxnorm_geomean"),
-            "higher",
-        ),
-        target(
-            "fwd+bwd: flax.linen time / jaxnorm time (geomean over shapes)",
-            TARGETS["fwd+bwd_vs_flax_linen"],
-            per_group("fwd+bwd", "flax_linen_over_jaxnorm_geomean"),
-            "higher",
-        ),
-        target(
-            "layer_norm fwd+bwd: torch (CPU) time / jaxnorm time (geomean)",
-            TARGETS["layer_norm_fwd+bwd_vs_torch_cpu"],
-            per_group("fwd+bwd", "torch_cpu_over_jaxnorm_geomean", ("layer_norm",)),
-            "higher",
-        ),
-        target(  # on a GPU: PyTorch on the same GPU
-            "layer_norm fwd+bwd: torch (CUDA) time / jaxnorm time (geomean)",
-            TARGETS["layer_norm_fwd+bwd_vs_torch_cuda"],
-            per_group("fwd+bwd", "torch_cuda_over_jaxnorm_geomean", ("layer_norm",)),
-            "higher",
-        ),
-        target(
-            "fwd beyond the last-level cache, layer/rms_norm: jaxnorm time / copy time",
-            TARGETS["rows_fwd_time_over_copy_beyond_cache"],
-            beyond(ROWS),
-            "lower",
-        ),
-        target(
-            "fwd beyond the last-level cache, batch/group_norm: jaxnorm time / copy time",
-            TARGETS["channels_fwd_time_over_copy_beyond_cache"],
-            beyond(("batch_norm", "group_norm")),
-            "lower",
-        ),
-        target(
-            "fwd+bwd: jaxnorm temp bytes / flax.linen temp bytes (geomean)",
-            TARGETS["fwd+bwd_temp_vs_flax_linen"],
-            per_group("fwd+bwd", "jaxnorm_temp_vs_flax_linen_geomean"),
-            "lower",
-        ),
-    ]
-    return {"groups": by_group, "targets": targets}
-
-
-def plot(cases, path):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    ops = [op for op in OPS if any(c["op"] == op for c in cases)]
-    fig = Figure(figsize=(14, 4.2 * len(ops)), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(ops), len(MODES), squeeze=False)
-    impls = [i for i in IMPLS if i != BASELINE and any(i in c["results"] for c in cases)]
-    for row, op in enumerate(ops):
-        for col, mode in enumerate(MODES):
-            ax = axes[row][col]
-            cs = [c for c in cases if c["op"] == op and c["mode"] == mode]
-            width = 0.8 / max(len(impls), 1)
-            for k, impl in enumerate(impls):
-                values = [c["results"].get(impl, {}).get("speedup_vs_flax_linen") or 0.0 for c in cs]
-                positions = [i + (k - (len(impls) - 1) / 2) * width for i in range(len(cs))]
-                ax.bar(positions, values, width, label=impl)
-            ax.axhline(1.0, color="black", lw=0.8)
-            ax.set_xticks(range(len(cs)))
-            ax.set_xticklabels(["x".join(map(str, c["shape"])) + "\n" + c["dtype"] for c in cs], fontsize=7)
-            ax.set_ylabel("flax.linen time / impl time")
-            ax.set_title(f"{op} {mode} (higher = faster than flax.linen)")
-            ax.set_yscale("log")
-    axes[0][-1].legend(fontsize=7, ncols=2)
-    fig.savefig(path, dpi=110)
+    return report.add_ratios(case)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -859,7 +314,8 @@ def _versions():
         versions["jaxlib"] = jaxlib.__version__
     except ImportError:
         versions["jaxlib"] = None
-    for name in ("flax", "keras", "torch", "equinox", "haiku", "numpy"):
+    modules = dict.fromkeys(p.requires for p in peers.PEERS.values() if p.requires)  # the peers', in order
+    for name in (*modules, "numpy"):
         if not _installed(name):
             versions[name] = None
             continue
@@ -899,7 +355,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.models:  # the whole-model step with Flax's norm layers, jaxnorm's drop-ins and none
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         import models
 
         return models.main([*(["--smoke"] if args.mode == "smoke" else []), "--out", str(args.out)])
@@ -911,19 +366,11 @@ def main(argv=None):
 
     impls, skipped = [], {}
     for impl in IMPLS:
-        module = "torch" if impl.startswith("torch_") else JAX_FORWARDS.get(impl, (None,))[0]
-        if impl in args.skip:
-            skipped[impl] = "--skip"
-        elif module is not None and not _installed(module):
-            skipped[impl] = f"{module} not installed"
-        elif impl == "torch_cuda" and (device.platform != "gpu" or not _torch_cuda()):
-            skipped[impl] = "JAX or torch not on a CUDA GPU"
-        elif args.mode == "quick" and impl in FULL_ONLY:
-            skipped[impl] = "full mode only (quick mode stays under 4 minutes)"
-        elif impl == "jaxnorm_pallas" and not _pallas_on_gpu():
-            skipped[impl] = "no GPU: the Pallas kernels would run in interpret mode"
-        else:
+        why = why_skipped(impl, args.mode, device.platform, args.skip)
+        if why is None:
             impls.append(impl)
+        else:
+            skipped[impl] = why
     if "torch_cpu" in impls:
         import torch
 
@@ -974,10 +421,7 @@ def main(argv=None):
     )
     if skipped:
         print("skipped: " + ", ".join(f"{k} ({v})" for k, v in skipped.items()))
-    print(
-        "x_jaxnorm = time / jaxnorm time (> 1: jaxnorm faster); GB/s = bytes that must move / time; "
-        "%copy = GB/s / copy kernel's GB/s; temp = XLA temp bytes"
-    )
+    print(report.LEGEND)
     print(HEADER, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"results_{args.mode}.json"  # rewritten after each case (a cut-off run keeps them)
@@ -989,34 +433,17 @@ def main(argv=None):
                     case = run_case(op, mode, shape, dtype, impls, repeats, cache, device.platform == "cpu")
                     info["cases"].append(case)
                     print("\n".join(format_rows(case)), flush=True)
-                    json_path.write_text(json.dumps(info, indent=1, allow_nan=False, default=float) + "\n")
-    info["summary"] = summarize(info["cases"])
+                    report.write_json(info, json_path)
+    info["summary"] = summarize(info["cases"], TARGETS)
     info["wall_s"] = time.perf_counter() - start
     info["load_average_end"] = _load_average()  # 1/5/15-minute load: well above 0 means other work shared the CPU
 
-    print("\nsummary (geometric means over shapes of time / jaxnorm time):")
-    for g in info["summary"]["groups"]:
-        parts = [
-            f"{impl}={_fmt(g.get(f'{impl}_over_jaxnorm_geomean'), '.2f')}"
-            for impl in IMPLS
-            if impl != "jaxnorm" and g.get(f"{impl}_over_jaxnorm_geomean") is not None
-        ]
-        print(
-            f"  {g['op']:<10} {g['mode']:<7} {g['dtype']:<8} "
-            + " ".join(parts)
-            + f"  jaxnorm %copy={_fmt(g['jaxnorm_pct_copy_geomean'], '.0f')}"
-            + f"  temp/flax={_fmt(g['jaxnorm_temp_vs_flax_linen_geomean'], '.2f')}"
-        )
-    print("targets:")
-    for t in info["summary"]["targets"]:
-        sign = ">=" if t["better"] == "higher" else "<="
-        values = ", ".join(f"{v['case']} {v['value']:.2f}" for v in t["cases"])
-        print(f"  {t['name']} {sign} {t['threshold']}: met in {t['met_in']} [{values}]")
+    print("\n".join(report.format_summary(info["summary"])))
     if args.mode == "smoke":
         print("(smoke mode: tiny shapes that check that everything runs; its figures and targets mean nothing)")
 
-    json_path.write_text(json.dumps(info, indent=1, allow_nan=False, default=float) + "\n")
-    plot(info["cases"], png_path)
+    report.write_json(info, json_path)
+    report.plot(info["cases"], png_path)
     print(f"wrote {json_path} and {png_path} ({info['wall_s']:.1f} s)")
     return info
 

@@ -13,7 +13,7 @@ Example:
   >>> import torch, jax.numpy as jnp, numpy as np
   >>> from jaxnorm import interop
   >>> spec, params, state = interop.from_torch(torch.nn.BatchNorm2d(3))
-  >>> spec.momentum, spec.momentum_convention, spec.moving_var, spec.axis
+  >>> spec.momentum, spec.momentum_convention, spec.moving_var_estimator, spec.axis
   (0.1, 'torch', 'unbiased', 1)
   >>> x = np.random.default_rng(0).normal(size=(4, 3, 5, 5)).astype(np.float32)
   >>> y, state = spec.apply(params, state, jnp.asarray(x), training=True)

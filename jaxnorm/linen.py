@@ -107,12 +107,13 @@ class BatchNorm(module.Module):
       use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
       force_float32_reductions: accepted; statistics are always computed in at least float32. As in Flax,
         False stores ``batch_stats`` in ``param_dtype`` (the checkpoint layout is unchanged).
-      momentum_convention, moving_var, averaging, safe_update, count_steps: jaxnorm's moving-statistics options,
+      momentum_convention, moving_var_estimator, averaging, safe_update, count_steps: jaxnorm's moving-statistics
+        options,
         after Flax's arguments, as in :class:`jaxnorm.BatchNorm` (the same rule, ``jaxnorm._src.moving``):
         'keras'/'torch' (which weight ``momentum`` is), 'biased'/'unbiased' running variance,
         'exponential'/'cumulative'/'debiased' averaging, per-feature safe updates (False: update regardless, as
         Flax), and a step counter. The defaults are Flax's behaviour (with safe updates); 'cumulative',
-        'debiased' or ``count_steps=True`` add ``batch_stats['count']`` (int32 scalar).
+        'debiased' or ``count_steps=True`` add ``batch_stats['steps']`` (int32 scalar).
 
     Call ``__call__(x, use_running_average=None, *, mask=None)``:
       x: array of any rank with the feature sizes used at ``init``; real floating (or integer, as in Flax).
@@ -175,7 +176,7 @@ class BatchNorm(module.Module):
     force_float32_reductions: bool = True
     # jaxnorm's moving-statistics options (moving.DROP_IN_OPTIONS), after Flax's own arguments.
     momentum_convention: str = "keras"
-    moving_var: str = "biased"
+    moving_var_estimator: str = "biased"
     averaging: str = "exponential"
     safe_update: bool = True
     count_steps: bool = False
@@ -205,7 +206,7 @@ class BatchNorm(module.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stat_dtype), feature_shape)
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stat_dtype), feature_shape)
         rule = self._rule()
-        ra_count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32) if rule.counts_steps else None
+        ra_steps = self.variable("batch_stats", "steps", jnp.zeros, (), jnp.int32) if rule.counts_steps else None
         for name, stat in (("mean", ra_mean), ("var", ra_var)):  # a checkpoint for another feature count
             validation.fit_variable(
                 stat.value, tuple(feature_shape), f"batch_stats['{name}']", exact=True,
@@ -220,7 +221,7 @@ class BatchNorm(module.Module):
         scale = None if scale is None else expand(scale)
         bias = None if bias is None else expand(bias)
         if use_running_average:
-            y = ops.normalize(xc, expand(ra_mean.value), expand(ra_var.value), bias, scale, self.epsilon)
+            y = ops.normalize_by_stats(xc, expand(ra_mean.value), expand(ra_var.value), scale, bias, self.epsilon)
             return y.astype(out_dtype)
         axis_name = None if self.is_initializing() else sync_axis(
             self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm"
@@ -233,12 +234,12 @@ class BatchNorm(module.Module):
             batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
             batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
             old = {"mean": ra_mean.value, "var": ra_var.value}
-            if ra_count is not None:
-                old["count"] = ra_count.value
+            if ra_steps is not None:
+                old["steps"] = ra_steps.value
             new = moving.update(old, jnp.squeeze(count, reduction_axes), batch_mean, batch_var, rule)
             ra_mean.value, ra_var.value = new["mean"], new["var"]
-            if ra_count is not None:
-                ra_count.value = new["count"]
+            if ra_steps is not None:
+                ra_steps.value = new["steps"]
         return y.astype(out_dtype)
 
 

@@ -130,11 +130,12 @@ class BatchNorm(nnx.Module):
       promote_dtype: Flax's dtype-promotion function, called on ``(x, mean, var, scale, bias)``.
       rngs: ``nnx.Rngs``; ``rngs.params()`` is drawn for ``scale`` then ``bias``, as in Flax.
       bias_metadata, scale_metadata: metadata mappings given to the ``nnx.Param``.
-      momentum_convention, moving_var, averaging, safe_update, count_steps: jaxnorm's moving-statistics options,
+      momentum_convention, moving_var_estimator, averaging, safe_update, count_steps: jaxnorm's moving-statistics
+        options,
         after Flax's arguments, as in :class:`jaxnorm.BatchNorm` (the same rule): 'keras'/'torch',
         'biased'/'unbiased', 'exponential'/'cumulative'/'debiased', per-feature safe updates (False: as Flax),
         a step counter. The defaults are Flax's behaviour (with safe updates); 'cumulative', 'debiased' or
-        ``count_steps=True`` add the ``nnx.BatchStat`` ``count`` (int32 scalar).
+        ``count_steps=True`` add the ``nnx.BatchStat`` ``steps`` (int32 scalar).
 
     Call ``__call__(x, use_running_average=None, *, mask=None)``:
       x: array whose ``axis`` has ``num_features`` entries; real floating (or integer, as in Flax).
@@ -196,21 +197,21 @@ class BatchNorm(nnx.Module):
         bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
         scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
         momentum_convention: str = "keras",
-        moving_var: str = "biased",
+        moving_var_estimator: str = "biased",
         averaging: str = "exponential",
         safe_update: bool = True,
         count_steps: bool = False,
     ):
         sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.BatchNorm")
         rule = moving.Rule(
-            momentum, momentum_convention=momentum_convention, moving_var=moving_var, averaging=averaging,
-            safe_update=safe_update, count_steps=count_steps,
+            momentum, momentum_convention=momentum_convention, moving_var_estimator=moving_var_estimator,
+            averaging=averaging, safe_update=safe_update, count_steps=count_steps,
         )
         feature_shape = (num_features,)
         self.mean = nnx.BatchStat(jnp.zeros(feature_shape, jnp.float32))
         self.var = nnx.BatchStat(jnp.ones(feature_shape, jnp.float32))
         if rule.counts_steps:
-            self.count = nnx.BatchStat(jnp.zeros((), jnp.int32))
+            self.steps = nnx.BatchStat(jnp.zeros((), jnp.int32))
         # scale before bias: the same rngs.params() draws as Flax.
         self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
         self.bias = _affine_param(use_bias, bias_init, rngs, feature_shape, param_dtype, bias_metadata)
@@ -228,7 +229,8 @@ class BatchNorm(nnx.Module):
         self.axis_index_groups = axis_index_groups
         self.use_fast_variance = use_fast_variance
         self.promote_dtype = promote_dtype
-        self.momentum_convention, self.moving_var, self.averaging = momentum_convention, moving_var, averaging
+        self.momentum_convention, self.averaging = momentum_convention, averaging
+        self.moving_var_estimator = moving_var_estimator
         self.safe_update, self.count_steps = safe_update, count_steps
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: jax.Array | None = None):
@@ -253,7 +255,9 @@ class BatchNorm(nnx.Module):
         scale = None if scale is None else scale.reshape(fshape)
         bias = None if bias is None else bias.reshape(fshape)
         if use_running_average:
-            y = ops.normalize(xc, mean.reshape(stats_shape), var.reshape(stats_shape), bias, scale, self.epsilon)
+            y = ops.normalize_by_stats(
+                xc, mean.reshape(stats_shape), var.reshape(stats_shape), scale, bias, self.epsilon
+            )
             return y.astype(out_dtype)
         y, count, mean, var = ops.normalize_by_moments(
             xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
@@ -262,8 +266,10 @@ class BatchNorm(nnx.Module):
         sdt = stats_dtype(x, self.dtype)
         batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
         batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
+        # Built from the attributes as they are now: NNX attributes are mutable (`bn.momentum = 0.5` between
+        # calls works, as in Flax), so the rule built (and checked) in __init__ may be stale.
         rule = moving.Rule(self.momentum, **{k: getattr(self, k) for k in moving.DROP_IN_OPTIONS})
-        keys = ("mean", "var", "count") if rule.counts_steps else ("mean", "var")
+        keys = ("mean", "var", "steps") if rule.counts_steps else ("mean", "var")
         old = {k: getattr(self, k)[...] for k in keys}
         batch_count = jnp.squeeze(count, reduction_axes)
         new = lax.stop_gradient(moving.update(old, batch_count, batch_mean, batch_var, rule))

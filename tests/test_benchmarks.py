@@ -86,6 +86,34 @@ def test_benchmarks_smoke(tmp_path, capsys):
     assert "smoke mode: tiny shapes" in out  # and says that its figures and targets mean nothing
 
 
+def test_a_table_entry_is_all_a_peer_takes(monkeypatch):
+    """benchmarks/peers.py's table is the one place that says who implements what: run.py's names come from it,
+    and a new entry is built, checked against jaxnorm and timed (or caught as a mismatch) with nothing else."""
+    run = load_run()
+    peers = run.peers
+    assert run.OPS == tuple(peers.TABLE) and run.IMPLS == (*peers.PEERS, "copy")
+    for mode, shapes in run.SHAPES.items():
+        assert set(shapes) == set(run.OPS), mode  # every op has shapes in every mode
+    for op, builders in peers.TABLE.items():
+        assert next(iter(builders)) == "jaxnorm", op  # the reference, built and checked first
+        assert set(builders) <= set(peers.PEERS), op
+    assert all(any(impl in b for b in peers.TABLE.values()) for impl in peers.PEERS)  # each implements an op
+
+    import jaxnorm
+
+    rms = lambda x, s, b: jaxnorm.rms_norm(x, s, axis=-1, epsilon=run.EPSILON)
+    monkeypatch.setitem(peers.TABLE["rms_norm"], "again", peers.jax_fn(rms))
+    monkeypatch.setitem(peers.TABLE["rms_norm"], "doubled", peers.jax_fn(lambda x, s, b: 2 * rms(x, s, b)))
+    impls = ["jaxnorm", "again", "doubled", "haiku", "copy"]  # haiku: no rms_norm entry, so not run
+    case = run.run_case("rms_norm", "fwd+bwd", (8, 128), "float32", impls, 2, cache_bytes=1 << 30)
+    results = case["results"]
+    assert list(results) == ["jaxnorm", "again", "doubled", "copy"]
+    assert results["again"]["status"] == "ok" and results["again"]["max_rel_err"] < 1e-6
+    assert _positive_finite(results["again"]["ratio_to_jaxnorm"]) and results["again"]["repeats"] == 2
+    assert results["doubled"]["status"].startswith("mismatch") and "median_ms" not in results["doubled"]
+    assert len(run.format_rows(case)) == 4
+
+
 def test_formulations_smoke_checks_every_candidate(capsys):
     spec = importlib.util.spec_from_file_location("benchmarks_formulations", RUN.parent / "formulations.py")
     formulations = importlib.util.module_from_spec(spec)

@@ -44,7 +44,7 @@ def test_torch_momentum_convention_is_one_minus_keras():
 
 def test_unbiased_moving_variance_normalizes_with_biased():
     xs = _batches(k=1)
-    ys_u, state_u = _run(jaxnorm.BatchNorm(momentum=0.0, moving_var="unbiased"), xs)
+    ys_u, state_u = _run(jaxnorm.BatchNorm(momentum=0.0, moving_var_estimator="unbiased"), xs)
     ys_b, state_b = _run(jaxnorm.BatchNorm(momentum=0.0), xs)
     mean, var_unbiased = _batch_stats(xs[0], ddof=1)
     assert_close(state_u["var"], var_unbiased)
@@ -54,11 +54,11 @@ def test_unbiased_moving_variance_normalizes_with_biased():
 
 def test_cumulative_average_is_mean_of_batches_pytorch_momentum_none():
     xs = _batches()
-    spec = jaxnorm.BatchNorm(averaging="cumulative", moving_var="unbiased",
+    spec = jaxnorm.BatchNorm(averaging="cumulative", moving_var_estimator="unbiased",
                              mean_init={"class_name": "Constant", "config": {"value": 123.0}})
     _, state = _run(spec, xs)
     stats = [_batch_stats(x, ddof=1) for x in xs]
-    assert int(state["count"]) == len(xs)
+    assert int(state["steps"]) == len(xs)
     assert_close(state["mean"], np.mean([m for m, _ in stats], 0))  # the initial 123 dropped out
     assert_close(state["var"], np.mean([v for _, v in stats], 0))
 
@@ -90,8 +90,8 @@ def test_non_finite_feature_keeps_its_state_exactly(averaging):
     for k in ("mean", "var"):  # per feature: feature 1 keeps its statistics, the others update as without it
         np.testing.assert_array_equal(np.asarray(after[k])[1], np.asarray(state[k])[1])
         np.testing.assert_array_equal(np.asarray(after[k])[[0, 2]], np.asarray(clean[k])[[0, 2]])
-    if "count" in state:  # the counter counts the steps in which any feature updated
-        assert int(after["count"]) == int(state["count"]) + 1
+    if "steps" in state:  # the counter counts the steps in which any feature updated
+        assert int(after["steps"]) == int(state["steps"]) + 1
     everywhere = xs[1].at[0, 0].set(jnp.nan)  # every feature non-finite: the whole state, counter included
     _, kept = spec.apply(params, state, everywhere, training=True)
     for k in state:
@@ -136,22 +136,38 @@ def test_single_value_per_feature_raises_unless_allowed():
 
 
 def test_counter_in_state_tree_and_config_round_trip():
-    spec = jaxnorm.BatchNorm(momentum=0.1, momentum_convention="torch", moving_var="unbiased",
+    spec = jaxnorm.BatchNorm(momentum=0.1, momentum_convention="torch", moving_var_estimator="unbiased",
                              averaging="cumulative", safe_update=False, allow_single_value=True)
     params, state = spec.init(None, jnp.ones((2, 3)))
-    assert state["count"].dtype == jnp.int32 and state["count"].shape == ()
+    assert state["steps"].dtype == jnp.int32 and state["steps"].shape == ()
     assert type(spec).from_config(json.loads(json.dumps(spec.get_config()))) == spec
-    with pytest.raises(TypeError, match=r"`state\['count'\]` must be an integer step counter"):
-        spec.apply(params, {**state, "count": jnp.zeros(())}, jnp.ones((2, 3)), training=True)
-    with pytest.raises(ValueError, match=r"missing \['count'\]"):
+    with pytest.raises(TypeError, match=r"`state\['steps'\]` must be an integer step counter"):
+        spec.apply(params, {**state, "steps": jnp.zeros(())}, jnp.ones((2, 3)), training=True)
+    with pytest.raises(ValueError, match=r"missing \['steps'\]"):
         spec.apply(params, {"mean": state["mean"], "var": state["var"]}, jnp.ones((2, 3)), training=True)
+
+
+def test_earlier_names_read_or_named_in_the_error():
+    """``moving_var`` (now ``moving_var_estimator``) is read from a config; a state with the step counter under
+    its earlier key ``count`` (now ``steps``) raises an error that says how to rename it, and is not altered."""
+    old_config = {**jaxnorm.BatchNorm().get_config(), "moving_var": "unbiased"}
+    del old_config["moving_var_estimator"]
+    assert jaxnorm.BatchNorm.from_config(old_config) == jaxnorm.BatchNorm(moving_var_estimator="unbiased")
+    with pytest.raises(ValueError, match=r"both 'moving_var' and 'moving_var_estimator'"):
+        jaxnorm.BatchNorm.from_config({"moving_var": "unbiased", "moving_var_estimator": "biased"})
+    spec = jaxnorm.BatchNorm(count_steps=True)
+    params, state = spec.init(None, jnp.ones((2, 3)))
+    old_state = {"mean": state["mean"], "var": state["var"], "count": state["steps"]}
+    with pytest.raises(ValueError, match=r"earlier name 'count'; it is 'steps' now"):
+        spec.apply(params, old_state, jnp.ones((2, 3)), training=True)
+    assert sorted(old_state) == ["count", "mean", "var"]
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"momentum_convention": "pytorch"}, r"`momentum_convention`='pytorch' is not one of .*'torch'"),
-        ({"moving_var": "sample"}, r"`moving_var`='sample' is not one of .*'unbiased'"),
+        ({"moving_var_estimator": "sample"}, r"`moving_var_estimator`='sample' is not one of .*'unbiased'"),
         ({"averaging": "ema"}, r"`averaging`='ema' is not one of .*'debiased'"),
     ],
 )

@@ -101,7 +101,7 @@ def test_torch_batch_norm_conformance(torch, cfg):
     spec, params, state = interop.from_torch(module)
     assert spec.axis == 1 and spec.epsilon == cfg["eps"] and spec.use_scale == spec.use_bias == cfg["affine"]
     assert spec.averaging == ("cumulative" if cfg["momentum"] is None else "exponential")
-    assert int(state["count"]) == int(module.num_batches_tracked)
+    assert int(state["steps"]) == int(module.num_batches_tracked)
 
     step = _train_step_with_grad(spec)
     module.train()
@@ -118,8 +118,8 @@ def test_torch_batch_norm_conformance(torch, cfg):
         assert_close(y, _np(yt))
         assert_close(state["mean"], _np(module.running_mean))
         assert_close(state["var"], _np(module.running_var))  # torch's unbiased running variance
-        assert state["count"].dtype == jnp.int32
-        assert int(state["count"]) == int(module.num_batches_tracked)
+        assert state["steps"].dtype == jnp.int32
+        assert int(state["steps"]) == int(module.num_batches_tracked)
         np.testing.assert_allclose(g_x, _np(xt.grad), **GRAD_TOL)
         if cfg["affine"]:
             np.testing.assert_allclose(g_params["scale"], _np(module.weight.grad), **GRAD_TOL)
@@ -225,7 +225,7 @@ def test_torch_round_trip_from_torch_to_torch(torch, name):
     with jax.enable_x64(True):
         spec, params, state = interop.from_torch(module)
         for key, tensor in {**params, **state}.items():
-            assert tensor.dtype == (jnp.int32 if key == "count" else _np(module.weight if key in params
+            assert tensor.dtype == (jnp.int32 if key == "steps" else _np(module.weight if key in params
                                     else module.running_mean).dtype)
         back = interop.to_torch(spec, params, state, input_shape=input_shape)
     assert type(back) is type(module)
@@ -246,13 +246,14 @@ def _random_tree(rng, shapes_dtypes):
 
 TORCH_SPECS = {  # id -> (spec, input_shape, dtype)
     "bn": (jaxnorm.BatchNorm(axis=1, momentum=0.3, epsilon=1e-4, momentum_convention="torch",
-                             moving_var="unbiased", count_steps=True), (None, 3, 5), "float32"),
+                             moving_var_estimator="unbiased", count_steps=True), (None, 3, 5), "float32"),
     "bn_cumulative_no_affine": (jaxnorm.BatchNorm(axis=1, momentum=0.1, epsilon=1e-5, use_scale=False,
                                                   use_bias=False, momentum_convention="torch",
-                                                  moving_var="unbiased", averaging="cumulative"),
+                                                  moving_var_estimator="unbiased", averaging="cumulative"),
                                 (None, 2, 3, 3), "float32"),
     "bn3d_float64": (jaxnorm.BatchNorm(axis=1, momentum=0.25, epsilon=1e-5, momentum_convention="torch",
-                                       moving_var="unbiased", count_steps=True), (2, 3, 1, 1, 2), "float64"),
+                                       moving_var_estimator="unbiased", count_steps=True),
+                     (2, 3, 1, 1, 2), "float64"),
     "ln": (jaxnorm.LayerNorm(epsilon=1e-5), (None, 6), "float32"),
     "ln_tuple_no_bias": (jaxnorm.LayerNorm(axis=(-2, -1), epsilon=1e-5, use_bias=False), (None, 2, 3), "float32"),
     "ln_no_affine_float64": (jaxnorm.LayerNorm(axis=(-3, -2, -1), epsilon=0.1, use_scale=False, use_bias=False),
@@ -269,7 +270,7 @@ def test_torch_round_trip_to_torch_from_torch(torch, name):
         params = _random_tree(rng, {k: (fshape, dtype) for k in ("scale", "bias") if getattr(spec, "use_" + k)})
         state = {}
         if isinstance(spec, jaxnorm.BatchNorm):
-            state = _random_tree(rng, {"mean": (fshape, dtype), "var": (fshape, dtype), "count": ((), "int")})
+            state = _random_tree(rng, {"mean": (fshape, dtype), "var": (fshape, dtype), "steps": ((), "int")})
         module = interop.to_torch(spec, params, state, input_shape=input_shape)
         for t in module.state_dict().values():
             assert t.dtype in (getattr(torch, dtype), torch.int64)
@@ -283,7 +284,7 @@ def test_torch_round_trip_to_torch_from_torch(torch, name):
 
 
 def test_to_torch_frozen_spec_gives_eval_module_without_grads(torch):
-    spec = jaxnorm.BatchNorm(axis=1, momentum_convention="torch", moving_var="unbiased", trainable=False)
+    spec = jaxnorm.BatchNorm(axis=1, momentum_convention="torch", moving_var_estimator="unbiased", trainable=False)
     params, state = spec.init(None, jnp.ones((2, 3)))
     module = interop.to_torch(spec, params, state, input_shape=(None, 3))
     assert not module.training
@@ -309,7 +310,7 @@ def test_from_torch_state_dict_with_prefix(torch):
             np.testing.assert_array_equal(tree2[k], tree[k])
     np.testing.assert_array_equal(params2["scale"], _np(sd["1.weight"]))
     np.testing.assert_array_equal(state2["var"], _np(sd["1.running_var"]))
-    assert int(state2["count"]) == int(sd["1.num_batches_tracked"])
+    assert int(state2["steps"]) == int(sd["1.num_batches_tracked"])
 
 
 def test_from_torch_state_dict_missing_key_names_it(torch):
@@ -329,7 +330,7 @@ def test_from_torch_state_dict_missing_key_names_it(torch):
 
 def test_keras_convention_spec_continues_training_in_torch(torch):
     rng = np.random.default_rng(11)
-    spec = jaxnorm.BatchNorm(axis=1, momentum=0.9, moving_var="unbiased", epsilon=1e-5)
+    spec = jaxnorm.BatchNorm(axis=1, momentum=0.9, moving_var_estimator="unbiased", epsilon=1e-5)
     shape = (4, 3, 5)
     params, state = spec.init(None, jnp.zeros(shape))
     params = {k: jnp.asarray(rng.uniform(0.5, 2.0, 3), jnp.float32) for k in params}
@@ -357,14 +358,14 @@ def test_keras_convention_spec_continues_training_in_torch(torch):
 
 
 def test_to_torch_keras_momentum_is_the_decimal_value(torch):
-    spec = jaxnorm.BatchNorm(axis=1, momentum=0.9, moving_var="unbiased")
+    spec = jaxnorm.BatchNorm(axis=1, momentum=0.9, moving_var_estimator="unbiased")
     params, state = spec.init(None, jnp.zeros((2, 3)))
     assert interop.to_torch(spec, params, state, input_shape=(None, 3)).momentum == 0.1
 
 
 def test_torch_round_trip_cumulative_spec_without_count_steps(torch):
     # momentum is unused with cumulative averaging (PyTorch's momentum=None); from_torch writes PyTorch's 0.1.
-    spec = jaxnorm.BatchNorm(axis=1, momentum=0.1, momentum_convention="torch", moving_var="unbiased",
+    spec = jaxnorm.BatchNorm(axis=1, momentum=0.1, momentum_convention="torch", moving_var_estimator="unbiased",
                              epsilon=1e-5, averaging="cumulative")
     params, state = spec.init(None, jnp.zeros((2, 3)))
     assert interop.from_torch(interop.to_torch(spec, params, state, input_shape=(None, 3)))[0] == spec
@@ -488,7 +489,7 @@ def test_keras_training_continues_in_jaxnorm(keras, name):
 # ------------------------------------------------------------------------------------------------------------
 # Errors: every setting a peer cannot express, and bad input, named in the message.
 
-_TORCH_BN = dict(axis=1, epsilon=1e-5, momentum_convention="torch", moving_var="unbiased")
+_TORCH_BN = dict(axis=1, epsilon=1e-5, momentum_convention="torch", moving_var_estimator="unbiased")
 
 
 def _arrays(spec, shape):
@@ -501,7 +502,7 @@ def _to_torch(spec, shape=(None, 3, 4), arrays_shape=None, **kwargs):
 
 TO_TORCH_ERRORS = {
     "biased_var": (_to_torch(jaxnorm.BatchNorm(axis=1)), ValueError,
-                   r"BatchNorm settings with no PyTorch equivalent: moving_var: 'biased'; PyTorch's "
+                   r"BatchNorm settings with no PyTorch equivalent: moving_var_estimator: 'biased'; PyTorch's "
                    r"running_var is unbiased\. Change them"),
     "debiased": (_to_torch(jaxnorm.BatchNorm(**_TORCH_BN, averaging="debiased")), ValueError,
                  r"averaging: 'debiased' \(Haiku\); PyTorch has no zero-debiasing"),
@@ -585,8 +586,8 @@ def test_keras_errors(keras):
     spec = jaxnorm.BatchNorm(momentum=0.1, momentum_convention="torch")
     with pytest.raises(ValueError, match=r"no Keras BatchNormalization equivalent: momentum_convention='torch'"):
         interop.to_keras(spec, *_arrays(spec, (2, 3)), (None, 3))
-    spec = jaxnorm.BatchNorm(moving_var="unbiased")
-    with pytest.raises(ValueError, match=r"moving_var='unbiased' \(Keras computes 'biased'\)"):
+    spec = jaxnorm.BatchNorm(moving_var_estimator="unbiased")
+    with pytest.raises(ValueError, match=r"moving_var_estimator='unbiased' \(Keras computes 'biased'\)"):
         interop.to_keras(spec, *_arrays(spec, (2, 3)), (None, 3))
     spec = jaxnorm.BatchNorm()
     with pytest.raises(ValueError, match=r"`params\['scale'\]` has shape \(3,\).*\(4,\).*shape \(None, 4\)"):
@@ -612,12 +613,12 @@ def test_from_torch_state_dict_reads_numpy_arrays_without_torch():
     sd["net.bn.num_batches_tracked"] = np.array(7, np.int64)
     sd["net.conv.weight"] = np.zeros((3, 3), np.float32)
     params, state = interop.from_torch_state_dict(spec, sd, prefix="net.bn.")
-    assert sorted(params) == ["bias", "scale"] and sorted(state) == ["count", "mean", "var"]
+    assert sorted(params) == ["bias", "scale"] and sorted(state) == ["mean", "steps", "var"]
     np.testing.assert_array_equal(params["scale"], sd["net.bn.weight"])
     np.testing.assert_array_equal(state["var"], sd["net.bn.running_var"])
-    assert state["count"].dtype == jnp.int32 and int(state["count"]) == 7
+    assert state["steps"].dtype == jnp.int32 and int(state["steps"]) == 7
     y, new_state = spec.apply(params, state, jnp.ones((2, 3)) + jnp.arange(2.0)[:, None], training=True)
-    assert int(new_state["count"]) == 8
+    assert int(new_state["steps"]) == 8
 
     ln_spec = jaxnorm.LayerNorm(use_bias=False)
     ln_params, ln_state = interop.from_torch_state_dict(ln_spec, {"weight": sd["net.bn.bias"]})
@@ -746,3 +747,43 @@ def test_keras_family_converts_both_ways(keras, name):
         np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
     with jax.numpy_rank_promotion("allow"):
         assert_close(np.asarray(back(x)), want)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The Keras records (jaxnorm._src.keras_config) against Keras itself: every key and weight a Keras layer has is
+# in its spec's record, so from_config / from_keras / to_keras, which read only the record, miss nothing.
+_RECORD_CASES = {
+    "BatchNorm": (jaxnorm.BatchNorm(renorm=True), (2, 3, 8)),  # renorm: every weight BatchNormalization has
+    "LayerNorm": (jaxnorm.LayerNorm(), (2, 3, 8)),
+    "GroupNorm": (jaxnorm.GroupNorm(num_groups=2), (2, 3, 8)),
+    "InstanceNorm": (jaxnorm.InstanceNorm(), (2, 3, 8)),
+    "RMSNorm": (jaxnorm.RMSNorm(), (2, 3, 8)),
+    "UnitNormalization": (jaxnorm.UnitNormalization(), (2, 3, 8)),
+    "Normalization": (jaxnorm.Normalization(mean=0.5, variance=2.0), (2, 3, 8)),
+}
+
+
+def test_record_cases_cover_every_spec_with_a_keras_layer():
+    import dataclasses
+
+    specs = {
+        c.__name__ for c in vars(jaxnorm).values()
+        if isinstance(c, type) and dataclasses.is_dataclass(c) and getattr(c, "KERAS", None) is not None
+    }
+    assert specs == set(_RECORD_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(_RECORD_CASES))
+def test_keras_record_holds_every_key_and_weight_keras_has(keras, name):
+    spec, shape = _RECORD_CASES[name]
+    record = type(spec).KERAS
+    layer = getattr(keras.layers, record.class_name).from_config(spec.to_keras_config())
+    layer.build(shape)
+    assert set(layer.get_config()) <= record.keys, set(layer.get_config()) - record.keys
+    if record.converts:  # the weights, and what to_keras writes reads back as the same layer
+        assert {w.name for w in layer.weights} <= set(record.weights)
+        params, state = spec.init(jax.random.key(0), jnp.zeros(shape))
+        back, back_params, back_state = interop.from_keras(interop.to_keras(spec, params, state, shape))
+        assert type(back) is (type(spec) if record.reads else jaxnorm.GroupNorm)
+        assert sorted(back_params) == sorted(params) and sorted(back_state) == sorted(state)
+        jax.tree.map(np.testing.assert_array_equal, (back_params, back_state), (params, state))

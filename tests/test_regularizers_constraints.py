@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxnorm._src import constraints, regularizers
-from jaxnorm._src.initializers import FrozenDict
+from jaxnorm._src.frozen import FrozenDict
 
 from .tolerances import assert_close
 

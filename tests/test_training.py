@@ -238,12 +238,12 @@ def test_count_steps_counts_with_exponential_averaging():
     xs = _batches(3)
     spec = jaxnorm.BatchNorm(count_steps=True)
     params, state = spec.init(None, xs[0])
-    assert state["count"].dtype == jnp.int32
+    assert state["steps"].dtype == jnp.int32
     plain_params, plain = jaxnorm.BatchNorm().init(None, xs[0])
     for x in xs:
         _, state = spec.apply(params, state, x, training=True)
         _, plain = jaxnorm.BatchNorm().apply(plain_params, plain, x, training=True)
-    assert int(state["count"]) == 3
+    assert int(state["steps"]) == 3
     assert_close(state["mean"], plain["mean"])  # the counter changes nothing else
 
 

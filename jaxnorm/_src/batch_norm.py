@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._src import initializers, layer, moving, ops, stats, validation
+from jaxnorm._src import frozen, keras_config, layer, moving, ops, stats, validation
 from jaxnorm._src.layer import Layer
 
 _RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
@@ -20,7 +20,7 @@ _RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
 def _check_renorm_clipping(clipping: Any) -> Any:
     """Validates Keras's ``renorm_clipping`` dict; returns it hashable (or None)."""
-    clipping = initializers.thaw(clipping)
+    clipping = frozen.thaw(clipping)
     if clipping is None:
         return None
     if not isinstance(clipping, Mapping):
@@ -42,10 +42,15 @@ def _check_renorm_clipping(clipping: Any) -> Any:
         raise ValueError(f"`renorm_clipping` needs rmax >= rmin, got rmax={rmax}, rmin={rmin}.")
     if dmax is not None and dmax < 0:
         raise ValueError(f"`renorm_clipping` needs dmax >= 0, got dmax={dmax}.")
-    return initializers.freeze(dict(clipping))
+    return frozen.freeze(dict(clipping))
 
 
-
+def _read_keras(config: Mapping[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """BatchNormalization's own step in reading a Keras config (see :meth:`BatchNorm.from_config`)."""
+    kwargs["allow_single_value"] = True  # Keras trains on one value per feature (its output is beta there)
+    if config.get("synchronized") is True:  # Keras's cross-replica statistics: jaxnorm's exact ones, named axis
+        kwargs["axis_name"] = BatchNorm.KERAS_SYNCHRONIZED_AXIS_NAME
+    return kwargs
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -94,7 +99,7 @@ class BatchNorm(Layer):
       momentum_convention: which weight ``momentum`` is. 'keras' (default; also Flax and equinox): the
         weight of the old value, ``moving = m * moving + (1 - m) * batch``. 'torch': the weight of the batch,
         ``moving = (1 - m) * moving + m * batch`` (PyTorch's ``momentum=0.1`` is Keras's 0.9).
-      moving_var: the variance the moving average tracks. 'biased' (default; Keras, Flax): the population
+      moving_var_estimator: the variance the moving average tracks. 'biased' (default; Keras, Flax): the population
         variance ``M2 / n`` the batch is normalized with. 'unbiased' (PyTorch): ``M2 / (n - 1)``; the batch
         itself is still normalized with the biased one.
       averaging: 'exponential' (default; Keras, Flax, PyTorch with a momentum); 'cumulative' (PyTorch's
@@ -103,14 +108,14 @@ class BatchNorm(Layer):
         ``hidden_t = d * hidden_{t-1} + (1 - d) * batch``, ``moving = hidden_t / (1 - d^t)`` with
         ``hidden_0 = 0`` and ``d`` the old value's weight (which must be below 1: ``momentum=1`` with 'keras' or
         ``momentum=0`` with 'torch' raises ``ValueError`` at construction, as 1 - d^t would be 0). The last two
-        add a step counter ``state['count']``
+        add a step counter ``state['steps']``
         (int32, PyTorch's ``num_batches_tracked``).
       safe_update: if True (default), the moving statistics are updated per feature: a feature whose batch
         statistics are not finite (a NaN/inf value it reads), or that has no valid element in the batch (its
         mask selects nothing, or the batch is empty), keeps every one of its moving statistics bit for bit
         (``mean``, ``var``, and with ``renorm`` ``stddev``, ``renorm_mean``, ``renorm_stddev``; with ghost
         batches, those with no valid element drop out of the average), while every other feature updates as
-        Keras, Flax and PyTorch would. The step counter ``state['count']`` advances when any feature updated, so
+        Keras, Flax and PyTorch would. The step counter ``state['steps']`` advances when any feature updated, so
         an empty or all-NaN batch leaves the whole state, counter included, exactly as it was; with
         'cumulative' and 'debiased' averaging the shared counter then counts the steps in which any feature
         updated, and a feature that skipped steps is averaged with that step number (its skipped steps weigh as
@@ -129,7 +134,7 @@ class BatchNorm(Layer):
         held constant in the gradient. The state gains ``renorm_mean`` and ``renorm_stddev`` (averaged with
         ``renorm_momentum``) and ``stddev`` (averaged with ``momentum``; ``var = max(stddev^2 - eps, 0)`` is
         derived from it, as Keras does). Inference is unchanged. Needs the default ``averaging`` and
-        ``moving_var``.
+        ``moving_var_estimator``.
       renorm_clipping: None or a dict with optional keys 'rmax', 'rmin', 'dmax': ``r`` is clipped to
         ``[rmin, rmax]`` and ``d`` to ``[-dmax, dmax]`` (missing keys: no bound).
       renorm_momentum: float in [0, 1], the momentum of ``renorm_mean``/``renorm_stddev`` (default 0.99).
@@ -143,7 +148,7 @@ class BatchNorm(Layer):
         even with ``training=True`` (moving statistics used and returned unchanged), the params get no gradient
         (``stop_gradient``), no regularization loss and no constraint. Exclude them from the optimizer with
         :func:`jaxnorm.trainable_mask` (so that weight decay does not move them either).
-      count_steps: keep the step counter ``state['count']`` (PyTorch's ``num_batches_tracked``) also with
+      count_steps: keep the step counter ``state['steps']`` (PyTorch's ``num_batches_tracked``) also with
         exponential averaging; on by itself for 'cumulative' and 'debiased'.
       dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
         default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype`` by
@@ -153,7 +158,7 @@ class BatchNorm(Layer):
     ``init(key, x) -> (params, state)``: ``params = {'scale', 'bias'}`` (each present when enabled) and
     ``state = {'mean', 'var'}``, the same trees as Flax's ``variables['params']`` and
     ``variables['batch_stats']`` (plus ``stddev``, ``renorm_mean``, ``renorm_stddev`` with ``renorm`` and
-    ``count`` when counting steps). The state's dtype is ``promote_types(x.dtype, float32)``.
+    ``steps`` when counting steps). The state's dtype is ``promote_types(x.dtype, float32)``.
 
     ``apply(params, state, x, *, training, mask=None) -> (y, new_state)``.
 
@@ -189,7 +194,7 @@ class BatchNorm(Layer):
     param_dtype: Any = "float32"
     axis_name: Any = None
     momentum_convention: str = "keras"
-    moving_var: str = "biased"
+    moving_var_estimator: str = "biased"
     averaging: str = "exponential"
     safe_update: bool = True
     allow_single_value: bool = False
@@ -209,30 +214,40 @@ class BatchNorm(Layer):
     #: The ``axis_name`` a Keras config with ``synchronized=True`` gets (rename it with ``dataclasses.replace``).
     KERAS_SYNCHRONIZED_AXIS_NAME: ClassVar[str] = "batch"
 
+    _RENAMED_FIELDS = {"moving_var": "moving_var_estimator"}  # renamed in 0.1.0: it holds the estimator's name
+
     _INITIALIZER_FIELDS = ("scale_init", "bias_init", "mean_init", "var_init")
-    _KERAS_CLASS = "BatchNormalization"
-    _KERAS_RENAMES = {
-        **Layer._KERAS_AFFINE_RENAMES,
-        "momentum": "momentum",
-        "moving_mean_initializer": "mean_init",
-        "moving_variance_initializer": "var_init",
-        "renorm": "renorm",
-        "renorm_clipping": "renorm_clipping",
-        "renorm_momentum": "renorm_momentum",
-    }
-    _KERAS_RESTRICTED = {
-        **Layer._KERAS_RESTRICTED,
-        "synchronized": (lambda v: isinstance(v, bool), "True or False"),  # True: axis_name, see _translate_keras
-    }
-    _KERAS_EQUIVALENT = {
-        **Layer._KERAS_EQUIVALENT,
-        "axis": (lambda v: isinstance(v, int), "one feature axis, an int"),
-        "axis_index_groups": (lambda v: v is None, "statistics over all devices, axis_index_groups=None"),
-        "virtual_batch_size": (lambda v: v is None, "no ghost batches, virtual_batch_size=None"),
-        "momentum_convention": (lambda v: v == "keras", "'keras'"),
-        "moving_var": (lambda v: v == "biased", "'biased'"),
-        "averaging": (lambda v: v == "exponential", "'exponential'"),
-    }
+    KERAS = keras_config.KerasRecord(
+        "BatchNormalization",
+        renamed={
+            **keras_config.AFFINE_RENAMES,
+            "momentum": "momentum",
+            "moving_mean_initializer": "mean_init",
+            "moving_variance_initializer": "var_init",
+            "renorm": "renorm",
+            "renorm_clipping": "renorm_clipping",
+            "renorm_momentum": "renorm_momentum",
+        },
+        restricted={"synchronized": (lambda v: isinstance(v, bool), "True or False")},  # True: axis_name
+        equivalent={
+            "axis": (lambda v: isinstance(v, int), "one feature axis, an int"),
+            "axis_index_groups": (lambda v: v is None, "statistics over all devices, axis_index_groups=None"),
+            "virtual_batch_size": (lambda v: v is None, "no ghost batches, virtual_batch_size=None"),
+            "momentum_convention": (lambda v: v == "keras", "'keras'"),
+            "moving_var_estimator": (lambda v: v == "biased", "'biased'"),
+            "averaging": (lambda v: v == "exponential", "'exponential'"),
+        },
+        params=keras_config.AFFINE_WEIGHTS,
+        state={
+            "moving_mean": "mean",
+            "moving_variance": "var",
+            "moving_stddev": "stddev",
+            "renorm_mean": "renorm_mean",
+            "renorm_stddev": "renorm_stddev",
+        },
+        read=_read_keras,
+        write=lambda spec, config: {**config, "synchronized": spec.axis_name is not None},
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
@@ -252,29 +267,14 @@ class BatchNorm(Layer):
             v = self.virtual_batch_size
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"`virtual_batch_size` must be None or an int >= 1; got {v!r}.")
-            if self.renorm or self.moving_var != "biased" or self.averaging != "exponential":
+            if self.renorm or self.moving_var_estimator != "biased" or self.averaging != "exponential":
                 raise ValueError(
                     "virtual_batch_size follows Keras 2's ghost batch normalization (exponential averages of the "
-                    f"biased statistics, no renorm); got renorm={self.renorm}, moving_var={self.moving_var!r}, "
-                    f"averaging={self.averaging!r}. Use the defaults with virtual_batch_size."
+                    f"biased statistics, no renorm); got renorm={self.renorm}, "
+                    f"moving_var_estimator={self.moving_var_estimator!r}, averaging={self.averaging!r}. Use the "
+                    "defaults with virtual_batch_size."
                 )
         self._post_init_common()
-
-    @classmethod
-    def _translate_keras(cls, config):
-        synchronized = config.get("synchronized") is True
-        kwargs = super()._translate_keras(config)
-        kwargs["allow_single_value"] = True  # Keras trains on one value per feature (its output is beta there)
-        if synchronized:  # Keras's cross-replica statistics: jaxnorm's exact ones over a named axis
-            kwargs["axis_name"] = cls.KERAS_SYNCHRONIZED_AXIS_NAME
-        return kwargs
-
-    def to_keras_config(self) -> dict[str, Any]:
-        config = super().to_keras_config()
-        config["synchronized"] = self.axis_name is not None
-        return config
-
-    to_keras_config.__doc__ = Layer.to_keras_config.__doc__
 
     def _axes(self, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         feature_axes = validation.canonicalize_axes(self.axis, ndim, "axis")
@@ -314,15 +314,16 @@ class BatchNorm(Layer):
             state["renorm_mean"] = state["mean"]
             state["renorm_stddev"] = state["stddev"]
         if self._rule.counts_steps:
-            state["count"] = jnp.zeros((), jnp.int32)
+            state["steps"] = jnp.zeros((), jnp.int32)
         return params, state
 
     @property
     def _rule(self) -> moving.Rule:
         """This spec's moving-statistics rule (moving.py)."""
         return moving.Rule(
-            momentum=self.momentum, momentum_convention=self.momentum_convention, moving_var=self.moving_var,
-            averaging=self.averaging, safe_update=self.safe_update, count_steps=self.count_steps,
+            momentum=self.momentum, momentum_convention=self.momentum_convention,
+            moving_var_estimator=self.moving_var_estimator, averaging=self.averaging, safe_update=self.safe_update,
+            count_steps=self.count_steps,
             renorm_momentum=self.renorm_momentum if self.renorm else None, epsilon=self.epsilon,
         )
 
@@ -330,7 +331,7 @@ class BatchNorm(Layer):
         rule = self._rule
         spec = {k: (fshape, None) for k in rule.keys}
         if rule.counts_steps:
-            spec["count"] = ((), "int")
+            spec["steps"] = ((), "int")
         return spec
 
     def apply(
@@ -378,6 +379,12 @@ class BatchNorm(Layer):
         )
         params = self._params_in_use(self._check_params(params, fshape, fix))
         given_state = state
+        if isinstance(state, Mapping) and "count" in state and "steps" not in state:
+            raise ValueError(
+                "`state` has the step counter under its earlier name 'count'; it is 'steps' now (a step count, "
+                "unlike Normalization's value `count`). Rename it: state = {**state, 'steps': state['count']} "
+                "without 'count', or re-create the state with `init`."
+            )
         state = validation.check_tree(state, self._state_spec(fshape), "state", fix)
         expand = lambda v: validation.expand_to_rank(v, x.ndim, feature_axes)  # noqa: E731
         scale = expand(params["scale"]) if self.use_scale else None
@@ -409,7 +416,7 @@ class BatchNorm(Layer):
                     x, scale, bias, reduction_axes, self.epsilon, m, sync, self.virtual_batch_size
                 )
             elif self.renorm:
-                clipping = initializers.thaw(self.renorm_clipping) or {}
+                clipping = frozen.thaw(self.renorm_clipping) or {}
                 y, count, mean, var = batch_renormalize(
                     x, scale, bias, state, reduction_axes, self.epsilon, clipping, m, sync
                 )
@@ -420,7 +427,7 @@ class BatchNorm(Layer):
             return y, lax.stop_gradient(moving.update(state, count, mean, var, self._rule))
         # Inference (or a frozen layer): the moving statistics, the state returned as given.
         mean, var = expand(state["mean"]), expand(state["var"])
-        return ops.normalize(x, mean, var, bias, scale, self.epsilon, m), given_state
+        return ops.normalize_by_stats(x, mean, var, scale, bias, self.epsilon, m), given_state
 
 
 def batch_renormalize(x, scale, bias, state, reduction_axes, epsilon, clipping, mask, sync):
@@ -448,7 +455,7 @@ def batch_renormalize(x, scale, bias, state, reduction_axes, epsilon, clipping, 
     shift = d if scale is None else d * scale
     bias = shift if bias is None else shift + bias
     scale = r if scale is None else r * scale
-    return ops.normalize(x, mean_x, var_x, bias, scale, epsilon, mask), count, mean, var
+    return ops.normalize_by_stats(x, mean_x, var_x, scale, bias, epsilon, mask), count, mean, var
 
 
 def ghost_batch_normalize(x, scale, bias, reduction_axes, epsilon, mask, sync, virtual_batch_size):

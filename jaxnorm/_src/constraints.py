@@ -188,7 +188,7 @@ def check(spec: Any, name: str) -> Any:
       name: the argument's name, used in error messages (e.g. ``'scale_constraint'``).
 
     Returns:
-      ``spec`` with dicts turned into :class:`~jaxnorm._src.initializers.FrozenDict` and lists into tuples.
+      ``spec`` with dicts turned into :class:`~jaxnorm._src.frozen.FrozenDict` and lists into tuples.
 
     Raises:
       ValueError: an unknown or unsupported class, unknown config keys, a negative or non-finite value,

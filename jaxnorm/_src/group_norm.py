@@ -6,8 +6,7 @@ import dataclasses
 import numbers
 from typing import Any
 
-from jaxnorm._src import ops, validation
-from jaxnorm._src.layer import Layer
+from jaxnorm._src import keras_config, ops, validation
 from jaxnorm._src.per_example import PerExample
 
 
@@ -18,6 +17,16 @@ def _channel_axis(axis: Any) -> int:
             "the channels of one axis; use -1 for channels-last or 1 for channels-first."
         )
     return int(axis)
+
+
+def _write_keras_groups(spec: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Keras's ``groups`` for a GroupNorm: -1 for one channel per group, Keras's default 32 for ``num_groups=None``
+    with a group size (``group_size`` other than 1 is refused before, by the record's ``equivalent``)."""
+    if spec.group_size == 1:
+        config["groups"] = -1
+    elif spec.num_groups is None:
+        config["groups"] = 32
+    return config
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -87,12 +96,15 @@ class GroupNorm(PerExample):
     dtype_policy: Any = None
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
-    _KERAS_CLASS = "GroupNormalization"
-    _KERAS_RENAMES = {**Layer._KERAS_AFFINE_RENAMES, "groups": "num_groups"}
-    _KERAS_EQUIVALENT = {
-        **Layer._KERAS_EQUIVALENT,
-        "group_size": (lambda v: v in (None, 1), "a number of groups, group_size=None (or 1: groups=-1)"),
-    }
+    KERAS = keras_config.KerasRecord(
+        "GroupNormalization",
+        renamed={**keras_config.AFFINE_RENAMES, "groups": "num_groups"},
+        equivalent={
+            "group_size": (lambda v: v in (None, 1), "a number of groups, group_size=None (or 1: groups=-1)"),
+        },
+        params=keras_config.AFFINE_WEIGHTS,
+        write=_write_keras_groups,
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "axis", _channel_axis(self.axis))
@@ -102,25 +114,18 @@ class GroupNorm(PerExample):
         self._post_init_common()
 
     def _param_axes(self, shape):
+        ops.check_batched(shape, "GroupNorm")
         (c,) = validation.canonicalize_axes(self.axis, len(shape), "axis")
         validation.resolve_groups(self.num_groups, self.group_size, shape[c], c)
         return (c,)
 
     def _normalize(self, params, x, axes, mask):
-        return ops.group_norm(
-            x, params.get("scale"), params.get("bias"), num_groups=self.num_groups, group_size=self.group_size,
-            axis=self.axis, epsilon=self.epsilon, where=mask,
-        )
+        (c,) = axes
+        groups = validation.resolve_groups(self.num_groups, self.group_size, x.shape[c], c)
+        scale, bias = self._expanded(params, x.ndim, axes)
+        reduce = ops.group_reduce_axes(c, x.ndim)
+        return ops.normalize_groups(x, scale, bias, c, groups, reduce, self.epsilon, mask)
 
-    def to_keras_config(self) -> dict[str, Any]:
-        config = super().to_keras_config()
-        if self.group_size == 1:
-            config["groups"] = -1
-        elif self.num_groups is None:
-            config["groups"] = 32
-        return config
-
-    to_keras_config.__doc__ = Layer.to_keras_config.__doc__
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -175,17 +180,17 @@ class InstanceNorm(PerExample):
     dtype_policy: Any = None
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
-    _KERAS_CLASS = "GroupNormalization"
-    _KERAS_RENAMES = Layer._KERAS_AFFINE_RENAMES
-    _KERAS_RESTRICTED = {
-        **Layer._KERAS_RESTRICTED,
-        "groups": (lambda v: v == -1, "-1 (one group per channel); other values: use jaxnorm.GroupNorm"),
-    }
-    _KERAS_EQUIVALENT = {
-        **Layer._KERAS_EQUIVALENT,
-        "axis": (lambda v: isinstance(v, int), "one channel axis (an int)"),
-    }
-    _KERAS_FIXED = {"groups": -1}
+    KERAS = keras_config.KerasRecord(
+        "GroupNormalization",
+        renamed=keras_config.AFFINE_RENAMES,
+        restricted={
+            "groups": (lambda v: v == -1, "-1 (one group per channel); other values: use jaxnorm.GroupNorm"),
+        },
+        equivalent={"axis": (lambda v: isinstance(v, int), "one channel axis (an int)")},
+        fixed={"groups": -1},
+        params=keras_config.AFFINE_WEIGHTS,
+        reads=False,  # from_keras reads a GroupNormalization as GroupNorm (groups = the channels when built)
+    )
 
     def __post_init__(self):
         if isinstance(self.axis, list):
@@ -199,5 +204,6 @@ class InstanceNorm(PerExample):
         return ops.instance_feature_axes(self.axis, len(shape))
 
     def _normalize(self, params, x, axes, mask):
-        scale, bias = params.get("scale"), params.get("bias")
-        return ops.instance_norm(x, scale, bias, axis=axes, epsilon=self.epsilon, where=mask)
+        scale, bias = self._expanded(params, x.ndim, axes)
+        reduce = ops.instance_reduce_axes(axes, x.ndim)
+        return ops.normalize_by_moments(x, scale, bias, reduce, self.epsilon, mask)[0]

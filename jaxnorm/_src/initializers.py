@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxnorm._src.frozen import freeze, thaw
+
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
 
@@ -108,28 +110,3 @@ def serialize(spec: Any, name: str) -> Any:
         f"layer a Keras initializer name or config instead, e.g. {name}={{'class_name': 'Constant', "
         "'config': {'value': 0.5}}."
     )
-
-
-class FrozenDict(tuple):
-    """A hashable, immutable stand-in for a config dict stored on a frozen spec: sorted (key, value) pairs."""
-
-    def __repr__(self) -> str:
-        return repr(thaw(self))
-
-
-def freeze(value: Any) -> Any:
-    """Recursively turns dicts into hashable FrozenDicts and lists into tuples."""
-    if isinstance(value, Mapping):
-        return FrozenDict(sorted((k, freeze(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return tuple(freeze(v) for v in value)
-    return value
-
-
-def thaw(value: Any) -> Any:
-    """Inverse of :func:`freeze`."""
-    if isinstance(value, FrozenDict):
-        return {k: thaw(v) for k, v in value}
-    if isinstance(value, tuple):
-        return [thaw(v) for v in value]
-    return value

@@ -2,9 +2,9 @@
 
 Each converter returns or takes the triple ``(spec, params, state)``. Hyperparameters are translated so that the
 jaxnorm layer computes what the peer computes (Keras: the same config keys; PyTorch: ``momentum_convention
-='torch'``, ``moving_var='unbiased'``, ``axis=1``, ``count_steps=True`` for ``num_batches_tracked``, cumulative
-averaging for ``momentum=None``); arrays are copied bit for bit. Keras and torch are imported only when a
-converter for them is called.
+='torch'``, ``moving_var_estimator='unbiased'``, ``axis=1``, ``count_steps=True`` for ``num_batches_tracked``,
+cumulative averaging for ``momentum=None``); arrays are copied bit for bit. Keras and torch are imported only when
+a converter for them is called.
 """
 
 from __future__ import annotations
@@ -20,30 +20,19 @@ from jaxnorm._src import validation
 from jaxnorm._src.batch_norm import BatchNorm
 from jaxnorm._src.group_norm import GroupNorm, InstanceNorm
 from jaxnorm._src.layer_norm import LayerNorm
+from jaxnorm._src.normalization import Normalization
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.unit_norm import UnitNormalization
 
-# Keras layer class name -> the spec that reads its config (InstanceNorm is written as GroupNormalization).
-_FROM_KERAS = {
-    "BatchNormalization": BatchNorm,
-    "LayerNormalization": LayerNorm,
-    "GroupNormalization": GroupNorm,
-    "RMSNormalization": RMSNorm,
-    "UnitNormalization": UnitNormalization,
-}
-_TO_KERAS = (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, UnitNormalization)
-# Keras weight name -> jaxnorm name (RMSNormalization calls its multiplier `scale`).
-_KERAS_WEIGHT_NAMES = {"gamma": "scale", "beta": "bias", "scale": "scale"}
-_KERAS_STATE = {
-    "mean": "moving_mean",
-    "var": "moving_variance",
-    "stddev": "moving_stddev",
-    "renorm_mean": "renorm_mean",
-    "renorm_stddev": "renorm_stddev",
-}
+# The specs with a Keras layer, read from each one's Keras record (keras_config.py): those ``to_keras`` writes,
+# and the Keras class name -> the spec ``from_keras`` reads it as (InstanceNorm is written as a
+# GroupNormalization and read back as a GroupNorm).
+_SPECS = (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, UnitNormalization, Normalization)
+_TO_KERAS = tuple(c for c in _SPECS if c.KERAS is not None and c.KERAS.converts)
+_FROM_KERAS = {c.KERAS.class_name: c for c in _TO_KERAS if c.KERAS.reads}
 # jaxnorm name -> PyTorch state_dict key.
 _TORCH_PARAMS = {"scale": "weight", "bias": "bias"}
-_TORCH_STATE = {"mean": "running_mean", "var": "running_var", "count": "num_batches_tracked"}
+_TORCH_STATE = {"mean": "running_mean", "var": "running_var", "steps": "num_batches_tracked"}
 
 
 def _tensor_to_numpy(value: Any) -> np.ndarray:
@@ -96,7 +85,7 @@ def _import_torch():
 
 def _keras_class(keras: Any, spec: Any) -> Any:
     if isinstance(spec, _TO_KERAS):
-        return getattr(keras.layers, spec._KERAS_CLASS)
+        return getattr(keras.layers, spec.KERAS.class_name)
     names = ", ".join(f"jaxnorm.{c.__name__}" for c in _TO_KERAS)
     raise TypeError(f"`spec` must be one of {names} to convert to Keras, got {type(spec).__name__}.")
 
@@ -177,8 +166,9 @@ def from_keras(layer: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         axes = validation.canonicalize_axes(spec.axis, len(input_shape), "axis")
         pshape = tuple(input_shape[a] for a in axes)
         weights = {k: v.reshape(pshape) for k, v in weights.items()}
-    params = {_KERAS_WEIGHT_NAMES[n]: jnp.asarray(v) for n, v in weights.items() if n in _KERAS_WEIGHT_NAMES}
-    state = {k: jnp.asarray(weights[name]) for k, name in _KERAS_STATE.items() if name in weights}
+    record = cls.KERAS
+    params = {k: jnp.asarray(weights[name]) for name, k in record.params.items() if name in weights}
+    state = {k: jnp.asarray(weights[name]) for name, k in record.state.items() if name in weights}
     return spec, params, state
 
 
@@ -219,13 +209,12 @@ def to_keras(
     cls = _keras_class(keras, spec)
     shape = _check_input_shape(input_shape)
     np_params, np_state = _spec_arrays(spec, params, state, shape)
-    np_state.pop("count", None)  # Keras keeps no step counter
     config = spec.to_keras_config()
     if name is not None:
         config["name"] = name
     layer = cls.from_config(config)
     layer.build(shape)
-    names = {**_KERAS_WEIGHT_NAMES, **{v: k for k, v in _KERAS_STATE.items()}}
+    names = spec.KERAS.weights  # state keys with no Keras weight (the step counter) are left out
     arrays = {**np_params, **np_state}
     for w in layer.weights:  # reshape: Keras's LayerNormalization weight layout for mixed-sign axes (from_keras)
         w.assign(arrays[names[w.name]].astype(w.dtype).reshape(w.shape))
@@ -247,7 +236,7 @@ def _torch_batch_norm_spec(module: Any) -> BatchNorm:
         use_scale=bool(module.affine),
         use_bias=bool(module.affine),
         momentum_convention="torch",
-        moving_var="unbiased",
+        moving_var_estimator="unbiased",
         averaging="cumulative" if cumulative else "exponential",
         count_steps=not cumulative,  # cumulative averaging counts steps by itself
     )
@@ -296,10 +285,10 @@ def from_torch(module: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     ``RMSNorm`` to jaxnorm.
 
     BatchNorm becomes ``jaxnorm.BatchNorm(axis=1, epsilon=eps, momentum=m, momentum_convention='torch',
-    moving_var='unbiased', count_steps=True)`` (``averaging='cumulative'`` for ``momentum=None``), ``affine``
-    maps to ``use_scale``/``use_bias``; ``weight``, ``bias``, ``running_mean``, ``running_var`` and
+    moving_var_estimator='unbiased', count_steps=True)`` (``averaging='cumulative'`` for ``momentum=None``),
+    ``affine`` maps to ``use_scale``/``use_bias``; ``weight``, ``bias``, ``running_mean``, ``running_var`` and
     ``num_batches_tracked`` become ``params['scale']``, ``params['bias']``, ``state['mean']``, ``state['var']``
-    and ``state['count']``. LayerNorm becomes ``jaxnorm.LayerNorm`` over the trailing
+    and ``state['steps']``. LayerNorm becomes ``jaxnorm.LayerNorm`` over the trailing
     ``len(normalized_shape)`` axes, and RMSNorm likewise (``eps=None`` pinned to float32's ``finfo.eps``).
     GroupNorm and InstanceNorm become ``jaxnorm.GroupNorm(num_groups, axis=1)`` and ``jaxnorm.InstanceNorm(
     axis=1)`` with ``affine`` as ``use_scale``/``use_bias``. Values are copied exactly (float dtypes kept,
@@ -369,7 +358,7 @@ def from_torch_state_dict(
     wanted_params = [k for k in ("scale", "bias") if (spec._has_scale if k == "scale" else spec._has_bias)]
     wanted_state = []
     if isinstance(spec, BatchNorm):
-        wanted_state = ["mean", "var"] + (["count"] if spec._rule.counts_steps else [])
+        wanted_state = ["mean", "var"] + (["steps"] if spec._rule.counts_steps else [])
     names = {**_TORCH_PARAMS, **_TORCH_STATE}
 
     def read(key: str) -> Any:
@@ -382,7 +371,7 @@ def from_torch_state_dict(
                 "use_scale/use_bias."
             )
         value = _tensor_to_numpy(state_dict[full])
-        return jnp.asarray(value.astype(np.int32) if key == "count" else value)
+        return jnp.asarray(value.astype(np.int32) if key == "steps" else value)
 
     return {k: read(k) for k in wanted_params}, {k: read(k) for k in wanted_state}
 
@@ -406,7 +395,7 @@ def to_torch(
     ``BatchNorm3d``); the feature axis must be 1 (channels-first, PyTorch's layout). PyTorch's momentum is
     ``spec.momentum`` with ``momentum_convention='torch'`` and ``1 - spec.momentum`` with 'keras' (computed on
     the decimal values: 0.9 gives 0.1);
-    cumulative averaging becomes ``momentum=None``; ``state['count']`` (0 if absent) becomes
+    cumulative averaging becomes ``momentum=None``; ``state['steps']`` (0 if absent) becomes
     ``num_batches_tracked``. A frozen spec (``trainable=False``) gives a module in eval mode with
     ``requires_grad=False``.
 
@@ -425,7 +414,8 @@ def to_torch(
     Raises:
       ImportError: torch is not installed.
       TypeError: ``spec`` is not one of those.
-      ValueError: a setting PyTorch cannot express (``moving_var='biased'``, 'debiased' averaging, renorm,
+      ValueError: a setting PyTorch cannot express (``moving_var_estimator='biased'``, 'debiased' averaging,
+        renorm,
         regularizers or constraints, a feature axis other than 1, scale without bias or bias without scale,
         LayerNorm over non-trailing axes, ``rms_scaling``, GroupNorm's ``group_size`` or a channel axis other
         than 1), or arrays not matching the spec.
@@ -469,7 +459,9 @@ def _to_torch_batch_norm(torch, spec, params, state, input_shape, extras):
         {
             "input_shape": (len(shape) in classes, f"rank {len(shape)}; PyTorch's BatchNorm takes rank 2 to 5"),
             "axis": (axes in (None, (1,)), f"{spec.axis!r}; PyTorch normalizes axis 1 (channels-first)"),
-            "moving_var": (spec.moving_var == "unbiased", "'biased'; PyTorch's running_var is unbiased"),
+            "moving_var_estimator": (
+                spec.moving_var_estimator == "unbiased", "'biased'; PyTorch's running_var is unbiased"
+            ),
             "averaging": (spec.averaging != "debiased", "'debiased' (Haiku); PyTorch has no zero-debiasing"),
             "renorm": (not spec.renorm, "True; PyTorch has no batch renormalization"),
             "axis_name": (spec.axis_name is None, f"{spec.axis_name!r}; use torch.nn.SyncBatchNorm"),
@@ -492,11 +484,11 @@ def _to_torch_batch_norm(torch, spec, params, state, input_shape, extras):
     module = classes[len(shape)](
         shape[1], eps=spec.epsilon, momentum=momentum, affine=spec.use_scale, dtype=dtype
     )
-    tensors = {_TORCH_STATE[k]: _numpy_to_tensor(torch, v) for k, v in np_state.items() if k != "count"}
+    tensors = {_TORCH_STATE[k]: _numpy_to_tensor(torch, v) for k, v in np_state.items() if k != "steps"}
     for k, v in np_params.items():
         tensors[_TORCH_PARAMS[k]] = _numpy_to_tensor(torch, v, dtype)
-    count = np_state.get("count", np.zeros((), np.int64))
-    tensors["num_batches_tracked"] = torch.tensor(int(count), dtype=torch.long)
+    steps = np_state.get("steps", np.zeros((), np.int64))
+    tensors["num_batches_tracked"] = torch.tensor(int(steps), dtype=torch.long)
     module.load_state_dict(tensors)
     return module
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-from jaxnorm._src.initializers import freeze, thaw
+from jaxnorm._src.frozen import freeze, thaw
 
 WeightFn = Callable[[jax.Array], jax.Array]
 

@@ -8,54 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from jaxnorm._src import constraints, initializers, regularizers, validation
-
-
-def _is_float32_dtype(value: Any) -> bool:
-    """Keras's ``dtype`` config entry with float32 variables: None, 'float32', a mixed policy ('mixed_float16',
-    'mixed_bfloat16': float32 variables, half-precision input and output, which jaxnorm's dtype rule (output dtype
-    = input dtype, statistics in float32) reproduces), or a DTypePolicy config with one of those names."""
-    if value is None:
-        return True
-    if isinstance(value, Mapping):
-        value = (value.get("config") or {}).get("name")
-    return value in ("float32", "mixed_float16", "mixed_bfloat16")
-
-
-# The Keras dtype policies a spec can carry in ``dtype_policy`` (float32 variables; jaxnorm's own dtype rule
-# computes what they compute on input of their compute dtype). 'float32' is stored as None, the default.
-KERAS_DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
-
-
-def keras_policy_name(value: Any) -> Any:
-    """The policy name of Keras's ``dtype`` config entry (a name, or a ``DTypePolicy`` config dict)."""
-    if isinstance(value, Mapping):
-        value = (value.get("config") or {}).get("name")
-    return value
-
-
-def check_dtype_policy(value: Any) -> str | None:
-    """Validates a spec's ``dtype_policy`` and returns it canonical: None for float32, else the policy name."""
-    name = keras_policy_name(value)
-    if name is None or name == "float32":
-        return None
-    if not isinstance(name, str):
-        raise TypeError(
-            f"`dtype_policy` must be None or a Keras dtype policy name among {list(KERAS_DTYPE_POLICIES)}, got "
-            f"{value!r} ({type(value).__name__})."
-        )
-    if name not in KERAS_DTYPE_POLICIES:
-        raise ValueError(
-            f"`dtype_policy` must be None or one of {list(KERAS_DTYPE_POLICIES)} (Keras policies with float32 "
-            f"variables, as jaxnorm's converters keep them); got {value!r}."
-        )
-    return name
+from jaxnorm._src import constraints, frozen, initializers, keras_config, regularizers, validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,34 +26,10 @@ class Layer:
     # Regularizer / constraint fields -> the parameter they act on.
     _REGULARIZER_FIELDS: ClassVar[dict[str, str]] = {"scale_regularizer": "scale", "bias_regularizer": "bias"}
     _CONSTRAINT_FIELDS: ClassVar[dict[str, str]] = {"scale_constraint": "scale", "bias_constraint": "bias"}
-    # Fields with no Keras key and the value that computes what Keras computes: field -> (accepts, description).
-    _KERAS_EQUIVALENT: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
-        "param_dtype": (lambda v: v == "float32", "'float32'"),
-    }
-    # Keras config key -> jaxnorm field.
-    _KERAS_RENAMES: ClassVar[dict[str, str]] = {}
-    # The keys every Keras normalization layer with gamma/beta has.
-    _KERAS_AFFINE_RENAMES: ClassVar[dict[str, str]] = {
-        "axis": "axis",
-        "epsilon": "epsilon",
-        "center": "use_bias",
-        "scale": "use_scale",
-        "beta_initializer": "bias_init",
-        "gamma_initializer": "scale_init",
-        "beta_regularizer": "bias_regularizer",
-        "gamma_regularizer": "scale_regularizer",
-        "beta_constraint": "bias_constraint",
-        "gamma_constraint": "scale_constraint",
-        "trainable": "trainable",
-    }
-    # Keras config keys jaxnorm accepts only at the given values: key -> (accepts(value), what is accepted).
-    _KERAS_RESTRICTED: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
-        "name": (lambda v: True, "any"),
-        "dtype": (_is_float32_dtype, "'float32', 'mixed_float16' or 'mixed_bfloat16' (float32 variables)"),
-    }
-    _KERAS_CLASS: ClassVar[str] = ""
-    # Keras config entries jaxnorm always writes in to_keras_config.
-    _KERAS_FIXED: ClassVar[dict[str, Any]] = {}
+    # The layer's Keras counterpart: config keys, weight names (keras_config.py); None: jaxnorm configs only.
+    KERAS: ClassVar[keras_config.KerasRecord | None] = None
+    # Earlier names of fields -> their names now: ``from_config`` reads configs written with either.
+    _RENAMED_FIELDS: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs):
         # Every spec's __post_init__ first turns NumPy/JAX scalars into Python numbers (momentum=np.float32(0.9),
@@ -128,12 +63,12 @@ class Layer:
         for module, fields in ((regularizers, self._REGULARIZER_FIELDS), (constraints, self._CONSTRAINT_FIELDS)):
             for f in fields:
                 value = module.check(getattr(self, f), f)
-                if isinstance(value, str | initializers.FrozenDict):
-                    value = initializers.freeze(module.serialize(initializers.thaw(value), f))
+                if isinstance(value, str | frozen.FrozenDict):
+                    value = frozen.freeze(module.serialize(frozen.thaw(value), f))
                 object.__setattr__(self, f, value)
         validation.check_bool(self.trainable, "trainable")
         if hasattr(self, "dtype_policy"):
-            object.__setattr__(self, "dtype_policy", check_dtype_policy(self.dtype_policy))
+            object.__setattr__(self, "dtype_policy", keras_config.check_dtype_policy(self.dtype_policy))
         if hasattr(self, "param_dtype"):
             object.__setattr__(self, "param_dtype", validation.check_dtype_name(self.param_dtype, "param_dtype"))
         if hasattr(self, "epsilon"):
@@ -243,25 +178,13 @@ class Layer:
 
         Raises:
           ValueError: a setting Keras cannot express (e.g. several feature axes for BatchNorm,
-            ``momentum_convention='torch'``, a ``param_dtype`` other than float32); the message names it.
+            ``momentum_convention='torch'``, a ``param_dtype`` other than float32), the message naming it; or a
+            spec with no Keras layer (``KERAS`` None).
           TypeError: an initializer, regularizer or constraint is a callable with no Keras form.
+
+        Source: the spec's Keras record (``KERAS``, ``jaxnorm._src.keras_config``).
         """
-        config = self.get_config()
-        bad = [
-            f"{f}={config[f]!r} (Keras computes {what})"
-            for f, (accepts, what) in self._KERAS_EQUIVALENT.items()
-            if not accepts(getattr(self, f))
-        ]
-        if bad:
-            raise ValueError(
-                f"jaxnorm.{type(self).__name__} settings with no Keras {self._KERAS_CLASS} equivalent: "
-                f"{'; '.join(bad)}. Use the value Keras computes to convert this layer."
-            )
-        out = {keras_key: config[field] for keras_key, field in self._KERAS_RENAMES.items()}
-        out.update(self._KERAS_FIXED)
-        if hasattr(self, "dtype_policy"):  # the source layer's policy (from_keras), float32 by default
-            out["dtype"] = self.dtype_policy or "float32"
-        return out
+        return keras_config.to_keras_config(self, self.get_config())
 
     def get_config(self) -> dict[str, Any]:
         """The spec's hyperparameters as a JSON-serializable dict; ``type(self).from_config`` inverts it.
@@ -279,8 +202,8 @@ class Layer:
                 value = regularizers.serialize(value, f.name)
             elif f.name in self._CONSTRAINT_FIELDS:
                 value = constraints.serialize(value, f.name)
-            elif isinstance(value, initializers.FrozenDict):
-                value = initializers.thaw(value)
+            elif isinstance(value, frozen.FrozenDict):
+                value = frozen.thaw(value)
             elif isinstance(value, tuple):
                 value = list(value)
             config[f.name] = value
@@ -297,52 +220,36 @@ class Layer:
         specs that have it (so that ``to_keras_config`` writes it back); BatchNormalization's ``synchronized``
         True becomes ``axis_name`` (:attr:`BatchNorm.KERAS_SYNCHRONIZED_AXIS_NAME`) and it gets
         ``allow_single_value=True`` (Keras trains on a batch of one value per feature: the output is beta).
+        The translation is the spec's Keras record (``KERAS``, ``jaxnorm._src.keras_config``). A jaxnorm config
+        may use a field's earlier name (BatchNorm's ``moving_var``, now ``moving_var_estimator``).
 
         Raises:
           TypeError: ``config`` is not a mapping.
-          ValueError: a key is unknown, or a Keras key holds a value jaxnorm cannot reproduce; the message names
-            the keys.
+          ValueError: a key is unknown, a field is given under both its earlier and its current name, or a Keras
+            key holds a value jaxnorm cannot reproduce; the message names the keys.
         """
         if not isinstance(config, Mapping):
             raise TypeError(f"`config` must be a dict, got {type(config).__name__}.")
+        if keras_config.is_keras_config(cls, config):
+            return cls(**keras_config.from_keras_config(cls, config))
+        config = dict(config)
+        for old, new in cls._RENAMED_FIELDS.items():
+            if old in config:
+                if new in config:
+                    raise ValueError(
+                        f"config has both {old!r} and {new!r} (its new name) for jaxnorm.{cls.__name__}. Keep "
+                        f"only {new!r}."
+                    )
+                config[new] = config.pop(old)
         fields = {f.name for f in dataclasses.fields(cls)}
-        keras_only = (set(cls._KERAS_RENAMES) | set(cls._KERAS_RESTRICTED)) - fields
-        if keras_only & set(config):
-            return cls(**cls._translate_keras(config))
         unknown = sorted(set(config) - fields)
         if unknown:
+            keras = f", or a Keras {cls.KERAS.class_name} config" if cls.KERAS is not None else ""
             raise ValueError(
                 f"unknown config key(s) {unknown} for jaxnorm.{cls.__name__}. Accepted keys: {sorted(fields)} "
-                f"(jaxnorm), or a Keras {cls._KERAS_CLASS} config."
+                f"(jaxnorm){keras}."
             )
-        return cls(**dict(config))
-
-    @classmethod
-    def _translate_keras(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        kwargs, unsupported, unknown = {}, [], []
-        for key, value in config.items():
-            if key in cls._KERAS_RENAMES:
-                kwargs[cls._KERAS_RENAMES[key]] = value
-            elif key in cls._KERAS_RESTRICTED:
-                accepts, what = cls._KERAS_RESTRICTED[key]
-                if not accepts(value):
-                    unsupported.append(f"{key}={value!r} (supported: {what})")
-                elif key == "dtype" and any(f.name == "dtype_policy" for f in dataclasses.fields(cls)):
-                    kwargs["dtype_policy"] = keras_policy_name(value)  # kept for to_keras
-            else:
-                unknown.append(key)
-        if unknown:
-            raise ValueError(
-                f"unknown Keras config key(s) {sorted(unknown)} for {cls._KERAS_CLASS}. Known keys: "
-                f"{sorted(set(cls._KERAS_RENAMES) | set(cls._KERAS_RESTRICTED))}."
-            )
-        if unsupported:
-            raise ValueError(
-                f"Keras config key(s) not supported yet by jaxnorm.{cls.__name__}: "
-                f"{'; '.join(sorted(unsupported))}. "
-                "Remove them or set them to the supported value to build the layer."
-            )
-        return kwargs
+        return cls(**config)
 
 
 def _param(params: Mapping[str, jax.Array], name: str, field: str) -> jax.Array:

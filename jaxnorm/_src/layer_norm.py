@@ -7,8 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from jaxnorm._src import ops, stats, validation
-from jaxnorm._src.layer import Layer
+from jaxnorm._src import keras_config, ops, stats, validation
 from jaxnorm._src.per_example import PerExample
 
 
@@ -88,8 +87,11 @@ class LayerNorm(PerExample):
     dtype_policy: Any = None
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
-    _KERAS_CLASS = "LayerNormalization"
-    _KERAS_RENAMES = {**Layer._KERAS_AFFINE_RENAMES, "rms_scaling": "rms_scaling"}
+    KERAS = keras_config.KerasRecord(
+        "LayerNormalization",
+        renamed={**keras_config.AFFINE_RENAMES, "rms_scaling": "rms_scaling"},
+        params=keras_config.AFFINE_WEIGHTS,
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
@@ -111,8 +113,6 @@ class LayerNorm(PerExample):
         if self.rms_scaling:  # Keras's deprecated rms_scaling: x * rsqrt(var + eps) * scale, no centering
             mean, var = stats.mean_var(x, axes, mask)
             scale = validation.expand_to_rank(params["scale"], x.ndim, axes)
-            return ops.normalize(x, jnp.zeros_like(mean), var, None, scale, self.epsilon, mask)
-        return ops.layer_norm(
-            x, params.get("scale"), params.get("bias"), axis=axes, epsilon=self.epsilon, where=mask,
-            implementation=self.implementation,
-        )
+            return ops.normalize_by_stats(x, jnp.zeros_like(mean), var, scale, None, self.epsilon, mask)
+        scale, bias = self._expanded(params, x.ndim, axes)
+        return ops.normalize_layer(x, scale, bias, axes, self.epsilon, mask, None, self.implementation)

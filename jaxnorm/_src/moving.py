@@ -44,10 +44,10 @@ def safe_update(old: jax.Array, new: jax.Array, ok: jax.Array) -> jax.Array:
     return jnp.where(ok, jnp.asarray(new).astype(old.dtype), old)
 
 
-def advance_counter(count: jax.Array, ok: jax.Array) -> jax.Array:
-    """The step counter after a step: ``count + 1`` when any feature updated (``any(ok)``), else ``count``."""
-    count = jnp.asarray(count)
-    return count + jnp.any(ok).astype(count.dtype)
+def advance_counter(steps: jax.Array, ok: jax.Array) -> jax.Array:
+    """The step counter after a step: ``steps + 1`` when any feature updated (``any(ok)``), else ``steps``."""
+    steps = jnp.asarray(steps)
+    return steps + jnp.any(ok).astype(steps.dtype)
 
 
 def moving_average(old: jax.Array, batch: jax.Array, keep: float, ok: jax.Array | None = None) -> jax.Array:
@@ -83,15 +83,16 @@ class Rule:
     - 'debiased': the zero-debiased EMA :math:`h_t / (1 - d^t)`, :math:`h_t = d\,h_{t-1} + (1 - d)\,b`,
       :math:`h_0 = 0` (Haiku);
 
-    the variance is the biased batch variance M2/n, or M2/(n-1) with ``moving_var='unbiased'`` (PyTorch); with
-    ``renorm_momentum`` set (Keras's batch renormalization) the standard deviation is averaged instead and
-    ``renorm_mean``/``renorm_stddev`` follow with ``renorm_momentum``. ``safe_update`` keeps a feature's moving
-    statistics bit for bit where :func:`update_ok` is False.
+    the variance is the biased batch variance M2/n, or M2/(n-1) with ``moving_var_estimator='unbiased'``
+    (PyTorch); with ``renorm_momentum`` set (Keras's batch renormalization) the standard deviation is averaged
+    instead and ``renorm_mean``/``renorm_stddev`` follow with ``renorm_momentum``. ``safe_update`` keeps a
+    feature's moving statistics bit for bit where :func:`update_ok` is False.
 
     Attributes:
-      momentum: float in [0, 1]. momentum_convention: 'keras' or 'torch'. moving_var: 'biased' or 'unbiased'.
+      momentum: float in [0, 1]. momentum_convention: 'keras' or 'torch'. moving_var_estimator: 'biased' or
+        'unbiased' (the variance estimator the moving ``var`` averages).
       averaging: 'exponential', 'cumulative' or 'debiased'. safe_update: bool. count_steps: bool, keep a step
-        counter ``count`` with exponential averaging too (the others always keep one).
+        counter ``steps`` with exponential averaging too (the others always keep one).
       renorm_momentum: None (no renorm), or the momentum of the renorm statistics. epsilon: renorm's epsilon.
 
     Raises:
@@ -105,7 +106,7 @@ class Rule:
 
     momentum: float = 0.99
     momentum_convention: str = "keras"
-    moving_var: str = "biased"
+    moving_var_estimator: str = "biased"
     averaging: str = "exponential"
     safe_update: bool = True
     count_steps: bool = False
@@ -115,17 +116,18 @@ class Rule:
     def __post_init__(self):
         validation.check_unit_interval(self.momentum, "momentum")
         validation.check_choice(self.momentum_convention, "momentum_convention", MOMENTUM_CONVENTIONS)
-        validation.check_choice(self.moving_var, "moving_var", MOVING_VARS)
+        validation.check_choice(self.moving_var_estimator, "moving_var_estimator", MOVING_VARS)
         validation.check_choice(self.averaging, "averaging", AVERAGINGS)
         validation.check_bool(self.safe_update, "safe_update")
         validation.check_bool(self.count_steps, "count_steps")
         if self.renorm_momentum is not None:
             validation.check_unit_interval(self.renorm_momentum, "renorm_momentum")
-            if self.averaging != "exponential" or self.moving_var != "biased":
+            if self.averaging != "exponential" or self.moving_var_estimator != "biased":
                 raise ValueError(
                     f"renorm=True follows Keras's batch renormalization, which keeps exponential averages of the "
-                    f"biased statistics; got averaging={self.averaging!r}, moving_var={self.moving_var!r}. Use "
-                    "averaging='exponential', moving_var='biased' with renorm, or renorm=False."
+                    f"biased statistics; got averaging={self.averaging!r}, "
+                    f"moving_var_estimator={self.moving_var_estimator!r}. Use "
+                    "averaging='exponential', moving_var_estimator='biased' with renorm, or renorm=False."
                 )
         if self.averaging == "debiased" and float(np.float32(self.keep(self.momentum))) == 1.0:
             # hidden_t / (1 - d^t) with old-value weight d = 1 (in float32) is 0 / 0: NaN after the first step.
@@ -138,7 +140,7 @@ class Rule:
 
     @property
     def counts_steps(self) -> bool:
-        """Whether the state holds the step counter ``count`` (int32 scalar)."""
+        """Whether the state holds the step counter ``steps`` (int32 scalar)."""
         return self.averaging != "exponential" or self.count_steps
 
     @property
@@ -156,7 +158,7 @@ class Rule:
 #: their defaults (Flax's behaviour, plus per-feature safe updates); see :class:`Rule`.
 DROP_IN_OPTIONS = {
     "momentum_convention": "keras",
-    "moving_var": "biased",
+    "moving_var_estimator": "biased",
     "averaging": "exponential",
     "safe_update": True,
     "count_steps": False,
@@ -168,7 +170,7 @@ def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: 
 
     Args:
       state: ``{'mean', 'var'}`` (plus ``'stddev', 'renorm_mean', 'renorm_stddev'`` with renorm, and the int32
-        scalar ``'count'`` when ``rule.counts_steps``), feature-shaped arrays in any float dtype.
+        scalar ``'steps'`` when ``rule.counts_steps``), feature-shaped arrays in any float dtype.
       count, mean, var: this batch's feature-shaped number of valid elements, mean and biased variance (in the
         dtype the statistics should be averaged in).
 
@@ -176,12 +178,12 @@ def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: 
       The new state: the same keys, shapes and dtypes. Differentiable, as Flax linen's update is; the spec and
       the nnx drop-in wrap it in ``stop_gradient``.
     """
-    if rule.moving_var == "unbiased":
+    if rule.moving_var_estimator == "unbiased":
         var = var * jnp.where(count > 1, count / jnp.maximum(count - 1, 1), 1)
     keep = rule.keep(rule.momentum)
     new = {}
     if rule.counts_steps:  # t: this step's number for every feature that updates in it
-        t = (state["count"] + 1).astype(mean.dtype)
+        t = (state["steps"] + 1).astype(mean.dtype)
     batches = {"mean": mean, "var": var}
     if rule.renorm_momentum is not None:  # Keras: averages of the stddev; the variance comes from the moving one
         stddev = jnp.sqrt(var + rule.epsilon)
@@ -205,5 +207,5 @@ def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: 
     ok = update_ok(count, mean, var) if rule.safe_update else jnp.ones(jnp.shape(mean), bool)
     new = {k: safe_update(state[k], v, ok) for k, v in new.items()}
     if rule.counts_steps:
-        new["count"] = advance_counter(state["count"], ok) if rule.safe_update else state["count"] + 1
+        new["steps"] = advance_counter(state["steps"], ok) if rule.safe_update else state["steps"] + 1
     return new

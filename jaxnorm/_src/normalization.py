@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm._src import layer, stats, validation
+from jaxnorm._src import keras_config, layer, stats, validation
 from jaxnorm._src.layer import Layer
 
 _STATE_KEYS = ("mean", "variance", "count")
@@ -148,11 +148,14 @@ class Normalization(Layer):
 
     _REGULARIZER_FIELDS = {}
     _CONSTRAINT_FIELDS = {}
-    _KERAS_CLASS = "Normalization"
-    _KERAS_RENAMES = {
-        "axis": "axis", "mean": "mean", "variance": "variance", "invert": "invert", "trainable": "trainable",
-    }
-    _KERAS_EQUIVALENT = {"epsilon": (lambda v: v == 1e-7, "epsilon=1e-7, keras.config.epsilon()'s default")}
+    KERAS = keras_config.KerasRecord(
+        "Normalization",
+        renamed={
+            "axis": "axis", "mean": "mean", "variance": "variance", "invert": "invert", "trainable": "trainable",
+        },
+        equivalent={"epsilon": (lambda v: v == 1e-7, "epsilon=1e-7, keras.config.epsilon()'s default")},
+        converts=False,  # the statistics are config entries: from_config / to_keras_config
+    )
 
     def __post_init__(self):
         axis = self.axis

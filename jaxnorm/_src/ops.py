@@ -70,17 +70,18 @@ def batch_normalization(
     variance = validation.broadcast_operand(variance, x.shape, "variance")
     offset = None if offset is None else validation.broadcast_operand(offset, x.shape, "offset")
     scale = None if scale is None else validation.broadcast_operand(scale, x.shape, "scale")
-    return normalize(x, mean, variance, offset, scale, epsilon)
+    return normalize_by_stats(x, mean, variance, scale, offset, epsilon)
 
 
-def normalize(x, mean, variance, offset, scale, epsilon, mask=None):
-    """``(x - mean) * rsqrt(variance + epsilon) * scale + offset`` in the statistics dtype, cast to x's dtype
-    (given statistics: Keras's inference path, the TF op). ``mask``: see :func:`affine`."""
+def normalize_by_stats(x, mean, var, scale, bias, epsilon, mask=None):
+    """``(x - mean) * rsqrt(var + epsilon) * scale + bias`` in the statistics dtype, cast to x's dtype: ``x``
+    normalized by given statistics (inference, the TF op), the counterpart of :func:`normalize_by_moments` with
+    the pair in the same (Flax) order. Inputs are trusted (checked by the caller). ``mask``: see :func:`affine`."""
     dtype = validation.stats_dtype(x.dtype)
-    inv = lax.rsqrt(variance.astype(dtype) + jnp.asarray(epsilon, dtype))
+    inv = lax.rsqrt(var.astype(dtype) + jnp.asarray(epsilon, dtype))
     if scale is not None:
         inv = inv * scale.astype(dtype)
-    return affine(x, None, mean.astype(dtype), inv, offset, mask)
+    return affine(x, None, mean.astype(dtype), inv, bias, mask)
 
 
 def affine(x, q, shift, inv, offset, mask=None):
@@ -260,7 +261,13 @@ def layer_norm(
     if bias is not None:
         bias = validation.axes_operand(bias, x.shape, axes, "bias", "normalized axes")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    if check_implementation(implementation) == "pallas":
+    return normalize_layer(x, scale, bias, axes, epsilon, mask, axis_name, check_implementation(implementation))
+
+
+def normalize_layer(x, scale, bias, axes, epsilon, mask=None, axis_name=None, implementation="auto"):
+    """LayerNorm's one entry point for checked inputs (``scale``/``bias``/``mask`` None or of x's rank): the
+    Pallas kernels when asked for, else :func:`normalize_by_moments`."""
+    if implementation == "pallas":
         return pallas_rows(x, scale, bias, axes, epsilon, mask, axis_name, subtract_mean=True)
     return normalize_by_moments(x, scale, bias, axes, epsilon, mask, axis_name)[0]
 
@@ -377,6 +384,11 @@ def unit_norm(x: jax.Array, *, axis: validation.Axes = -1, epsilon: float = 1e-1
     validation.check_epsilon(epsilon)
     axes = validation.canonicalize_axes(axis, x.ndim, "axis")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
+    return normalize_unit(x, axes, epsilon, mask)
+
+
+def normalize_unit(x, axes, epsilon, mask=None):
+    """UnitNormalization's one entry point for checked inputs (``mask`` None or of x's shape)."""
     if x.size == 0:
         return x
     dtype = validation.stats_dtype(x.dtype)
@@ -458,14 +470,11 @@ def group_norm(
     """
     x = validation.check_float_array(x, "x")
     validation.check_epsilon(epsilon)
-    if x.ndim < 2 and reduction_axes is None:
-        raise ValueError(
-            f"group_norm needs x with a batch axis and a channel axis (rank >= 2), got shape {x.shape}. Add a "
-            "batch axis (x[None]) or give `reduction_axes` (e.g. () for one example)."
-        )
+    if reduction_axes is None:
+        check_batched(x.shape, "group_norm", " or give `reduction_axes` (e.g. () for one example)")
     (c,) = validation.canonicalize_axes(axis, x.ndim, "axis")
     if reduction_axes is None:
-        reduce = tuple(a for a in range(1, x.ndim) if a != c)
+        reduce = group_reduce_axes(c, x.ndim)
     else:
         reduce = tuple(a for a in validation.canonicalize_axes_or_empty(reduction_axes, x.ndim, "reduction_axes")
                        if a != c)
@@ -552,11 +561,30 @@ def instance_norm(
     x = validation.check_float_array(x, "x")
     validation.check_epsilon(epsilon)
     features = instance_feature_axes(axis, x.ndim)
-    reduce = tuple(a for a in range(1, x.ndim) if a not in features)
+    reduce = instance_reduce_axes(features, x.ndim)
     scale = None if scale is None else validation.axes_operand(scale, x.shape, features, "scale", "channel axes")
     bias = None if bias is None else validation.axes_operand(bias, x.shape, features, "bias", "channel axes")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
     return normalize_by_moments(x, scale, bias, reduce, epsilon, mask, axis_name)[0]
+
+
+def check_batched(shape: tuple[int, ...], op: str, alternative: str = "") -> None:
+    """``ValueError`` unless ``shape`` has a batch axis and a channel axis (GroupNorm's default reduction)."""
+    if len(shape) < 2:
+        raise ValueError(
+            f"{op} needs x with a batch axis and a channel axis (rank >= 2), got shape {tuple(shape)}. Add a "
+            f"batch axis (x[None]){alternative}."
+        )
+
+
+def group_reduce_axes(channel_axis: int, ndim: int) -> tuple[int, ...]:
+    """The axes GroupNorm reduces by default (besides the within-group channels): all but batch and channel."""
+    return tuple(a for a in range(1, ndim) if a != channel_axis)
+
+
+def instance_reduce_axes(features: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    """The axes InstanceNorm reduces for channel axes ``features``: every one but the batch axis and those."""
+    return tuple(a for a in range(1, ndim) if a not in features)
 
 
 def instance_feature_axes(axis: Any, ndim: int) -> tuple[int, ...]:

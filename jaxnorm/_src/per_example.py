@@ -6,7 +6,11 @@ inference. A subclass supplies two hooks and nothing else of the contract:
 
 - :meth:`PerExample._param_axes`: the axes of ``x`` that ``scale`` and ``bias`` span (checked against ``x``,
   with the layer's own errors, e.g. GroupNorm's groups that do not divide the channels);
-- :meth:`PerExample._normalize`: the normalize call (one of the public ops), given checked inputs.
+- :meth:`PerExample._normalize`: the normalize call, given checked inputs.
+
+Inputs are checked once, here (``x``, ``params``, ``state``, ``mask``; the hyperparameters at construction):
+``_normalize`` calls the ops' unchecked entry points (``ops.normalize_layer``, ``normalize_by_square``,
+``normalize_groups``, ``normalize_by_moments``, ``normalize_unit``), not the public ops that would check again.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class PerExample(Layer):
         name = type(self).__name__
         layer.check_training(training, name, required=False)
         x = validation.check_float_array(x, "x")
-        axes = validation.canonicalize_axes(self.axis, x.ndim, "axis")
+        axes = self._param_axes(x.shape)
         pshape = tuple(x.shape[a] for a in axes)
         fix = (
             f"They must match the input's sizes along axis={self.axis!r} (shape {pshape}); re-create them "
@@ -43,6 +47,14 @@ class PerExample(Layer):
         validation.check_tree(state, {}, "state", f"{name}'s state is always {{}}.")
         return x, axes, params
 
+    @staticmethod
+    def _expanded(params: dict[str, jax.Array], ndim: int, axes: tuple[int, ...]) -> tuple[Any, Any]:
+        """``(scale, bias)`` from checked ``params``, each None (absent) or reshaped to rank ``ndim``."""
+        return tuple(
+            None if params.get(k) is None else validation.expand_to_rank(params[k], ndim, axes)
+            for k in ("scale", "bias")
+        )
+
     def _param_axes(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The axes of an input of this ``shape`` that the params span (``axis``, canonicalized and checked)."""
         return validation.canonicalize_axes(self.axis, len(shape), "axis")
@@ -50,7 +62,8 @@ class PerExample(Layer):
     def _normalize(
         self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
     ) -> jax.Array:
-        """``y`` for checked inputs: ``params`` those in use, ``axes`` :meth:`_param_axes` of ``x.shape``."""
+        """``y`` for checked inputs: ``params`` those in use, ``axes`` :meth:`_param_axes` of ``x.shape``, ``mask``
+        None or of ``x``'s shape."""
         raise NotImplementedError
 
     def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:

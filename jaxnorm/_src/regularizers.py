@@ -129,7 +129,7 @@ def check(spec: Any, name: str) -> Any:
       name: the argument's name, used in error messages (e.g. ``'scale_regularizer'``).
 
     Returns:
-      ``spec`` with dicts turned into :class:`~jaxnorm._src.initializers.FrozenDict` and lists into tuples.
+      ``spec`` with dicts turned into :class:`~jaxnorm._src.frozen.FrozenDict` and lists into tuples.
 
     Raises:
       ValueError: an unknown or unsupported class (e.g. Keras's ``OrthogonalRegularizer``), unknown config

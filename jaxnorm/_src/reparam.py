@@ -320,8 +320,6 @@ class SpectralNorm(Layer):
     trainable: ClassVar[bool] = True  # no parameters; read by jaxnorm.trainable_mask
     _REGULARIZER_FIELDS = {}
     _CONSTRAINT_FIELDS = {}
-    _KERAS_EQUIVALENT = {}
-    _KERAS_RESTRICTED = {}
 
     def __post_init__(self):
         object.__setattr__(self, "n_steps", _check_int(self.n_steps, "n_steps", 0))
@@ -462,8 +460,6 @@ class WeightNorm(Layer):
     _INITIALIZER_FIELDS = ("scale_init",)
     _REGULARIZER_FIELDS = {}
     _CONSTRAINT_FIELDS = {}
-    _KERAS_EQUIVALENT = {}
-    _KERAS_RESTRICTED = {}
 
     def __post_init__(self):
         axes = self.feature_axes

@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jaxnorm._src import initializers, ops, validation
-from jaxnorm._src.layer import Layer
+from jaxnorm._src import initializers, keras_config, ops, validation
 from jaxnorm._src.per_example import PerExample
 
 
@@ -76,15 +75,17 @@ class RMSNorm(PerExample):
     _INITIALIZER_FIELDS = ("scale_init",)
     _REGULARIZER_FIELDS = {"scale_regularizer": "scale"}
     _CONSTRAINT_FIELDS = {"scale_constraint": "scale"}
-    _KERAS_CLASS = "RMSNormalization"
-    _KERAS_RENAMES = {"axis": "axis", "epsilon": "epsilon", "trainable": "trainable"}
-    _KERAS_EQUIVALENT = {
-        **Layer._KERAS_EQUIVALENT,
-        "use_scale": (lambda v: v is True, "a scale, use_scale=True"),
-        "scale_init": (_is_ones, "a scale initialized to ones, scale_init='ones'"),
-        "scale_regularizer": (lambda v: v is None, "no regularizer"),
-        "scale_constraint": (lambda v: v is None, "no constraint"),
-    }
+    KERAS = keras_config.KerasRecord(
+        "RMSNormalization",
+        renamed={"axis": "axis", "epsilon": "epsilon", "trainable": "trainable"},
+        equivalent={
+            "use_scale": (lambda v: v is True, "a scale, use_scale=True"),
+            "scale_init": (_is_ones, "a scale initialized to ones, scale_init='ones'"),
+            "scale_regularizer": (lambda v: v is None, "no regularizer"),
+            "scale_constraint": (lambda v: v is None, "no constraint"),
+        },
+        params={"scale": "scale"},
+    )
 
     def __post_init__(self):
         if isinstance(self.axis, list):
@@ -99,6 +100,5 @@ class RMSNorm(PerExample):
         return False
 
     def _normalize(self, params, x, axes, mask):
-        return ops.rms_norm(
-            x, params.get("scale"), axis=axes, epsilon=self.epsilon, where=mask, implementation=self.implementation
-        )
+        scale, _ = self._expanded(params, x.ndim, axes)
+        return ops.normalize_by_square(x, scale, axes, self.epsilon, mask, None, self.implementation)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jaxnorm._src import ops, validation
+from jaxnorm._src import keras_config, ops, validation
 from jaxnorm._src.per_example import PerExample
 
 
@@ -47,9 +47,11 @@ class UnitNormalization(PerExample):
 
     _REGULARIZER_FIELDS = {}
     _CONSTRAINT_FIELDS = {}
-    _KERAS_CLASS = "UnitNormalization"
-    _KERAS_RENAMES = {"axis": "axis", "trainable": "trainable"}
-    _KERAS_EQUIVALENT = {"epsilon": (lambda v: v == 1e-12, "epsilon=1e-12")}
+    KERAS = keras_config.KerasRecord(
+        "UnitNormalization",
+        renamed={"axis": "axis", "trainable": "trainable"},
+        equivalent={"epsilon": (lambda v: v == 1e-12, "epsilon=1e-12")},
+    )
 
     def __post_init__(self):
         if isinstance(self.axis, list):
@@ -66,4 +68,4 @@ class UnitNormalization(PerExample):
         return False
 
     def _normalize(self, params, x, axes, mask):
-        return ops.unit_norm(x, axis=axes, epsilon=self.epsilon, where=mask)
+        return ops.normalize_unit(x, axes, self.epsilon, mask)

@@ -165,7 +165,7 @@ for _label, _kw in (
     ("debiased_keras_momentum_1_minus_1e-9", {"averaging": "debiased", "momentum": 1 - 1e-9}),
     ("debiased_torch_momentum_0", {"averaging": "debiased", "momentum": 0.0, "momentum_convention": "torch"}),
     ("debiased_torch_momentum_0_unbiased",
-     {"averaging": "debiased", "momentum": 0, "momentum_convention": "torch", "moving_var": "unbiased"}),
+     {"averaging": "debiased", "momentum": 0, "momentum_convention": "torch", "moving_var_estimator": "unbiased"}),
 ):
     CASES.append(Case(
         f"config_BatchNorm_rejects_{_label}", lambda kw=_kw: _BN(**kw),

@@ -76,7 +76,7 @@ for _name, _spec in (
     ("BatchNorm", jaxnorm.BatchNorm()),
     ("BatchNorm_channels_first", jaxnorm.BatchNorm(axis=1)),
     ("BatchNorm_cumulative", jaxnorm.BatchNorm(averaging="cumulative")),
-    ("BatchNorm_debiased_unbiased", jaxnorm.BatchNorm(averaging="debiased", moving_var="unbiased")),
+    ("BatchNorm_debiased_unbiased", jaxnorm.BatchNorm(averaging="debiased", moving_var_estimator="unbiased")),
     ("BatchNorm_renorm", jaxnorm.BatchNorm(renorm=True)),
 ):
     for _training in (True, False):

@@ -1,6 +1,6 @@
 """Class 5 of issue 12: per-feature safe updates of the moving statistics, as streams of training steps.
 
-Each row runs several training steps of ``jaxnorm.BatchNorm`` (every averaging, moving_var and momentum
+Each row runs several training steps of ``jaxnorm.BatchNorm`` (every averaging, moving_var_estimator and momentum
 convention, renorm, ghost batches) or of a Flax drop-in's BatchNorm on a stream holding NaN/inf values, features
 with no valid element and empty batches, and checks every step against the NumPy float64 rule of
 :func:`tests.reference.batch_norm_safe_stream`: a feature that updated matches the reference (float32 tolerance),
@@ -110,7 +110,7 @@ def _check(xs, masks, feature_axes, kept, **ref_kw):
             got, before = states[i + 1], states[i]
             assert sorted(got) == sorted(want), (sorted(got), sorted(want))
             for k in want:
-                if k == "count":
+                if k == "steps":
                     assert int(got[k]) == want[k], f"step {i}: count {int(got[k])} != {want[k]}"
                     continue
                 assert got[k].dtype == before[k].dtype
@@ -127,7 +127,7 @@ def _stream_case(name, kw, shape=(8, C), axis=-1, jit=True, dtype=np.float32, se
         "momentum": kw.get("momentum", 0.99),
         "epsilon": kw.get("epsilon", 1e-3),
         "averaging": kw.get("averaging", "exponential"),
-        "moving_var": kw.get("moving_var", "biased"),
+        "moving_var_estimator": kw.get("moving_var_estimator", "biased"),
         "convention": kw.get("momentum_convention", "keras"),
         "renorm": kw.get("renorm", False),
         "renorm_momentum": kw.get("renorm_momentum", 0.99),
@@ -146,14 +146,14 @@ def _stream_case(name, kw, shape=(8, C), axis=-1, jit=True, dtype=np.float32, se
 CASES: list[Case] = [
     _stream_case("exponential_keras_biased", {"momentum": 0.9}),
     _stream_case("exponential_torch_unbiased", {"momentum": 0.1, "momentum_convention": "torch",
-                                                "moving_var": "unbiased"}),
+                                                "moving_var_estimator": "unbiased"}),
     _stream_case("exponential_count_steps", {"momentum": 0.8, "count_steps": True}),
     _stream_case("cumulative_keras_biased", {"averaging": "cumulative"}),
     _stream_case("cumulative_torch_unbiased", {"averaging": "cumulative", "momentum_convention": "torch",
-                                               "moving_var": "unbiased"}),
+                                               "moving_var_estimator": "unbiased"}),
     _stream_case("debiased_keras_biased", {"momentum": 0.8, "averaging": "debiased"}),
     _stream_case("debiased_torch_unbiased", {"momentum": 0.3, "averaging": "debiased",
-                                             "momentum_convention": "torch", "moving_var": "unbiased"}),
+                                             "momentum_convention": "torch", "moving_var_estimator": "unbiased"}),
     _stream_case("renorm", {"momentum": 0.8, "renorm": True, "renorm_momentum": 0.7}),
     _stream_case("renorm_clipped_torch", {"momentum": 0.2, "renorm": True, "renorm_momentum": 0.4,
                                           "momentum_convention": "torch",
@@ -173,7 +173,8 @@ def _whole_batch_case(name, kw, bad, shape=(6, C), mask=None):
     xs = [_data(shape, 10), bad, _data(shape, 12)]
     masks = None if mask is None else [None, mask, None]
     ref_kw = {"momentum": kw.get("momentum", 0.99), "averaging": kw.get("averaging", "exponential"),
-              "convention": kw.get("momentum_convention", "keras"), "moving_var": kw.get("moving_var", "biased"),
+              "convention": kw.get("momentum_convention", "keras"),
+              "moving_var_estimator": kw.get("moving_var_estimator", "biased"),
               "renorm": kw.get("renorm", False), "renorm_momentum": kw.get("renorm_momentum", 0.99)}
     kept = [np.zeros(C, bool), np.ones(C, bool), np.zeros(C, bool)]
 
@@ -200,8 +201,8 @@ CASES += [
     _whole_batch_case("inf_minus_inf_renorm", {"renorm": True, "momentum": 0.5}, _INF_MINUS_INF),
     _whole_batch_case("all_masked_count_steps", {"count_steps": True, "momentum": 0.5}, _data((6, C), 11),
                       mask=np.zeros((6, C), bool)),
-    _whole_batch_case("all_masked_nan_under_mask_torch", {"averaging": "cumulative", "moving_var": "unbiased",
-                                                          "momentum_convention": "torch"},
+    _whole_batch_case("all_masked_nan_under_mask_torch",
+                      {"averaging": "cumulative", "moving_var_estimator": "unbiased", "momentum_convention": "torch"},
                       _NAN_EVERYWHERE, mask=np.zeros((6, 1), bool)),
     # Empty batches: count 0 for every feature (the statistics kernel returns count 0, mean 0, var 0).
     _whole_batch_case("empty_batch_exponential", {"momentum": 0.5, "count_steps": True}, _EMPTY),
@@ -217,10 +218,10 @@ def _single_valid_case():
     m = np.zeros((5, C), bool)
     m[2] = True  # one valid element per feature: it updates, with variance 0 (unbiased: also 0)
     masks = [None, m]
-    kw = {"momentum": 0.1, "momentum_convention": "torch", "moving_var": "unbiased", "count_steps": True}
+    kw = {"momentum": 0.1, "momentum_convention": "torch", "moving_var_estimator": "unbiased", "count_steps": True}
     return Case("state_single_valid_element_updates", run=lambda: _spec_states(kw, xs, masks),
                 check=_check(xs, masks, (1,), [np.zeros(C, bool)] * 2, momentum=0.1, convention="torch",
-                             moving_var="unbiased"))
+                             moving_var_estimator="unbiased"))
 
 
 def _ghost_case(name, kw):
