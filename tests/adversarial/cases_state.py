@@ -202,7 +202,8 @@ CASES += [
     _whole_batch_case("all_masked_count_steps", {"count_steps": True, "momentum": 0.5}, _data((6, C), 11),
                       mask=np.zeros((6, C), bool)),
     _whole_batch_case("all_masked_nan_under_mask_torch",
-                      {"averaging": "cumulative", "moving_var_estimator": "unbiased", "momentum_convention": "torch"},
+                      {"averaging": "cumulative", "moving_var_estimator": "unbiased",
+                       "momentum_convention": "torch"},
                       _NAN_EVERYWHERE, mask=np.zeros((6, 1), bool)),
     # Empty batches: count 0 for every feature (the statistics kernel returns count 0, mean 0, var 0).
     _whole_batch_case("empty_batch_exponential", {"momentum": 0.5, "count_steps": True}, _EMPTY),
