@@ -483,7 +483,7 @@ class RMSNorm(nnx.Module):
         self.use_fast_variance = use_fast_variance
         self.promote_dtype = promote_dtype
 
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x, mask: jax.Array | None = None):
         """Divides each example of ``x`` by its root mean square over ``reduction_axes``; see the class."""
         scale = self.scale[...] if self.scale is not None else None
         x, scale = self.promote_dtype((x, scale), dtype=self.dtype)

@@ -1,7 +1,13 @@
-"""Independent NumPy float64 references for the tests. Written from the papers' formulas, not from jaxnorm."""
+"""Independent references for the tests, written from the papers' formulas, not from jaxnorm: NumPy in float64,
+and (``textbook_normalize``, ``row_norm_grads``) the textbook formula in plain ``jnp`` for JAX's autodiff to
+differentiate, in float64 under ``jax.enable_x64``. Every test module takes its references from here."""
 
 from __future__ import annotations
 
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -102,7 +108,7 @@ def _group_stats(x, mask, red):
 
 
 def batch_norm_safe_stream(xs, masks, feature_axes, state0, *, momentum, epsilon=1e-3, averaging="exponential",
-                           moving_var="biased", convention="keras", renorm=False, renorm_momentum=0.99,
+                           moving_var_estimator="biased", convention="keras", renorm=False, renorm_momentum=0.99,
                            virtual_batch_size=None, safe=True):
     """The moving statistics after each training step, by the per-feature safe-update rule (issue 12, class 5).
 
@@ -122,18 +128,18 @@ def batch_norm_safe_stream(xs, masks, feature_axes, state0, *, momentum, epsilon
     keep = momentum if convention == "keras" else 1 - momentum
     rkeep = renorm_momentum if convention == "keras" else 1 - renorm_momentum
     state = {k: _f64(v).copy() for k, v in state0.items()}
-    if "count" in state:
-        state["count"] = int(np.asarray(state0["count"]))
+    if "steps" in state:
+        state["steps"] = int(np.asarray(state0["steps"]))
     out = []
     with np.errstate(all="ignore"):  # NaN/inf batches are the point
         for i, x in enumerate(xs):
             out.append(_safe_step(state, x, None if masks is None else masks[i], feature_axes, keep, rkeep,
-                                  epsilon, averaging, moving_var, renorm, virtual_batch_size, safe))
+                                  epsilon, averaging, moving_var_estimator, renorm, virtual_batch_size, safe))
             state = out[-1][0]
     return [({k: np.copy(v) for k, v in st.items()}, ok) for st, ok in out]
 
 
-def _safe_step(state, x, mask, feature_axes, keep, rkeep, epsilon, averaging, moving_var, renorm,
+def _safe_step(state, x, mask, feature_axes, keep, rkeep, epsilon, averaging, moving_var_estimator, renorm,
                virtual_batch_size, safe):
     x = _f64(x)
     red = tuple(a for a in range(x.ndim) if a not in feature_axes)
@@ -152,9 +158,9 @@ def _safe_step(state, x, mask, feature_axes, keep, rkeep, epsilon, averaging, mo
     ok = (count > 0) & np.isfinite(mean) & np.isfinite(var)
     if not safe:
         ok = np.ones(fshape, bool)
-    if moving_var == "unbiased":
+    if moving_var_estimator == "unbiased":
         var = var * np.where(count > 1, count / np.maximum(count - 1, 1), 1)
-    t = state.get("count", 0) + 1
+    t = state.get("steps", 0) + 1
     batches = {"mean": mean, "var": var}
     new = {}
     if renorm:
@@ -173,7 +179,145 @@ def _safe_step(state, x, mask, feature_axes, keep, rkeep, epsilon, averaging, mo
     if renorm:
         new["var"] = np.maximum(new["stddev"] ** 2 - epsilon, 0)
     state = {k: (np.where(ok, new[k], state[k]) if k in new else state[k]) for k in state}
-    if "count" in state:
-        state["count"] = state["count"] + int(ok.any())
+    if "steps" in state:
+        state["steps"] = state["steps"] + int(ok.any())
     return state, ok
 
+
+
+def group_norm(x, groups, axis=-1, scale=None, bias=None, epsilon=1e-3, mask=None):
+    """GroupNorm written out per example and group with explicit loops over the groups (NumPy float64).
+
+    The channels (``axis``) are split into ``groups`` groups of consecutive channels; each example's group is
+    normalized by the mean and biased variance of its positions where ``mask`` is True (all without a mask);
+    ``scale`` and ``bias`` have the channels' shape.
+    """
+    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)  # channels last
+    m = None if mask is None else np.moveaxis(np.broadcast_to(mask, np.shape(x) if axis == -1 else mask.shape),
+                                              axis, -1)
+    n, c = x.shape[0], x.shape[-1]
+    size = c // groups
+    y = np.empty_like(x)
+    for i in range(n):
+        for g in range(groups):
+            block = x[i, ..., g * size:(g + 1) * size]
+            sel = block if m is None else block[m[i, ..., g * size:(g + 1) * size]]
+            mean, var = sel.mean(), sel.var()
+            y[i, ..., g * size:(g + 1) * size] = (block - mean) / np.sqrt(var + epsilon)
+    if scale is not None:
+        y = y * np.asarray(scale, np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return np.moveaxis(y, -1, axis)
+
+
+def rms_norm(x, axes, scale=None, epsilon=1e-6, mask=None):
+    """RMSNorm in NumPy float64: x / sqrt(mean of x^2 over ``axes`` (masked-in positions only) + eps) * scale.
+
+    ``axes`` is a tuple of non-negative axes; ``scale`` has the shape of those axes.
+    """
+    x = np.asarray(x, np.float64)
+    sq = np.where(mask, x * x, 0.0) if mask is not None else x * x
+    n = np.sum(mask, axes, keepdims=True) if mask is not None else np.prod([x.shape[a] for a in axes])
+    y = x / np.sqrt(np.sum(sq, axes, keepdims=True) / n + epsilon)
+    if scale is not None:
+        shape = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
+        y = y * np.reshape(np.asarray(scale, np.float64), shape)
+    return y
+
+
+def standardize(x, axes, center, epsilon):
+    """``(x - mean) / sqrt(var + epsilon)`` over ``axes`` (keepdims), in ``x``'s own precision (pass float64).
+
+    ``center=False`` takes the mean as 0: the RMSNorm form, ``x / sqrt(mean(x^2) + epsilon)``.
+    """
+    mean = x.mean(axes, keepdims=True) if center else 0.0
+    var = ((x - mean) ** 2).mean(axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + epsilon)
+
+
+def adapt_statistics(x, axis):
+    """NumPy float64 mean and population variance per kept index, and the count of values reduced per index.
+
+    ``axis`` is Keras's ``Normalization`` axis: the axes kept (None: none kept, one statistic over everything).
+    """
+    x = np.asarray(x, np.float64)
+    kept = () if axis is None else tuple(sorted(a % x.ndim for a in np.atleast_1d(axis)))
+    reduce = tuple(a for a in range(x.ndim) if a not in kept)
+    return x.mean(reduce), x.var(reduce), np.prod([x.shape[a] for a in reduce])
+
+
+def ghost_batch_norm(x, params, state, v, momentum, epsilon):
+    """Ghost batch normalization, channels last, in NumPy float64: each contiguous ghost batch of ``v`` examples
+    normalized alone by its own mean and biased variance; the moving statistics move toward the mean of the
+    ghosts' statistics (``momentum * old + (1 - momentum) * batch``).
+
+    Returns ``(y, new_mean, new_var)``; ``params`` holds ``scale``/``bias``, ``state`` ``mean``/``var``.
+    """
+    x64 = np.asarray(x, np.float64)
+    ghosts = x64.reshape((-1, v) + x64.shape[1:])
+    axes = tuple(range(1, ghosts.ndim - 1))
+    mean = ghosts.mean(axes, keepdims=True)
+    var = ghosts.var(axes, keepdims=True)
+    y = (ghosts - mean) / np.sqrt(var + epsilon) * np.asarray(params["scale"]) + np.asarray(params["bias"])
+    new_mean = momentum * np.asarray(state["mean"]) + (1 - momentum) * mean.reshape(-1, x.shape[-1]).mean(0)
+    new_var = momentum * np.asarray(state["var"]) + (1 - momentum) * var.reshape(-1, x.shape[-1]).mean(0)
+    return y.reshape(x.shape), new_mean, new_var
+
+
+def textbook_normalize(x, scale, bias, axes, epsilon):
+    """The textbook forward in plain ``jnp`` (no custom derivative), for JAX's autodiff: the independent reference
+    of the hand-written backward. Returns ``(y, mean, var)`` with the statistics over ``axes`` kept as size 1;
+    ``scale``/``bias`` (or None) broadcast against ``x``. Run it in float64 (``jax.enable_x64``) for a reference.
+    """
+    mean = jnp.mean(x, axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axes, keepdims=True)
+    y = (x - mean) / jnp.sqrt(var + epsilon)
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y, mean, var
+
+
+def row_norm(x, scale, bias, epsilon, subtract_mean):
+    """NumPy float64 textbook LayerNorm (``subtract_mean``) / RMSNorm over the last axis of a matrix."""
+    x = np.asarray(x, np.float64)
+    if subtract_mean:
+        xc = x - x.mean(axis=-1, keepdims=True)
+        var = np.mean(xc**2, axis=-1, keepdims=True)
+    else:
+        xc, var = x, np.mean(x**2, axis=-1, keepdims=True)
+    y = xc / np.sqrt(var + epsilon)
+    if scale is not None:
+        y = y * np.asarray(scale, np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return y
+
+
+def row_norm_grads(x, scale, bias, dy, epsilon, subtract_mean):
+    """``(dx, dscale, dbias)`` of :func:`row_norm` for the cotangent ``dy``, by JAX autodiff of the textbook
+    forward in float64 (NumPy arrays; None for an absent ``scale``/``bias``)."""
+    f64 = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
+    with jax.enable_x64(True):
+        grads = _row_norm_vjp(f64(x), f64(scale), f64(bias), f64(dy), epsilon, subtract_mean)
+        return tuple(None if g is None else np.asarray(g) for g in grads)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _row_norm_vjp(x, scale, bias, dy, epsilon, subtract_mean):
+    def f(x, scale, bias):
+        if subtract_mean:
+            xc = x - jnp.mean(x, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(xc), axis=-1, keepdims=True)
+        else:
+            xc, var = x, jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+        y = xc / jnp.sqrt(var + epsilon)
+        if scale is not None:
+            y = y * scale[None, :]
+        if bias is not None:
+            y = y + bias[None, :]
+        return y
+
+    return jax.vjp(f, x, scale, bias)[1](dy)

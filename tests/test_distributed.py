@@ -4,7 +4,6 @@ The reference is always the single-device computation on the whole global batch 
 without ``axis_name`` on the concatenated input and mask). The test process has 4 CPU devices (tests/conftest.py).
 """
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +12,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxnorm
-import jaxnorm.linen
 from tests import reference as ref
 from tests.tolerances import assert_close
 
@@ -144,53 +142,19 @@ def test_jit_with_a_batch_sharded_input_gives_global_statistics_and_replicated_s
     assert y.sharding.is_equivalent_to(sharded_x.sharding, y.ndim)
 
 
-def test_linen_drop_in_under_shard_map_is_exact_where_flax_is_not():
-    per, c = 4, 3
-    x = _data((NDEV * per, c), seed=11)
-    mask = _uneven_mask(NDEV, per, c, seed=12).reshape(NDEV * per, c)
-    mask[-per:] = False
-    mask[:per] = True
-
-    def run(cls):
-        module = cls(use_running_average=False, axis_name="data", momentum=0.5)
-        variables = module.init(jax.random.key(0), x[:per])
-
-        def f(x, m):
-            y, upd = module.apply(variables, x, mask=m, mutable=["batch_stats"])
-            return jax.tree.map(lambda v: v[None], upd["batch_stats"])
-
-        return _shard_map(f, (P("data"), P("data")), P("data"))(x, mask)
-
-    ours, flax_stats = run(jaxnorm.linen.BatchNorm), run(nn.BatchNorm)
-    want_mean, want_var = ref.moments(x, (0,), mask)
-    want = 0.5 * 0.0 + 0.5 * want_mean.squeeze(0)
-    assert_close(ours["mean"][0], want)
-    assert_close(ours["var"][0], 0.5 * 1.0 + 0.5 * want_var.squeeze(0))
-    assert not np.allclose(flax_stats["mean"][0], want, atol=1e-3)  # Flax's mean of per-device means
-
-
 # --------------------------------------------------------------------- groups of devices and ghost batches
 
 
-@pytest.mark.parametrize("make", ["spec", "linen"])
-def test_axis_index_groups_merge_within_each_group_exactly(make):
+def test_axis_index_groups_merge_within_each_group_exactly():
     per, c = 3, 2
     x = _data((NDEV, per, c), seed=13)
     mask = np.ones(x.shape, bool)
     mask[1, 1:] = False  # device 1 holds one valid row: its group is count-weighted, not a mean of means
     groups = [[0, 1], [2, 3]]
-    if make == "spec":
-        bn = jaxnorm.BatchNorm(momentum=0.0, axis_name="data", axis_index_groups=groups)
-        params, state = bn.init(None, x[0])
-        new_state = jax.pmap(lambda x, m: bn.apply(params, state, x, training=True, mask=m)[1],
-                             axis_name="data")(x, mask)
-    else:
-        module = jaxnorm.linen.BatchNorm(use_running_average=False, momentum=0.0, axis_name="data",
-                                         axis_index_groups=groups)
-        variables = module.init(jax.random.key(0), x[0])
-        new_state = jax.pmap(
-            lambda x, m: module.apply(variables, x, mask=m, mutable=["batch_stats"])[1]["batch_stats"],
-            axis_name="data")(x, mask)
+    bn = jaxnorm.BatchNorm(momentum=0.0, axis_name="data", axis_index_groups=groups)
+    params, state = bn.init(None, x[0])
+    new_state = jax.pmap(lambda x, m: bn.apply(params, state, x, training=True, mask=m)[1],
+                         axis_name="data")(x, mask)
     for group in groups:
         want_mean, want_var = ref.moments(x[group].reshape(-1, c), (0,), mask[group].reshape(-1, c))
         for d in group:
@@ -206,26 +170,13 @@ def test_axis_index_groups_must_cover_the_devices():
         jax.pmap(lambda x: bn.apply(params, state, x, training=True), axis_name="data")(x)
 
 
-def _ghost_reference(x, params, state, v, momentum, epsilon):
-    """Each contiguous ghost batch normalized alone; moving stats toward the mean of the ghosts' stats."""
-    x64 = np.asarray(x, np.float64)
-    ghosts = x64.reshape((-1, v) + x64.shape[1:])
-    axes = tuple(range(1, ghosts.ndim - 1))
-    mean = ghosts.mean(axes, keepdims=True)
-    var = ghosts.var(axes, keepdims=True)
-    y = (ghosts - mean) / np.sqrt(var + epsilon) * np.asarray(params["scale"]) + np.asarray(params["bias"])
-    new_mean = momentum * np.asarray(state["mean"]) + (1 - momentum) * mean.reshape(-1, x.shape[-1]).mean(0)
-    new_var = momentum * np.asarray(state["var"]) + (1 - momentum) * var.reshape(-1, x.shape[-1]).mean(0)
-    return y.reshape(x.shape), new_mean, new_var
-
-
 def test_ghost_batches_match_the_reference_under_jit_and_shard_map_alike():
     v, c = 4, 3
     x = _data((NDEV * 2 * v, 2, c), seed=14)  # two ghost batches per device
     bn = jaxnorm.BatchNorm(momentum=0.7, virtual_batch_size=v)
     params, state = bn.init(None, x)
     params = {"scale": jnp.linspace(0.5, 1.5, c), "bias": jnp.linspace(-1.0, 1.0, c)}
-    want_y, want_mean, want_var = _ghost_reference(x, params, state, v, 0.7, bn.epsilon)
+    want_y, want_mean, want_var = ref.ghost_batch_norm(x, params, state, v, 0.7, bn.epsilon)
 
     y, new_state = jax.jit(lambda x: bn.apply(params, state, x, training=True))(x)
     assert_close(y, want_y)
@@ -266,31 +217,6 @@ def test_keras_synchronized_maps_to_axis_name_and_back():
     cfg = spec.get_config()
     assert jaxnorm.BatchNorm.from_config(cfg) == jaxnorm.BatchNorm(
         axis_name="data", axis_index_groups=((0, 1), (2, 3)), virtual_batch_size=2)
-
-
-def test_nnx_drop_in_under_shard_map_with_unequal_masks_equals_the_global_batch():
-    from flax import nnx
-
-    import jaxnorm.nnx
-
-    per, c = 4, 3
-    x = _data((NDEV * per, c), seed=15)
-    mask = _uneven_mask(NDEV, per, c, seed=16).reshape(NDEV * per, c)
-    graphdef, state = nnx.split(jaxnorm.nnx.BatchNorm(c, momentum=0.5, axis_name="data", rngs=nnx.Rngs(0)))
-
-    def f(st, xb, mb):
-        model = nnx.merge(graphdef, st)
-        y = model(xb, mask=mb)
-        new = nnx.to_pure_dict(nnx.state(model))
-        return y, {k: new[k][None] for k in ("mean", "var")}
-
-    y, stats = _shard_map(f, (P(), P("data"), P("data")), (P("data"), P("data")))(state, x, mask)
-    want_mean, want_var = ref.moments(x, (0,), mask)
-    for d in range(NDEV):
-        assert_close(stats["mean"][d], 0.5 * want_mean.squeeze(0))
-        assert_close(stats["var"][d], 0.5 + 0.5 * want_var.squeeze(0))
-    want_y = (x - want_mean) / np.sqrt(want_var + 1e-5)
-    assert_close(y, want_y)
 
 
 def test_functional_batch_norm_with_axis_name_equals_the_global_batch():

@@ -10,6 +10,7 @@ import pytest
 
 import jaxnorm
 from jaxnorm._src import stats
+from tests import reference as ref
 
 EPS = 1e-5
 # (name, x in float64 before the float32 cast): offsets that cancel, magnitudes whose squares overflow or
@@ -30,22 +31,16 @@ def accelerator(monkeypatch):
     # (the compiled kernel's cache does not see the switch: stats.normalizer traces it afresh while it is set)
 
 
-def _reference(x, axes, center):
-    mean = x.mean(axes, keepdims=True) if center else 0.0
-    var = ((x - mean) ** 2).mean(axes, keepdims=True)
-    return (x - mean) / np.sqrt(var + EPS)
-
-
 OPS = {  # (jaxnorm call, float64 reference) on (8, 6, 32) data
-    "layer_norm": (lambda x: jaxnorm.layer_norm(x, epsilon=EPS), lambda x: _reference(x, (2,), True)),
-    "rms_norm": (lambda x: jaxnorm.rms_norm(x, epsilon=EPS), lambda x: _reference(x, (2,), False)),
+    "layer_norm": (lambda x: jaxnorm.layer_norm(x, epsilon=EPS), lambda x: ref.standardize(x, (2,), True, EPS)),
+    "rms_norm": (lambda x: jaxnorm.rms_norm(x, epsilon=EPS), lambda x: ref.standardize(x, (2,), False, EPS)),
     "batch_norm": (
         lambda x: jaxnorm.normalize_batch_in_training(x, None, None, (0, 1), EPS)[0],
-        lambda x: _reference(x, (0, 1), True),
+        lambda x: ref.standardize(x, (0, 1), True, EPS),
     ),
     "group_norm": (
         lambda x: jaxnorm.group_norm(x, num_groups=4, epsilon=EPS),
-        lambda x: _reference(x.reshape(8, 6, 4, 8), (1, 3), True).reshape(x.shape),
+        lambda x: ref.standardize(x.reshape(8, 6, 4, 8), (1, 3), True, EPS).reshape(x.shape),
     ),
 }
 

@@ -1,7 +1,6 @@
-"""GroupNorm and InstanceNorm (ops, specs, Flax drop-ins) against NumPy float64, Flax, Keras and PyTorch, and the
-identities that tie them to LayerNorm."""
+"""GroupNorm and InstanceNorm (ops, specs) against NumPy float64, Keras and PyTorch, and the identities that tie
+them to LayerNorm. (Their Flax drop-ins, jaxnorm.linen and jaxnorm.nnx: tests/test_flax_dropin.py.)"""
 
-import importlib.util
 import json
 
 import jax
@@ -12,36 +11,15 @@ from jax.test_util import check_grads
 
 import jaxnorm
 from jaxnorm._src import ops
+from tests import reference as ref
 from tests.tolerances import assert_close
 
-has_flax = pytest.mark.skipif(importlib.util.find_spec("flax") is None, reason="flax not installed")
 has_keras = pytest.mark.peers("keras")
 has_torch = pytest.mark.peers("torch")
 
 
 def _data(shape, seed=0, offset=0.5, dtype=np.float32):
     return (np.random.default_rng(seed).standard_normal(shape) * 2 + offset).astype(dtype)
-
-
-def _reference(x, groups, axis=-1, scale=None, bias=None, epsilon=1e-3, mask=None):
-    """NumPy float64 GroupNorm written out per example and group with explicit loops over the groups."""
-    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)  # channels last
-    m = None if mask is None else np.moveaxis(np.broadcast_to(mask, np.shape(x) if axis == -1 else mask.shape),
-                                              axis, -1)
-    n, c = x.shape[0], x.shape[-1]
-    size = c // groups
-    y = np.empty_like(x)
-    for i in range(n):
-        for g in range(groups):
-            block = x[i, ..., g * size:(g + 1) * size]
-            sel = block if m is None else block[m[i, ..., g * size:(g + 1) * size]]
-            mean, var = sel.mean(), sel.var()
-            y[i, ..., g * size:(g + 1) * size] = (block - mean) / np.sqrt(var + epsilon)
-    if scale is not None:
-        y = y * np.asarray(scale, np.float64)
-    if bias is not None:
-        y = y + np.asarray(bias, np.float64)
-    return np.moveaxis(y, -1, axis)
 
 
 @pytest.mark.parametrize("shape, axis, groups", [
@@ -54,14 +32,14 @@ def test_group_norm_matches_float64_reference(shape, axis, groups, dtype):
     scale, bias = _data((c,), seed=1), _data((c,), seed=2)
     y = jaxnorm.group_norm(x, scale, bias, num_groups=groups, axis=axis)
     assert y.dtype == dtype
-    assert_close(y, _reference(np.asarray(x, np.float64), groups, axis, scale, bias), dtype, scale=4)
+    assert_close(y, ref.group_norm(np.asarray(x, np.float64), groups, axis, scale, bias), dtype, scale=4)
     assert_close(jaxnorm.group_norm(x, scale, bias, group_size=c // groups, axis=axis), y, dtype)
 
 
 def test_statistics_are_stable_on_offset_data():
     x = 1e4 + _data((2, 4, 4, 8), seed=3)
     y = jaxnorm.group_norm(jnp.asarray(x), num_groups=2)
-    assert_close(y, _reference(x, 2), scale=20)  # one-pass E[x^2] - E[x]^2 loses every digit here
+    assert_close(y, ref.group_norm(x, 2), scale=20)  # one-pass E[x^2] - E[x]^2 loses every digit here
 
 
 def test_mask_ignores_nan_and_equals_the_filtered_statistics():
@@ -70,7 +48,7 @@ def test_mask_ignores_nan_and_equals_the_filtered_statistics():
     mask[:, 0] = True
     x[~mask] = np.nan
     y = np.asarray(jaxnorm.group_norm(jnp.asarray(x), num_groups=3, where=jnp.asarray(mask)))
-    assert_close(y[mask], _reference(x, 3, mask=mask)[mask], scale=4)
+    assert_close(y[mask], ref.group_norm(x, 3, mask=mask)[mask], scale=4)
     g = jax.grad(lambda x: jnp.sum(jnp.where(mask, jaxnorm.group_norm(x, num_groups=3, where=mask), 0) ** 2))(
         jnp.where(mask, x, 0.0))
     assert np.isfinite(np.asarray(g)).all()
@@ -118,7 +96,7 @@ def test_identities_with_layer_norm_and_instance_norm():
     inorm = jaxnorm.instance_norm(x, s, b)
     assert_close(jaxnorm.group_norm(x, s, b, group_size=1), inorm, scale=4)
     assert_close(jaxnorm.group_norm(x, s, b, num_groups=-1), inorm, scale=4)
-    assert_close(inorm, _reference(x, 6, -1, s, b), scale=4)
+    assert_close(inorm, ref.group_norm(x, 6, -1, s, b), scale=4)
     xt = jnp.moveaxis(x, -1, 1)  # channels-first agrees with channels-last
     assert_close(jnp.moveaxis(jaxnorm.instance_norm(xt, s, b, axis=1), 1, -1), inorm, scale=4)
     assert_close(jnp.moveaxis(jaxnorm.group_norm(xt, s, b, num_groups=2, axis=1), 1, -1),
@@ -131,7 +109,7 @@ def test_axis_name_merges_statistics_split_across_a_vmapped_axis():
     got = jax.vmap(lambda xb, mb: jaxnorm.group_norm(xb, num_groups=2, reduction_axes=(1,), where=mb,
                                                      axis_name="h"),
                    in_axes=1, out_axes=1, axis_name="h")(jnp.asarray(x), jnp.asarray(mask))
-    assert_close(np.asarray(got)[mask], _reference(x, 2, mask=mask)[mask], scale=4)
+    assert_close(np.asarray(got)[mask], ref.group_norm(x, 2, mask=mask)[mask], scale=4)
 
 
 def test_specs_init_apply_config_and_jit():
@@ -141,7 +119,7 @@ def test_specs_init_apply_config_and_jit():
     assert jax.tree.map(jnp.shape, params) == {"scale": (8,), "bias": (8,)} and state == {}
     params = {"scale": jnp.asarray(_data((8,), seed=17)), "bias": jnp.asarray(_data((8,), seed=18))}
     y, _ = jax.jit(lambda p, x: gn.apply(p, {}, x))(params, x)
-    assert_close(y, _reference(x, 4, -1, params["scale"], params["bias"], 1e-5), scale=4)
+    assert_close(y, ref.group_norm(x, 4, -1, params["scale"], params["bias"], 1e-5), scale=4)
     assert jaxnorm.GroupNorm.from_config(json.loads(json.dumps(gn.get_config()))) == gn
     inorm = jaxnorm.InstanceNorm(axis=1)
     p, _ = inorm.init(None, x)
@@ -173,97 +151,6 @@ def test_specs_init_apply_config_and_jit():
 def test_bad_input_names_the_argument(bad, error, match):
     with pytest.raises(error, match=match):
         bad()
-
-
-# --------------------------------------------------------------------------------------------------- Flax
-
-
-@has_flax
-@pytest.mark.parametrize("kwargs", [{"num_groups": 4}, {"num_groups": None, "group_size": 2},
-                                    {"num_groups": 2, "use_scale": False},
-                                    {"num_groups": 4, "dtype": jnp.bfloat16},
-                                    {"num_groups": 8, "reduction_axes": (1, 3), "epsilon": 1e-3}])
-@pytest.mark.parametrize("xdtype", [jnp.float32, jnp.bfloat16])
-def test_linen_and_nnx_groupnorm_are_drop_ins_for_flax(kwargs, xdtype):
-    import flax.linen as nn
-    from flax import nnx
-
-    import jaxnorm.linen
-    import jaxnorm.nnx
-
-    x = jnp.asarray(_data((2, 3, 4, 8), seed=20), xdtype)
-    w = jnp.asarray(_data(x.shape, seed=21))
-    theirs, ours = nn.GroupNorm(**kwargs), jaxnorm.linen.GroupNorm(**kwargs)
-    v_theirs, v_ours = theirs.init(jax.random.key(0), x), ours.init(jax.random.key(0), x)
-    assert jax.tree.structure(v_theirs) == jax.tree.structure(v_ours)
-    jax.tree.map(np.testing.assert_array_equal, v_theirs, v_ours)  # same checkpoint
-    v = jax.tree.map(lambda p: jnp.asarray(_data(p.shape, seed=p.size), p.dtype), v_theirs)
-    y_theirs, y_ours = theirs.apply(v, x), ours.apply(v, x)
-    assert y_ours.dtype == y_theirs.dtype
-    dt = jnp.bfloat16 if jnp.bfloat16 in (xdtype, kwargs.get("dtype")) else jnp.float32
-    assert_close(y_ours, y_theirs, dt, scale=4)
-    if dt == jnp.float32:
-        loss = lambda m: lambda v, x: jnp.vdot(m.apply(v, x), w)  # noqa: E731
-        for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), (0, 1))(v, x)),
-                        jax.tree.leaves(jax.grad(loss(theirs), (0, 1))(v, x)), strict=True):
-            assert_close(a, b, scale=20)
-
-    m_theirs = nnx.GroupNorm(8, rngs=nnx.Rngs(0), **kwargs)
-    m_ours = jaxnorm.nnx.GroupNorm(8, rngs=nnx.Rngs(0), **kwargs)
-    s_theirs, s_ours = nnx.to_pure_dict(nnx.state(m_theirs)), nnx.to_pure_dict(nnx.state(m_ours))
-    jax.tree.map(np.testing.assert_array_equal, s_theirs, s_ours)
-    assert (m_ours.num_groups, m_ours.group_size) == (m_theirs.num_groups, m_theirs.group_size)
-    assert m_ours(x).dtype == m_theirs(x).dtype
-    assert_close(m_ours(x), m_theirs(x), dt, scale=4)
-
-
-@has_flax
-@pytest.mark.parametrize("kwargs", [{}, {"feature_axes": (1, -1)}, {"use_bias": False}, {"epsilon": 1e-3}])
-def test_linen_and_nnx_instancenorm_are_drop_ins_for_flax(kwargs):
-    import flax.linen as nn
-    from flax import nnx
-
-    import jaxnorm.linen
-    import jaxnorm.nnx
-
-    x = jnp.asarray(_data((2, 3, 4, 5), seed=22))
-    mask = jnp.asarray(np.random.default_rng(23).random(x.shape) < 0.8)
-    theirs, ours = nn.InstanceNorm(**kwargs), jaxnorm.linen.InstanceNorm(**kwargs)
-    v_theirs, v_ours = theirs.init(jax.random.key(0), x), ours.init(jax.random.key(0), x)
-    jax.tree.map(np.testing.assert_array_equal, v_theirs, v_ours)
-    v = jax.tree.map(lambda p: jnp.asarray(_data(p.shape, seed=p.size)), v_theirs)
-    assert_close(ours.apply(v, x), theirs.apply(v, x), scale=4)
-    assert_close(ours.apply(v, x, mask=mask), theirs.apply(v, x, mask=mask), scale=4)
-    w = jnp.asarray(_data(x.shape, seed=24))
-    loss = lambda m: lambda v, x: jnp.vdot(m.apply(v, x), w)  # noqa: E731
-    for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), (0, 1))(v, x)),
-                    jax.tree.leaves(jax.grad(loss(theirs), (0, 1))(v, x)), strict=True):
-        assert_close(a, b, scale=20)
-    nf = 15 if kwargs.get("feature_axes") else 5
-    m_theirs = nnx.InstanceNorm(nf, rngs=nnx.Rngs(0), **kwargs)
-    m_ours = jaxnorm.nnx.InstanceNorm(nf, rngs=nnx.Rngs(0), **kwargs)
-    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(m_theirs)),
-                 nnx.to_pure_dict(nnx.state(m_ours)))
-    assert (m_ours.bias is None) == (m_theirs.bias is None)
-    assert_close(m_ours(x), m_theirs(x), scale=4)
-
-
-@has_flax
-def test_flax_drop_ins_raise_flax_errors():
-    from flax import nnx
-
-    import jaxnorm.linen
-    import jaxnorm.nnx
-
-    x = jnp.ones((2, 6))
-    with pytest.raises(ValueError, match="Either `num_groups` or `group_size`"):
-        jaxnorm.linen.GroupNorm(group_size=2).init(jax.random.key(0), x)
-    with pytest.raises(ValueError, match="num_groups=4 does not divide the 6"):
-        jaxnorm.nnx.GroupNorm(6, num_groups=4, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="must include the final dimension"):
-        jaxnorm.linen.GroupNorm(num_groups=2, reduction_axes=(0,)).init(jax.random.key(0), x)
-    with pytest.raises(ValueError, match="cannot include the leading dimension"):
-        jaxnorm.linen.InstanceNorm(feature_axes=0).init(jax.random.key(0), x)
 
 
 # --------------------------------------------------------------------------------------------------- Keras

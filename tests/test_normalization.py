@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxnorm
+from tests import reference as ref
 from tests.tolerances import assert_close
 
 needs_keras = pytest.mark.peers("keras")
@@ -21,16 +22,8 @@ def _data(shape, seed=0, offset=0.0, dtype=np.float32):
     return (offset + rng.standard_normal(shape) * scale + 0.5 * np.arange(shape[-1] if shape else 1)).astype(dtype)
 
 
-def _reference(x, axis):
-    """NumPy float64 mean and population variance per kept index (Keras's ``axis``: the axes kept)."""
-    x = np.asarray(x, np.float64)
-    kept = () if axis is None else tuple(sorted(a % x.ndim for a in np.atleast_1d(axis)))
-    reduce = tuple(a for a in range(x.ndim) if a not in kept)
-    return x.mean(reduce), x.var(reduce), np.prod([x.shape[a] for a in reduce])
-
-
 def _assert_stats(state, x, axis, offset=0.0):
-    mean, var, count = _reference(x, axis)
+    mean, var, count = ref.adapt_statistics(x, axis)
     assert {k: (v.shape, v.dtype) for k, v in state.items()} == {
         k: (mean.shape, jnp.float32) for k in ("mean", "variance", "count")}
     np.testing.assert_array_equal(state["count"], count)

@@ -4,7 +4,6 @@ References are independent of the kernels: the forward is NumPy in float64, grad
 textbook formula in float64 (``jax.enable_x64``). Shapes are small (interpret mode compiles each configuration).
 """
 
-import functools
 import re
 
 import jax
@@ -15,54 +14,13 @@ from jax.test_util import check_grads
 
 from jaxnorm._src import pallas_norm
 from jaxnorm._src.pallas_norm import normalize_rows, pallas_available
+from tests import reference as ref
 
 EPS = 1e-5
 
 
 def _run(x, scale=None, bias=None, *, subtract_mean, epsilon=EPS, **kw):
     return normalize_rows(x, scale, bias, epsilon, subtract_mean=subtract_mean, interpret=True, **kw)
-
-
-def _reference_forward(x, scale, bias, epsilon, subtract_mean):
-    """NumPy float64 textbook LayerNorm / RMSNorm over the last axis."""
-    x = np.asarray(x, np.float64)
-    if subtract_mean:
-        xc = x - x.mean(axis=-1, keepdims=True)
-        var = np.mean(xc**2, axis=-1, keepdims=True)
-    else:
-        xc, var = x, np.mean(x**2, axis=-1, keepdims=True)
-    y = xc / np.sqrt(var + epsilon)
-    if scale is not None:
-        y = y * np.asarray(scale, np.float64)
-    if bias is not None:
-        y = y + np.asarray(bias, np.float64)
-    return y
-
-
-def _reference_grads(x, scale, bias, dy, epsilon, subtract_mean):
-    """``(dx, dscale, dbias)`` by JAX autodiff of the textbook forward, in float64."""
-    f64 = lambda a: None if a is None else np.asarray(a, np.float64)
-    with jax.enable_x64(True):
-        grads = _reference_vjp(f64(x), f64(scale), f64(bias), f64(dy), epsilon, subtract_mean)
-        return tuple(None if g is None else np.asarray(g) for g in grads)
-
-
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _reference_vjp(x, scale, bias, dy, epsilon, subtract_mean):
-    def f(x, scale, bias):
-        if subtract_mean:
-            xc = x - jnp.mean(x, axis=-1, keepdims=True)
-            var = jnp.mean(jnp.square(xc), axis=-1, keepdims=True)
-        else:
-            xc, var = x, jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-        y = xc / jnp.sqrt(var + epsilon)
-        if scale is not None:
-            y = y * scale[None, :]
-        if bias is not None:
-            y = y + bias[None, :]
-        return y
-
-    return jax.vjp(f, x, scale, bias)[1](dy)
 
 
 def _data(m, n, *, seed=0, affine=(True, True), dtype=jnp.float32, param_dtype=jnp.float32):
@@ -94,7 +52,7 @@ def test_forward_matches_float64_reference(m, n, subtract_mean):
     x, scale, bias = _data(m, n, seed=m * 1000 + n)
     y = _run(x, scale, bias, subtract_mean=subtract_mean)
     assert y.shape == x.shape and y.dtype == x.dtype
-    _assert_close(y, _reference_forward(x, scale, bias, EPS, subtract_mean), atol=1e-5)
+    _assert_close(y, ref.row_norm(x, scale, bias, EPS, subtract_mean), atol=1e-5)
 
 
 @pytest.mark.parametrize("subtract_mean", [True, False], ids=["layernorm", "rmsnorm"])
@@ -103,7 +61,7 @@ def test_forward_matches_float64_reference(m, n, subtract_mean):
 def test_forward_without_scale_or_bias(m, n, affine, subtract_mean):
     x, scale, bias = _data(m, n, affine=affine, seed=n)
     y = _run(x, scale, bias, subtract_mean=subtract_mean)
-    _assert_close(y, _reference_forward(x, scale, bias, EPS, subtract_mean), atol=1e-5)
+    _assert_close(y, ref.row_norm(x, scale, bias, EPS, subtract_mean), atol=1e-5)
 
 
 @pytest.mark.parametrize("subtract_mean", [True, False], ids=["layernorm", "rmsnorm"])
@@ -116,14 +74,14 @@ def test_forward_half_precision_to_output_dtype_tolerance(m, n, dtype, subtract_
     y = _run(x, scale, bias, subtract_mean=subtract_mean)
     assert y.dtype == dtype
     tol = float(jnp.finfo(dtype).eps)  # one ulp at |y| ~ 1 (half an ulp of rounding, relative)
-    _assert_close(y, _reference_forward(x, scale, bias, EPS, subtract_mean), atol=tol)
+    _assert_close(y, ref.row_norm(x, scale, bias, EPS, subtract_mean), atol=tol)
 
 
 @pytest.mark.parametrize("block_rows", [1, 2, 64])
 def test_forward_explicit_block_rows_including_more_than_m(block_rows):
     x, scale, bias = _data(5, 200, seed=3)
     y = _run(x, scale, bias, subtract_mean=True, block_rows=block_rows)
-    _assert_close(y, _reference_forward(x, scale, bias, EPS, True), atol=1e-5)
+    _assert_close(y, ref.row_norm(x, scale, bias, EPS, True), atol=1e-5)
 
 
 def test_layernorm_variance_is_two_pass_for_offset_data():
@@ -132,7 +90,7 @@ def test_layernorm_variance_is_two_pass_for_offset_data():
     rng = np.random.default_rng(7)
     x = jnp.asarray(1e3 + rng.standard_normal((33, 384)), jnp.float32)
     y = _run(x, subtract_mean=True)
-    _assert_close(y, _reference_forward(x, None, None, EPS, True), atol=5e-4, rtol=0)
+    _assert_close(y, ref.row_norm(x, None, None, EPS, True), atol=5e-4, rtol=0)
     assert np.allclose(np.var(np.asarray(y, np.float64), axis=-1), 1.0, atol=1e-3)
 
 
@@ -144,7 +102,7 @@ def test_constant_rows_and_zero_epsilon():
     _assert_close(y, np.broadcast_to(np.arange(7), (3, 7)), atol=1e-6)
     x, scale, _ = _data(4, 7, seed=11)
     y = _run(x, scale, None, subtract_mean=False, epsilon=0.0)
-    _assert_close(y, _reference_forward(x, scale, None, 0.0, False), atol=1e-5)
+    _assert_close(y, ref.row_norm(x, scale, None, 0.0, False), atol=1e-5)
 
 
 def test_empty_batch():
@@ -164,7 +122,7 @@ def _check_gradients(m, n, subtract_mean, *, affine=(True, True), seed=0, **kw):
     dy = jnp.asarray(np.random.default_rng(seed + 1).standard_normal((m, n)), jnp.float32)
     _, vjp = jax.vjp(lambda x, s, b: _run(x, s, b, subtract_mean=subtract_mean, **kw), x, scale, bias)
     got = vjp(dy)
-    want = _reference_grads(x, scale, bias, dy, EPS, subtract_mean)
+    want = ref.row_norm_grads(x, scale, bias, dy, EPS, subtract_mean)
     for name, g, w, p in zip(("dx", "dscale", "dbias"), got, want, (x, scale, bias), strict=True):
         if p is None:
             assert g is None, name
@@ -205,7 +163,7 @@ def test_gradients_half_precision_and_parameter_dtypes():
     _, vjp = jax.vjp(lambda x, s, b: _run(x, s, b, subtract_mean=True, num_programs=3), x, scale, bias)
     dx, dscale, dbias = vjp(dy)
     assert (dx.dtype, dscale.dtype, dbias.dtype) == (jnp.bfloat16, jnp.float32, jnp.float16)
-    want = _reference_grads(x, scale, bias, dy, EPS, True)
+    want = ref.row_norm_grads(x, scale, bias, dy, EPS, True)
     _assert_close(dx, want[0], atol=5e-2, rtol=2e-2)  # dx is rounded to bf16
     _assert_close(dscale, want[1], atol=1e-3)  # float32 accumulation of exact bf16 inputs
     _assert_close(dbias, want[2], atol=2e-2, rtol=2e-3)  # rounded to float16
@@ -228,9 +186,9 @@ def test_jit_matches_eager_and_reference():
     f = jax.jit(lambda x, s, b: _run(x, s, b, subtract_mean=False))
     y = f(x, scale, bias)
     np.testing.assert_array_equal(y, _run(x, scale, bias, subtract_mean=False))
-    _assert_close(y, _reference_forward(x, scale, bias, EPS, False), atol=1e-5)
+    _assert_close(y, ref.row_norm(x, scale, bias, EPS, False), atol=1e-5)
     g = jax.jit(jax.grad(lambda x, s, b: jnp.sum(_run(x, s, b, subtract_mean=True) ** 2), (0, 1, 2)))
-    want = _reference_grads(x, scale, bias, 2 * _reference_forward(x, scale, bias, EPS, True), EPS, True)
+    want = ref.row_norm_grads(x, scale, bias, 2 * ref.row_norm(x, scale, bias, EPS, True), EPS, True)
     for got, w in zip(g(x, scale, bias), want, strict=True):
         _assert_close(got, w, atol=1e-3, rtol=1e-4)
 
@@ -242,11 +200,11 @@ def test_vmap_over_leading_axis_forward_and_gradients():
     dys = jnp.asarray(rng.standard_normal((3, 5, 7)), jnp.float32)
     f = lambda x, s, b: _run(x, s, b, subtract_mean=True, num_programs=2, block_rows=1)
     ys = jax.jit(jax.vmap(f, in_axes=(0, None, None)))(xs, scale, bias)
-    _assert_close(ys, _reference_forward(xs, scale, bias, EPS, True), atol=1e-5)
+    _assert_close(ys, ref.row_norm(xs, scale, bias, EPS, True), atol=1e-5)
     # Gradients of the batched call: dx per example, dscale/dbias summed over the batch.
     _, vjp = jax.vjp(jax.vmap(f, in_axes=(0, None, None)), xs, scale, bias)
     dx, dscale, dbias = vjp(dys)
-    want = [_reference_grads(xs[i], scale, bias, dys[i], EPS, True) for i in range(3)]
+    want = [ref.row_norm_grads(xs[i], scale, bias, dys[i], EPS, True) for i in range(3)]
     _assert_close(dx, np.stack([w[0] for w in want]), atol=1e-4)
     _assert_close(dscale, sum(w[1] for w in want), atol=1e-4)
     _assert_close(dbias, sum(w[2] for w in want), atol=1e-4)
@@ -367,9 +325,9 @@ def test_layer_norm_pallas_equals_xla_values_and_gradients(shape, axis):
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-4)
     for g, r in zip(got[1], want[1], strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
-    ref = _reference_forward(x.reshape(-1, int(np.prod(pshape))), scale.reshape(-1), bias.reshape(-1), 1e-3, True)
+    want = ref.row_norm(x.reshape(-1, int(np.prod(pshape))), scale.reshape(-1), bias.reshape(-1), 1e-3, True)
     np.testing.assert_allclose(jaxnorm.layer_norm(x, scale, bias, axis=axis, implementation="pallas"),
-                               ref.reshape(shape), rtol=1e-5, atol=1e-5)
+                               want.reshape(shape), rtol=1e-5, atol=1e-5)
 
 
 def test_layer_norm_spec_implementation_field():

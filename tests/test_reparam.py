@@ -1,15 +1,14 @@
-"""SpectralNorm and WeightNorm (ops, specs, Flax drop-ins) against NumPy float64, Flax, PyTorch and Keras.
+"""SpectralNorm and WeightNorm (ops, specs) against NumPy float64, Flax, PyTorch and Keras.
 
 References: the SVD (largest singular value) and the closed-form gradient of w / sigma for spectral
-normalization; column norms and autodiff-free float64 formulas for weight normalization; flax.linen /
-flax.nnx SpectralNorm and WeightNorm (variable trees, init values, outputs, gradients, state over several
-steps); torch.nn.utils.parametrizations.weight_norm / spectral_norm; keras.layers.SpectralNormalization.
+normalization; column norms and autodiff-free float64 formulas for weight normalization; flax.linen
+SpectralNorm and WeightNorm for the specs' state and arithmetic; torch.nn.utils.parametrizations.weight_norm /
+spectral_norm; keras.layers.SpectralNormalization. (The Flax drop-ins, jaxnorm.linen and jaxnorm.nnx
+SpectralNorm and WeightNorm: tests/test_flax_dropin.py.)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 import os
 
@@ -18,15 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from flax import nnx
 from jax.test_util import check_grads
 
 import jaxnorm
-import jaxnorm.linen as jln
-import jaxnorm.nnx as jnnx
 from tests.tolerances import assert_close, grad_tol
 
-# The drop-ins are Flax's arithmetic: on CPU they agree bit for bit; allow float32 reassociation elsewhere.
+# The specs follow Flax's arithmetic: on CPU they agree bit for bit; allow float32 reassociation elsewhere.
 FLAX_TOL = dict(rtol=1e-6, atol=1e-6)
 
 
@@ -126,183 +122,6 @@ def test_weight_normalize_gradients_are_numerically_right():
         w = jnp.asarray(_normal((3, 2, 4), seed=7, dtype=np.float64))
         scale = jnp.asarray(_normal((4,), seed=8, dtype=np.float64))
         check_grads(jax.jit(jaxnorm.weight_normalize), (w, scale), order=1, modes=["rev"])
-
-
-# ------------------------------------------------------------------------------------------- Flax linen
-
-
-def _linen_net(sn_cls, wn_cls):
-    class Net(nn.Module):
-        @nn.compact
-        def __call__(self, x, train):
-            x = sn_cls(nn.Conv(4, (3, 3)), n_steps=2)(x, update_stats=train)
-            x = wn_cls(nn.Conv(5, (2, 2)))(x)
-            x = nn.Dense(3)(x.reshape(x.shape[0], -1))
-            x = sn_cls(nn.Dense(4))(x, update_stats=train)
-            return wn_cls(nn.Dense(2), variable_filter=None, feature_axes=None)(x)
-
-    return Net()
-
-
-LINEN_PAIRS = [(jln.SpectralNorm, nn.SpectralNorm), (jln.WeightNorm, nn.WeightNorm)]
-NNX_PAIRS = [(jnnx.SpectralNorm, nnx.SpectralNorm), (jnnx.WeightNorm, nnx.WeightNorm)]
-
-
-def _params(sig):
-    return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
-
-
-@pytest.mark.parametrize(("ours", "theirs"), LINEN_PAIRS, ids=["SpectralNorm", "WeightNorm"])
-def test_linen_fields_and_call_signature_match_flax(ours, theirs):
-    assert [f.name for f in dataclasses.fields(ours)] == [f.name for f in dataclasses.fields(theirs)]
-    for a, b in zip(dataclasses.fields(ours), dataclasses.fields(theirs), strict=True):
-        assert a.default == b.default, a.name
-        if b.default_factory is not dataclasses.MISSING:
-            assert a.default_factory() == b.default_factory(), a.name
-    assert _params(inspect.signature(ours.__call__)) == _params(inspect.signature(theirs.__call__))
-
-
-@pytest.mark.parametrize(("ours", "theirs"), NNX_PAIRS, ids=["SpectralNorm", "WeightNorm"])
-def test_nnx_signatures_match_flax(ours, theirs):
-    assert _params(inspect.signature(ours.__init__)) == _params(inspect.signature(theirs.__init__))
-    assert _params(inspect.signature(ours.__call__)) == _params(inspect.signature(theirs.__call__))
-
-
-@pytest.mark.full  # compile-heavy (three Flax steps); the nnx twin runs in the default tier
-def test_linen_variables_outputs_and_gradients_match_flax_over_steps():
-    ours, theirs = _linen_net(jln.SpectralNorm, jln.WeightNorm), _linen_net(nn.SpectralNorm, nn.WeightNorm)
-    x = jnp.asarray(_normal((2, 6, 6, 3), seed=9))
-    v_ours, v_theirs = ours.init(jax.random.key(0), x, train=False), theirs.init(jax.random.key(0), x, train=False)
-    _close_trees(v_ours, v_theirs)  # same paths, shapes, dtypes and values (same rng draws)
-    bs = v_theirs["batch_stats"]
-    assert set(bs) == {"SpectralNorm_0", "SpectralNorm_1"}
-    assert jax.tree.map(jnp.shape, dict(bs["SpectralNorm_1"])) == {"Dense_1/kernel/u": (1, 4),
-                                                                  "Dense_1/kernel/sigma": ()}
-    assert set(v_theirs["params"]["WeightNorm_1"]) == {"Dense_2/kernel/scale", "Dense_2/bias/scale"}
-
-    def step(model, variables):
-        def loss(params, x):
-            y, updates = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-            return jnp.sum(jnp.tanh(y) * jnp.arange(2.0)[None]), (y, updates)
-
-        (value, (y, updates)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(variables["params"], x)
-        new = {"params": jax.tree.map(lambda p, g: p - 0.05 * g, variables["params"], grads[0]), **updates}
-        return y, updates, grads, new
-
-    step_ours, step_theirs = jax.jit(lambda v: step(ours, v)), jax.jit(lambda v: step(theirs, v))
-    sigmas = []
-    for _ in range(3):  # u and sigma evolve identically
-        y_o, up_o, g_o, v_ours = step_ours(v_ours)
-        y_t, up_t, g_t, v_theirs = step_theirs(v_theirs)
-        _close_trees(y_o, y_t)
-        _close_trees(up_o, up_t)
-        _close_trees(g_o, g_t, rtol=1e-5, atol=1e-6)
-        sigmas.append(float(up_t["batch_stats"]["SpectralNorm_0"]["Conv_0/kernel/sigma"]))
-    assert len(set(sigmas)) > 1  # the test exercised changing state
-    # update_stats=False: same output as Flax, state not touched
-    y_o, up_o = ours.apply(v_ours, x, train=False, mutable=["batch_stats"])
-    y_t, up_t = theirs.apply(v_theirs, x, train=False, mutable=["batch_stats"])
-    _close_trees(y_o, y_t)
-    _close_trees(up_o["batch_stats"], v_theirs["batch_stats"], rtol=0, atol=0)
-
-
-def test_linen_half_precision_kernels_and_dtypes_follow_flax():
-    x = jnp.asarray(_normal((3, 5), seed=10), jnp.bfloat16)
-    for ours, theirs, kw in [(jln.SpectralNorm, nn.SpectralNorm, {}), (jln.WeightNorm, nn.WeightNorm, {})]:
-        dense = dict(features=4, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-        o, t = ours(nn.Dense(**dense), **kw), theirs(nn.Dense(**dense), **kw)
-        call = {"update_stats": True} if ours is jln.SpectralNorm else {}
-        vo, vt = o.init(jax.random.key(1), x, **call), t.init(jax.random.key(1), x, **call)
-        # Flax's init stores the normalized kernel (in the output dtype, float32 here) as the kernel's param;
-        # Flax takes WeightNorm's norm of a bf16 kernel in bf16, jaxnorm in float32: bf16 tolerance there.
-        tol = {} if ours is jln.SpectralNorm else dict(rtol=2e-2, atol=2e-2)
-        _close_trees(vo, vt, **tol)
-        (yo, uo), (yt, ut) = (m.apply(vt, x, mutable=True, **call) for m in (o, t))
-        assert yo.dtype == yt.dtype == jnp.bfloat16
-        _close_trees(uo, ut, **tol)
-        assert_close(yo, yt, jnp.bfloat16, scale=2)
-
-
-def test_linen_error_on_non_matrix_raises_like_flax():
-    x, key = jnp.ones((1, 4, 4, 2)), jax.random.key(0)
-    with pytest.raises(ValueError, match="error_on_non_matrix"):
-        nn.SpectralNorm(nn.Conv(3, (2, 2)), error_on_non_matrix=True).init(key, x, update_stats=True)
-    with pytest.raises(ValueError, match=r"`w` has shape \(2, 2, 2, 3\).*error_on_non_matrix=False"):
-        jln.SpectralNorm(nn.Conv(3, (2, 2)), error_on_non_matrix=True).init(key, x, update_stats=True)
-
-
-# ------------------------------------------------------------------------------------------- Flax NNX
-
-
-class _NnxNet(nnx.Module):
-    def __init__(self, sn_cls, wn_cls, rngs):
-        self.sn = sn_cls(nnx.Conv(3, 4, (3, 3), rngs=rngs), n_steps=2, rngs=rngs)
-        self.wn = wn_cls(nnx.Conv(4, 5, (2, 2), rngs=rngs), rngs=rngs)
-        self.sn2 = sn_cls(nnx.Linear(5, 4, rngs=rngs), rngs=rngs)
-        self.wn2 = wn_cls(nnx.Linear(4, 2, rngs=rngs), variable_filter=..., feature_axes=None, rngs=rngs)
-
-    def __call__(self, x, update_stats=None):
-        x = self.wn(self.sn(x, update_stats=update_stats)).mean((1, 2))
-        return self.wn2(self.sn2(x, update_stats=update_stats))
-
-
-def _flat(module):
-    """Path -> (variable type, value) of an NNX module's state (WeightNorm's scales are plain arrays)."""
-    out = {}
-    for path, var in nnx.to_flat_state(nnx.state(module)):
-        value = var if isinstance(var, jax.Array) else var[...]
-        out[path] = (type(var).__name__, value)
-    return out
-
-
-def _assert_same_state(ours, theirs, **tol):
-    a, b = _flat(ours), _flat(theirs)
-    assert list(a) == list(b)
-    for path in a:
-        assert a[path][0] == b[path][0], path
-        _close_trees(a[path][1], b[path][1], **tol)
-
-
-def test_nnx_state_outputs_and_gradients_match_flax_over_steps():
-    ours, theirs = _NnxNet(jnnx.SpectralNorm, jnnx.WeightNorm, nnx.Rngs(0)), _NnxNet(nnx.SpectralNorm,
-                                                                                    nnx.WeightNorm, nnx.Rngs(0))
-    _assert_same_state(ours, theirs)  # same paths, variable types, shapes, dtypes and init values
-    assert set(theirs.sn.batch_stats) == {("kernel", "u"), ("kernel", "sigma")}
-    x = jnp.asarray(_normal((2, 6, 6, 3), seed=11))
-
-    def loss(model, x):
-        return jnp.sum(jnp.tanh(model(x)) * jnp.arange(2.0)[None])
-
-    grad_step = nnx.jit(nnx.value_and_grad(loss, argnums=(0, 1)))
-    sigmas = []
-    for _ in range(3):
-        l_o, (g_o, gx_o) = grad_step(ours, x)
-        l_t, (g_t, gx_t) = grad_step(theirs, x)
-        assert float(l_o) == pytest.approx(float(l_t), rel=1e-6)
-        _close_trees(nnx.to_pure_dict(g_o), nnx.to_pure_dict(g_t), rtol=1e-5, atol=1e-6)
-        _close_trees(gx_o, gx_t, rtol=1e-5, atol=1e-6)
-        _assert_same_state(ours, theirs)  # u, sigma, and the kernels Flax writes back, evolve identically
-        for m, g in ((ours, g_o), (theirs, g_t)):
-            nnx.update(m, jax.tree.map(lambda p, d: p - 0.05 * d, nnx.state(m, nnx.Param), g))
-        sigmas.append(float(theirs.sn.batch_stats[("kernel", "sigma")][...]))
-    assert len(set(sigmas)) > 1
-    # eval(): update_stats=False through use_running_average, as Flax
-    ours.eval()
-    theirs.eval()
-    assert ours.sn.use_running_average and theirs.sn.use_running_average
-    before = _flat(theirs)[("sn", "batch_stats", ("kernel", "u"))][1]
-    _close_trees(ours(x), theirs(x))
-    _assert_same_state(ours, theirs)
-    _close_trees(_flat(theirs)[("sn", "batch_stats", ("kernel", "u"))][1], before, rtol=0, atol=0)
-
-
-def test_nnx_state_moves_between_flax_and_jaxnorm():
-    ours, theirs = _NnxNet(jnnx.SpectralNorm, jnnx.WeightNorm, nnx.Rngs(1)), _NnxNet(nnx.SpectralNorm,
-                                                                                    nnx.WeightNorm, nnx.Rngs(2))
-    x = jnp.asarray(_normal((2, 6, 6, 3), seed=12))
-    theirs(x, update_stats=True)
-    nnx.update(ours, nnx.state(theirs))
-    _close_trees(ours(x, update_stats=False), theirs(x, update_stats=False))
 
 
 # ------------------------------------------------------------------------------------------- PyTorch, Keras

@@ -1,4 +1,5 @@
-"""RMSNorm (op and spec) against NumPy float64, Flax, Keras and PyTorch, and its identity with LayerNorm."""
+"""RMSNorm (op and spec) against NumPy float64, Flax, Keras and PyTorch, and its identity with LayerNorm. (Its Flax
+drop-ins, jaxnorm.linen and jaxnorm.nnx RMSNorm: tests/test_flax_dropin.py.)"""
 
 import importlib.util
 
@@ -10,23 +11,12 @@ from jax.test_util import check_grads
 
 import jaxnorm
 from jaxnorm._src import fused
+from tests import reference as ref
 from tests.tolerances import assert_close
 
 
 def _data(shape, seed=0, offset=0.5, dtype=np.float32):
     return (np.random.default_rng(seed).standard_normal(shape) * 2 + offset).astype(dtype)
-
-
-def _reference(x, axes, scale=None, epsilon=1e-6, mask=None):
-    """NumPy float64: x / sqrt(mean of x^2 over the axes (masked-in positions only) + eps) * scale."""
-    x = np.asarray(x, np.float64)
-    sq = np.where(mask, x * x, 0.0) if mask is not None else x * x
-    n = np.sum(mask, axes, keepdims=True) if mask is not None else np.prod([x.shape[a] for a in axes])
-    y = x / np.sqrt(np.sum(sq, axes, keepdims=True) / n + epsilon)
-    if scale is not None:
-        shape = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
-        y = y * np.reshape(np.asarray(scale, np.float64), shape)
-    return y
 
 
 @pytest.mark.parametrize("axis", [-1, (1, 2), 1, (0, 2)])
@@ -37,7 +27,7 @@ def test_rms_norm_matches_float64_reference(axis, dtype):
     scale = jnp.asarray(_data([x.shape[a] for a in axes], seed=1))
     y = jaxnorm.rms_norm(x, scale, axis=axis, epsilon=1e-5)
     assert y.dtype == dtype
-    assert_close(y, _reference(np.asarray(x, np.float64), axes, scale, 1e-5), dtype, scale=2)
+    assert_close(y, ref.rms_norm(np.asarray(x, np.float64), axes, scale, 1e-5), dtype, scale=2)
 
 
 def test_rms_norm_mask_ignores_nan_and_equals_the_filtered_example():
@@ -87,7 +77,7 @@ def test_spec_init_apply_config_and_frozen():
     assert jax.tree.map(jnp.shape, params) == {"scale": (3, 4)} and state == {}
     y, new_state = jax.jit(lambda p, x: rms.apply(p, {}, x))(params, x)
     assert new_state == {}
-    assert_close(y, _reference(x, (1, 2), params["scale"], 1e-5))
+    assert_close(y, ref.rms_norm(x, (1, 2), params["scale"], 1e-5))
     assert jaxnorm.RMSNorm.from_config(rms.get_config()) == rms
     assert float(rms.regularization_loss(params)) == pytest.approx(0.01 * 12)
     frozen = jaxnorm.RMSNorm(trainable=False)
@@ -183,51 +173,3 @@ def test_pallas_implementation_equals_xla_in_interpret_mode():
     assert_close(got[0], want[0], scale=10)
     for a, b in zip(got[1], want[1], strict=True):
         assert_close(a, b, scale=10)
-
-
-# --------------------------------------------------------------------- Flax drop-ins: jaxnorm.linen / jaxnorm.nnx
-
-
-@pytest.mark.skipif(importlib.util.find_spec("flax") is None, reason="flax not installed")
-@pytest.mark.parametrize("kwargs", [{}, {"reduction_axes": (1, 2), "feature_axes": -1}, {"use_scale": False},
-                                    {"dtype": jnp.bfloat16}, {"epsilon": 1e-3}])
-@pytest.mark.parametrize("xdtype", [jnp.float32, jnp.bfloat16])
-def test_linen_and_nnx_rmsnorm_are_drop_ins_for_flax(kwargs, xdtype):
-    import flax.linen as nn
-    from flax import nnx
-
-    import jaxnorm.linen
-    import jaxnorm.nnx
-
-    x = jnp.asarray(_data((2, 3, 6), seed=16), xdtype)
-    theirs, ours = nn.RMSNorm(**kwargs), jaxnorm.linen.RMSNorm(**kwargs)
-    v_theirs, v_ours = theirs.init(jax.random.key(0), x), ours.init(jax.random.key(0), x)
-    assert jax.tree.structure(v_theirs) == jax.tree.structure(v_ours)
-    jax.tree.map(np.testing.assert_array_equal, v_theirs, v_ours)  # same checkpoint
-    if "scale" in v_theirs.get("params", {}):
-        v_ours = v_theirs = {"params": {"scale": jnp.asarray(_data((6,), seed=17))}}
-    y_theirs, y_ours = theirs.apply(v_theirs, x), ours.apply(v_ours, x)
-    assert y_ours.dtype == y_theirs.dtype
-    dt = jnp.bfloat16 if jnp.bfloat16 in (xdtype, kwargs.get("dtype")) else jnp.float32
-    assert_close(y_ours, y_theirs, dt, scale=2)
-
-    m_theirs = nnx.RMSNorm(6, rngs=nnx.Rngs(0), **kwargs)
-    m_ours = jaxnorm.nnx.RMSNorm(6, rngs=nnx.Rngs(0), **kwargs)
-    s_theirs, s_ours = nnx.to_pure_dict(nnx.state(m_theirs)), nnx.to_pure_dict(nnx.state(m_ours))
-    jax.tree.map(np.testing.assert_array_equal, s_theirs, s_ours)
-    assert m_ours(x).dtype == m_theirs(x).dtype
-    assert_close(m_ours(x), m_theirs(x), dt, scale=2)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("flax") is None, reason="flax not installed")
-def test_linen_rmsnorm_mask_and_axis_name():
-    import jaxnorm.linen
-
-    x = _data((4, 5, 6), seed=18)
-    mask = np.random.default_rng(19).random(x.shape) < 0.7
-    module = jaxnorm.linen.RMSNorm(reduction_axes=(0, 1), feature_axes=-1, axis_name="rows")
-    variables = jaxnorm.linen.RMSNorm(reduction_axes=(0, 1)).init(jax.random.key(0), x[:, 0])  # same tree
-    got = jax.vmap(lambda xb, mb: module.apply(variables, xb, mask=mb), in_axes=1, out_axes=1,
-                   axis_name="rows")(jnp.asarray(x), jnp.asarray(mask))
-    # Statistics over each vmapped (4, 6) slice, then merged over the vmapped axis: all of (0, 1, 2).
-    assert_close(got, _reference(x, (0, 1, 2), None, 1e-6, mask), scale=2)
