@@ -329,7 +329,7 @@ class BatchNorm(Layer):
 
     def _state_spec(self, fshape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], Any]]:
         rule = self._rule
-        spec = {k: (fshape, None) for k in rule.keys}
+        spec: dict[str, tuple[tuple[int, ...], Any]] = {k: (fshape, None) for k in rule.keys}
         if rule.counts_steps:
             spec["steps"] = ((), "int")
         return spec

@@ -46,8 +46,9 @@ def _py(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _number(value: Any, key: str, cls: str) -> int | float:
-    """Validates one numeric argument: a finite real number >= 0, kept as given (an int stays an int)."""
+def _number(value: Any, key: str, cls: str) -> Any:
+    """Validates one numeric argument: a finite real number >= 0, kept as given (an int stays an int: the
+    Python number, typed Any as NumPy's and Python's numbers share no static type)."""
     value = _py(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{cls} {key!r} must be a number, got {value!r} ({type(value).__name__}).")
@@ -56,8 +57,8 @@ def _number(value: Any, key: str, cls: str) -> int | float:
     return value
 
 
-def _axis(value: Any, cls: str) -> int | list[int] | None:
-    """Validates ``axis``: an int, a list of ints (from any sequence of ints) or None."""
+def _axis(value: Any, cls: str) -> Any:
+    """Validates ``axis``: an int, a list of ints (from any sequence of ints) or None (as given: typed Any)."""
     value = _py(value)
     if value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
         return value
@@ -72,7 +73,7 @@ def _axis(value: Any, cls: str) -> int | list[int] | None:
 
 def _config(cls: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The config as Keras's ``get_config`` returns it: ``cls``'s arguments validated, defaults filled in."""
-    config = {}
+    config: dict[str, Any] = {}
     for key, default in _DEFAULTS[cls].items():
         value = kwargs.get(key, default)
         config[key] = _axis(value, cls) if key == "axis" else _number(value, key, cls)

@@ -25,12 +25,20 @@ def _constant(value: float = 0.0) -> Initializer:
 def _random_normal(mean: float = 0.0, stddev: float = 0.05, seed: Any = None) -> Initializer:
     del seed  # the layer's init key replaces Keras's seed
     normal = jax.nn.initializers.normal(stddev)
-    return lambda key, shape, dtype=jnp.float32: normal(key, shape, dtype) + jnp.asarray(mean, dtype)
+
+    def init(key: Any, shape: Any, dtype: Any = jnp.float32) -> jax.Array:
+        return normal(key, shape, dtype) + jnp.asarray(mean, dtype)
+
+    return init
 
 
 def _random_uniform(minval: float = -0.05, maxval: float = 0.05, seed: Any = None) -> Initializer:
     del seed
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, minval, maxval)
+
+    def init(key: Any, shape: Any, dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, minval, maxval)
+
+    return init
 
 
 def _truncated_normal(mean: float = 0.0, stddev: float = 0.05, seed: Any = None) -> Initializer:

@@ -313,6 +313,7 @@ def from_torch(module: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     (PyTorch 2).
     """
     torch = _import_torch()
+    spec: Any
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(
         module, torch.nn.SyncBatchNorm
     ):

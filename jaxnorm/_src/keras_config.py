@@ -132,17 +132,17 @@ def check_dtype_policy(value: Any) -> str | None:
     return name
 
 
-def _fields(cls: type) -> set[str]:
+def _fields(cls: Any) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-def is_keras_config(cls: type, config: Mapping[str, Any]) -> bool:
+def is_keras_config(cls: Any, config: Mapping[str, Any]) -> bool:
     """Whether ``config`` is a Keras config for ``cls`` (it has a key Keras has and the spec has not)."""
     record = cls.KERAS
     return record is not None and bool((record.keys - _fields(cls)) & set(config))
 
 
-def from_keras_config(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
+def from_keras_config(cls: Any, config: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of ``cls`` for a Keras layer's ``get_config()`` dict, by ``cls.KERAS``.
 
     Raises:
@@ -150,7 +150,9 @@ def from_keras_config(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
     """
     record: KerasRecord = cls.KERAS
     restricted = {**_COMMON_RESTRICTED, **record.restricted}
-    kwargs, unsupported, unknown = {}, [], []
+    kwargs: dict[str, Any] = {}
+    unsupported: list[str] = []
+    unknown: list[str] = []
     for key, value in config.items():
         if key in record.renamed:
             kwargs[record.renamed[key]] = value

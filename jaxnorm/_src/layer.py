@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,21 @@ class Layer:
     # Regularizer / constraint fields -> the parameter they act on.
     _REGULARIZER_FIELDS: ClassVar[dict[str, str]] = {"scale_regularizer": "scale", "bias_regularizer": "bias"}
     _CONSTRAINT_FIELDS: ClassVar[dict[str, str]] = {"scale_constraint": "scale", "bias_constraint": "bias"}
+    if TYPE_CHECKING:  # fields the subclasses declare (not fields of this base: they would come first)
+
+        @property
+        def trainable(self) -> bool: ...
+        @property
+        def use_scale(self) -> bool: ...
+        @property
+        def use_bias(self) -> bool: ...
+        @property
+        def scale_init(self) -> Any: ...
+        @property
+        def bias_init(self) -> Any: ...
+        @property
+        def param_dtype(self) -> Any: ...
+
     # The layer's Keras counterpart: config keys, weight names (keras_config.py); None: jaxnorm configs only.
     KERAS: ClassVar[keras_config.KerasRecord | None] = None
     # Earlier names of fields -> their names now: ``from_config`` reads configs written with either.

@@ -317,6 +317,7 @@ class Normalization(Layer):
                 "`data` is empty: it holds no values (no batch, or only empty ones). Pass a non-empty array or "
                 "an iterable of non-empty batches."
             )
+        assert totals is not None  # stream.slices > 0
         count, mean, m2 = totals
         variance = m2 / np.maximum(count, 1)
         return {
@@ -329,7 +330,8 @@ class Normalization(Layer):
         fix = "Pass the state returned by this spec's `init` or `adapt`, or None to start from nothing."
         if not isinstance(state, Mapping):
             raise TypeError(f"`state` must be a dict, got {type(state).__name__}. {fix}")
-        shape = jnp.shape(state.get("mean"))
+        given_mean: Any = state.get("mean")  # None when missing: check_tree below names it
+        shape = jnp.shape(given_mean)
         checked = validation.check_tree(dict(state), {k: (shape, None) for k in _STATE_KEYS}, "state", fix)
         count = np.asarray(checked["count"], np.float64)
         if np.any(count < 0):
@@ -381,7 +383,7 @@ class Normalization(Layer):
         if len(shapes) == 1 and shapes != {kshape}:  # a consistent state for another input: blame x
             raise ValueError(
                 f"`x` has shape {x.shape}, whose sizes along axis={self.axis!r} are {kshape}, but the state's "
-                f"statistics have shape {jnp.shape(state.get('mean'))}. Pass inputs with those feature sizes, or "
+                f"statistics have shape {jnp.shape(state['mean'])}. Pass inputs with those feature sizes, or "
                 "`init`/`adapt` a state for this input."
             )
         fix = "Pass the state returned by this spec's `init` or `adapt` for this input."

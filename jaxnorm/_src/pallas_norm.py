@@ -54,7 +54,7 @@ from jax.experimental import pallas as pl
 try:  # The Triton-specific Pallas API (masked load/store, compiler params); part of jax, but keep it optional.
     from jax.experimental.pallas import triton as plgpu
 except ImportError:  # pragma: no cover - only on jax builds without the Triton Pallas backend
-    plgpu = None
+    plgpu = None  # type: ignore[assignment]
 
 __all__ = ["normalize_rows", "pallas_available", "max_row_length"]
 

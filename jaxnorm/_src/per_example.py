@@ -15,7 +15,7 @@ Inputs are checked once, here (``x``, ``params``, ``state``, ``mask``; the hyper
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 
@@ -26,6 +26,11 @@ from jaxnorm._src.layer import Layer
 class PerExample(Layer):
     """A per-example normalization spec: ``init(key, x) -> (params, {})`` and
     ``apply(params, state, x, *, training=None, mask=None) -> (y, {})``. See the subclasses for the formulas."""
+
+    if TYPE_CHECKING:  # a field of every subclass
+
+        @property
+        def axis(self) -> Any: ...
 
     def _checked_mask(self, mask: Any, x: jax.Array) -> jax.Array | None:
         """``apply``'s ``mask`` checked under its own name (Keras's rules, :func:`validation.broadcast_mask`) and
@@ -50,10 +55,11 @@ class PerExample(Layer):
     @staticmethod
     def _expanded(params: dict[str, jax.Array], ndim: int, axes: tuple[int, ...]) -> tuple[Any, Any]:
         """``(scale, bias)`` from checked ``params``, each None (absent) or reshaped to rank ``ndim``."""
-        return tuple(
+        scale, bias = (
             None if params.get(k) is None else validation.expand_to_rank(params[k], ndim, axes)
             for k in ("scale", "bias")
         )
+        return scale, bias
 
     def _param_axes(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The axes of an input of this ``shape`` that the params span (``axis``, canonicalized and checked)."""

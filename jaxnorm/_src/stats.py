@@ -406,7 +406,7 @@ class Normalizer(NamedTuple):
     size 1, in the statistics dtype.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # a field named like tuple.count, as the statistics' count
     mean: jax.Array
     var: jax.Array
     q: jax.Array
@@ -747,7 +747,7 @@ def _chunk_moments(x: jax.Array, reduce_axes: tuple[int, ...]) -> tuple[jax.Arra
     xs = x.astype(validation.stats_dtype(x.dtype))
     shift = xs[tuple(slice(0, 1) if a in reduce_axes else slice(None) for a in range(x.ndim))]
     _, mean_d, m2 = count_mean_m2(xs - shift, reduce_axes, None)
-    return tuple(jnp.squeeze(v, reduce_axes) for v in (shift, mean_d, m2))
+    return jnp.squeeze(shift, reduce_axes), jnp.squeeze(mean_d, reduce_axes), jnp.squeeze(m2, reduce_axes)
 
 
 class StreamingMoments:
@@ -762,7 +762,8 @@ class StreamingMoments:
     """
 
     def __init__(self, totals: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
-        self._totals, self._pending = totals, None
+        self._totals = totals
+        self._pending: tuple[Any, ...] | None = None  # the last slice's dispatched (n, shift, mean - shift, M2)
         self.slices = 0  # non-empty slices added so far
 
     def add(self, x: Any, reduce_axes: tuple[int, ...], batch_size: int | None = None) -> None:

@@ -66,7 +66,7 @@ def canonicalize_axes(axes: Any, ndim: int, name: str = "axis") -> tuple[int, ..
             raise ValueError(f"`{name}` must name at least one axis, got an empty sequence {axes!r}.")
     else:
         raise TypeError(f"`{name}` must be an int or a sequence of ints, got {axes!r} ({type(axes).__name__}).")
-    out = []
+    out: list[int] = []
     for a in seq:
         if not isinstance(a, numbers.Integral) or isinstance(a, bool):
             raise TypeError(f"`{name}` must contain only ints, got {a!r} ({type(a).__name__}) in {axes!r}.")
@@ -119,9 +119,10 @@ def check_epsilon(epsilon: Any, name: str = "epsilon") -> None:
         return
     if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real | np.ndarray | jax.Array):
         raise TypeError(f"`{name}` must be a non-negative float, got {epsilon!r} ({type(epsilon).__name__}).")
-    if np.ndim(epsilon) != 0:
-        raise ValueError(f"`{name}` must be a scalar, got an array of shape {np.shape(epsilon)}.")
-    if np.iscomplexobj(epsilon):
+    value: Any = epsilon  # a number or an array: NumPy's stubs take neither union member for both
+    if np.ndim(value) != 0:
+        raise ValueError(f"`{name}` must be a scalar, got an array of shape {np.shape(value)}.")
+    if np.iscomplexobj(value):
         raise TypeError(f"`{name}` must be a non-negative float, got {epsilon!r} (complex).")
     if not 0 <= float(epsilon) < math.inf:
         raise ValueError(
@@ -296,7 +297,8 @@ def python_scalars(value: Any) -> Any:
             # 0.8999999761581421); bfloat16 via float32, which holds it exactly.
             f = np.asarray(value)
             f = f if f.dtype in (np.float16, np.float32) else f.astype(np.float32)
-            return float(np.format_float_scientific(f[()], unique=True))
+            scalar: Any = f[()]
+            return float(np.format_float_scientific(scalar, unique=True))
     return value
 
 
