@@ -38,13 +38,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 from flax.linen import dtypes, module, transforms
 from flax.typing import Axes, Dtype, Initializer
 from jax.nn import initializers
+from jax.typing import ArrayLike
 
 from jaxnorm._src import moving, ops, reparam, validation
 from jaxnorm._src.flax_compat import (
@@ -181,7 +182,7 @@ class BatchNorm(module.Module):
     safe_update: bool = True
     count_steps: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm")
         self._rule()  # checks the moving-statistics options at construction
         super().__post_init__()
@@ -190,7 +191,9 @@ class BatchNorm(module.Module):
         return moving.Rule(self.momentum, **{k: getattr(self, k) for k in moving.DROP_IN_OPTIONS})
 
     @module.compact
-    def __call__(self, x, use_running_average: bool | None = None, *, mask: jax.Array | None = None):
+    def __call__(
+        self, x: ArrayLike, use_running_average: bool | None = None, *, mask: jax.Array | None = None
+    ) -> jax.Array:
         """Normalizes ``x`` (batch statistics, or running averages); see the class docstring."""
         use_running_average = module.merge_param(
             "use_running_average", self.use_running_average, use_running_average
@@ -324,12 +327,12 @@ class LayerNorm(module.Module):
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.LayerNorm")
         super().__post_init__()
 
     @module.compact
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: ArrayLike, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example of ``x`` over ``reduction_axes``; see the class docstring."""
         x = jnp.asarray(x)
         reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
@@ -417,12 +420,12 @@ class RMSNorm(module.Module):
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.RMSNorm")
         super().__post_init__()
 
     @module.compact
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: ArrayLike, *, mask: jax.Array | None = None) -> jax.Array:
         """Divides each example of ``x`` by its root mean square over ``reduction_axes``; see the class."""
         x = jnp.asarray(x)
         reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
@@ -506,12 +509,12 @@ class GroupNorm(module.Module):
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.GroupNorm")
         super().__post_init__()
 
     @module.compact
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: ArrayLike, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's channel groups of ``x``; see the class docstring."""
         x = jnp.asarray(x)
         axes = list(range(1, x.ndim - 1)) + [-1] if self.reduction_axes is None else self.reduction_axes
@@ -585,12 +588,12 @@ class InstanceNorm(module.Module):
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.InstanceNorm")
         super().__post_init__()
 
     @module.compact
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: ArrayLike, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's features of ``x``; see the class docstring."""
         x = jnp.asarray(x)
         feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
@@ -675,10 +678,10 @@ class SpectralNorm(module.Module):
     collection_name: str = "batch_stats"
 
     @module.compact
-    def __call__(self, *args, update_stats: bool, **kwargs):
+    def __call__(self, *args: Any, update_stats: bool, **kwargs: Any) -> Any:
         """Calls ``layer_instance`` with spectrally normalized weights; see the class docstring."""
 
-        def layer_forward(layer_instance):
+        def layer_forward(layer_instance: module.Module) -> Any:
             return layer_instance(*args, **kwargs)
 
         normalize = functools.partial(self._spectral_normalize, update_stats=update_stats)
@@ -689,7 +692,7 @@ class SpectralNorm(module.Module):
             mutable=True,
         )(self.layer_instance)
 
-    def _spectral_normalize(self, path, vs, update_stats):
+    def _spectral_normalize(self, path: tuple[Any, ...], vs: ArrayLike, update_stats: bool) -> jax.Array:
         """One variable of the wrapped layer: its ``u``/``sigma`` created and updated as Flax does."""
         value = jnp.asarray(vs)
         if value.ndim <= 1 or self.n_steps < 1:  # Flax leaves vectors, scalars (and n_steps=0) alone
@@ -783,10 +786,10 @@ class WeightNorm(module.Module):
     variable_filter: Iterable | None = dataclasses.field(default_factory=lambda: {"kernel"})
 
     @module.compact
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calls ``layer_instance`` with weight-normalized weights; see the class docstring."""
 
-        def layer_forward(layer_instance):
+        def layer_forward(layer_instance: module.Module) -> Any:
             return layer_instance(*args, **kwargs)
 
         return transforms.map_variables(
@@ -795,10 +798,11 @@ class WeightNorm(module.Module):
             init=self.is_initializing(),
         )(self.layer_instance)
 
-    def _weight_normalize(self, path, vs):
+    def _weight_normalize(self, path: tuple[Any, ...], vs: ArrayLike) -> jax.Array:
         """One variable of the wrapped layer: its ``scale`` created as Flax does, when the filter selects it."""
         value = jnp.asarray(vs)
-        str_path = self.layer_instance.name + "/" + jax.tree_util.keystr(path[1:], simple=True, separator="/")
+        layer_name = cast(str, self.layer_instance.name)  # set: the wrapped layer is bound
+        str_path = layer_name + "/" + jax.tree_util.keystr(path[1:], simple=True, separator="/")
         if self.variable_filter and not any(name in str_path for name in self.variable_filter):
             return value
         feature, _ = reparam.weight_norm_axes(value.ndim, self.feature_axes)

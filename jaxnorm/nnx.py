@@ -72,7 +72,9 @@ def _features_shape(x: jax.Array, feature_axes: tuple[int, ...]) -> list[int]:
     return [d if i in feature_axes else 1 for i, d in enumerate(x.shape)]
 
 
-def _check_variables(module: nnx.Module, x_shape: tuple[int, ...], feature_axes: tuple[int, ...], names) -> None:
+def _check_variables(
+    module: nnx.Module, x_shape: tuple[int, ...], feature_axes: tuple[int, ...], names: tp.Iterable[str]
+) -> None:
     """Raises ``ValueError`` naming ``<Class>.<name>`` when a stored variable (after ``nnx.merge``/``nnx.update``
     of a state for another feature count, or a layer built with another ``num_features``) does not hold one
     value per feature of ``x``, instead of a reshape error deep inside."""
@@ -89,7 +91,10 @@ def _check_variables(module: nnx.Module, x_shape: tuple[int, ...], feature_axes:
             )
 
 
-def _affine_param(use, init, rngs, shape, dtype, metadata) -> nnx.Param | None:
+def _affine_param(
+    use: bool, init: Initializer, rngs: rnglib.Rngs, shape: tp.Sequence[int], dtype: Dtype,
+    metadata: tp.Mapping[str, tp.Any],
+) -> nnx.Param | None:
     """An ``nnx.Param`` created as Flax creates ``scale``/``bias``, or ``nnx.data(None)`` when disabled."""
     return nnx.Param(init(rngs.params(), shape, dtype), **metadata) if use else nnx.data(None)
 
@@ -233,7 +238,9 @@ class BatchNorm(nnx.Module):
         self.moving_var_estimator = moving_var_estimator
         self.safe_update, self.count_steps = safe_update, count_steps
 
-    def __call__(self, x, use_running_average: bool | None = None, *, mask: jax.Array | None = None):
+    def __call__(
+        self, x: jax.Array, use_running_average: bool | None = None, *, mask: jax.Array | None = None
+    ) -> jax.Array:
         """Normalizes ``x`` (batch statistics, or running averages); see the class docstring."""
         use_running_average = first_from(
             use_running_average, self.use_running_average, error_msg=_NO_USE_RUNNING_AVERAGE
@@ -277,7 +284,7 @@ class BatchNorm(nnx.Module):
             getattr(self, k)[...] = new[k]
         return y.astype(out_dtype)
 
-    def set_view(self, use_running_average: bool | None = None):
+    def set_view(self, use_running_average: bool | None = None) -> None:
         """Used by ``nnx.view``: sets ``use_running_average`` when it is not None.
 
         Args:
@@ -388,7 +395,7 @@ class LayerNorm(nnx.Module):
         self.use_fast_variance = use_fast_variance
         self.promote_dtype = promote_dtype
 
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example of ``x`` over ``reduction_axes``; see the class docstring."""
         scale = self.scale[...] if self.scale is not None else None
         bias = self.bias[...] if self.bias is not None else None
@@ -483,7 +490,7 @@ class RMSNorm(nnx.Module):
         self.use_fast_variance = use_fast_variance
         self.promote_dtype = promote_dtype
 
-    def __call__(self, x, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Divides each example of ``x`` by its root mean square over ``reduction_axes``; see the class."""
         scale = self.scale[...] if self.scale is not None else None
         x, scale = self.promote_dtype((x, scale), dtype=self.dtype)
@@ -579,7 +586,7 @@ class GroupNorm(nnx.Module):
         self.use_fast_variance = use_fast_variance
         self.promote_dtype = promote_dtype
 
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's channel groups of ``x``; see the class docstring."""
         scale = self.scale[...] if self.scale is not None else None
         bias = self.bias[...] if self.bias is not None else None
@@ -612,9 +619,9 @@ class InstanceNorm(nnx.Module):
         sizes).
       epsilon: float added to the variance (1e-6).
       feature_axes: int or tuple of ints, the axes ``scale`` and ``bias`` span (-1); never 0.
-      dtype, param_dtype, use_bias, use_scale, bias_init, scale_init, axis_name, axis_index_groups,
-        use_fast_variance, promote_dtype, rngs, bias_metadata, scale_metadata: as :class:`LayerNorm`'s.
-        As in Flax, a disabled ``scale``/``bias`` is stored as a plain None.
+      dtype, param_dtype, use_bias, use_scale, bias_init, scale_init, axis_name, axis_index_groups: as
+        :class:`LayerNorm`'s, and so are use_fast_variance, promote_dtype, rngs, bias_metadata and
+        scale_metadata. As in Flax, a disabled ``scale``/``bias`` is stored as a plain None.
 
     ``__call__(x, *, mask=None)`` returns ``y`` of ``x``'s shape in the dtype ``promote_dtype`` gives.
 
@@ -672,7 +679,7 @@ class InstanceNorm(nnx.Module):
         self.use_fast_variance = use_fast_variance
         self.promote_dtype = promote_dtype
 
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's features of ``x``; see the class docstring."""
         feature_axes = validation.canonicalize_axes(self.feature_axes, jnp.ndim(x), "feature_axes")
         reduction_axes = instance_reduction_axes(feature_axes, jnp.ndim(x))
@@ -792,14 +799,16 @@ class SpectralNorm(nnx.Module):
         lead = f"Layer instance parameter is {len(shape)}D but error_on_non_matrix is True: "
         return reparam.spectral_u_shape(shape, self.error_on_non_matrix, lead=lead)
 
-    def __call__(self, x, update_stats: bool | None = None):
+    def __call__(self, x: tp.Any, update_stats: bool | None = None) -> tp.Any:
         """Normalizes the weights of ``layer_instance`` (in place, as Flax) and calls it on ``x``."""
         update_stats = first_from(update_stats, not self.use_running_average, error_msg=_NO_UPDATE_STATS)
         for path, param in nnx.to_flat_state(nnx.state(self.layer_instance, nnx.Param)):
             self._spectral_normalize_inplace(path, param, update_stats)
         return self.layer_instance(x)
 
-    def _spectral_normalize_inplace(self, path, param, update_stats):
+    def _spectral_normalize_inplace(
+        self, path: tuple[tp.Any, ...], param: nnx.Variable, update_stats: bool
+    ) -> None:
         u_shape = self._u_shape(param[...].shape)
         if u_shape is None:
             return
@@ -918,23 +927,24 @@ class WeightNorm(nnx.Module):
         feature, _ = reparam.weight_norm_axes(len(shape), self.feature_axes)
         return tuple(shape[a] for a in feature)
 
-    def __call__(self, x, *args, **kwargs):
+    def __call__(self, x: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         """Normalizes the selected weights of ``layer_instance`` (in place, as Flax) and calls it."""
         for path, param in nnx.to_flat_state(nnx.state(self.layer_instance)):
             self._weightnorm_inplace(path, param)
         return self.layer_instance(x, *args, **kwargs)
 
-    def _weightnorm_inplace(self, path, param):
+    def _weightnorm_inplace(self, path: tuple[tp.Any, ...], param: nnx.Variable) -> None:
         if not self.variable_filter(path, param):
             return
         scale = None
         if self.use_scale:
-            if path not in self.scales:
+            scales = self.scales if self.scales is not None else {}  # set in __init__ when use_scale
+            if path not in scales:
                 raise RuntimeError(
                     f"Could not find the scale corresponding to the param {path} in scales dict. Parameters of "
                     "the layer_instance should not change!"
                 )
-            scale = self.scales[path]
+            scale = scales[path]
         value = param[...]
         out_dtype = dtypes.canonicalize_dtype(value, scale, dtype=self.dtype)
         feature, _ = reparam.weight_norm_axes(value.ndim, self.feature_axes)

@@ -163,8 +163,8 @@ class BatchNorm(Layer):
     ``apply(params, state, x, *, training, mask=None) -> (y, new_state)``.
 
     Raises:
-      TypeError / ValueError at construction for bad hyperparameters and in ``init``/``apply`` for bad input,
-      each naming the argument and the fix (see :meth:`apply`).
+      TypeError / ValueError: at construction for bad hyperparameters and in ``init``/``apply`` for bad input,
+        each naming the argument and the fix (see :meth:`apply`).
 
     Source: Ioffe & Szegedy 2015, "Batch Normalization"; Ioffe 2017, "Batch Renormalization"; semantics and
     defaults of ``keras.layers.BatchNormalization`` (Keras 3), tree layout of ``flax.linen.BatchNorm``.
@@ -249,7 +249,7 @@ class BatchNorm(Layer):
         write=lambda spec, config: {**config, "synchronized": spec.axis_name is not None},
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
         validation.check_bool(self.use_scale, "use_scale")
         validation.check_bool(self.use_bias, "use_bias")
@@ -430,7 +430,11 @@ class BatchNorm(Layer):
         return ops.normalize_by_stats(x, mean, var, scale, bias, self.epsilon, m), given_state
 
 
-def batch_renormalize(x, scale, bias, state, reduction_axes, epsilon, clipping, mask, sync):
+def batch_renormalize(
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, state: Mapping[str, jax.Array],
+    reduction_axes: tuple[int, ...], epsilon: float, clipping: Mapping[str, Any], mask: jax.Array | None,
+    sync: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     r"""Batch renormalization in training (Ioffe 2017, as Keras): :math:`(\hat{x} r + d) \cdot scale + bias`.
 
     ``r = clip(sigma_B / sigma_renorm, rmin, rmax)`` and ``d = clip((mu_B - mu_renorm) / sigma_renorm, -dmax,
@@ -458,7 +462,10 @@ def batch_renormalize(x, scale, bias, state, reduction_axes, epsilon, clipping, 
     return ops.normalize_by_stats(x, mean_x, var_x, scale, bias, epsilon, mask), count, mean, var
 
 
-def ghost_batch_normalize(x, scale, bias, reduction_axes, epsilon, mask, sync, virtual_batch_size):
+def ghost_batch_normalize(
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, reduction_axes: tuple[int, ...],
+    epsilon: float, mask: jax.Array | None, sync: Any, virtual_batch_size: int,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Ghost batch normalization in training (Keras 2's ``virtual_batch_size``; Hoffer et al. 2017): each
     contiguous group of ``virtual_batch_size`` examples along axis 0 is normalized by its own statistics.
 
@@ -468,7 +475,8 @@ def ghost_batch_normalize(x, scale, bias, reduction_axes, epsilon, mask, sync, v
     """
     ghosts = (x.shape[0] // virtual_batch_size, virtual_batch_size)
 
-    def split(a):  # x and the mask: (ghosts, v, ...); scale/bias (size 1 on axis 0): a new leading axis
+    # x and the mask: (ghosts, v, ...); scale/bias (size 1 on axis 0): a new leading axis
+    def split(a: Any) -> Any:  # an array, or None
         return None if a is None else a[None] if a.shape[0] == 1 else a.reshape(ghosts + a.shape[1:])
 
     axes = tuple(a + 1 for a in reduction_axes)

@@ -6,6 +6,8 @@ import dataclasses
 import numbers
 from typing import Any
 
+import jax
+
 from jaxnorm._src import keras_config, ops, validation
 from jaxnorm._src.per_example import PerExample
 
@@ -106,20 +108,22 @@ class GroupNorm(PerExample):
         write=_write_keras_groups,
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "axis", _channel_axis(self.axis))
         validation.check_groups_static(self.num_groups, self.group_size)
         validation.check_bool(self.use_scale, "use_scale")
         validation.check_bool(self.use_bias, "use_bias")
         self._post_init_common()
 
-    def _param_axes(self, shape):
+    def _param_axes(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         ops.check_batched(shape, "GroupNorm")
         (c,) = validation.canonicalize_axes(self.axis, len(shape), "axis")
         validation.resolve_groups(self.num_groups, self.group_size, shape[c], c)
         return (c,)
 
-    def _normalize(self, params, x, axes, mask):
+    def _normalize(
+        self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
+    ) -> jax.Array:
         (c,) = axes
         groups = validation.resolve_groups(self.num_groups, self.group_size, x.shape[c], c)
         scale, bias = self._expanded(params, x.ndim, axes)
@@ -192,7 +196,7 @@ class InstanceNorm(PerExample):
         reads=False,  # from_keras reads a GroupNormalization as GroupNorm (groups = the channels when built)
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.axis, list):
             object.__setattr__(self, "axis", tuple(self.axis))
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
@@ -200,10 +204,12 @@ class InstanceNorm(PerExample):
         validation.check_bool(self.use_bias, "use_bias")
         self._post_init_common()
 
-    def _param_axes(self, shape):
+    def _param_axes(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return ops.instance_feature_axes(self.axis, len(shape))
 
-    def _normalize(self, params, x, axes, mask):
+    def _normalize(
+        self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
+    ) -> jax.Array:
         scale, bias = self._expanded(params, x.ndim, axes)
         reduce = ops.instance_reduce_axes(axes, x.ndim)
         return ops.normalize_by_moments(x, scale, bias, reduce, self.epsilon, mask)[0]

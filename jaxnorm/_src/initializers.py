@@ -7,7 +7,7 @@ to a JAX callable ``init(key, shape, dtype) -> array`` when ``init`` runs.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -44,7 +44,7 @@ def _random_uniform(minval: float = -0.05, maxval: float = 0.05, seed: Any = Non
 def _truncated_normal(mean: float = 0.0, stddev: float = 0.05, seed: Any = None) -> Initializer:
     del seed
     # Keras truncates at two standard deviations and keeps ``stddev`` as the pre-truncation scale.
-    def init(key, shape, dtype=jnp.float32):
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         return jnp.asarray(mean, dtype) + stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
 
     return init

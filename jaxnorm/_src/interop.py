@@ -64,7 +64,7 @@ def _keras_to_torch_momentum(momentum: float) -> float:
     return float(decimal.Decimal(1) - decimal.Decimal(repr(float(momentum))))
 
 
-def _import_keras():
+def _import_keras() -> Any:
     try:
         import keras
     except ImportError as err:
@@ -75,7 +75,7 @@ def _import_keras():
     return keras
 
 
-def _import_torch():
+def _import_torch() -> Any:
     try:
         import torch
     except ImportError as err:
@@ -99,7 +99,9 @@ def _check_input_shape(input_shape: Any, name: str = "input_shape") -> tuple[Any
     return tuple(input_shape)
 
 
-def _spec_arrays(spec: Any, params: Any, state: Any, shape: tuple[Any, ...]):
+def _spec_arrays(
+    spec: Any, params: Any, state: Any, shape: tuple[Any, ...]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Checks ``params``/``state`` against ``spec`` for inputs of ``shape`` and returns them as NumPy arrays."""
     feature_axes = validation.canonicalize_axes(spec.axis, len(shape), "axis")
     fshape = tuple(shape[a] for a in feature_axes)
@@ -446,7 +448,9 @@ def to_torch(
     return module
 
 
-def _to_torch_batch_norm(torch, spec, params, state, input_shape, extras):
+def _to_torch_batch_norm(
+    torch: Any, spec: Any, params: Any, state: Any, input_shape: Any, extras: dict[str, Any]
+) -> Any:
     if input_shape is None:
         raise ValueError(
             "to_torch needs `input_shape` for a BatchNorm: its rank picks BatchNorm1d (rank 2-3), BatchNorm2d (4) "
@@ -494,7 +498,9 @@ def _to_torch_batch_norm(torch, spec, params, state, input_shape, extras):
     return module
 
 
-def _to_torch_layer_norm(torch, spec, params, state, input_shape, extras):
+def _to_torch_layer_norm(
+    torch: Any, spec: Any, params: Any, state: Any, input_shape: Any, extras: dict[str, Any]
+) -> Any:
     if input_shape is None:
         if not params:
             raise ValueError(
@@ -535,7 +541,9 @@ def _to_torch_layer_norm(torch, spec, params, state, input_shape, extras):
     return module
 
 
-def _to_torch_channels_first(torch, spec, params, state, input_shape, extras):
+def _to_torch_channels_first(
+    torch: Any, spec: Any, params: Any, state: Any, input_shape: Any, extras: dict[str, Any]
+) -> Any:
     """GroupNorm (``torch.nn.GroupNorm``) or InstanceNorm (``torch.nn.InstanceNorm{1,2,3}d``) on axis 1."""
     if input_shape is None:
         raise ValueError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +46,7 @@ class Layer:
     # Earlier names of fields -> their names now: ``from_config`` reads configs written with either.
     _RENAMED_FIELDS: ClassVar[dict[str, str]] = {}
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         # Every spec's __post_init__ first turns NumPy/JAX scalars into Python numbers (momentum=np.float32(0.9),
         # epsilon=jnp.float32(1e-3), use_scale=np.True_), so that the field checks see Python numbers and the
         # spec stays hashable (a static jit argument) with a JSON-serializable config.
@@ -55,12 +55,12 @@ class Layer:
         if post is not None and not getattr(post, "_python_scalars_first", False):
 
             @functools.wraps(post)
-            def __post_init__(self):
+            def __post_init__(self: Any) -> None:
                 self._python_scalars()
                 post(self)
 
-            __post_init__._python_scalars_first = True
-            cls.__post_init__ = __post_init__
+            __post_init__._python_scalars_first = True  # type: ignore[attr-defined]
+            cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
 
     def _python_scalars(self) -> None:
         """Replaces concrete NumPy/JAX scalars in the fields by Python numbers (``validation.python_scalars``)."""
@@ -225,7 +225,7 @@ class Layer:
         return config
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]):
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
         """Builds a spec from ``get_config()``'s dict, or from a Keras layer's ``get_config()`` dict.
 
         A Keras config (recognised by its Keras-only keys such as ``center``, ``gamma_initializer``) has its

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from jaxnorm._src import keras_config, ops, stats, validation
@@ -93,7 +94,7 @@ class LayerNorm(PerExample):
         params=keras_config.AFFINE_WEIGHTS,
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
         validation.check_bool(self.use_scale, "use_scale")
         validation.check_bool(self.use_bias, "use_bias")
@@ -109,7 +110,9 @@ class LayerNorm(PerExample):
     def _has_bias(self) -> bool:
         return self.use_bias and not self.rms_scaling
 
-    def _normalize(self, params, x, axes, mask):
+    def _normalize(
+        self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
+    ) -> jax.Array:
         if self.rms_scaling:  # Keras's deprecated rms_scaling: x * rsqrt(var + eps) * scale, no centering
             mean, var = stats.mean_var(x, axes, mask)
             scale = validation.expand_to_rank(params["scale"], x.ndim, axes)

@@ -113,7 +113,7 @@ class Rule:
     renorm_momentum: float | None = None
     epsilon: float = 0.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         validation.check_unit_interval(self.momentum, "momentum")
         validation.check_choice(self.momentum_convention, "momentum_convention", MOMENTUM_CONVENTIONS)
         validation.check_choice(self.moving_var_estimator, "moving_var_estimator", MOVING_VARS)

@@ -157,7 +157,7 @@ class Normalization(Layer):
         converts=False,  # the statistics are config entries: from_config / to_keras_config
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         axis = self.axis
         if isinstance(axis, list | tuple) and not axis:
             axis = None  # Keras stores axis=None as ()

@@ -73,7 +73,10 @@ def batch_normalization(
     return normalize_by_stats(x, mean, variance, scale, offset, epsilon)
 
 
-def normalize_by_stats(x, mean, var, scale, bias, epsilon, mask=None):
+def normalize_by_stats(
+    x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+    epsilon: float, mask: jax.Array | None = None,
+) -> jax.Array:
     """``(x - mean) * rsqrt(var + epsilon) * scale + bias`` in the statistics dtype, cast to x's dtype: ``x``
     normalized by given statistics (inference, the TF op), the counterpart of :func:`normalize_by_moments` with
     the pair in the same (Flax) order. Inputs are trusted (checked by the caller). ``mask``: see :func:`affine`."""
@@ -84,7 +87,10 @@ def normalize_by_stats(x, mean, var, scale, bias, epsilon, mask=None):
     return affine(x, None, mean.astype(dtype), inv, bias, mask)
 
 
-def affine(x, q, shift, inv, offset, mask=None):
+def affine(
+    x: jax.Array, q: Any, shift: jax.Array | float, inv: jax.Array, offset: jax.Array | None,
+    mask: jax.Array | None = None,
+) -> jax.Array:
     """``y = (x * q - shift) * inv + offset`` in ``inv``'s dtype, cast to x's dtype: the normalize step (``q``
     None means 1). With a ``mask``, a masked-out position holding NaN or inf still gets its own (non-finite)
     output, but it contributes no gradient to ``shift``, ``inv`` and ``offset`` (their cotangents would be
@@ -94,7 +100,7 @@ def affine(x, q, shift, inv, offset, mask=None):
     xf = x.astype(dtype)
     offset = None if offset is None else offset.astype(dtype)
 
-    def form(v, shift, inv, offset):
+    def form(v: jax.Array, shift: jax.Array | float, inv: jax.Array, offset: jax.Array | None) -> jax.Array:
         y = (v if q is None else v * q) - shift
         y = y * inv
         return y if offset is None else y + offset
@@ -107,7 +113,10 @@ def affine(x, q, shift, inv, offset, mask=None):
     return y.astype(x.dtype)
 
 
-def normalize_by_moments(x, scale, bias, axes, epsilon, mask=None, axis_name=None):
+def normalize_by_moments(
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: float,
+    mask: jax.Array | None = None, axis_name: Any = None,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """``(y, count, mean, var)``: ``x`` normalized by its own statistics over ``axes`` (keepdims statistics).
 
     The one entry point of every layer that normalizes with fresh statistics. Without a mask or ``axis_name``,
@@ -206,8 +215,7 @@ def layer_norm(
     axis: validation.Axes = -1,
     epsilon: float = 1e-3,
     where: Any = None,
-    axis_name: Any = None,
-    implementation: str = "auto",
+    axis_name: Any = None, implementation: str = "auto",
 ) -> jax.Array:
     r"""Layer normalization: each example normalized over ``axis`` by its own statistics.
 
@@ -264,7 +272,10 @@ def layer_norm(
     return normalize_layer(x, scale, bias, axes, epsilon, mask, axis_name, check_implementation(implementation))
 
 
-def normalize_layer(x, scale, bias, axes, epsilon, mask=None, axis_name=None, implementation="auto"):
+def normalize_layer(
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: float,
+    mask: jax.Array | None = None, axis_name: Any = None, implementation: str = "auto",
+) -> jax.Array:
     """LayerNorm's one entry point for checked inputs (``scale``/``bias``/``mask`` None or of x's rank): the
     Pallas kernels when asked for, else :func:`normalize_by_moments`."""
     if implementation == "pallas":
@@ -279,8 +290,7 @@ def rms_norm(
     axis: validation.Axes = -1,
     epsilon: float = 1e-6,
     where: Any = None,
-    axis_name: Any = None,
-    implementation: str = "auto",
+    axis_name: Any = None, implementation: str = "auto",
 ) -> jax.Array:
     r"""Root-mean-square normalization: each example divided by its RMS over ``axis`` (no centering).
 
@@ -330,7 +340,10 @@ def rms_norm(
     return normalize_by_square(x, scale, axes, epsilon, mask, axis_name, implementation)
 
 
-def normalize_by_square(x, scale, axes, epsilon, mask=None, axis_name=None, implementation="auto"):
+def normalize_by_square(
+    x: jax.Array, scale: jax.Array | None, axes: tuple[int, ...], epsilon: float, mask: jax.Array | None = None,
+    axis_name: Any = None, implementation: str = "auto",
+) -> jax.Array:
     """RMSNorm's one entry point (``scale`` None or of x's rank): the Pallas kernels when asked for, the
     blocked custom backward of :mod:`fused` over trailing axes, otherwise the statistics kernel and autodiff."""
     if check_implementation(implementation) == "pallas":
@@ -387,7 +400,9 @@ def unit_norm(x: jax.Array, *, axis: validation.Axes = -1, epsilon: float = 1e-1
     return normalize_unit(x, axes, epsilon, mask)
 
 
-def normalize_unit(x, axes, epsilon, mask=None):
+def normalize_unit(
+    x: jax.Array, axes: tuple[int, ...], epsilon: float, mask: jax.Array | None = None,
+) -> jax.Array:
     """UnitNormalization's one entry point for checked inputs (``mask`` None or of x's shape)."""
     if x.size == 0:
         return x
@@ -485,14 +500,18 @@ def group_norm(
     return normalize_groups(x, scale, bias, c, groups, reduce, epsilon, mask, axis_name)
 
 
-def normalize_groups(x, scale, bias, channel_axis, num_groups, reduce_axes, epsilon, mask=None, axis_name=None):
+def normalize_groups(
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, channel_axis: int, num_groups: int,
+    reduce_axes: tuple[int, ...],
+    epsilon: float, mask: jax.Array | None = None, axis_name: Any = None,
+) -> jax.Array:
     """GroupNorm's one entry point: ``x`` viewed with its channel axis split into ``(num_groups, C //
     num_groups)`` and normalized by :func:`normalize_by_moments` over the within-group axis and
     ``reduce_axes``. ``scale``/``bias``/``mask``: None or of x's rank."""
     c, channels = channel_axis, x.shape[channel_axis]
     split = (num_groups, channels // num_groups)
 
-    def grouped(a):
+    def grouped(a: Any) -> Any:  # an array, or None
         if a is None:
             return None
         return a.reshape(a.shape[:c] + (split if a.shape[c] == channels else (1, 1)) + a.shape[c + 1 :])
@@ -618,7 +637,10 @@ def check_implementation(implementation: Any) -> str:
     return "xla" if implementation == "auto" else implementation
 
 
-def pallas_rows(x, scale, bias, axes, epsilon, mask, axis_name, *, subtract_mean):
+def pallas_rows(
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: float,
+    mask: jax.Array | None, axis_name: Any, *, subtract_mean: bool,
+) -> jax.Array:
     """``y`` from the Pallas row kernels, after checking that they cover this call (``ValueError`` naming
     what does not fit and the fix, ``implementation='xla'``, otherwise)."""
     from jaxnorm._src import pallas_norm  # imported on first use: it loads jax.experimental.pallas

@@ -321,7 +321,7 @@ class SpectralNorm(Layer):
     _REGULARIZER_FIELDS = {}
     _CONSTRAINT_FIELDS = {}
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "n_steps", _check_int(self.n_steps, "n_steps", 0))
         validation.check_bool(self.error_on_non_matrix, "error_on_non_matrix")
         _canonical_dtype_field(self, "dtype")
@@ -461,7 +461,7 @@ class WeightNorm(Layer):
     _REGULARIZER_FIELDS = {}
     _CONSTRAINT_FIELDS = {}
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         axes = self.feature_axes
         if isinstance(axes, list | tuple):
             axes = tuple(axes) if axes else None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+
 from jaxnorm._src import initializers, keras_config, ops, validation
 from jaxnorm._src.per_example import PerExample
 
@@ -87,7 +89,7 @@ class RMSNorm(PerExample):
         params={"scale": "scale"},
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.axis, list):
             object.__setattr__(self, "axis", tuple(self.axis))
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
@@ -99,6 +101,8 @@ class RMSNorm(PerExample):
     def _has_bias(self) -> bool:
         return False
 
-    def _normalize(self, params, x, axes, mask):
+    def _normalize(
+        self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
+    ) -> jax.Array:
         scale, _ = self._expanded(params, x.ndim, axes)
         return ops.normalize_by_square(x, scale, axes, self.epsilon, mask, None, self.implementation)

@@ -114,7 +114,7 @@ def apply_constraints(layers: Any, params: Any) -> Any:
     return params
 
 
-def constraints_transform(layers: Any):
+def constraints_transform(layers: Any) -> Any:
     """An Optax ``GradientTransformation`` that makes the step land on the layers' constraints.
 
     Chain it last: ``optax.chain(optimizer, jaxnorm.constraints_transform(layers))``. Its ``update`` needs
@@ -147,11 +147,11 @@ def constraints_transform(layers: Any):
 
     list(_layer_paths(layers))  # validate now, not at the first step
 
-    def init_fn(params):
+    def init_fn(params: Any) -> Any:
         del params
         return optax.EmptyState()
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         if params is None:
             raise ValueError(
                 "jaxnorm.constraints_transform needs the params: call optimizer.update(grads, opt_state, params)."

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+
 from jaxnorm._src import keras_config, ops, validation
 from jaxnorm._src.per_example import PerExample
 
@@ -53,7 +55,7 @@ class UnitNormalization(PerExample):
         equivalent={"epsilon": (lambda v: v == 1e-12, "epsilon=1e-12")},
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.axis, list):
             object.__setattr__(self, "axis", tuple(self.axis))
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
@@ -67,5 +69,7 @@ class UnitNormalization(PerExample):
     def _has_bias(self) -> bool:
         return False
 
-    def _normalize(self, params, x, axes, mask):
+    def _normalize(
+        self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
+    ) -> jax.Array:
         return ops.normalize_unit(x, axes, self.epsilon, mask)
