@@ -35,7 +35,28 @@ Flags:
                      default 3e-3).
   --seed S           seed of the split, the initialization and the shuffling (default 0).
   --out DIR          output directory (default examples/out, next to this script).
-  --max-seconds T    optional: stop each model's training after the epoch during which T seconds ran out.
+  --max-seconds T    optional: stop each model's training after the epoch during which T seconds ran out (in
+                     this invocation).
+  --checkpoint-dir DIR
+                     optional: save an Orbax checkpoint of each model after every epoch in ``DIR/<norm>`` (the
+                     two latest kept), and, if that directory holds one, resume from the latest: params, moving
+                     statistics, optimizer state, epoch and history are restored, and the run continues bit for
+                     bit as if never stopped. A checkpoint of other settings (norm, epochs, batch size, lr,
+                     seed) or of another model is refused with a ValueError naming the directory.
+  --stop-after-epochs K
+                     optional: stop after epoch K of the ``--epochs`` N (the learning-rate schedule still spans
+                     N epochs): a deterministic interruption; run again without it to resume from
+                     ``--checkpoint-dir``.
+
+Checkpointing is three calls of Orbax (``import orbax.checkpoint as ocp``), with ``tree`` the dict of
+``params``, ``state`` and ``opt_state``, and ``abstract`` the same tree of ``jax.ShapeDtypeStruct``::
+
+    mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=2))  # absolute path
+    mngr.save(epoch, args=ocp.args.StandardSave(tree))  # asynchronous: mngr.wait_until_finished() before exit
+    tree = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(abstract))
+
+(the script saves the history and the settings next to the arrays with ``ocp.args.Composite`` and
+``ocp.args.JsonSave``). Each epoch's batch order is a pure function of ``(seed, epoch)``, so it is not saved.
 
 Prints a tqdm progress bar per model (on stderr), then on stdout one ``test_accuracy[<norm>]=...`` line per
 model when several are compared, and last exactly one line ``test_accuracy=<value>`` (4 decimals): the final
@@ -44,13 +65,16 @@ test accuracy, in inference mode, of the first ``--norm`` given.
 Writes ``<out>/train_digits.png`` (training loss and test accuracy per epoch, one curve per norm) and
 ``<out>/metrics.json`` (the configuration and the per-epoch history of every model).
 
-``main(argv)`` returns the dict written to metrics.json plus two entries that are not written: ``params`` and
-``state``, the trained pytrees of each model keyed by norm.
+A resumed model prints ``resumed from <DIR>/<norm> after epoch K of N`` on stdout before its progress bar.
+
+``main(argv)`` returns the dict written to metrics.json plus three entries that are not written: ``params``,
+``state`` and ``opt_state``, the trained pytrees of each model keyed by norm.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -212,39 +236,154 @@ def load_data(seed: int):
     return train_test_split(x, y, test_size=0.2, stratify=y, random_state=seed)
 
 
+def epoch_order(seed: int, epoch: int, num_train: int):
+    """The batch order of epoch ``epoch`` (0-based): a pure function of (seed, epoch), so a resumed run needs no
+    saved generator state. It is the (epoch + 1)-th permutation drawn from ``default_rng(seed)``, the order an
+    uninterrupted run draws (train_data_parallel.py draws the same)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(epoch):  # a few microseconds each
+        rng.permutation(num_train)
+    return rng.permutation(num_train)
+
+
+# Checkpoints (--checkpoint-dir): Orbax, imported only when asked for. Step k of the CheckpointManager is the state
+# after k epochs. Item "state" holds the arrays (params, moving statistics, optimizer state); item "meta" (JSON)
+# the settings the run was started with, so a mismatch is refused, and the history, so metrics.json and the plot
+# of a resumed run are those of an uninterrupted one.
+def checkpoint_manager(directory: Path):
+    import orbax.checkpoint as ocp
+
+    # Orbax wants an absolute path. Step k goes to directory/k, written under a temporary name and renamed when
+    # complete, so a run killed mid-save leaves no half checkpoint for latest_step() to find.
+    # The item handlers let restore_checkpoint read what a checkpoint holds (item_metadata) before restoring it.
+    options = ocp.CheckpointManagerOptions(max_to_keep=2)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory.resolve(), options=options, item_handlers=handlers)
+
+
+def save_checkpoint(manager, epochs_done: int, tree, meta):
+    import orbax.checkpoint as ocp
+
+    # Asynchronous: written in the background while training goes on (jax arrays are immutable, and the caller
+    # passes a copy of the history it keeps appending to); closing the manager waits for it.
+    items = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+    manager.save(epochs_done, args=items)
+
+
+def restore_checkpoint(manager, template, run_config):
+    """``(tree, meta)`` of the latest checkpoint in ``manager``'s directory, or None when it holds none.
+
+    ``template`` is the freshly initialized tree: the structure, shapes and dtypes to restore into. A checkpoint of
+    another configuration or model raises a ValueError naming the directory."""
+    import orbax.checkpoint as ocp
+
+    step = manager.latest_step()
+    if step is None:
+        return None
+    where = f"{manager.directory}/{step}"
+    hint = "pass another --checkpoint-dir to start afresh"
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        array_metadata = manager.item_metadata(step).state.tree
+    except Exception as e:
+        raise ValueError(f"cannot read the checkpoint in {where} (not one this script wrote?): {e}") from e
+    config = meta.get("config") if isinstance(meta, dict) else None
+    if config != run_config:
+        diff = isinstance(config, dict) and ", ".join(
+            f"{k}={config.get(k)!r} (now {v!r})" for k, v in run_config.items() if config.get(k) != v
+        )
+        diff = diff or f"its settings are {config!r:.200}"
+        raise ValueError(
+            f"the checkpoint in {where} was written by another run: {diff}; resume with its settings, or {hint}"
+        )
+
+    # The arrays' names, shapes and dtypes, from the checkpoint's metadata, compared before Orbax reads any array
+    # (Orbax would refuse a mismatch too, but a shape found wrong while reading fails noisily, once per array).
+    def arrays(tree):
+        flat = ocp.tree.to_flat_dict(tree)
+        return {
+            ".".join(k): f"{getattr(v, 'dtype', type(v).__name__)}{list(getattr(v, 'shape', ()))}"
+            for k, v in flat.items()
+        }
+
+    saved, wanted = arrays(array_metadata), arrays(template)
+    if saved != wanted:
+        diff = [
+            f"{k}: {saved.get(k, 'absent')} in the checkpoint, {wanted.get(k, 'absent')} in the model"
+            for k in sorted({*saved, *wanted}, key=lambda k: (k.startswith("opt_state"), k))  # params first
+            if saved.get(k) != wanted.get(k)
+        ]
+        more = "; ..." if len(diff) > 3 else ""
+        raise ValueError(
+            f"the checkpoint in {where} does not fit the {run_config['norm']!r} model, {len(diff)} arrays differ "
+            f"({'; '.join(diff[:3])}{more}); was it written by another version of the model? {hint}"
+        )
+
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    try:
+        tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+    except Exception as e:  # anything else Orbax finds (it names the mismatching leaves but not the directory)
+        raise ValueError(f"the checkpoint in {where} does not fit the {run_config['norm']!r} model: {e}") from e
+    return tree, meta
+
+
 def train(norm: str, data, args):
-    """Trains one model; returns ``(params, state, history)``."""
+    """Trains one model; returns ``(params, state, opt_state, history)``."""
     x_train, x_test, y_train, y_test = data
     steps_per_epoch = len(x_train) // args.batch_size  # drop the last partial batch: one shape, one compile
     params, state = init_model(jax.random.key(args.seed), norm)
     optimizer = make_optimizer(params, norm, args.lr, args.epochs * steps_per_epoch, steps_per_epoch)
     opt_state = optimizer.init(params)
     train_step, evaluate = make_steps(norm, optimizer)
-    rng = np.random.default_rng(args.seed)
     history = {"train_loss": [], "train_accuracy": [], "test_loss": [], "test_accuracy": []}
+    first_epoch, seconds_before = 0, 0.0
+    run_config = {"norm": norm, **{k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "seed")}}
+    last_epoch = args.epochs if args.stop_after_epochs is None else min(args.epochs, args.stop_after_epochs)
 
-    start = time.perf_counter()
-    bar = tqdm(range(args.epochs), desc=f"{norm:>5}", unit="epoch")
-    for _ in bar:
-        order = rng.permutation(len(x_train))
-        step_metrics = []
-        for b in range(steps_per_epoch):
-            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
-            params, state, opt_state, m = train_step(params, state, opt_state, x_train[idx], y_train[idx])
-            step_metrics.append(m)
-        step_metrics = jax.device_get(step_metrics)
-        history["train_loss"].append(float(np.mean([m["loss"] for m in step_metrics])))
-        history["train_accuracy"].append(float(np.mean([m["accuracy"] for m in step_metrics])))
-        test = jax.device_get(evaluate(params, state, x_test, y_test))
-        history["test_loss"].append(float(test["loss"]))
-        history["test_accuracy"].append(float(test["accuracy"]))
-        bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}", test_acc=f"{history['test_accuracy'][-1]:.4f}")
-        if args.max_seconds is not None and time.perf_counter() - start > args.max_seconds:
-            break
-    bar.close()
-    history["seconds"] = time.perf_counter() - start
+    # Leaving the `with` waits for the last asynchronous save and closes the manager (also on an exception).
+    ckpt_dir = None if args.checkpoint_dir is None else args.checkpoint_dir / norm  # one directory per norm
+    with contextlib.nullcontext() if ckpt_dir is None else checkpoint_manager(ckpt_dir) as manager:
+        restored = None
+        if manager is not None:
+            template = {"params": params, "state": state, "opt_state": opt_state}  # structure, shapes, dtypes
+            restored = restore_checkpoint(manager, template, run_config)
+        if restored is not None:
+            tree, meta = restored
+            params, state, opt_state = tree["params"], tree["state"], tree["opt_state"]
+            first_epoch, seconds_before = meta["epochs_done"], meta["seconds"]
+            history = {k: list(meta["history"][k]) for k in history}
+            print(f"resumed from {manager.directory} after epoch {first_epoch} of {args.epochs}", flush=True)
+
+        start = time.perf_counter()
+        epochs = range(first_epoch, last_epoch)
+        bar = tqdm(epochs, desc=f"{norm:>5}", unit="epoch", initial=first_epoch, total=last_epoch)
+        for epoch in bar:
+            order = epoch_order(args.seed, epoch, len(x_train))
+            step_metrics = []
+            for b in range(steps_per_epoch):
+                idx = order[b * args.batch_size : (b + 1) * args.batch_size]
+                params, state, opt_state, m = train_step(params, state, opt_state, x_train[idx], y_train[idx])
+                step_metrics.append(m)
+            step_metrics = jax.device_get(step_metrics)
+            history["train_loss"].append(float(np.mean([m["loss"] for m in step_metrics])))
+            history["train_accuracy"].append(float(np.mean([m["accuracy"] for m in step_metrics])))
+            test = jax.device_get(evaluate(params, state, x_test, y_test))
+            history["test_loss"].append(float(test["loss"]))
+            history["test_accuracy"].append(float(test["accuracy"]))
+            bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}", test_acc=f"{test['accuracy']:.4f}")
+            elapsed = time.perf_counter() - start
+            if manager is not None:
+                # Python floats round-trip through JSON exactly: a resumed history is bit for bit this one.
+                meta = {"config": run_config, "epochs_done": epoch + 1, "seconds": seconds_before + elapsed}
+                tree = {"params": params, "state": state, "opt_state": opt_state}
+                history_copy = {k: list(v) for k, v in history.items()}  # saved in the background as this grows
+                save_checkpoint(manager, epoch + 1, tree, {**meta, "history": history_copy})
+            if args.max_seconds is not None and elapsed > args.max_seconds:
+                break
+        bar.close()
+    history["seconds"] = seconds_before + time.perf_counter() - start
     history["final_test_accuracy"] = history["test_accuracy"][-1]
-    return params, state, history
+    return params, state, opt_state, history
 
 
 def plot(runs, path: Path):
@@ -288,7 +427,23 @@ def parse_args(argv=None):
     parser.add_argument(
         "--max-seconds", type=float, default=None, help="optional time budget per model, checked per epoch"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="optional: an Orbax checkpoint per epoch in DIR/<norm>; resume from the latest one found there",
+    )
+    parser.add_argument(
+        "--stop-after-epochs",
+        type=int,
+        default=None,
+        metavar="K",
+        help="optional: stop after epoch K of the --epochs (the schedule still spans them all), to resume later",
+    )
+    args = parser.parse_args(argv)
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        parser.error("--stop-after-epochs must be at least 1")
+    return args
 
 
 def main(argv=None):
@@ -296,8 +451,8 @@ def main(argv=None):
     data = load_data(args.seed)
     runs, trained = {}, {}
     for norm in dict.fromkeys(args.norm):  # each choice once, in the given order
-        params, state, runs[norm] = train(norm, data, args)
-        trained[norm] = (params, state)
+        params, state, opt_state, runs[norm] = train(norm, data, args)
+        trained[norm] = (params, state, opt_state)
 
     args.out.mkdir(parents=True, exist_ok=True)
     plot(runs, args.out / "train_digits.png")
@@ -313,8 +468,9 @@ def main(argv=None):
     print(f"test_accuracy={metrics['test_accuracy']:.4f}")
     return {
         **metrics,
-        "params": {norm: p for norm, (p, _) in trained.items()},
-        "state": {norm: s for norm, (_, s) in trained.items()},
+        "params": {norm: p for norm, (p, _, _) in trained.items()},
+        "state": {norm: s for norm, (_, s, _) in trained.items()},
+        "opt_state": {norm: o for norm, (_, _, o) in trained.items()},
     }
 
 
