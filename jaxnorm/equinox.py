@@ -1,0 +1,890 @@
+"""Drop-in replacements for equinox's normalization layers (``equinox.nn.BatchNorm``, ``LayerNorm``, ``RMSNorm``,
+``GroupNorm``) with jaxnorm's statistics, and of its weight reparametrizations (``SpectralNorm``, ``WeightNorm``).
+
+Usage: swap ``eqx.nn.BatchNorm(...)`` for ``jaxnorm.equinox.BatchNorm(...)`` (``from jaxnorm import equinox as
+jeqx``), and likewise for the others. The constructors and ``__call__`` take equinox's arguments with equinox's
+defaults; the modules have equinox's fields (names, order, static or not) and ``eqx.nn.StateIndex`` layout, so
+``eqx.nn.make_with_state``, ``eqx.nn.inference_mode``, ``eqx.nn.Sequential``, ``eqx.tree_serialise_leaves``
+checkpoints and ``eqx.nn.State`` objects move freely between a model built with equinox's classes and one built
+with these (a ``State`` made for one is read by the other: the state keys are the same key paths).
+
+The modules hold the parameters and state and follow equinox's rules (its momentum convention, its ``mode='ema'``
+first-batch initialization, its ``mode='batch'`` read-out, its dtype results); the statistics, the normalization
+and the moving-average update come from jaxnorm's core. The intended differences from equinox:
+
+- ``BatchNorm`` statistics are computed in at least float32 by jaxnorm's kernel, also for bfloat16/float16 input
+  (equinox reduces in the input dtype, and its ``mode='ema'`` raises ``TypeError`` for bfloat16 input with
+  float32 state); across ``axis_name`` the per-example ``(count, mean, M2)`` are merged exactly,
+  count-weighted (equinox averages per-example means, which is the same without masks);
+- a keyword-only ``mask`` on every ``__call__`` (per example under ``jax.vmap``): only True positions enter the
+  statistics, so padded examples (an all-False mask) drop out of ``BatchNorm``'s batch statistics exactly;
+- ``BatchNorm``'s running statistics are updated per feature where the batch's statistics are finite and
+  counted (:mod:`jaxnorm._src.moving`): one NaN channel keeps its running mean and variance, and never poisons
+  the others; ``mode='ema'`` keeps its first-batch flag until a batch updates some feature;
+- ``SpectralNorm``/``WeightNorm`` iterate and normalize in at least float32 with jaxnorm's arithmetic
+  (:func:`jaxnorm.spectral_normalize`, :func:`jaxnorm.weight_normalize`): ``eps`` is added to squared norms,
+  a zero weight stays zero where equinox gives NaN;
+- bad input raises ``ValueError``/``TypeError`` naming the argument (an unbound ``axis_name`` is a
+  ``ValueError``; equinox raises ``NameError``).
+
+Importing :mod:`jaxnorm` does not import equinox; this module needs it (``pip install equinox``).
+"""
+
+from __future__ import annotations
+
+import functools as ft
+import numbers
+import warnings
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Generic, Literal, TypeVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from equinox import field
+from equinox.nn import State, StatefulLayer, StateIndex
+from jax import lax
+
+from jaxnorm._src import moving, ops, reparam, stats, validation
+from jaxnorm._src.flax_compat import full_mask
+
+__all__ = ["BatchNorm", "GroupNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
+
+_Layer = TypeVar("_Layer")
+
+
+class _Sentinel:
+    """The default of ``state`` in the stateless layers' ``__call__`` (equinox's own sentinel is private)."""
+
+    def __repr__(self) -> str:
+        return "sentinel"
+
+
+sentinel: Any = _Sentinel()
+
+# jaxnorm's epsilon (jaxnorm.weight_normalize's default) for WeightNorm, which equinox gives no epsilon:
+# sqrt(sum v**2 + 1e-12) is equinox's |v| to float32 rounding for any slice of norm above 1e-3, and 0, not NaN,
+# for an all-zero slice.
+_WEIGHT_NORM_EPS = 1e-12
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _default_float() -> Any:
+    """equinox's default floating dtype: float32, or float64 when JAX runs in 64-bit mode."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int >= {minimum}, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _input(x: Any) -> jax.Array:
+    """``x`` as a real array (integer input read as equinox's default float, as its ``jnp.mean`` does)."""
+    arr = x if isinstance(x, jax.Array) else jnp.asarray(x)
+    if jnp.issubdtype(arr.dtype, jnp.integer) or arr.dtype == jnp.bool_:
+        arr = arr.astype(_default_float())
+    return validation.check_float_array(arr, "x")
+
+
+def _inference(value: Any, default: bool) -> bool:
+    """The call's ``inference`` (the layer's when None), a concrete Python bool."""
+    return validation.check_bool(default if value is None else value, "inference")
+
+
+def _compute_dtype(x: jax.Array) -> Any:
+    """The dtype equinox's LayerNorm/RMSNorm/GroupNorm compute in: ``result_type(x, float32)``."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _fit(value: Any, shape: tuple[int, ...], name: str, fix: str) -> jax.Array:
+    return validation.fit_variable(value, shape, name, fix, exact=True)
+
+
+def _channels_first(value: jax.Array, x: jax.Array) -> jax.Array:
+    """A per-channel ``(C,)`` array as ``(C, 1, ..., 1)``, of x's rank (the channels are x's first axis)."""
+    return validation.expand_to_rank(value, x.ndim, (0,))
+
+
+def _affine(weight: Any, bias: Any, x: jax.Array, owner: str, fix: str) -> tuple[Any, Any]:
+    """``weight`` and ``bias`` (each None or ``(C,)``) checked against x's channels, as ``(C, 1, ..., 1)``."""
+    def one(p: Any, name: str) -> Any:
+        return None if p is None else _channels_first(_fit(p, x.shape[:1], f"{owner}.{name}", fix), x)
+
+    return one(weight, "weight"), one(bias, "bias")
+
+
+def _sync_axis(axis_name: Any) -> Any:
+    return tuple(axis_name) if isinstance(axis_name, list) else axis_name
+
+
+# ---------------------------------------------------------------------------------------------- BatchNorm
+
+_LEGACY_MODE = (
+    "When `BatchNorm(..., mode=...)` is unspecified it defaults to 'ema', as `eqx.nn.BatchNorm` does (with the "
+    "same warning). Pass mode='ema' or mode='batch' explicitly (see the class docstring for both)."
+)
+
+
+class BatchNorm(StatefulLayer):
+    r"""Batch normalization, a drop-in for ``equinox.nn.BatchNorm`` with jaxnorm's statistics.
+
+    .. math::
+        y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \cdot \text{weight} + \text{bias}
+
+    per channel (``x``'s first axis), with :math:`\mu, \sigma^2` over the channel's spatial positions and, as in
+    equinox, over the examples of the ``jax.vmap`` (or ``pmap``/``shard_map``) named ``axis_name``: each call
+    sees one example, and the batch statistics are collective over the named axis (jaxnorm's exact
+    count-weighted merge of each example's count, mean and M2, in at least float32).
+
+    ``mode='ema'`` (equinox's default) keeps running averages ``(mean, var)`` and a first-time flag. In training
+    the running averages are updated first, ``running = momentum * running + (1 - momentum) * batch`` (on the
+    first training call: ``running = batch``), and ``x`` is normalized with the *updated* running averages
+    (equinox's rule; gradients flow through the batch share). In inference the stored averages are used. As in
+    equinox, the averages start as zeros, so inference before any training call divides by ``sqrt(eps)``
+    (equinox issue #955): run a training call first.
+
+    ``mode='batch'``: training normalizes with the batch statistics and updates hidden averages
+    ``hidden = momentum * hidden + (1 - momentum) * batch`` from ``(0, 1)`` and a step counter ``t``;
+    inference normalizes with ``hidden / (1 - momentum**t)`` (``hidden`` itself while ``t == 0``). This is
+    equinox's rule, reproduced so that states and outputs stay interchangeable, including its defect:
+    ``hidden_var`` starts at 1, not 0, so the read-out variance is the zero-debiased average of the batch
+    variances plus ``momentum**t / (1 - momentum**t)`` (0.58 after 100 steps at momentum 0.99, 4e-5 after 1000).
+    For a debiased average without that offset use ``mode='ema'`` or :class:`jaxnorm.BatchNorm` with
+    ``averaging='debiased'``.
+
+    In both modes a channel whose batch statistics are not finite, or that has no valid (masked-in) value in
+    the whole batch, keeps its running statistics bit for bit (equinox would write NaN there); the ``ema`` flag
+    and the ``batch`` counter advance only when some channel updated (jnp.where keeps equinox's dtypes).
+
+    Args:
+      input_size: int, the number of channels (``x.shape[0]``).
+      axis_name: the name (or a tuple of names) of the ``jax.vmap``/``pmap``/``shard_map`` axis the batch is
+        spread over, e.g. ``'batch'``; required (None raises: each call sees one example).
+      eps: float >= 0 added to the variance (1e-5).
+      channelwise_affine: learn ``weight`` (ones) and ``bias`` (zeros) of shape ``(input_size,)`` (True).
+      momentum: float in [0, 1], the old value's weight in the averages (0.99; Keras/Flax's convention, the
+        opposite of PyTorch's).
+      inference: the default of ``__call__``'s ``inference`` (False); ``eqx.nn.inference_mode`` sets it.
+      dtype: dtype of ``weight``, ``bias`` and the state's averages (None: float32, float64 in 64-bit mode).
+      mode: ``'ema'``, ``'batch'``, or ``'legacy'`` (default: ``'ema'`` with equinox's ``UserWarning``).
+
+    State (``eqx.nn.make_with_state``): ``mode='ema'``: ``ema_first_time_index`` bool scalar (True) and
+    ``ema_state_index`` ``(mean, var)`` of shape ``(input_size,)`` and ``dtype`` (zeros); ``mode='batch'``:
+    ``batch_counter`` int scalar (0) and ``batch_state_index`` ``(hidden_mean, hidden_var)`` (zeros, ones).
+    The unused indices are None, exactly equinox's fields.
+
+    Call ``__call__(x, state, *, key=None, inference=None, mask=None)``:
+      x: one example, shape ``(input_size, *spatial)``; floating (integer read as float); the batch is the
+        named axis.
+      state: ``eqx.nn.State`` holding this layer's state.
+      key: ignored (equinox's API).
+      inference: None (the layer's ``inference``) or a Python bool; True uses the stored statistics.
+      mask: optional, broadcastable to ``x`` (a scalar per example, or per position); only True positions
+        enter the batch statistics (values elsewhere, even NaN, do not touch them). Every position is
+        normalized.
+
+    Returns:
+      ``(y, state)``: ``y`` of ``x``'s shape, in equinox's result dtype (``result_type`` of ``x``, the
+      statistics it normalizes with and ``weight``/``bias``: float32 for bfloat16 input with float32
+      parameters), and the updated state (the given one in inference).
+
+    Raises:
+      ValueError: ``mode`` not 'ema'/'batch'/'legacy'; ``axis_name`` None or not bound at the call (equinox:
+        ``NameError``); ``input_size`` < 1; ``momentum`` outside [0, 1]; ``eps`` < 0; ``x`` whose first axis
+        is not ``input_size``; a state or parameter of the wrong shape; ``mask`` not broadcastable to ``x``.
+      TypeError: complex ``x``; ``inference`` not a concrete bool; a non-numeric ``momentum``/``eps``.
+
+    Source: ``equinox.nn.BatchNorm`` (equinox 0.13): arguments, defaults, fields, state and both modes'
+    rules; Ioffe & Szegedy 2015, "Batch Normalization".
+
+    Example:
+      >>> import equinox as eqx, jax, jax.numpy as jnp
+      >>> from jaxnorm import equinox as jeqx
+      >>> bn, state = eqx.nn.make_with_state(jeqx.BatchNorm)(2, "batch", momentum=0.5, mode="ema")
+      >>> batched = jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+      >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]])  # two examples of two channels
+      >>> y, state = batched(x, state)
+      >>> print(y.round(3))
+      [[-1. -1.]
+       [ 1.  1.]]
+      >>> print(state.get(bn.ema_state_index))  # the first batch's statistics
+      (Array([ 2., 20.], dtype=float32), Array([  1., 100.], dtype=float32))
+      >>> y, state = jax.vmap(eqx.nn.inference_mode(bn), axis_name="batch", in_axes=(0, None),
+      ...                     out_axes=(0, None))(x, state)
+    """
+
+    weight: jax.Array | None
+    bias: jax.Array | None
+    ema_first_time_index: StateIndex | None
+    ema_state_index: StateIndex | None
+    batch_counter: StateIndex | None
+    batch_state_index: StateIndex | None
+    axis_name: Hashable | Sequence[Hashable]
+    inference: bool
+    input_size: int = field(static=True)
+    eps: float = field(static=True)
+    channelwise_affine: bool = field(static=True)
+    momentum: float = field(static=True)
+    mode: Literal["ema", "batch"] = field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        axis_name: Hashable | Sequence[Hashable],
+        eps: float = 1e-5,
+        channelwise_affine: bool = True,
+        momentum: float = 0.99,
+        inference: bool = False,
+        dtype: Any = None,
+        mode: Literal["ema", "batch", "legacy"] = "legacy",
+    ):
+        if mode == "legacy":
+            mode = "ema"
+            warnings.warn(_LEGACY_MODE, stacklevel=2)
+        if mode not in ("ema", "batch"):
+            raise ValueError(
+                f"`mode` must be 'ema' or 'batch' (or 'legacy', which means 'ema'), got {mode!r}. See the "
+                "BatchNorm docstring for what each keeps."
+            )
+        _check_int(input_size, "input_size", 1)
+        if axis_name is None:
+            raise ValueError(
+                "`axis_name` is None, but equinox's BatchNorm sees one example per call and takes the batch "
+                "statistics over a named axis: pass e.g. axis_name='batch' and call the layer inside "
+                "jax.vmap(model, axis_name='batch', in_axes=(0, None), out_axes=(0, None))."
+            )
+        validation.check_epsilon(eps, "eps")
+        moving.Rule(momentum)  # checks momentum: a float in [0, 1]
+        dtype = _default_float() if dtype is None else dtype
+        self.mode = mode
+        if channelwise_affine:
+            self.weight = jnp.ones((input_size,), dtype=dtype)
+            self.bias = jnp.zeros((input_size,), dtype=dtype)
+        else:
+            self.weight = None
+            self.bias = None
+        if mode == "ema":
+            self.ema_first_time_index = StateIndex(jnp.array(True))
+            # jnp.empty is zeros in JAX: equinox's initial values, bit for bit.
+            self.ema_state_index = StateIndex(
+                (jnp.empty((input_size,), dtype=dtype), jnp.empty((input_size,), dtype=dtype))
+            )
+            self.batch_counter = None
+            self.batch_state_index = None
+        else:
+            self.batch_counter = StateIndex(jnp.array(0))
+            self.batch_state_index = StateIndex(
+                (jnp.zeros((input_size,), dtype=dtype), jnp.ones((input_size,), dtype=dtype))
+            )
+            self.ema_first_time_index = None
+            self.ema_state_index = None
+        self.inference = inference
+        self.axis_name = axis_name
+        self.input_size = input_size
+        self.eps = eps
+        self.channelwise_affine = channelwise_affine
+        self.momentum = momentum
+
+    def __call__(
+        self,
+        x: jax.Array,
+        state: State,
+        *,
+        key: Any = None,
+        inference: bool | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, State]:
+        """Normalizes one example ``x`` with the batch's or the stored statistics; see the class docstring."""
+        del key
+        inference = _inference(inference, self.inference)
+        x = _input(x)
+        c = self.input_size
+        if x.ndim < 1 or x.shape[0] != c:
+            raise ValueError(
+                f"BatchNorm(input_size={c}) normalizes one example of shape ({c}, *spatial), channels first, "
+                f"per call; got x of shape {x.shape}. Call it on each example inside jax.vmap(model, "
+                f"axis_name={self.axis_name!r}, in_axes=(0, None), out_axes=(0, None)), with the channels on "
+                "each example's first axis."
+            )
+        fix = "Build the layer with input_size for this input, or pass the state made with it."
+        scale, bias = _affine(self.weight, self.bias, x, "BatchNorm", fix)
+        params = [p for p in (scale, bias) if p is not None]
+        m = full_mask(mask, x)
+        axes = tuple(range(1, x.ndim))
+        rule = moving.Rule(self.momentum)
+        sync = _sync_axis(self.axis_name)
+
+        if self.mode == "ema":
+            assert self.ema_first_time_index is not None and self.ema_state_index is not None
+            index = self.ema_state_index
+            running = [_fit(v, (c,), f"BatchNorm state[ema_state_index][{i}]", fix)
+                       for i, v in enumerate(state.get(index))]
+            out_dtype = jnp.result_type(x, *running, *params)
+            xc = x.astype(jnp.promote_types(x.dtype, out_dtype))
+            if inference:
+                mean, var = running
+            else:
+                first_time = state.get(self.ema_first_time_index)
+                count, batch_mean, batch_var = (
+                    jnp.squeeze(s, axes) for s in stats.count_mean_var(xc, axes, m, sync)
+                )
+                new = moving.update(
+                    {"mean": running[0], "var": running[1]}, count, batch_mean, batch_var, rule
+                )
+                ok = moving.update_ok(count, batch_mean, batch_var)
+                # equinox's first training call: the batch statistics replace the (empty) running ones.
+                mean = moving.safe_update(new["mean"], batch_mean, first_time & ok)
+                var = moving.safe_update(new["var"], batch_var, first_time & ok)
+                state = state.set(self.ema_first_time_index, first_time & ~jnp.any(ok))
+                state = state.set(index, (mean, var))
+            y = ops.normalize_by_stats(
+                xc, _channels_first(mean, x), _channels_first(var, x), scale, bias, self.eps, m
+            )
+            return y.astype(out_dtype), state
+
+        assert self.batch_counter is not None and self.batch_state_index is not None
+        counter = state.get(self.batch_counter)
+        hidden = [_fit(v, (c,), f"BatchNorm state[batch_state_index][{i}]", fix)
+                  for i, v in enumerate(state.get(self.batch_state_index))]
+        if inference:
+            mean, var = _batch_mode_readout(hidden[0], hidden[1], counter, self.momentum)
+            out_dtype = jnp.result_type(x, mean, var, *params)
+            xc = x.astype(jnp.promote_types(x.dtype, out_dtype))
+            y = ops.normalize_by_stats(
+                xc, _channels_first(mean, x), _channels_first(var, x), scale, bias, self.eps, m
+            )
+            return y.astype(out_dtype), state
+        out_dtype = jnp.result_type(x, *params)
+        xc = x.astype(jnp.promote_types(x.dtype, out_dtype))
+        y, *moments = ops.normalize_by_moments(xc, scale, bias, axes, self.eps, m, sync)
+        count, batch_mean, batch_var = (jnp.squeeze(s, axes) for s in moments)
+        new = moving.update({"mean": hidden[0], "var": hidden[1]}, count, batch_mean, batch_var, rule)
+        ok = moving.update_ok(count, batch_mean, batch_var)
+        # moving.advance_counter, written so that equinox's weakly typed int counter stays weakly typed.
+        state = state.set(self.batch_counter, jnp.where(jnp.any(ok), counter + 1, counter))
+        state = state.set(self.batch_state_index, (new["mean"], new["var"]))
+        return y.astype(out_dtype), state
+
+
+def _batch_mode_readout(
+    hidden_mean: jax.Array, hidden_var: jax.Array, counter: jax.Array, momentum: float
+) -> tuple[jax.Array, jax.Array]:
+    """equinox's ``mode='batch'`` inference statistics: ``hidden / (1 - momentum**counter)`` (``hidden`` at
+    ``counter == 0``), its expression exactly (see BatchNorm's docstring for the variance's offset)."""
+    scale = jnp.where(counter == 0, 1, 1 - momentum**counter)
+    return hidden_mean / scale, hidden_var / scale
+
+
+# ---------------------------------------------------------------------------------------------- per example
+
+
+def _check_shape(x: jax.Array, shape: tuple[int, ...], owner: str, call: str) -> None:
+    if x.shape != shape:
+        raise ValueError(
+            f"`{owner}(shape)(x)` must satisfy the invariant `shape == x.shape`. Received `shape={shape}` and "
+            f"`x.shape={x.shape}`. You might need to replace `{call}(x)` with `jax.vmap({call})(x)`."
+        )
+
+
+def _with_state(out: jax.Array, state: Any) -> Any:
+    return out if state is sentinel else (out, state)
+
+
+class LayerNorm(eqx.Module):
+    r"""Layer normalization over the whole input, a drop-in for ``equinox.nn.LayerNorm``.
+
+    .. math::
+        y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \cdot \text{weight} + \text{bias}, \qquad
+        \mu, \sigma^2 = \text{mean and (biased) variance of all of } x
+
+    computed by jaxnorm's kernel (two-pass, in ``result_type(x, float32)``, as equinox; exact at any finite
+    magnitude). Normalize over fewer axes with ``jax.vmap``, as in equinox.
+
+    Args:
+      shape: int or sequence of ints, the shape of ``x`` (and of ``weight``/``bias``).
+      eps: float >= 0 added to the variance (1e-5).
+      use_weight: learn ``weight`` (ones of ``shape``) (True).
+      use_bias: learn ``bias`` (zeros of ``shape``) (True).
+      dtype: dtype of ``weight``/``bias`` (None: float32, float64 in 64-bit mode).
+      elementwise_affine: keyword-only, deprecated (equinox's): sets both ``use_weight`` and ``use_bias``,
+        with equinox's warning.
+
+    Call ``__call__(x, state=sentinel, *, key=None, mask=None)``:
+      x: array of shape ``shape``. state: optional, passed through (equinox's API). key: ignored.
+      mask: optional, broadcastable to ``x``: only True positions enter the statistics (values elsewhere, even
+        NaN, do not touch them); every position is normalized.
+
+    Returns:
+      ``y`` of ``x``'s shape and dtype, or ``(y, state)`` when ``state`` is given.
+
+    Raises:
+      ValueError: ``x.shape != shape`` (equinox's message); ``eps`` < 0; ``mask`` not broadcastable.
+      TypeError: complex ``x``.
+
+    Source: ``equinox.nn.LayerNorm`` (equinox 0.13); Ba, Kiros & Hinton 2016, "Layer Normalization".
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxnorm import equinox as jeqx
+      >>> ln = jeqx.LayerNorm(3, eps=0.0)
+      >>> print(ln(1e4 + jnp.array([-1.0, 0.0, 1.0])) * jnp.sqrt(2 / 3))
+      [-1.  0.  1.]
+      >>> print(ln(jnp.array([1.0, 3.0, jnp.nan]), mask=jnp.array([True, True, False])))
+      [-1.  1. nan]
+    """
+
+    shape: tuple[int, ...] = field(static=True)
+    eps: float = field(static=True)
+    use_weight: bool = field(static=True)
+    use_bias: bool = field(static=True)
+    weight: jax.Array | None
+    bias: jax.Array | None
+
+    def __init__(
+        self,
+        shape: int | Sequence[int],
+        eps: float = 1e-5,
+        use_weight: bool = True,
+        use_bias: bool = True,
+        dtype: Any = None,
+        *,
+        elementwise_affine: bool | None = None,
+    ):
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        validation.check_epsilon(eps, "eps")
+        if elementwise_affine is not None:
+            use_weight = elementwise_affine
+            use_bias = elementwise_affine
+            warnings.warn(
+                "LayerNorm(elementwise_affine=...) is deprecated in favour of LayerNorm(use_weight=...) and "
+                "LayerNorm(use_bias=...)",
+                stacklevel=2,
+            )
+        self.shape = shape
+        self.eps = eps
+        self.use_weight = use_weight
+        self.use_bias = use_bias
+        self.weight = jnp.ones(shape, dtype=dtype) if use_weight else None
+        self.bias = jnp.zeros(shape, dtype=dtype) if use_bias else None
+
+    def __call__(
+        self, x: jax.Array, state: Any = sentinel, *, key: Any = None, mask: jax.Array | None = None
+    ) -> Any:
+        """Normalizes ``x`` over all of its axes; see the class docstring."""
+        del key
+        x = _input(x)
+        _check_shape(x, self.shape, "LayerNorm", "layer_norm")
+        fix = "Build the layer with this shape."
+        weight = None if self.weight is None else _fit(self.weight, x.shape, "LayerNorm.weight", fix)
+        bias = None if self.bias is None else _fit(self.bias, x.shape, "LayerNorm.bias", fix)
+        xc = x.astype(_compute_dtype(x))
+        y, *_ = ops.normalize_by_moments(xc, weight, bias, tuple(range(x.ndim)), self.eps, full_mask(mask, x))
+        return _with_state(y.astype(x.dtype), state)
+
+
+class RMSNorm(eqx.Module):
+    r"""Root-mean-square normalization over the whole input, a drop-in for ``equinox.nn.RMSNorm``.
+
+    .. math::
+        y = \frac{x}{\sqrt{\langle x^2\rangle + \epsilon}} \cdot \text{weight} + \text{bias}
+
+    with :math:`\langle x^2\rangle` the mean of squares of all of ``x``, computed by jaxnorm's kernel in
+    ``result_type(x, float32)`` (exact where squares would overflow or underflow float32).
+
+    Args:
+      shape: int or sequence of ints, the shape of ``x``.
+      eps: float >= 0 added to the mean of squares (1e-5).
+      use_weight: learn ``weight`` (ones of ``shape``) (True).
+      use_bias: learn ``bias`` (zeros of ``shape``) (True, as equinox).
+      dtype: dtype of ``weight``/``bias`` (None: float32, float64 in 64-bit mode).
+
+    Call ``__call__(x, state=sentinel, *, key=None, mask=None)``: as :class:`LayerNorm`'s.
+
+    Returns:
+      ``y`` of ``x``'s shape and dtype, or ``(y, state)`` when ``state`` is given.
+
+    Raises:
+      ValueError: ``x.shape != shape``; ``eps`` < 0; ``mask`` not broadcastable. TypeError: complex ``x``.
+
+    Source: ``equinox.nn.RMSNorm`` (equinox 0.13); Zhang & Sennrich 2019, "Root Mean Square Layer
+    Normalization".
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxnorm import equinox as jeqx
+      >>> rms = jeqx.RMSNorm(2, eps=0.0)
+      >>> print(rms(jnp.array([1.0, 7.0])))  # RMS 5
+      [0.2 1.4]
+    """
+
+    shape: tuple[int, ...] = field(static=True)
+    eps: float = field(static=True)
+    use_weight: bool = field(static=True)
+    use_bias: bool = field(static=True)
+    weight: jax.Array | None
+    bias: jax.Array | None
+
+    def __init__(
+        self,
+        shape: int | Sequence[int],
+        eps: float = 1e-5,
+        use_weight: bool = True,
+        use_bias: bool = True,
+        dtype: Any = None,
+    ):
+        dtype = _default_float() if dtype is None else dtype
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        validation.check_epsilon(eps, "eps")
+        self.shape = shape
+        self.eps = eps
+        self.use_weight = use_weight
+        self.use_bias = use_bias
+        self.weight = jnp.ones(shape, dtype=dtype) if use_weight else None
+        self.bias = jnp.zeros(shape, dtype=dtype) if use_bias else None
+
+    def __call__(
+        self, x: jax.Array, state: Any = sentinel, *, key: Any = None, mask: jax.Array | None = None
+    ) -> Any:
+        """Divides ``x`` by its root mean square, then applies ``weight`` and ``bias``; see the class."""
+        del key
+        x = _input(x)
+        _check_shape(x, self.shape, "RMSNorm", "rms_norm")
+        fix = "Build the layer with this shape."
+        weight = None if self.weight is None else _fit(self.weight, x.shape, "RMSNorm.weight", fix)
+        xc = x.astype(_compute_dtype(x))
+        y = ops.normalize_by_square(xc, weight, tuple(range(x.ndim)), self.eps, full_mask(mask, x))
+        if self.bias is not None:  # equinox's bias, added in the compute dtype (ops take no RMSNorm bias)
+            y = y + _fit(self.bias, x.shape, "RMSNorm.bias", fix).astype(y.dtype)
+        return _with_state(y.astype(x.dtype), state)
+
+
+class GroupNorm(eqx.Module):
+    r"""Group normalization of one example, a drop-in for ``equinox.nn.GroupNorm``.
+
+    .. math::
+        y = \frac{x - \mu_g}{\sqrt{\sigma_g^2 + \epsilon}} \cdot \text{weight}_c + \text{bias}_c
+
+    with the channels (``x``'s first axis) split into ``groups`` groups of consecutive channels and
+    :math:`\mu_g, \sigma_g^2` over each group's channels and all other axes, by jaxnorm's kernel in
+    ``result_type(x, float32)``.
+
+    Args:
+      groups: int >= 1, the number of groups; it must divide the channels.
+      channels: int or None, the number of channels (needed with ``channelwise_affine``).
+      eps: float >= 0 added to the variance (1e-5).
+      channelwise_affine: learn ``weight`` (ones) and ``bias`` (zeros) of shape ``(channels,)`` (True).
+      dtype: dtype of ``weight``/``bias`` (None: float32, float64 in 64-bit mode).
+
+    Call ``__call__(x, state=sentinel, *, key=None, mask=None)``: ``x`` of shape ``(channels, ...)``; ``state``,
+    ``key`` and ``mask`` as :class:`LayerNorm`'s.
+
+    Returns:
+      ``y`` of ``x``'s shape and dtype, or ``(y, state)`` when ``state`` is given.
+
+    Raises:
+      ValueError: ``groups`` not dividing ``channels`` (or ``x.shape[0]``); ``channels`` None with
+        ``channelwise_affine``; ``x`` of rank 0 or whose first axis is not ``channels``; ``eps`` < 0.
+      TypeError: ``groups``/``channels`` not ints; complex ``x``.
+
+    Source: ``equinox.nn.GroupNorm`` (equinox 0.13); Wu & He 2018, "Group Normalization".
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxnorm import equinox as jeqx
+      >>> gn = jeqx.GroupNorm(2, 4, eps=0.0)
+      >>> print(gn(1e4 + jnp.array([[1.0], [3.0], [10.0], [30.0]]))[:, 0])
+      [-1.  1. -1.  1.]
+    """
+
+    groups: int = field(static=True)
+    channels: int | None = field(static=True)
+    eps: float = field(static=True)
+    channelwise_affine: bool = field(static=True)
+    weight: jax.Array | None
+    bias: jax.Array | None
+
+    def __init__(
+        self,
+        groups: int,
+        channels: int | None = None,
+        eps: float = 1e-5,
+        channelwise_affine: bool = True,
+        dtype: Any = None,
+    ):
+        _check_int(groups, "groups", 1)
+        if channels is not None:
+            _check_int(channels, "channels", 1)
+        if (channels is not None) and (channels % groups != 0):
+            raise ValueError(
+                f"The number of groups must divide the number of channels: groups={groups}, channels={channels}."
+            )
+        if (channels is None) and channelwise_affine:
+            raise ValueError(
+                "The number of channels should be specified if `channelwise_affine=True` (it sets the shape of "
+                "`weight` and `bias`): pass channels=..., or channelwise_affine=False."
+            )
+        validation.check_epsilon(eps, "eps")
+        self.groups = groups
+        self.channels = channels
+        self.eps = eps
+        self.channelwise_affine = channelwise_affine
+        self.weight = jnp.ones(channels, dtype=dtype) if channelwise_affine else None
+        self.bias = jnp.zeros(channels, dtype=dtype) if channelwise_affine else None
+
+    def __call__(
+        self, x: jax.Array, state: Any = sentinel, *, key: Any = None, mask: jax.Array | None = None
+    ) -> Any:
+        """Normalizes each channel group of ``x``; see the class docstring."""
+        del key
+        x = _input(x)
+        if x.ndim < 1 or (self.channels is not None and x.shape[0] != self.channels):
+            raise ValueError(
+                f"GroupNorm(groups={self.groups}, channels={self.channels}) takes x of shape (channels, ...), "
+                f"channels first, one example; got x of shape {x.shape}. You might need `jax.vmap(group_norm)(x)`."
+            )
+        groups = validation.resolve_groups(self.groups, None, x.shape[0], 0)
+        fix = "Build the layer with channels for this input."
+        weight, bias = _affine(self.weight, self.bias, x, "GroupNorm", fix)
+        xc = x.astype(_compute_dtype(x))
+        y = ops.normalize_groups(
+            xc, weight, bias, 0, groups, tuple(range(1, x.ndim)), self.eps, full_mask(mask, x)
+        )
+        return _with_state(y.astype(x.dtype), state)
+
+
+# ---------------------------------------------------------------------------------------------- reparametrizations
+
+
+def _power_iteration(
+    mat: jax.Array, u: jax.Array, v: jax.Array, n_steps: int, eps: float
+) -> tuple[jax.Array, jax.Array]:
+    """equinox's power iteration (``u <- W v / |W v|``, then ``v <- W^T u / |W^T u|``, ``n_steps`` times, for
+    ``W = mat`` of shape ``(len(u), len(v))``) in jaxnorm's arithmetic: :func:`jaxnorm.spectral_normalize`'s
+    normalization step (``eps`` added to the squared norm) in at least float32, returned in u's and v's dtypes.
+    (spectral_normalize itself keeps only one of the two vectors; equinox's state keeps both.)"""
+    dtype = jnp.promote_types(jnp.result_type(mat, u, v), jnp.float32)
+    w, uf, vf = mat.astype(dtype), u.astype(dtype), v.astype(dtype)
+    for _ in range(n_steps):
+        uf = reparam._l2_normalize(w @ vf, eps=eps)
+        vf = reparam._l2_normalize(w.T @ uf, eps=eps)
+    return uf.astype(u.dtype), vf.astype(v.dtype)
+
+
+def _divide_by_sigma(mat: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
+    """``mat / sigma`` with ``sigma = u^T mat v`` (u, v held constant, as :func:`jaxnorm.spectral_normalize`;
+    ``mat`` unchanged where sigma is 0), computed in at least float32, returned in ``mat``'s dtype."""
+    dtype = jnp.promote_types(jnp.result_type(mat, u, v), jnp.float32)
+    w = mat.astype(dtype)
+    sigma = lax.stop_gradient(u).astype(dtype) @ w @ lax.stop_gradient(v).astype(dtype)
+    return (w / jnp.where(sigma != 0, sigma, 1)).astype(mat.dtype)
+
+
+def _weight_of(layer: Any, weight_name: Any, owner: str) -> jax.Array:
+    if not isinstance(weight_name, str):
+        raise TypeError(f"`weight_name` must be a str naming an array field of the layer, got {weight_name!r}.")
+    weight = getattr(layer, weight_name, None)
+    if not isinstance(weight, jax.Array) or not jnp.issubdtype(weight.dtype, jnp.floating):
+        raise ValueError(
+            f"{owner}: `weight_name`={weight_name!r} must name a floating array field of the wrapped "
+            f"{type(layer).__name__}, got {type(weight).__name__}. Pass the weight's field name, e.g. 'weight' "
+            "for eqx.nn.Linear or eqx.nn.Conv2d."
+        )
+    return weight
+
+
+class SpectralNorm(StatefulLayer, Generic[_Layer]):
+    r"""Spectral normalization of a wrapped layer's weight, a drop-in for ``equinox.nn.SpectralNorm``.
+
+    On each call ``layer``'s ``weight_name`` array :math:`W` (viewed as ``(shape[0], -1)``) is replaced by
+    :math:`W / \sigma`, :math:`\sigma = u^\top W v \approx \sigma_{\max}(W)`, and ``layer(x)`` is returned. In
+    training ``num_power_iterations`` steps ``u <- W v / |W v|``, ``v <- W^T u / |W^T u|`` (on a
+    stop-gradient ``W``) update the stored ``(u, v)`` first; in inference the stored pair is used as it is.
+    Gradients flow through :math:`W` in :math:`\sigma` (not through ``u``, ``v``), as in equinox.
+
+    Args:
+      layer: the layer to wrap (e.g. ``eqx.nn.Linear``, ``eqx.nn.Conv2d``).
+      weight_name: the name of its floating array field of rank >= 2 to normalize.
+      num_power_iterations: int >= 0, power-iteration steps per training call (1).
+      eps: float >= 0 added to the squared norms in the power iteration (1e-12).
+      inference: the default of ``__call__``'s ``inference`` (False).
+      key: keyword-only ``jax.random`` key: ``u``, ``v`` drawn ``N(0, 1)`` (equinox's split and draws), then
+        15 power-iteration steps, as equinox.
+
+    State: ``uv_index``: ``(u, v)`` of shapes ``(W.shape[0],)``, ``(prod(W.shape[1:]),)`` in ``W``'s dtype.
+
+    Call ``__call__(x, state, *, key=None, inference=None)``: ``x`` for ``layer``; ``inference`` None (the
+    layer's) or a Python bool.
+
+    Returns:
+      ``(layer(x) with the normalized weight, state)``.
+
+    Raises:
+      ValueError: ``weight_name`` not naming a floating array of the layer, or one of rank < 2;
+        ``num_power_iterations`` < 0; ``eps`` < 0; a stored ``u``/``v`` not matching the weight.
+      TypeError: ``inference`` not a concrete bool; non-int ``num_power_iterations``.
+
+    Source: ``equinox.nn.SpectralNorm`` (equinox 0.13): arguments, fields, state and order of the iteration;
+    the arithmetic of :func:`jaxnorm.spectral_normalize` (at least float32; ``sigma = 0`` leaves ``W`` as it is,
+    where equinox divides by 0); Miyato et al. 2018, "Spectral Normalization for Generative Adversarial
+    Networks".
+
+    Example:
+      >>> import equinox as eqx, jax, jax.numpy as jnp
+      >>> from jaxnorm import equinox as jeqx
+      >>> linear = eqx.nn.Linear(2, 3, key=jax.random.key(0))
+      >>> linear = eqx.tree_at(lambda m: m.weight, linear, jnp.array([[3.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+      >>> sn, state = eqx.nn.make_with_state(jeqx.SpectralNorm)(linear, "weight", key=jax.random.key(1))
+      >>> [a.shape for a in state.get(sn.uv_index)]
+      [(3,), (2,)]
+      >>> y, state = sn(jnp.array([1.0, 1.0]), state)
+      >>> print((y - linear.bias).round(4))  # W / 3 applied to [1, 1]
+      [1.     0.3333 0.    ]
+    """
+
+    layer: _Layer
+    weight_name: str = field(static=True)
+    uv_index: StateIndex
+    num_power_iterations: int = field(static=True)
+    eps: float = field(static=True)
+    inference: bool
+
+    def __init__(
+        self,
+        layer: _Layer,
+        weight_name: str,
+        num_power_iterations: int = 1,
+        eps: float = 1e-12,
+        inference: bool = False,
+        *,
+        key: Any,
+    ):
+        _check_int(num_power_iterations, "num_power_iterations", 0)
+        validation.check_epsilon(eps, "eps")
+        weight = _weight_of(layer, weight_name, "SpectralNorm")
+        if weight.ndim < 2:
+            raise ValueError(
+                f"`weight` must be at least two-dimensional: the layer's {weight_name!r} has shape "
+                f"{weight.shape}. Spectral normalization divides a matrix (or a kernel viewed as one) by its "
+                "largest singular value; wrap the layer's kernel, not a bias."
+            )
+        self.layer = layer
+        self.weight_name = weight_name
+        self.num_power_iterations = num_power_iterations
+        self.eps = eps
+        self.inference = inference
+        mat = jnp.reshape(weight, (weight.shape[0], -1))
+        u_len, v_len = mat.shape
+        ukey, vkey = jr.split(key)
+        u0 = jr.normal(ukey, (u_len,), dtype=mat.dtype)
+        v0 = jr.normal(vkey, (v_len,), dtype=mat.dtype)
+        self.uv_index = StateIndex(_power_iteration(mat, u0, v0, 15, eps))
+
+    def __call__(
+        self, x: jax.Array, state: State, *, key: Any = None, inference: bool | None = None
+    ) -> tuple[jax.Array, State]:
+        """Calls ``layer`` on ``x`` with its weight spectrally normalized; see the class docstring."""
+        del key
+        inference = _inference(inference, self.inference)
+        weight = _weight_of(self.layer, self.weight_name, "SpectralNorm")
+        mat = jnp.reshape(weight, (weight.shape[0], -1)) if weight.ndim >= 2 else weight
+        fix = "Pass the state made for this layer (eqx.nn.make_with_state), or re-create the SpectralNorm."
+        u, v = state.get(self.uv_index)
+        u = _fit(u, mat.shape[:1], "SpectralNorm state[uv_index][0] (u)", fix)
+        v = _fit(v, (mat.size // max(mat.shape[0], 1),), "SpectralNorm state[uv_index][1] (v)", fix)
+        if not inference:
+            u, v = _power_iteration(lax.stop_gradient(mat), u, v, self.num_power_iterations, self.eps)
+            state = state.set(self.uv_index, (u, v))
+        w_bar = jnp.reshape(_divide_by_sigma(mat, u, v), weight.shape)
+        layer = eqx.tree_at(lambda lyr: getattr(lyr, self.weight_name), self.layer, w_bar)
+        return layer(x), state
+
+
+def _norm_except_axis(v: jax.Array, norm: Callable[[jax.Array], jax.Array], axis: int | None) -> jax.Array:
+    """equinox's helper: ``norm`` of ``v`` over every axis but ``axis`` (all axes when None), keepdims."""
+    if axis is None:
+        return norm(v)
+    return jax.vmap(norm, in_axes=axis, out_axes=axis)(v)
+
+
+class WeightNorm(eqx.Module, Generic[_Layer]):
+    r"""Weight normalization of a wrapped layer's weight, a drop-in for ``equinox.nn.WeightNorm``.
+
+    On each call ``layer``'s ``weight_name`` array ``v`` is replaced by
+
+    .. math::
+        w = g \, \frac{v}{\sqrt{\sum v^2 + \epsilon}}
+
+    with the sum over every axis but ``axis`` (all axes when None) and :math:`\epsilon = 10^{-12}`
+    (:func:`jaxnorm.weight_normalize`, in at least float32), and ``layer(x)`` is returned. ``g`` is a
+    parameter, initialized to the norms of ``v``.
+
+    Args:
+      layer: the layer to wrap (e.g. ``eqx.nn.Linear``, ``eqx.nn.Conv2d``).
+      weight_name: the name of its floating array field to normalize ('weight').
+      axis: int or None, the axis that keeps a norm each (0: each output unit of an ``eqx.nn.Linear`` or
+        ``Conv`` weight); None: one norm over the whole array.
+
+    Fields: ``layer``, ``g`` (``v``'s rank, size 1 except along ``axis``, ``v``'s dtype), ``weight_name``,
+    ``axis``, ``_norm``, exactly equinox's.
+
+    Call ``__call__(x, *, key=None)``: ``x`` for ``layer``.
+
+    Returns:
+      ``layer(x)`` computed with the normalized weight, in ``result_type(v, g)``.
+
+    Raises:
+      ValueError: ``weight_name`` not naming a floating array of the layer; ``axis`` out of range for it;
+        ``g`` not holding one value per slice.
+
+    Source: ``equinox.nn.WeightNorm`` (equinox 0.13). Differences: the epsilon (equinox divides by ``|v|``;
+    the same to float32 rounding for any slice of norm above 1e-3, and an all-zero slice gives 0 instead of
+    NaN), and float32 arithmetic for half-precision weights. Salimans & Kingma 2016, "Weight Normalization".
+
+    Example:
+      >>> import equinox as eqx, jax, jax.numpy as jnp
+      >>> from jaxnorm import equinox as jeqx
+      >>> linear = eqx.nn.Linear(2, 2, use_bias=False, key=jax.random.key(0))
+      >>> wn = jeqx.WeightNorm(eqx.tree_at(lambda m: m.weight, linear, jnp.array([[3.0, 4.0], [0.0, 2.0]])))
+      >>> print(wn.g[:, 0])
+      [5. 2.]
+      >>> wn = eqx.tree_at(lambda m: m.g, wn, jnp.ones((2, 1)))  # unit-norm rows
+      >>> print(wn(jnp.array([1.0, 1.0])))
+      [1.4 1. ]
+    """
+
+    layer: _Layer
+    g: jax.Array
+    weight_name: str = field(static=True)
+    axis: int | None = field(static=True)
+    _norm: Callable[[jax.Array], jax.Array]
+
+    def __init__(self, layer: _Layer, weight_name: str = "weight", axis: int | None = 0):
+        weight = _weight_of(layer, weight_name, "WeightNorm")
+        if axis is not None:
+            validation.canonicalize_axes(axis, weight.ndim, "axis")
+        self.layer = layer
+        self.weight_name = weight_name
+        self.axis = axis
+        # equinox's field, its value: g's initial norms come from it (the call uses jaxnorm.weight_normalize).
+        self._norm = ft.partial(_norm_except_axis, norm=ft.partial(jnp.linalg.norm, keepdims=True), axis=axis)
+        self.g = self._norm(weight)
+
+    def __call__(self, x: jax.Array, *, key: Any = None) -> jax.Array:
+        """Calls ``layer`` on ``x`` with its weight normalized; see the class docstring."""
+        del key
+        v = _weight_of(self.layer, self.weight_name, "WeightNorm")
+        feature, _ = reparam.weight_norm_axes(v.ndim, None if self.axis is None else (self.axis,))
+        fix = "Create the WeightNorm for this layer (g holds one norm per slice along `axis`)."
+        g = validation.fit_variable(self.g, tuple(v.shape[a] for a in feature), "WeightNorm.g", fix)
+        w = reparam.weight_normalize(
+            v, g, feature_axes=feature or None, epsilon=_WEIGHT_NORM_EPS, dtype=jnp.result_type(v, g)
+        )
+        layer = eqx.tree_at(lambda lyr: getattr(lyr, self.weight_name), self.layer, w)
+        return layer(x)
