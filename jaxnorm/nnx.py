@@ -620,8 +620,8 @@ class InstanceNorm(nnx.Module):
       epsilon: float added to the variance (1e-6).
       feature_axes: int or tuple of ints, the axes ``scale`` and ``bias`` span (-1); never 0.
       dtype, param_dtype, use_bias, use_scale, bias_init, scale_init, axis_name, axis_index_groups: as
-        :class:`LayerNorm`'s, and so are use_fast_variance, promote_dtype, rngs, bias_metadata and
-        scale_metadata. As in Flax, a disabled ``scale``/``bias`` is stored as a plain None.
+        :class:`LayerNorm`'s (as in Flax, a disabled ``scale``/``bias`` is stored as a plain None).
+      use_fast_variance, promote_dtype, rngs, bias_metadata, scale_metadata: as :class:`LayerNorm`'s.
 
     ``__call__(x, *, mask=None)`` returns ``y`` of ``x``'s shape in the dtype ``promote_dtype`` gives.
 
