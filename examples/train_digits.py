@@ -356,7 +356,7 @@ def train(norm: str, data, args):
 
         start = time.perf_counter()
         epochs = range(first_epoch, last_epoch)
-        bar = tqdm(epochs, desc=f"{norm:>5}", unit="epoch", initial=first_epoch, total=last_epoch)
+        bar = tqdm(epochs, desc=f"{norm:>5}", unit="epoch", initial=first_epoch, total=args.epochs)
         for epoch in bar:
             order = epoch_order(args.seed, epoch, len(x_train))
             step_metrics = []
