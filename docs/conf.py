@@ -10,7 +10,6 @@ autodoc and napoleon render as they are written. The guides are Markdown (MyST).
 (no intersphinx); MathJax is loaded from its CDN by the browser when a page is viewed.
 """
 
-import importlib.util
 import inspect
 import os
 import re
@@ -18,6 +17,7 @@ import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)  # the checkout's jaxnorm, also when it is not installed
+# autodoc imports every public module: jaxnorm.linen and jaxnorm.nnx need flax, jaxnorm.equinox needs equinox.
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports keras (jaxnorm.interop may)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # importing the modules needs no accelerator
 
@@ -40,13 +40,6 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 
-# jaxnorm.equinox (the equinox drop-ins) is new: its API page is built when the module exists in the checkout and
-# otherwise left out, together with the lines of api/index.md that name it (_drop_missing_module_lines, below).
-# When it exists but fails to import, autodoc's warning fails the build, as it should.
-HAVE_EQUINOX_MODULE = importlib.util.find_spec("jaxnorm.equinox") is not None
-if not HAVE_EQUINOX_MODULE:
-    exclude_patterns.append("api/equinox.rst")
-
 # autodoc: documented members come from each page's explicit directives (tests/test_docs_site.py checks that every
 # name of each module's __all__ has one); signatures keep the argument names, types go to the descriptions.
 autodoc_member_order = "bysource"
@@ -58,7 +51,7 @@ autodoc_preserve_defaults = True
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
-napoleon_attr_annotations = True
+napoleon_attr_annotations = False  # the Attributes: entries say their types; annotations would add `Type: Any`
 # The Flax drop-ins' class docstrings have two sections of their own: "Variables:" (the Flax collections and
 # names) and "Call ``__call__(signature)``:" followed by the call's arguments, one ``name: description`` each. The
 # first is rendered as a section as it stands; the second is rewritten by _call_sections (below) into the
@@ -101,21 +94,6 @@ def _call_sections(app, what, name, obj, options, lines):
             lines[i : i + 1] = [f"{m.group(1)}Call {m.group(2)}.", "", f"{m.group(1)}Call arguments:"]
 
 
-_EQUINOX_PAGE_LINK = re.compile(r"\[([^\]]*)\]\((?:\.\./)?(?:api/)?equinox\.rst\)")
-
-
-def _drop_missing_module_lines(app, docname, source):
-    """Without jaxnorm.equinox, the API index loses its lines that mention it (the list item and the toctree
-    entry), and a link to its API page elsewhere (the equinox guide) becomes plain text, so that nothing points at
-    the excluded page."""
-    if HAVE_EQUINOX_MODULE:
-        return
-    if docname == "api/index":
-        source[0] = "\n".join(line for line in source[0].splitlines() if "equinox" not in line)
-    else:
-        source[0] = _EQUINOX_PAGE_LINK.sub(r"\1", source[0])
-
-
 _REPRS = [  # default values as autodoc prints them -> as they are written
     (re.compile(r"<class '([\w.]+)'>"), r"\1"),  # param_dtype=<class 'jax.numpy.float32'>
     (re.compile(r"<function (\w+)(?: at 0x[0-9a-f]+)?>"), r"\1"),  # scale_init=<function ones>
@@ -137,6 +115,5 @@ def _class_signatures(app, what, name, obj, options, signature, return_annotatio
 
 def setup(app):
     app.connect("autodoc-process-signature", _class_signatures)
-    app.connect("source-read", _drop_missing_module_lines)
     app.connect("autodoc-skip-member", _skip_foreign_members)
     app.connect("autodoc-process-docstring", _call_sections, priority=400)
