@@ -16,11 +16,13 @@ and the moving-average update come from jaxnorm's core. The intended differences
   (equinox reduces in the input dtype, and its ``mode='ema'`` raises ``TypeError`` for bfloat16 input with
   float32 state); across ``axis_name`` the per-example ``(count, mean, M2)`` are merged exactly,
   count-weighted (equinox averages per-example means, which is the same without masks);
-- a keyword-only ``mask`` on every ``__call__`` (per example under ``jax.vmap``): only True positions enter the
-  statistics, so padded examples (an all-False mask) drop out of ``BatchNorm``'s batch statistics exactly;
+- a keyword-only ``mask`` on the four normalizations' ``__call__`` (per example under ``jax.vmap``): only True
+  positions enter the statistics, so padded examples (an all-False mask) drop out of ``BatchNorm``'s batch
+  statistics exactly;
 - ``BatchNorm``'s running statistics are updated per feature where the batch's statistics are finite and
   counted (:mod:`jaxnorm._src.moving`): one NaN channel keeps its running mean and variance, and never poisons
-  the others; ``mode='ema'`` keeps its first-batch flag until a batch updates some feature;
+  the others; ``mode='ema'``'s first-time flag and ``mode='batch'``'s counter advance only with a batch that
+  updates some feature;
 - ``SpectralNorm``/``WeightNorm`` iterate and normalize in at least float32 with jaxnorm's arithmetic
   (:func:`jaxnorm.spectral_normalize`, :func:`jaxnorm.weight_normalize`): ``eps`` is added to squared norms,
   a zero weight stays zero where equinox gives NaN;
@@ -61,7 +63,7 @@ class _Sentinel:
         return "sentinel"
 
 
-sentinel: Any = _Sentinel()
+_sentinel: Any = _Sentinel()
 
 # jaxnorm's epsilon (jaxnorm.weight_normalize's default) for WeightNorm, which equinox gives no epsilon:
 # sqrt(sum v**2 + 1e-12) is equinox's |v| to float32 rounding for any slice of norm above 1e-3, and 0, not NaN,
@@ -160,8 +162,9 @@ class BatchNorm(StatefulLayer):
     ``averaging='debiased'``.
 
     In both modes a channel whose batch statistics are not finite, or that has no valid (masked-in) value in
-    the whole batch, keeps its running statistics bit for bit (equinox would write NaN there); the ``ema`` flag
-    and the ``batch`` counter advance only when some channel updated (jnp.where keeps equinox's dtypes).
+    the whole batch, keeps its running statistics bit for bit (equinox would write NaN there), and the
+    first-time flag (``ema``) or the counter (``batch``) advances only with a batch that updated some
+    channel: an empty or all-NaN batch leaves the state exactly as it was.
 
     Args:
       input_size: int, the number of channels (``x.shape[0]``).
@@ -208,7 +211,7 @@ class BatchNorm(StatefulLayer):
       >>> import equinox as eqx, jax, jax.numpy as jnp
       >>> from jaxnorm import equinox as jeqx
       >>> bn, state = eqx.nn.make_with_state(jeqx.BatchNorm)(2, "batch", momentum=0.5, mode="ema")
-      >>> batched = jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+      >>> batched = eqx.filter_jit(jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None)))
       >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]])  # two examples of two channels
       >>> y, state = batched(x, state)
       >>> print(y.round(3))
@@ -216,8 +219,10 @@ class BatchNorm(StatefulLayer):
        [ 1.  1.]]
       >>> print(state.get(bn.ema_state_index))  # the first batch's statistics
       (Array([ 2., 20.], dtype=float32), Array([  1., 100.], dtype=float32))
-      >>> y, state = jax.vmap(eqx.nn.inference_mode(bn), axis_name="batch", in_axes=(0, None),
-      ...                     out_axes=(0, None))(x, state)
+      >>> inference = eqx.filter_jit(jax.vmap(eqx.nn.inference_mode(bn), axis_name="batch", in_axes=(0, None),
+      ...                                     out_axes=(0, None)))
+      >>> print(inference(jnp.array([[2.0, 30.0]]), state)[0].round(3))  # the running statistics
+      [[0. 1.]]
     """
 
     weight: jax.Array | None
@@ -394,7 +399,7 @@ def _check_shape(x: jax.Array, shape: tuple[int, ...], owner: str, call: str) ->
 
 
 def _with_state(out: jax.Array, state: Any) -> Any:
-    return out if state is sentinel else (out, state)
+    return out if state is _sentinel else (out, state)
 
 
 class LayerNorm(eqx.Module):
@@ -431,9 +436,9 @@ class LayerNorm(eqx.Module):
     Source: ``equinox.nn.LayerNorm`` (equinox 0.13); Ba, Kiros & Hinton 2016, "Layer Normalization".
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import equinox as eqx, jax.numpy as jnp
       >>> from jaxnorm import equinox as jeqx
-      >>> ln = jeqx.LayerNorm(3, eps=0.0)
+      >>> ln = eqx.filter_jit(jeqx.LayerNorm(3, eps=0.0))  # compiled, as equinox code runs it
       >>> print(ln(1e4 + jnp.array([-1.0, 0.0, 1.0])) * jnp.sqrt(2 / 3))
       [-1.  0.  1.]
       >>> print(ln(jnp.array([1.0, 3.0, jnp.nan]), mask=jnp.array([True, True, False])))
@@ -475,7 +480,7 @@ class LayerNorm(eqx.Module):
         self.bias = jnp.zeros(shape, dtype=dtype) if use_bias else None
 
     def __call__(
-        self, x: jax.Array, state: Any = sentinel, *, key: Any = None, mask: jax.Array | None = None
+        self, x: jax.Array, state: Any = _sentinel, *, key: Any = None, mask: jax.Array | None = None
     ) -> Any:
         """Normalizes ``x`` over all of its axes; see the class docstring."""
         del key
@@ -517,9 +522,9 @@ class RMSNorm(eqx.Module):
     Normalization".
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import equinox as eqx, jax.numpy as jnp
       >>> from jaxnorm import equinox as jeqx
-      >>> rms = jeqx.RMSNorm(2, eps=0.0)
+      >>> rms = eqx.filter_jit(jeqx.RMSNorm(2, eps=0.0))
       >>> print(rms(jnp.array([1.0, 7.0])))  # RMS 5
       [0.2 1.4]
     """
@@ -550,7 +555,7 @@ class RMSNorm(eqx.Module):
         self.bias = jnp.zeros(shape, dtype=dtype) if use_bias else None
 
     def __call__(
-        self, x: jax.Array, state: Any = sentinel, *, key: Any = None, mask: jax.Array | None = None
+        self, x: jax.Array, state: Any = _sentinel, *, key: Any = None, mask: jax.Array | None = None
     ) -> Any:
         """Divides ``x`` by its root mean square, then applies ``weight`` and ``bias``; see the class."""
         del key
@@ -596,9 +601,9 @@ class GroupNorm(eqx.Module):
     Source: ``equinox.nn.GroupNorm`` (equinox 0.13); Wu & He 2018, "Group Normalization".
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import equinox as eqx, jax.numpy as jnp
       >>> from jaxnorm import equinox as jeqx
-      >>> gn = jeqx.GroupNorm(2, 4, eps=0.0)
+      >>> gn = eqx.filter_jit(jeqx.GroupNorm(2, 4, eps=0.0))
       >>> print(gn(1e4 + jnp.array([[1.0], [3.0], [10.0], [30.0]]))[:, 0])
       [-1.  1. -1.  1.]
     """
@@ -639,7 +644,7 @@ class GroupNorm(eqx.Module):
         self.bias = jnp.zeros(channels, dtype=dtype) if channelwise_affine else None
 
     def __call__(
-        self, x: jax.Array, state: Any = sentinel, *, key: Any = None, mask: jax.Array | None = None
+        self, x: jax.Array, state: Any = _sentinel, *, key: Any = None, mask: jax.Array | None = None
     ) -> Any:
         """Normalizes each channel group of ``x``; see the class docstring."""
         del key
@@ -649,12 +654,16 @@ class GroupNorm(eqx.Module):
                 f"GroupNorm(groups={self.groups}, channels={self.channels}) takes x of shape (channels, ...), "
                 f"channels first, one example; got x of shape {x.shape}. You might need `jax.vmap(group_norm)(x)`."
             )
-        groups = validation.resolve_groups(self.groups, None, x.shape[0], 0)
+        if x.shape[0] % self.groups:
+            raise ValueError(
+                f"GroupNorm(groups={self.groups}): the groups must divide the {x.shape[0]} channels of x (shape "
+                f"{x.shape}, channels first). Build the layer with a number of groups that divides them."
+            )
         fix = "Build the layer with channels for this input."
         weight, bias = _affine(self.weight, self.bias, x, "GroupNorm", fix)
         xc = x.astype(_compute_dtype(x))
         y = ops.normalize_groups(
-            xc, weight, bias, 0, groups, tuple(range(1, x.ndim)), self.eps, full_mask(mask, x)
+            xc, weight, bias, 0, self.groups, tuple(range(1, x.ndim)), self.eps, full_mask(mask, x)
         )
         return _with_state(y.astype(x.dtype), state)
 
@@ -662,6 +671,7 @@ class GroupNorm(eqx.Module):
 # ---------------------------------------------------------------------------------------------- reparametrizations
 
 
+@ft.partial(jax.jit, static_argnums=(3, 4))  # one dispatch (the constructor's 15 steps run outside any jit)
 def _power_iteration(
     mat: jax.Array, u: jax.Array, v: jax.Array, n_steps: int, eps: float
 ) -> tuple[jax.Array, jax.Array]:
@@ -684,6 +694,17 @@ def _divide_by_sigma(mat: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
     w = mat.astype(dtype)
     sigma = lax.stop_gradient(u).astype(dtype) @ w @ lax.stop_gradient(v).astype(dtype)
     return (w / jnp.where(sigma != 0, sigma, 1)).astype(mat.dtype)
+
+
+def _matrix(weight: jax.Array, weight_name: str) -> jax.Array:
+    """equinox's matrix view of a weight, ``(shape[0], -1)``; ``ValueError`` for a weight of rank < 2."""
+    if weight.ndim < 2:
+        raise ValueError(
+            f"`weight` must be at least two-dimensional: the layer's {weight_name!r} has shape "
+            f"{weight.shape}. Spectral normalization divides a matrix (or a kernel viewed as one) by its "
+            "largest singular value; wrap the layer's kernel, not a bias."
+        )
+    return jnp.reshape(weight, (weight.shape[0], -1))
 
 
 def _weight_of(layer: Any, weight_name: Any, owner: str) -> jax.Array:
@@ -743,7 +764,7 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
       >>> sn, state = eqx.nn.make_with_state(jeqx.SpectralNorm)(linear, "weight", key=jax.random.key(1))
       >>> [a.shape for a in state.get(sn.uv_index)]
       [(3,), (2,)]
-      >>> y, state = sn(jnp.array([1.0, 1.0]), state)
+      >>> y, state = eqx.filter_jit(sn)(jnp.array([1.0, 1.0]), state)
       >>> print((y - linear.bias).round(4))  # W / 3 applied to [1, 1]
       [1.     0.3333 0.    ]
     """
@@ -767,19 +788,12 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
     ):
         _check_int(num_power_iterations, "num_power_iterations", 0)
         validation.check_epsilon(eps, "eps")
-        weight = _weight_of(layer, weight_name, "SpectralNorm")
-        if weight.ndim < 2:
-            raise ValueError(
-                f"`weight` must be at least two-dimensional: the layer's {weight_name!r} has shape "
-                f"{weight.shape}. Spectral normalization divides a matrix (or a kernel viewed as one) by its "
-                "largest singular value; wrap the layer's kernel, not a bias."
-            )
+        mat = _matrix(_weight_of(layer, weight_name, "SpectralNorm"), weight_name)
         self.layer = layer
         self.weight_name = weight_name
         self.num_power_iterations = num_power_iterations
         self.eps = eps
         self.inference = inference
-        mat = jnp.reshape(weight, (weight.shape[0], -1))
         u_len, v_len = mat.shape
         ukey, vkey = jr.split(key)
         u0 = jr.normal(ukey, (u_len,), dtype=mat.dtype)
@@ -793,11 +807,11 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         del key
         inference = _inference(inference, self.inference)
         weight = _weight_of(self.layer, self.weight_name, "SpectralNorm")
-        mat = jnp.reshape(weight, (weight.shape[0], -1)) if weight.ndim >= 2 else weight
+        mat = _matrix(weight, self.weight_name)
         fix = "Pass the state made for this layer (eqx.nn.make_with_state), or re-create the SpectralNorm."
         u, v = state.get(self.uv_index)
         u = _fit(u, mat.shape[:1], "SpectralNorm state[uv_index][0] (u)", fix)
-        v = _fit(v, (mat.size // max(mat.shape[0], 1),), "SpectralNorm state[uv_index][1] (v)", fix)
+        v = _fit(v, mat.shape[1:], "SpectralNorm state[uv_index][1] (v)", fix)
         if not inference:
             u, v = _power_iteration(lax.stop_gradient(mat), u, v, self.num_power_iterations, self.eps)
             state = state.set(self.uv_index, (u, v))
@@ -855,7 +869,7 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
       >>> print(wn.g[:, 0])
       [5. 2.]
       >>> wn = eqx.tree_at(lambda m: m.g, wn, jnp.ones((2, 1)))  # unit-norm rows
-      >>> print(wn(jnp.array([1.0, 1.0])))
+      >>> print(eqx.filter_jit(wn)(jnp.array([1.0, 1.0])))
       [1.4 1. ]
     """
 
