@@ -8,3 +8,5 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # before any test imports keras
 collect_ignore = []
 if importlib.util.find_spec("torch") is None:
     collect_ignore.append("jaxnorm/interop.py")
+if importlib.util.find_spec("equinox") is None:
+    collect_ignore.append("jaxnorm/equinox.py")
