@@ -671,31 +671,6 @@ class GroupNorm(eqx.Module):
 # ---------------------------------------------------------------------------------------------- reparametrizations
 
 
-@ft.partial(jax.jit, static_argnums=(3, 4))  # one dispatch (the constructor's 15 steps run outside any jit)
-def _power_iteration(
-    mat: jax.Array, u: jax.Array, v: jax.Array, n_steps: int, eps: float
-) -> tuple[jax.Array, jax.Array]:
-    """equinox's power iteration (``u <- W v / |W v|``, then ``v <- W^T u / |W^T u|``, ``n_steps`` times, for
-    ``W = mat`` of shape ``(len(u), len(v))``) in jaxnorm's arithmetic: :func:`jaxnorm.spectral_normalize`'s
-    normalization step (``eps`` added to the squared norm) in at least float32, returned in u's and v's dtypes.
-    (spectral_normalize itself keeps only one of the two vectors; equinox's state keeps both.)"""
-    dtype = jnp.promote_types(jnp.result_type(mat, u, v), jnp.float32)
-    w, uf, vf = mat.astype(dtype), u.astype(dtype), v.astype(dtype)
-    for _ in range(n_steps):
-        uf = reparam._l2_normalize(w @ vf, eps=eps)
-        vf = reparam._l2_normalize(w.T @ uf, eps=eps)
-    return uf.astype(u.dtype), vf.astype(v.dtype)
-
-
-def _divide_by_sigma(mat: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
-    """``mat / sigma`` with ``sigma = u^T mat v`` (u, v held constant, as :func:`jaxnorm.spectral_normalize`;
-    ``mat`` unchanged where sigma is 0), computed in at least float32, returned in ``mat``'s dtype."""
-    dtype = jnp.promote_types(jnp.result_type(mat, u, v), jnp.float32)
-    w = mat.astype(dtype)
-    sigma = lax.stop_gradient(u).astype(dtype) @ w @ lax.stop_gradient(v).astype(dtype)
-    return (w / jnp.where(sigma != 0, sigma, 1)).astype(mat.dtype)
-
-
 def _matrix(weight: jax.Array, weight_name: str) -> jax.Array:
     """equinox's matrix view of a weight, ``(shape[0], -1)``; ``ValueError`` for a weight of rank < 2."""
     if weight.ndim < 2:
@@ -798,7 +773,7 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         ukey, vkey = jr.split(key)
         u0 = jr.normal(ukey, (u_len,), dtype=mat.dtype)
         v0 = jr.normal(vkey, (v_len,), dtype=mat.dtype)
-        self.uv_index = StateIndex(_power_iteration(mat, u0, v0, 15, eps))
+        self.uv_index = StateIndex(reparam.power_iteration_uv(mat, u0, v0, 15, eps))
 
     def __call__(
         self, x: jax.Array, state: State, *, key: Any = None, inference: bool | None = None
@@ -813,9 +788,9 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         u = _fit(u, mat.shape[:1], "SpectralNorm state[uv_index][0] (u)", fix)
         v = _fit(v, mat.shape[1:], "SpectralNorm state[uv_index][1] (v)", fix)
         if not inference:
-            u, v = _power_iteration(lax.stop_gradient(mat), u, v, self.num_power_iterations, self.eps)
+            u, v = reparam.power_iteration_uv(lax.stop_gradient(mat), u, v, self.num_power_iterations, self.eps)
             state = state.set(self.uv_index, (u, v))
-        w_bar = jnp.reshape(_divide_by_sigma(mat, u, v), weight.shape)
+        w_bar = jnp.reshape(reparam.divide_by_sigma(mat, u, v), weight.shape)
         layer = eqx.tree_at(lambda lyr: getattr(lyr, self.weight_name), self.layer, w_bar)
         return layer(x), state
 

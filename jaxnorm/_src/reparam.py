@@ -11,6 +11,7 @@ The specs :class:`SpectralNorm` and :class:`WeightNorm` wrap them as ``init``/``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from typing import Any, ClassVar
 
@@ -60,6 +61,32 @@ def _weight_input(w: Any, name: str = "w") -> tuple[tuple[int, ...], Any]:
         return tuple(w.shape), w.dtype
     arr = validation.check_float_array(w, name)
     return arr.shape, arr.dtype
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))  # one dispatch (the constructor's 15 steps run outside any jit)
+def power_iteration_uv(
+    mat: jax.Array, u: jax.Array, v: jax.Array, n_steps: int, eps: float
+) -> tuple[jax.Array, jax.Array]:
+    """equinox's power iteration (``u <- W v / |W v|``, then ``v <- W^T u / |W^T u|``, ``n_steps`` times, for
+    ``W = mat`` of shape ``(len(u), len(v))``) in jaxnorm's arithmetic: :func:`jaxnorm.spectral_normalize`'s
+    normalization step (``eps`` added to the squared norm) in at least float32, returned in u's and v's dtypes.
+    (spectral_normalize itself keeps only one of the two vectors; equinox's state keeps both: the equinox
+    drop-in calls this.)"""
+    dtype = jnp.promote_types(jnp.result_type(mat, u, v), jnp.float32)
+    w, uf, vf = mat.astype(dtype), u.astype(dtype), v.astype(dtype)
+    for _ in range(n_steps):
+        uf = _l2_normalize(w @ vf, eps=eps)
+        vf = _l2_normalize(w.T @ uf, eps=eps)
+    return uf.astype(u.dtype), vf.astype(v.dtype)
+
+
+def divide_by_sigma(mat: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
+    """``mat / sigma`` with ``sigma = u^T mat v`` (u, v held constant, as :func:`jaxnorm.spectral_normalize`;
+    ``mat`` unchanged where sigma is 0), computed in at least float32, returned in ``mat``'s dtype."""
+    dtype = jnp.promote_types(jnp.result_type(mat, u, v), jnp.float32)
+    w = mat.astype(dtype)
+    sigma = lax.stop_gradient(u).astype(dtype) @ w @ lax.stop_gradient(v).astype(dtype)
+    return (w / jnp.where(sigma != 0, sigma, 1)).astype(mat.dtype)
 
 
 def spectral_u_shape(shape: tuple[int, ...], error_on_non_matrix: bool, lead: str = "") -> tuple[int, int]:
