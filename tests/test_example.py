@@ -109,9 +109,11 @@ def test_train_digits_resumes_bit_identically(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     reference = run_example(example, tmp_path, "reference")  # uninterrupted, no checkpoints
     stopped = run_example(example, tmp_path, "stopped", "--checkpoint-dir", str(ckpt), "--stop-after-epochs", "1")
-    # One directory per norm, one Orbax checkpoint per epoch, named by the epochs done.
-    steps = lambda: sorted(p.name for p in (ckpt / "batch").iterdir())  # noqa: E731
-    assert sorted(p.name for p in ckpt.iterdir()) == ["batch"]
+
+    def steps():  # one Orbax checkpoint per epoch, named by the epochs done
+        return sorted(p.name for p in (ckpt / "batch").iterdir())
+
+    assert sorted(p.name for p in ckpt.iterdir()) == ["batch"]  # one directory per norm
     assert steps() == ["1"]
     assert len(stopped["runs"]["batch"]["test_accuracy"]) == 1
     capsys.readouterr()
