@@ -359,7 +359,7 @@ class BatchNorm(StatefulLayer):
         hidden = [_fit(v, (c,), f"BatchNorm state[batch_state_index][{i}]", fix)
                   for i, v in enumerate(state.get(self.batch_state_index))]
         if inference:
-            mean, var = _batch_mode_readout(hidden[0], hidden[1], counter, self.momentum)
+            mean, var = moving.batch_mode_readout(hidden[0], hidden[1], counter, self.momentum)
             out_dtype = jnp.result_type(x, mean, var, *params)
             xc = x.astype(jnp.promote_types(x.dtype, out_dtype))
             y = ops.normalize_by_stats(
@@ -376,15 +376,6 @@ class BatchNorm(StatefulLayer):
         state = state.set(self.batch_counter, jnp.where(jnp.any(ok), counter + 1, counter))
         state = state.set(self.batch_state_index, (new["mean"], new["var"]))
         return y.astype(out_dtype), state
-
-
-def _batch_mode_readout(
-    hidden_mean: jax.Array, hidden_var: jax.Array, counter: jax.Array, momentum: float
-) -> tuple[jax.Array, jax.Array]:
-    """equinox's ``mode='batch'`` inference statistics: ``hidden / (1 - momentum**counter)`` (``hidden`` at
-    ``counter == 0``), its expression exactly (see BatchNorm's docstring for the variance's offset)."""
-    scale = jnp.where(counter == 0, 1, 1 - momentum**counter)
-    return hidden_mean / scale, hidden_var / scale
 
 
 # ---------------------------------------------------------------------------------------------- per example

@@ -209,3 +209,13 @@ def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: 
     if rule.counts_steps:
         new["steps"] = advance_counter(state["steps"], ok) if rule.safe_update else state["steps"] + 1
     return new
+
+
+def batch_mode_readout(
+    hidden_mean: jax.Array, hidden_var: jax.Array, counter: jax.Array, momentum: float
+) -> tuple[jax.Array, jax.Array]:
+    """equinox's ``mode='batch'`` inference statistics: ``hidden / (1 - momentum**counter)`` (``hidden`` at
+    ``counter == 0``), its expression exactly
+    (``jaxnorm.equinox.BatchNorm``'s docstring: the variance's offset)."""
+    scale = jnp.where(counter == 0, 1, 1 - momentum**counter)
+    return hidden_mean / scale, hidden_var / scale
