@@ -346,11 +346,12 @@ def train(norm: str, kind: str, data, args):
     bar = tqdm(total=args.steps, initial=step, desc=f"{name:>13}", unit="step")
     while step < stop:
         params, opt_state, loss = train_step(params, opt_state, jnp.int32(step))
-        losses.append(loss)
+        # Wait for the step (it depends on the previous one anyway): the bar, --max-seconds and the steps per
+        # second then count computed steps, not steps queued by JAX's asynchronous dispatch.
+        losses.append(loss.block_until_ready())
         step += 1
         bar.update()
         if first_time is None:  # after the first step (its compile): the clock of steps per second
-            jax.block_until_ready(loss)
             first_time = time.perf_counter()
         out_of_time = args.max_seconds is not None and time.perf_counter() - start > args.max_seconds
         if step % args.eval_every == 0 or step == stop or out_of_time:
