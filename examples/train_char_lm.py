@@ -52,7 +52,7 @@ Flags:
                      AdamW state, step, history) under DIR/<norm>-<kind>; on start, resume from the latest
                      checkpoint there. The data order is a pure function of (seed, step), so a resumed run
                      continues bit for bit as the uninterrupted run would have. Resuming needs the same flags
-                     (except --out, --max-seconds and --stop-after; otherwise it stops with an error).
+                     (except --out, --max-seconds and --stop-after; a checkpoint of other flags raises ValueError).
   --stop-after N     optional: stop each model after N steps in all (checkpointing there), as if interrupted;
                      rerun with the same flags to resume and finish.
 
@@ -294,22 +294,28 @@ def save_checkpoint(mngr, step: int, params, opt_state, meta: dict):
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
 
 
-def restore_checkpoint(mngr, params, opt_state):
+def restore_checkpoint(mngr, params, opt_state, config: dict | None = None):
     """``(step, params, opt_state, meta)`` of the latest checkpoint; the fresh ``params``/``opt_state`` give the
-    tree structure, shapes and dtypes to restore into."""
+    tree structure, shapes and dtypes to restore into. With ``config``, the checkpoint's JSON part is read first
+    and a checkpoint of other flags raises ``ValueError`` before any array is read."""
     import orbax.checkpoint as ocp
 
     step = mngr.latest_step()
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    if config is not None and meta["config"] != config:
+        differ = sorted(k for k in config.keys() | meta["config"].keys() if config.get(k) != meta["config"].get(k))
+        saved, now = ({k: c.get(k) for k in differ} for c in (meta["config"], config))
+        raise ValueError(
+            f"{mngr.directory} holds a checkpoint of other flags ({saved}, now {now}): give another "
+            "--checkpoint-dir, or the same flags to resume it"
+        )
     abstract = jax.tree.map(
         ocp.utils.to_shape_dtype_struct,
         {"params": params, "opt_state": opt_state, "step": np.asarray(0, np.int64)},
     )
-    restored = mngr.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-    )
-    state = restored.state
-    assert int(state["step"]) == step, (int(state["step"]), step)
-    return step, state["params"], state["opt_state"], restored.meta
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+    assert int(state["step"]) == step == meta["step"], (int(state["step"]), step, meta["step"])
+    return step, state["params"], state["opt_state"], meta
 
 
 def train(norm: str, kind: str, data, args):
@@ -328,9 +334,11 @@ def train(norm: str, kind: str, data, args):
     if args.checkpoint_dir is not None:
         mngr = open_checkpoints(args.checkpoint_dir / name)
         if mngr.latest_step() is not None:
-            step, params, opt_state, meta = restore_checkpoint(mngr, params, opt_state)
-            if meta["config"] != resume_config(args):
-                raise SystemExit(f"{args.checkpoint_dir / name} holds a run with other flags: {meta['config']}")
+            try:
+                step, params, opt_state, meta = restore_checkpoint(mngr, params, opt_state, resume_config(args))
+            except ValueError:
+                mngr.close()
+                raise
             history, elapsed = meta["history"], meta["train_seconds"]
             tqdm.write(f"{name}: resumed from step {step} of {args.checkpoint_dir / name}")
 

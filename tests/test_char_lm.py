@@ -150,5 +150,6 @@ def test_resume_is_bit_identical(example, tmp_path):
     assert whole["val_bpc"] == resumed["val_bpc"]
 
     # A checkpoint of other flags is refused, not silently mixed in.
-    with pytest.raises(SystemExit, match="other flags"):
-        example.main(argv + ckpt + ["--lr", "1e-3"])
+    for other in (["--lr", "1e-3"], ["--d-model", "16"]):
+        with pytest.raises(ValueError, match=r"holds a checkpoint of other flags \(\{'(lr|d_model)'"):
+            example.main(argv + ckpt + other)
