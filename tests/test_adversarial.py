@@ -21,11 +21,15 @@ def test_the_table_is_large_and_names_are_unique():
 
 def _tiered(cases: list[Case]) -> list:
     """The default tier runs the first row of each kind (the first two words of its name, e.g. ``masked_nan``);
-    the other rows are in the ``full`` tier (.ci/run runs them all)."""
+    the other rows are in the ``full`` tier (.ci/run runs them all); rows that need Keras or PyTorch are in the
+    ``peers`` tier."""
     seen, params = set(), []
     for c in cases:
         kind = tuple(c.name.split("_")[:2])
-        params.append(pytest.param(c, id=c.name, marks=() if kind not in seen else pytest.mark.full))
+        marks = [] if kind not in seen else [pytest.mark.full]
+        if c.needs:  # rows that run Keras or PyTorch: the peers tier (tests/conftest.py skips them without)
+            marks = [pytest.mark.peers(*c.needs)]
+        params.append(pytest.param(c, id=c.name, marks=marks))
         seen.add(kind)
     return params
 

@@ -16,9 +16,10 @@ from typing import Any
 class Case:
     """One row of the table.
 
-    ``run()`` performs the hostile call. With ``raises`` set, the call must raise exactly that type (not a
-    subclass chosen by accident: ``type(err) is raises`` unless ``subclass_ok``) with a message matching
-    ``match``; otherwise ``check(result)`` must pass (it asserts; a case with neither is rejected).
+    ``run()`` performs the hostile call (with ``needs``, it uses those peers: the row joins the ``peers`` tier
+    and skips, saying why, where they are not installed). With ``raises`` set, the call must raise exactly that
+    type (not a subclass chosen by accident: ``type(err) is raises`` unless ``subclass_ok``) with a message
+    matching ``match``; otherwise ``check(result)`` must pass (it asserts; a case with neither is rejected).
     """
 
     name: str
@@ -27,6 +28,7 @@ class Case:
     match: str | None = None
     check: Callable[[Any], None] | None = None
     subclass_ok: bool = False
+    needs: tuple[str, ...] = ()  # peers the row runs (e.g. ("keras",)): a `peers` test, skipped without them
 
     def __post_init__(self):
         if (self.raises is None) == (self.check is None):

@@ -112,7 +112,7 @@ def _keras_groups_error():
 
 
 CASES.append(Case("errors_keras_GroupNormalization_groups_float_is_ValueError_too", _keras_groups_error,
-                  raises=ValueError, match=r"`groups`"))
+                  raises=ValueError, match=r"`groups`", needs=("keras",)))
 
 # ---- from_config / constructor: the field is named ----
 for _cls in (jaxnorm.BatchNorm, jaxnorm.RMSNorm, jaxnorm.GroupNorm, jaxnorm.InstanceNorm, jaxnorm.WeightNorm,

@@ -88,7 +88,7 @@ def _mixed_round_trip(cls_name, policy):
         assert r["y_source"].dtype == r["y_jax"].dtype == dtype
         assert_close(np.asarray(r["y_jax"], np.float32), r["y_source"].astype(np.float32), dtype=dtype, scale=2)
 
-    return Case(f"interop_{cls_name}_{policy}_round_trip", run=run, check=check)
+    return Case(f"interop_{cls_name}_{policy}_round_trip", run=run, check=check, needs=("keras",))
 
 
 CASES: list[Case] = [_mixed_round_trip(c, p) for c in _CLASSES for p in _POLICIES]
@@ -105,7 +105,7 @@ def _hand_built_is_float32():
         assert spec.dtype_policy is None and spec.to_keras_config()["dtype"] == "float32"
         assert layer.dtype_policy.name == "float32"
 
-    return Case("interop_hand_built_spec_writes_float32", run=run, check=check)
+    return Case("interop_hand_built_spec_writes_float32", run=run, check=check, needs=("keras",))
 
 
 def _instance_norm_keeps_policy():
@@ -119,7 +119,7 @@ def _instance_norm_keeps_policy():
         # Keras rewrites groups=-1 to the channel count when it builds the layer
         assert config["groups"] == 3 and layer.dtype_policy.name == "mixed_bfloat16"
 
-    return Case("interop_instance_norm_to_keras_keeps_policy", run=run, check=check)
+    return Case("interop_instance_norm_to_keras_keeps_policy", run=run, check=check, needs=("keras",))
 
 
 def _canonical_policy():
@@ -183,7 +183,7 @@ def _single_value(name, shape, axis, policy=None):
         for k in ("mean", "var"):
             assert_close(r["state"][k], r["keras_state"][k])
 
-    return Case(f"interop_single_value_{name}", run=run, check=check)
+    return Case(f"interop_single_value_{name}", run=run, check=check, needs=("keras",))
 
 
 def _single_value_round_trip():
@@ -199,7 +199,7 @@ def _single_value_round_trip():
         spec, back, again = r
         assert spec.allow_single_value and back == spec and again == spec
 
-    return Case("interop_single_value_setting_survives_round_trips", run=run, check=check)
+    return Case("interop_single_value_setting_survives_round_trips", run=run, check=check, needs=("keras",))
 
 
 def _hand_built_single_value():

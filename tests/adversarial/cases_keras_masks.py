@@ -64,25 +64,25 @@ _X453 = _x((4, 5, 3), 3)
 _X33 = _x((3, 3), 4)
 CASES: list[Case] = [
     Case("keras_mask_bn_float01_rank1", _vs_keras(_X63, np.array([1, 1, 1, 1, 0, 0], np.float32)),
-         check=_trees_close()),
+         check=_trees_close(), needs=("keras",)),
     Case("keras_mask_bn_int32_rank1", _vs_keras(_X63, np.array([1, 0, 1, 1, 0, 1], np.int32)),
-         check=_trees_close()),
+         check=_trees_close(), needs=("keras",)),
     Case("keras_mask_bn_float_rank2_of_3d", _vs_keras(_X243, np.array([[1, 1, 0, 1], [0, 1, 1, 1]], np.float32)),
-         check=_trees_close()),
+         check=_trees_close(), needs=("keras",)),
     Case("keras_mask_bn_issue_example_1x2x1_for_1x2x3x4",
          _vs_keras(_X1234, np.array([[[1.0], [0.0]]], np.float32)),
-         check=_trees_close()),
+         check=_trees_close(), needs=("keras",)),
     Case("keras_mask_bn_rank_minus_one_broadcast_4x1_for_4x5x3",
-         _vs_keras(_X453, np.array([[1], [0], [1], [1]], np.float32)), check=_trees_close()),
+         _vs_keras(_X453, np.array([[1], [0], [1], [1]], np.float32)), check=_trees_close(), needs=("keras",)),
     Case("keras_mask_bn_nan_in_float_mask_keeps",
-         _vs_keras(_X63, np.array([1, np.nan, 1, 0, 1, 0], np.float32)), check=_trees_close()),
+         _vs_keras(_X63, np.array([1, np.nan, 1, 0, 1, 0], np.float32)), check=_trees_close(), needs=("keras",)),
     Case("keras_mask_bn_non_binary_float_is_nonzero",
-         _vs_keras(_X63, np.array([0.5, -2.0, 1, 0, 3, 0], np.float32)), check=_trees_close()),
+         _vs_keras(_X63, np.array([0.5, -2.0, 1, 0, 3, 0], np.float32)), check=_trees_close(), needs=("keras",)),
     Case("keras_mask_bn_bool_rank1", _vs_keras(_X63, np.array([True, True, False, True, True, False])),
-         check=_trees_close()),
+         check=_trees_close(), needs=("keras",)),
     # N == C: a 1-D mask is per example (Keras's rule), here compared with Keras itself.
     Case("keras_mask_bn_ambiguous_square_1d_is_per_example", _vs_keras(_X33, np.array([1, 1, 0], np.float32)),
-         check=_trees_close()),
+         check=_trees_close(), needs=("keras",)),
 ]
 
 
