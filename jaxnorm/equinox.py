@@ -35,7 +35,6 @@ Importing :mod:`jaxnorm` does not import equinox; this module needs it (``pip in
 from __future__ import annotations
 
 import functools as ft
-import numbers
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, Literal, TypeVar
@@ -78,13 +77,6 @@ def _default_float() -> Any:
     """equinox's default floating dtype: float32, or float64 when JAX runs in 64-bit mode."""
     return jax.dtypes.canonicalize_dtype(jnp.float64)
 
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int >= {minimum}, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def _input(x: Any) -> jax.Array:
@@ -258,7 +250,7 @@ class BatchNorm(StatefulLayer):
                 f"`mode` must be 'ema' or 'batch' (or 'legacy', which means 'ema'), got {mode!r}. See the "
                 "BatchNorm docstring for what each keeps."
             )
-        _check_int(input_size, "input_size", 1)
+        validation.check_int(input_size, "input_size", 1)
         if axis_name is None:
             raise ValueError(
                 "`axis_name` is None, but equinox's BatchNorm sees one example per call and takes the batch "
@@ -614,9 +606,9 @@ class GroupNorm(eqx.Module):
         channelwise_affine: bool = True,
         dtype: Any = None,
     ):
-        _check_int(groups, "groups", 1)
+        validation.check_int(groups, "groups", 1)
         if channels is not None:
-            _check_int(channels, "channels", 1)
+            validation.check_int(channels, "channels", 1)
         if (channels is not None) and (channels % groups != 0):
             raise ValueError(
                 f"The number of groups must divide the number of channels: groups={groups}, channels={channels}."
@@ -752,7 +744,7 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
         *,
         key: Any,
     ):
-        _check_int(num_power_iterations, "num_power_iterations", 0)
+        validation.check_int(num_power_iterations, "num_power_iterations", 0)
         validation.check_epsilon(eps, "eps")
         mat = _matrix(_weight_of(layer, weight_name, "SpectralNorm"), weight_name)
         self.layer = layer

@@ -29,14 +29,15 @@ def _needs(block: str) -> list[str]:
     return [n.strip() for n in m.group(1).split(",")] if m else []
 
 
-def _run(doc: str, monkeypatch, *, peers: bool) -> None:
-    """Runs the document's Python blocks in order in one namespace; ``# needs:`` blocks only with ``peers``
-    (then a missing peer is a skip that names it)."""
+def _run(doc: str, monkeypatch, *, peers: bool, blocks=python_blocks) -> None:
+    """Runs the document's Python blocks (``blocks(text)``) in order in one namespace; ``# needs:`` blocks only
+    with ``peers`` (then a missing peer is a skip that names it). tests/test_docs_site.py runs the site's guides
+    with it."""
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     monkeypatch.chdir(ROOT)  # the documents' commands and paths start at the repository root
     monkeypatch.setattr(sys, "path", list(sys.path))  # a block may extend it
     namespace = {"__name__": f"doc:{doc}"}
-    for i, block in enumerate(python_blocks((ROOT / doc).read_text())):
+    for i, block in enumerate(blocks((ROOT / doc).read_text())):
         needs = _needs(block)
         if needs and not peers:
             continue

@@ -8,16 +8,15 @@ run them; a block whose first line is ``# needs: keras, torch`` runs when those 
 """
 
 import ast
-import contextlib
 import importlib
 import importlib.util
-import io
 import re
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests import test_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -142,17 +141,5 @@ def test_the_block_extractor_finds_indented_blocks():
 @pytest.mark.slow
 @pytest.mark.parametrize("guide", GUIDES)
 def test_guide_code_runs(guide, monkeypatch):
-    monkeypatch.setenv("KERAS_BACKEND", "jax")
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    namespace = {"__name__": f"docs:{guide}"}
-    for i, block in enumerate(python_blocks((DOCS / guide).read_text())):
-        first = block.lstrip().splitlines()[0] if block.strip() else ""
-        needs = re.match(r"#\s*needs:\s*([\w, ]+)", first)
-        names = [n.strip() for n in needs.group(1).split(",")] if needs else []
-        missing = [n for n in names if importlib.util.find_spec(n) is None]
-        if missing:
-            pytest.skip(f"docs/{guide}, python block {i + 1} needs {missing} (pip install -e '.[conformance]')")
-        code = compile(block, f"docs/{guide}, python block {i + 1}", "exec")
-        with contextlib.redirect_stdout(io.StringIO()):
-            exec(code, namespace)  # noqa: S102 - the documentation's own code
+    """Every block of the guide, in order (those marked ``# needs:`` where the peers are installed)."""
+    test_docs._run(f"docs/{guide}", monkeypatch, peers=True, blocks=python_blocks)

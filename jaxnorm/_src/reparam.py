@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 from typing import Any, ClassVar
 
 import jax
@@ -30,13 +29,6 @@ def _l2_normalize(x: jax.Array, axis: Any = None, eps: float = 1e-12) -> jax.Arr
     """Flax's helper: ``x / sqrt(sum(x**2 over axis) + eps)`` (``axis=None``: the whole array)."""
     return x * lax.rsqrt((x * x).sum(axis=axis, keepdims=True) + eps)
 
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int >= {minimum}, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def _check_out_dtype(dtype: Any, name: str = "dtype") -> Any:
@@ -189,7 +181,7 @@ def spectral_normalize(
     """
     w = validation.check_float_array(w, "w")
     u = validation.check_float_array(u, "u")
-    n_steps = _check_int(n_steps, "n_steps", 1)
+    n_steps = validation.check_int(n_steps, "n_steps", 1)
     validation.check_epsilon(epsilon)
     error_on_non_matrix = validation.check_bool(error_on_non_matrix, "error_on_non_matrix")
     out_dtype = _check_out_dtype(dtype) or w.dtype
@@ -349,7 +341,7 @@ class SpectralNorm(Layer):
     _CONSTRAINT_FIELDS = {}
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "n_steps", _check_int(self.n_steps, "n_steps", 0))
+        object.__setattr__(self, "n_steps", validation.check_int(self.n_steps, "n_steps", 0))
         validation.check_bool(self.error_on_non_matrix, "error_on_non_matrix")
         _canonical_dtype_field(self, "dtype")
         self._post_init_common()

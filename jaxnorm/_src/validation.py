@@ -113,6 +113,15 @@ def check_axes_static(axes: Any, name: str = "axis") -> Any:
     raise TypeError(f"`{name}` must be an int or a sequence of ints, got {axes!r} ({type(axes).__name__}).")
 
 
+def check_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as a Python int: ``TypeError`` unless an integer, ``ValueError`` below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int >= {minimum}, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
+    return int(value)
+
+
 def check_epsilon(epsilon: Any, name: str = "epsilon") -> None:
     """Raises unless ``epsilon`` is a real number >= 0 (a traced scalar is accepted unchecked)."""
     if isinstance(epsilon, jax.core.Tracer):
