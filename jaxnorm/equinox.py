@@ -547,7 +547,7 @@ class RMSNorm(eqx.Module):
         fix = "Build the layer with this shape."
         weight = None if self.weight is None else _fit(self.weight, x.shape, "RMSNorm.weight", fix)
         xc = x.astype(_compute_dtype(x))
-        y = ops.normalize_by_square(xc, weight, tuple(range(x.ndim)), self.eps, full_mask(mask, x))
+        y = ops.normalize_layer(xc, weight, None, tuple(range(x.ndim)), self.eps, full_mask(mask, x), center=False)
         if self.bias is not None:  # equinox's bias, added in the compute dtype (ops take no RMSNorm bias)
             y = y + _fit(self.bias, x.shape, "RMSNorm.bias", fix).astype(y.dtype)
         return _with_state(y.astype(x.dtype), state)

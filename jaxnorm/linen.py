@@ -435,9 +435,9 @@ class RMSNorm(module.Module):
         out_dtype = dtypes.canonicalize_dtype(x, scale, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
         scale = None if scale is None else validation.expand_to_rank(scale, x.ndim, feature_axes)
-        y = ops.normalize_by_square(
-            xc, scale, reduction_axes, self.epsilon, full_mask(mask, xc),
-            sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.RMSNorm"),
+        y = ops.normalize_layer(
+            xc, scale, None, reduction_axes, self.epsilon, full_mask(mask, xc),
+            sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.RMSNorm"), center=False,
         )
         return y.astype(out_dtype)
 

@@ -500,9 +500,9 @@ class RMSNorm(nnx.Module):
         out_dtype = dtypes.canonicalize_dtype(x, scale, dtype=self.dtype)
         xc = compute_input(x, out_dtype)
         scale = None if scale is None else scale.reshape(_features_shape(x, feature_axes))
-        y = ops.normalize_by_square(
-            xc, scale, reduction_axes, self.epsilon, full_mask(mask, xc),
-            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
+        y = ops.normalize_layer(
+            xc, scale, None, reduction_axes, self.epsilon, full_mask(mask, xc),
+            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__), center=False,
         )
         return y.astype(out_dtype)
 

@@ -30,15 +30,6 @@ import pytest  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
-# JAXNORM_TEST_FORMULATION=accelerator runs the suite with the GPU/TPU formulation of the statistics (branch-free
-# exact statistics, no per-pass barriers, no blocked row loop) on the CPU: its numerics are then checked by every
-# test, without a GPU (tests/test_formulations.py checks that formulation against float64 in every run).
-if os.environ.get("JAXNORM_TEST_FORMULATION") == "accelerator":
-    from jaxnorm._src import stats  # noqa: E402
-
-    stats._ACCELERATOR = True
-
-
 # The tiers (README, "Tests"). The README's command runs the default tier: every test function with its first
 # parametrization, so that every module and every check runs once. The rest is marked and run by .ci/run:
 #   full   the other parametrizations, and float64 gradient checks and other compile-heavy single tests;
@@ -92,8 +83,6 @@ def pytest_collection_modifyitems(config, items):
             if key in first:
                 item.add_marker(pytest.mark.full)
             first.add(key)
-        if os.environ.get("JAXNORM_TEST_FORMULATION") == "accelerator" and "cpu_formulation" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason="checks the CPU formulation's compiled structure"))
 
 
 @pytest.fixture(scope="session")

@@ -59,7 +59,7 @@ def test_mask_ignores_nan_and_equals_the_filtered_statistics():
                                          ((2, 3, 4, 5), (2, 3))])
 def test_custom_backward_equals_autodiff_of_the_textbook_formula(shape, axes):
     """normalize_by_moments over axes that are neither trailing nor leading (GroupNorm's grouped view,
-    channels-first BatchNorm) takes fused.normalize_axes; its gradients, including those reaching the returned
+    channels-first BatchNorm) takes fused.normalize; its gradients, including those reaching the returned
     mean and variance and epsilon, equal autodiff of the textbook formula in float64."""
     with jax.enable_x64(True):
         x = jnp.asarray(_data(shape, seed=6, dtype=np.float64))

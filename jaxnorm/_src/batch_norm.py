@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._src import frozen, keras_config, layer, moving, ops, stats, validation
+from jaxnorm._src import collectives, frozen, keras_config, layer, moving, ops, stats, validation
 from jaxnorm._src.layer import Layer
 
 _RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
@@ -148,6 +148,10 @@ class BatchNorm(Layer):
         even with ``training=True`` (moving statistics used and returned unchanged), the params get no gradient
         (``stop_gradient``), no regularization loss and no constraint. Exclude them from the optimizer with
         :func:`jaxnorm.trainable_mask` (so that weight decay does not move them either).
+      extreme_range: False (default): the statistics are exact while deviations from the mean stay below
+        ``2**63`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
+        float32 magnitude, for one more pass over ``x`` (:func:`jaxnorm.moments`; not written to Keras configs,
+        whose layers compute the default).
       count_steps: keep the step counter ``state['steps']`` (PyTorch's ``num_batches_tracked``) also with
         exponential averaging; on by itself for 'cumulative' and 'debiased'.
       dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
@@ -207,6 +211,7 @@ class BatchNorm(Layer):
     bias_constraint: Any = None
     trainable: bool = True
     count_steps: bool = False
+    extreme_range: bool = False
     axis_index_groups: Any = None
     virtual_batch_size: int | None = None
     dtype_policy: Any = None
@@ -261,7 +266,7 @@ class BatchNorm(Layer):
         if isinstance(self.axis_name, list):
             object.__setattr__(self, "axis_name", tuple(self.axis_name))
         if self.axis_index_groups is not None:
-            grouped = stats.with_groups(self.axis_name, self.axis_index_groups)
+            grouped = collectives.with_groups(self.axis_name, self.axis_index_groups)
             object.__setattr__(self, "axis_index_groups", grouped.groups)
         if self.virtual_batch_size is not None:
             v = self.virtual_batch_size
@@ -402,7 +407,7 @@ class BatchNorm(Layer):
                     "is all `bias` (PyTorch raises here too). Train on a batch of at least 2, use "
                     "training=False, or pass allow_single_value=True."
                 )
-            sync = stats.with_groups(self.axis_name, self.axis_index_groups)
+            sync = collectives.with_groups(self.axis_name, self.axis_index_groups)
             if self.virtual_batch_size is not None:
                 if 0 not in reduction_axes or x.shape[0] % self.virtual_batch_size:
                     v = self.virtual_batch_size
@@ -413,15 +418,18 @@ class BatchNorm(Layer):
                         "virtual_batch_size=None."
                     )
                 y, count, mean, var = ghost_batch_normalize(
-                    x, scale, bias, reduction_axes, self.epsilon, m, sync, self.virtual_batch_size
+                    x, scale, bias, reduction_axes, self.epsilon, m, sync, self.virtual_batch_size,
+                    self.extreme_range,
                 )
             elif self.renorm:
                 clipping = frozen.thaw(self.renorm_clipping) or {}
                 y, count, mean, var = batch_renormalize(
-                    x, scale, bias, state, reduction_axes, self.epsilon, clipping, m, sync
+                    x, scale, bias, state, reduction_axes, self.epsilon, clipping, m, sync, self.extreme_range
                 )
             else:
-                y, *moments = ops.normalize_by_moments(x, scale, bias, reduction_axes, self.epsilon, m, sync)
+                y, *moments = ops.normalize_by_moments(
+                    x, scale, bias, reduction_axes, self.epsilon, m, sync, extreme_range=self.extreme_range
+                )
                 count, mean, var = (jnp.squeeze(v, reduction_axes) for v in moments)
             # The moving statistics follow moving.py's rule (no gradient flows into them).
             return y, lax.stop_gradient(moving.update(state, count, mean, var, self._rule))
@@ -433,7 +441,7 @@ class BatchNorm(Layer):
 def batch_renormalize(
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, state: Mapping[str, jax.Array],
     reduction_axes: tuple[int, ...], epsilon: float, clipping: Mapping[str, Any], mask: jax.Array | None,
-    sync: Any,
+    sync: Any, extreme_range: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     r"""Batch renormalization in training (Ioffe 2017, as Keras): :math:`(\hat{x} r + d) \cdot scale + bias`.
 
@@ -442,7 +450,7 @@ def batch_renormalize(
     ``scale``/``bias`` (or None) are expanded to ``x``'s rank; ``clipping`` a dict with optional 'rmin', 'rmax',
     'dmax'. Returns ``(y, count, mean, var)`` with the feature-shaped batch statistics.
     """
-    count, mean_x, var_x = stats.count_mean_var(x, reduction_axes, mask, sync)  # keepdims
+    count, mean_x, var_x = stats.count_mean_var(x, reduction_axes, mask, sync, extreme_range=extreme_range)
     count, mean, var = (jnp.squeeze(v, reduction_axes) for v in (count, mean_x, var_x))
     eps = jnp.asarray(epsilon, mean.dtype)
     renorm_stddev = jnp.maximum(state["renorm_stddev"].astype(mean.dtype), jnp.sqrt(eps))
@@ -464,7 +472,7 @@ def batch_renormalize(
 
 def ghost_batch_normalize(
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, reduction_axes: tuple[int, ...],
-    epsilon: float, mask: jax.Array | None, sync: Any, virtual_batch_size: int,
+    epsilon: float, mask: jax.Array | None, sync: Any, virtual_batch_size: int, extreme_range: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Ghost batch normalization in training (Keras 2's ``virtual_batch_size``; Hoffer et al. 2017): each
     contiguous group of ``virtual_batch_size`` examples along axis 0 is normalized by its own statistics.
@@ -481,13 +489,13 @@ def ghost_batch_normalize(
 
     axes = tuple(a + 1 for a in reduction_axes)
     y, count, mean, var = ops.normalize_by_moments(
-        split(x), split(scale), split(bias), axes, epsilon, split(mask), None
+        split(x), split(scale), split(bias), axes, epsilon, split(mask), None, extreme_range=extreme_range
     )
     count, mean, var = (jnp.squeeze(a, axes) for a in (count, mean, var))  # (ghosts, *features)
     has = (count > 0).astype(mean.dtype)
     sums = [jnp.sum(a, 0) for a in (has, has * mean, has * var, count)]
     if sync is not None:
-        name = sync.axis_name if isinstance(sync, stats.Grouped) else sync
+        name = sync.axis_name if isinstance(sync, collectives.Grouped) else sync
         sums = [lax.psum(a, name) for a in sums]  # ghost batches never span devices; their averages do
     n_ghosts, mean_sum, var_sum, total = sums
     return y.reshape(x.shape), total, mean_sum / jnp.maximum(n_ghosts, 1), var_sum / jnp.maximum(n_ghosts, 1)

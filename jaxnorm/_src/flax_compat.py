@@ -7,13 +7,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxnorm._src import stats, validation
+from jaxnorm._src import collectives, validation
 
 
 def sync_axis(axis_name: Any, axis_index_groups: Any, owner: str) -> Any:
     """The ``axis_name`` to hand the core: ``axis_name`` itself, or with Flax's ``axis_index_groups`` attached
     (statistics merged within each group of devices). Raises ``ValueError`` for groups without one name."""
-    return stats.with_groups(axis_name, axis_index_groups, f"{owner}: ")
+    return collectives.with_groups(axis_name, axis_index_groups, f"{owner}: ")
 
 
 def compute_input(x: Any, out_dtype: Any) -> jax.Array:

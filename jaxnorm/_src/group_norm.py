@@ -95,6 +95,7 @@ class GroupNorm(PerExample):
     scale_constraint: Any = None
     bias_constraint: Any = None
     trainable: bool = True
+    extreme_range: bool = False
     dtype_policy: Any = None
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
@@ -128,7 +129,8 @@ class GroupNorm(PerExample):
         groups = validation.resolve_groups(self.num_groups, self.group_size, x.shape[c], c)
         scale, bias = self._expanded(params, x.ndim, axes)
         reduce = ops.group_reduce_axes(c, x.ndim)
-        return ops.normalize_groups(x, scale, bias, c, groups, reduce, self.epsilon, mask)
+        return ops.normalize_groups(x, scale, bias, c, groups, reduce, self.epsilon, mask,
+                                     extreme_range=self.extreme_range)
 
 
 
@@ -181,6 +183,7 @@ class InstanceNorm(PerExample):
     scale_constraint: Any = None
     bias_constraint: Any = None
     trainable: bool = True
+    extreme_range: bool = False
     dtype_policy: Any = None
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
@@ -212,4 +215,5 @@ class InstanceNorm(PerExample):
     ) -> jax.Array:
         scale, bias = self._expanded(params, x.ndim, axes)
         reduce = ops.instance_reduce_axes(axes, x.ndim)
-        return ops.normalize_by_moments(x, scale, bias, reduce, self.epsilon, mask)[0]
+        return ops.normalize_by_moments(x, scale, bias, reduce, self.epsilon, mask,
+                                        extreme_range=self.extreme_range)[0]

@@ -88,6 +88,8 @@ class Layer:
             object.__setattr__(self, "param_dtype", validation.check_dtype_name(self.param_dtype, "param_dtype"))
         if hasattr(self, "epsilon"):
             validation.check_epsilon(self.epsilon)
+        if hasattr(self, "extreme_range"):
+            object.__setattr__(self, "extreme_range", validation.check_bool(self.extreme_range, "extreme_range"))
 
     @property
     def _has_scale(self) -> bool:

@@ -44,6 +44,10 @@ class LayerNorm(PerExample):
       trainable: False freezes the params as Keras's ``trainable=False`` does: no gradient (``stop_gradient``),
         no regularization loss, no constraint; exclude them from the optimizer with
         :func:`jaxnorm.trainable_mask`.
+      extreme_range: False (default): the statistics are exact while deviations from the mean stay below
+        ``2**63`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
+        float32 magnitude, for one more pass over ``x`` (:func:`jaxnorm.moments`; not written to Keras configs,
+        whose layers compute the default).
       implementation: ``'auto'`` (default), ``'xla'`` or ``'pallas'``, as in :func:`jaxnorm.layer_norm`
         (a performance choice: same numbers to float32 rounding; not written to Keras configs).
       dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
@@ -85,6 +89,7 @@ class LayerNorm(PerExample):
     bias_constraint: Any = None
     trainable: bool = True
     implementation: str = "auto"
+    extreme_range: bool = False
     dtype_policy: Any = None
 
     _INITIALIZER_FIELDS = ("scale_init", "bias_init")
@@ -114,8 +119,9 @@ class LayerNorm(PerExample):
         self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
     ) -> jax.Array:
         if self.rms_scaling:  # Keras's deprecated rms_scaling: x * rsqrt(var + eps) * scale, no centering
-            mean, var = stats.mean_var(x, axes, mask)
+            mean, var = stats.mean_var(x, axes, mask, extreme_range=self.extreme_range)
             scale = validation.expand_to_rank(params["scale"], x.ndim, axes)
             return ops.normalize_by_stats(x, jnp.zeros_like(mean), var, scale, None, self.epsilon, mask)
         scale, bias = self._expanded(params, x.ndim, axes)
-        return ops.normalize_layer(x, scale, bias, axes, self.epsilon, mask, None, self.implementation)
+        return ops.normalize_layer(x, scale, bias, axes, self.epsilon, mask, None, self.implementation,
+                                   extreme_range=self.extreme_range)

@@ -1,8 +1,8 @@
 """Feature-wise Normalization (Keras's preprocessing layer) as a pure spec: ``init``, ``adapt``, ``apply``.
 
 ``adapt`` streams over the data once: each batch's ``(count, mean, M2)`` comes from the statistics kernel
-(:func:`jaxnorm._src.stats.count_mean_m2`, jitted, float32 on the device) and is merged into float64 running
-totals on the host with the exact pairwise update (:func:`jaxnorm._src.stats.merge_count_mean_m2`).
+(:func:`jaxnorm._src.stats.normalizer`, jitted, float32 on the device) and is merged into float64 running
+totals on the host with the exact pairwise update (:func:`jaxnorm._src.collectives.merge_count_mean_m2`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm._src import keras_config, layer, stats, validation
+from jaxnorm._src import keras_config, layer, streaming, validation
 from jaxnorm._src.layer import Layer
 
 _STATE_KEYS = ("mean", "variance", "count")
@@ -295,7 +295,7 @@ class Normalization(Layer):
         if state is not None:
             totals = self._totals_from_state(state)
             expected, where = totals[1].shape, f"`state` holds statistics of shape {totals[1].shape}"
-        stream = stats.StreamingMoments(totals)
+        stream = streaming.StreamingMoments(totals)
         for index, raw in enumerate(_batches(data)):
             batch = _as_batch(raw, index)
             del raw

@@ -4,9 +4,11 @@ Every op computes in ``promote_types(x.dtype, float32)`` and returns ``x.dtype``
 
 What every op that takes its own statistics guarantees (tests/test_adversarial.py holds each to it):
 
-- any finite input whose normalized result is representable gives the float64 result to float32 rounding,
-  also where squares overflow or underflow float32 (``1e20``, ``3e38``, ``1e-30`` with ``epsilon=0``): such
-  inputs are rescaled by a power of two (:func:`stats.normalizer`), at no cost on ordinary data;
+- input whose deviations from the mean stay below ``2**63`` in magnitude and whose variance (or mean square)
+  is above about ``2**-100`` or hidden by ``epsilon`` gives the float64 result to float32 rounding, offset data
+  included (float32 ``1e4 + N(0, 1)``); with ``extreme_range=True``, any finite input whose normalized result is
+  representable does, also where squares overflow or underflow float32 (``1e20``, ``3e38``, ``1e-30`` with
+  ``epsilon=0``), for one more pass over ``x`` (:mod:`stats`);
 - masked-out positions (``where``) may hold NaN or inf: the kept outputs and every gradient (parameters and
   ``x``) of a loss that reads only the kept outputs are those of the same call with those positions zeroed;
   a masked-out position's own output is still computed from it (NaN stays NaN there);
@@ -23,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._src import fused, stats, validation
+from jaxnorm._src import collectives, fused, passes, stats, validation
 
 
 def batch_normalization(
@@ -115,37 +117,32 @@ def affine(
 
 def normalize_by_moments(
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: float,
-    mask: jax.Array | None = None, axis_name: Any = None,
+    mask: jax.Array | None = None, axis_name: Any = None, *, center: bool = True, extreme_range: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """``(y, count, mean, var)``: ``x`` normalized by its own statistics over ``axes`` (keepdims statistics).
 
-    The one entry point of every layer that normalizes with fresh statistics. Without a mask or ``axis_name``,
-    over trailing axes (rows: LayerNorm) it uses :func:`fused.normalize_rows` and over leading axes (columns:
-    BatchNorm on channels-last input) :func:`fused.normalize_columns`, and over any other axes (GroupNorm,
-    InstanceNorm, channels-first BatchNorm) :func:`fused.normalize_axes`, all with a hand-written
-    backward that saves only ``x`` and float32 statistics (forward mode works too); with a mask or
-    ``axis_name``, the statistics kernel and plain autodiff. ``scale``/``bias``: None or of x's rank.
+    The one entry point of every layer that normalizes with fresh statistics. Without a mask or ``axis_name``
+    it is :func:`fused.normalize` (a hand-written backward that saves only ``x`` and float32 statistics;
+    forward mode works too); with a mask or ``axis_name``, the statistics of :func:`stats.normalizer` and
+    autodiff. ``scale``/``bias``: None or of x's rank. ``center=False``: RMS statistics (mean 0, ``var`` the
+    mean of squares).
     """
-    rows = tuple(axes) == tuple(range(x.ndim - len(axes), x.ndim))
-    columns = tuple(axes) == tuple(range(len(axes)))
+    n = math.prod(x.shape[a] for a in axes)
+    keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
     if x.size == 0 and axis_name is None:  # an empty batch: an empty output, statistics (0, 0) of count 0
-        n = math.prod(x.shape[a] for a in axes)
-        kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
-        zeros = jnp.zeros(kept, validation.stats_dtype(x.dtype))
-        return x, jnp.full(kept, n, zeros.dtype), zeros, zeros
+        zeros = jnp.zeros(keep, validation.stats_dtype(x.dtype))
+        return x, jnp.full(keep, n, zeros.dtype), zeros, zeros
     if mask is None and axis_name is None:
-        out = None
-        if rows or columns:
-            normalize_fused = fused.normalize_rows if rows else fused.normalize_columns
-            out = normalize_fused(x, scale, bias, tuple(axes), epsilon)
-        if out is None:
-            out = fused.normalize_axes(x, scale, bias, tuple(axes), epsilon)
-        y, mean, var = out
-        n = math.prod(x.shape[a] for a in axes)
-        return y, jnp.full(mean.shape, n, mean.dtype), mean, var
-    st = stats.normalizer(x, tuple(axes), mask, axis_name, epsilon)
-    inv = st.rstd_q if scale is None else st.rstd_q * scale.astype(st.rstd_q.dtype)
-    return affine(x, st.q, st.mean_q, inv, bias, mask), st.count, st.mean, st.var
+        y, mean, var = fused.normalize(x, scale, bias, tuple(axes), epsilon, center=center,
+                                       extreme_range=extreme_range)
+        return y, jnp.full(keep, n, mean.dtype), mean.reshape(keep), var.reshape(keep)
+    st = stats.normalizer(x, tuple(axes), mask, axis_name, epsilon, center=center, extreme_range=extreme_range)
+    q = None if st.q is None else st.q.reshape(keep)
+    inv = st.rstd_q.reshape(keep)
+    if scale is not None:
+        inv = inv * scale.astype(inv.dtype)
+    y = affine(x, q, st.mean_q.reshape(keep) if center else 0, inv, bias, mask)
+    return y, st.count.reshape(keep), st.mean.reshape(keep), st.var.reshape(keep)
 
 
 def normalize_batch_in_training(
@@ -156,6 +153,7 @@ def normalize_batch_in_training(
     epsilon: float = 1e-3,
     *,
     axis_name: Any = None,
+    extreme_range: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     r"""Computes the batch statistics over ``reduction_axes`` and normalizes ``x`` with them.
 
@@ -173,6 +171,10 @@ def normalize_batch_in_training(
       epsilon: non-negative float added to the variance.
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap`` over
         which the batch is split: the statistics are then the global batch's, exactly count-weighted.
+
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63`` in magnitude and
+        the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
+        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 
     Returns:
       ``(y, mean, variance)``: ``y`` of ``x``'s shape and dtype; ``mean`` and ``variance`` of the kept axes'
@@ -203,7 +205,8 @@ def normalize_batch_in_training(
         scale = validation.axes_operand(scale, x.shape, kept, "scale", "kept (non-reduced) axes")
     if offset is not None:
         offset = validation.axes_operand(offset, x.shape, kept, "offset", "kept (non-reduced) axes")
-    y, _, mean, var = normalize_by_moments(x, scale, offset, axes, epsilon, None, axis_name)
+    y, _, mean, var = normalize_by_moments(x, scale, offset, axes, epsilon, None, axis_name,
+                                           extreme_range=validation.check_bool(extreme_range, "extreme_range"))
     return y, jnp.squeeze(mean, axes), jnp.squeeze(var, axes)
 
 
@@ -215,7 +218,7 @@ def layer_norm(
     axis: validation.Axes = -1,
     epsilon: float = 1e-3,
     where: Any = None,
-    axis_name: Any = None, implementation: str = "auto",
+    axis_name: Any = None, implementation: str = "auto", extreme_range: bool = False,
 ) -> jax.Array:
     r"""Layer normalization: each example normalized over ``axis`` by its own statistics.
 
@@ -244,9 +247,13 @@ def layer_norm(
         benchmarks/RESULTS.md). ``"pallas"`` needs trailing ``axis``, no ``where``/``axis_name``, float32/
         bfloat16/float16 input, at most 64 KiB per row, and ``scale``/``bias`` that vary only along ``axis``.
 
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63`` in magnitude and
+        the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
+        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
-      Exact at any finite magnitude; see the module docstring for masks and empty inputs.
+      See the module docstring for the range, masks and empty inputs.
 
     Raises:
       TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` complex, a string or not an array.
@@ -269,18 +276,26 @@ def layer_norm(
     if bias is not None:
         bias = validation.axes_operand(bias, x.shape, axes, "bias", "normalized axes")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    return normalize_layer(x, scale, bias, axes, epsilon, mask, axis_name, check_implementation(implementation))
+    return normalize_layer(x, scale, bias, axes, epsilon, mask, axis_name, check_implementation(implementation),
+                           extreme_range=validation.check_bool(extreme_range, "extreme_range"))
 
 
 def normalize_layer(
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: float,
-    mask: jax.Array | None = None, axis_name: Any = None, implementation: str = "auto",
+    mask: jax.Array | None = None, axis_name: Any = None, implementation: str = "auto", *,
+    center: bool = True, extreme_range: bool = False,
 ) -> jax.Array:
-    """LayerNorm's one entry point for checked inputs (``scale``/``bias``/``mask`` None or of x's rank): the
-    Pallas kernels when asked for, else :func:`normalize_by_moments`."""
-    if implementation == "pallas":
-        return pallas_rows(x, scale, bias, axes, epsilon, mask, axis_name, subtract_mean=True)
-    return normalize_by_moments(x, scale, bias, axes, epsilon, mask, axis_name)[0]
+    """LayerNorm's and RMSNorm's (``center=False``) one entry point for checked inputs (``scale``/``bias``/
+    ``mask`` None or of x's rank): the Pallas kernels when asked for, else :func:`normalize_by_moments`."""
+    if check_implementation(implementation) == "pallas":
+        if extreme_range:
+            raise ValueError(
+                "implementation='pallas' does not cover extreme_range=True (the kernels square float32 "
+                "deviations unscaled). Use implementation='xla' with extreme_range=True."
+            )
+        return pallas_rows(x, scale, bias, axes, epsilon, mask, axis_name, subtract_mean=center)
+    return normalize_by_moments(x, scale, bias, axes, epsilon, mask, axis_name, center=center,
+                                extreme_range=extreme_range)[0]
 
 
 def rms_norm(
@@ -290,7 +305,7 @@ def rms_norm(
     axis: validation.Axes = -1,
     epsilon: float = 1e-6,
     where: Any = None,
-    axis_name: Any = None, implementation: str = "auto",
+    axis_name: Any = None, implementation: str = "auto", extreme_range: bool = False,
 ) -> jax.Array:
     r"""Root-mean-square normalization: each example divided by its RMS over ``axis`` (no centering).
 
@@ -313,9 +328,13 @@ def rms_norm(
         across which the normalized axes are split; the statistic is then exact over the whole example.
       implementation: ``"auto"``, ``"xla"`` or ``"pallas"``, as in :func:`layer_norm`.
 
+      extreme_range: static bool. False (default): exact while the values stay below ``2**63`` in magnitude and
+        the mean square above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
+        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+
     Returns:
       An array of ``x``'s shape and dtype; the statistic computed in ``promote_types(x.dtype, float32)``.
-      Exact at any finite magnitude; see the module docstring for masks and empty inputs.
+      See the module docstring for the range, masks and empty inputs.
 
     Raises:
       TypeError: ``x`` or ``scale`` not floating; ``where`` complex, a string or not an array.
@@ -337,30 +356,14 @@ def rms_norm(
     if scale is not None:
         scale = validation.axes_operand(scale, x.shape, axes, "scale", "normalized axes")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    return normalize_by_square(x, scale, axes, epsilon, mask, axis_name, implementation)
+    return normalize_layer(x, scale, None, axes, epsilon, mask, axis_name, check_implementation(implementation),
+                           center=False, extreme_range=validation.check_bool(extreme_range, "extreme_range"))
 
 
-def normalize_by_square(
-    x: jax.Array, scale: jax.Array | None, axes: tuple[int, ...], epsilon: float, mask: jax.Array | None = None,
-    axis_name: Any = None, implementation: str = "auto",
+def unit_norm(
+    x: jax.Array, *, axis: validation.Axes = -1, epsilon: float = 1e-12, where: Any = None,
+    extreme_range: bool = False,
 ) -> jax.Array:
-    """RMSNorm's one entry point (``scale`` None or of x's rank): the Pallas kernels when asked for, the
-    blocked custom backward of :mod:`fused` over trailing axes, otherwise the statistics kernel and autodiff."""
-    if check_implementation(implementation) == "pallas":
-        return pallas_rows(x, scale, None, axes, epsilon, mask, axis_name, subtract_mean=False)
-    rows = tuple(axes) == tuple(range(x.ndim - len(axes), x.ndim))
-    if x.size == 0 and axis_name is None:
-        return x
-    if rows and mask is None and axis_name is None:
-        out = fused.normalize_rows(x, scale, None, tuple(axes), epsilon, center=False)
-        if out is not None:
-            return out[0]
-    st = stats.normalizer(x, tuple(axes), mask, axis_name, epsilon, center=False)
-    inv = st.rstd_q if scale is None else st.rstd_q * scale.astype(st.rstd_q.dtype)
-    return affine(x, st.q, 0, inv, None, mask)
-
-
-def unit_norm(x: jax.Array, *, axis: validation.Axes = -1, epsilon: float = 1e-12, where: Any = None) -> jax.Array:
     r"""Unit (L2) normalization: each example scaled to unit Euclidean norm over ``axis``.
 
     .. math::
@@ -377,9 +380,13 @@ def unit_norm(x: jax.Array, *, axis: validation.Axes = -1, epsilon: float = 1e-1
         broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
         only kept positions enter the norm (values elsewhere may be NaN; they are scaled too).
 
+      extreme_range: static bool. False (default): exact while the values stay below ``2**63`` in magnitude and
+        the mean square above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
+        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+
     Returns:
       An array of ``x``'s shape and dtype; the sum of squares computed in ``promote_types(x.dtype, float32)``.
-      Exact at any finite magnitude; see the module docstring for masks and empty inputs.
+      See the module docstring for the range, masks and empty inputs.
 
     Raises:
       TypeError: ``x`` not floating; ``where`` complex, a string or not an array.
@@ -397,24 +404,28 @@ def unit_norm(x: jax.Array, *, axis: validation.Axes = -1, epsilon: float = 1e-1
     validation.check_epsilon(epsilon)
     axes = validation.canonicalize_axes(axis, x.ndim, "axis")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    return normalize_unit(x, axes, epsilon, mask)
+    return normalize_unit(x, axes, epsilon, mask, extreme_range=validation.check_bool(extreme_range, "extreme_range"))
 
 
 def normalize_unit(
-    x: jax.Array, axes: tuple[int, ...], epsilon: float, mask: jax.Array | None = None,
+    x: jax.Array, axes: tuple[int, ...], epsilon: float, mask: jax.Array | None = None, *,
+    extreme_range: bool = False,
 ) -> jax.Array:
     """UnitNormalization's one entry point for checked inputs (``mask`` None or of x's shape)."""
     if x.size == 0:
         return x
     dtype = validation.stats_dtype(x.dtype)
     n = math.prod(x.shape[a] for a in axes)
-    count = jnp.full((), n, dtype) if mask is None else stats.sum_keepdims(mask, axes, dtype)
+    count = jnp.full((), n, dtype) if mask is None else passes.reduce_sum(mask, axes, dtype)
     count = jnp.maximum(count, 1)
-    # max(sum x^2, eps^2) as the mean of squares floored at eps^2 / n: exact at any magnitude (stats.normalizer)
-    st = stats.normalizer(x, axes, mask, None, jnp.asarray(epsilon, dtype) ** 2 / count, center=False, floor=True)
-    y = affine(x, st.q, 0, st.rstd_q * lax.rsqrt(count), None, mask)
+    # max(sum x^2, eps^2) as the mean of squares floored at eps^2 / n (stats.normalizer)
+    st = stats.normalizer(x, axes, mask, None, jnp.asarray(epsilon, dtype) ** 2 / count, center=False, floor=True,
+                          extreme_range=extreme_range)
+    keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    q = None if st.q is None else st.q.reshape(keep)
+    y = affine(x, q, 0, (st.rstd_q * lax.rsqrt(count)).reshape(keep), None, mask)
     # An all-zero example: y = 0 with a zero gradient (the derivative of x / eps would be 1 / eps there).
-    return jnp.where(st.var_q > 0, y, lax.stop_gradient(y))
+    return jnp.where(st.var_q.reshape(keep) > 0, y, lax.stop_gradient(y))
 
 
 def group_norm(
@@ -429,6 +440,7 @@ def group_norm(
     epsilon: float = 1e-3,
     where: Any = None,
     axis_name: Any = None,
+    extreme_range: bool = False,
 ) -> jax.Array:
     r"""Group normalization: the channels are split into groups, each normalized by its own statistics.
 
@@ -463,9 +475,13 @@ def group_norm(
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
         across which the reduced axes are split (e.g. spatial parallelism); statistics are then exact.
 
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63`` in magnitude and
+        the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
+        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
-      Exact at any finite magnitude; see the module docstring for masks and empty inputs.
+      See the module docstring for the range, masks and empty inputs.
 
     Raises:
       TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` complex, a string or not an array.
@@ -497,13 +513,14 @@ def group_norm(
     scale = None if scale is None else validation.axes_operand(scale, x.shape, (c,), "scale", "channel axis")
     bias = None if bias is None else validation.axes_operand(bias, x.shape, (c,), "bias", "channel axis")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    return normalize_groups(x, scale, bias, c, groups, reduce, epsilon, mask, axis_name)
+    return normalize_groups(x, scale, bias, c, groups, reduce, epsilon, mask, axis_name,
+                            extreme_range=validation.check_bool(extreme_range, "extreme_range"))
 
 
 def normalize_groups(
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, channel_axis: int, num_groups: int,
     reduce_axes: tuple[int, ...],
-    epsilon: float, mask: jax.Array | None = None, axis_name: Any = None,
+    epsilon: float, mask: jax.Array | None = None, axis_name: Any = None, *, extreme_range: bool = False,
 ) -> jax.Array:
     """GroupNorm's one entry point: ``x`` viewed with its channel axis split into ``(num_groups, C //
     num_groups)`` and normalized by :func:`normalize_by_moments` over the within-group axis and
@@ -518,7 +535,8 @@ def normalize_groups(
 
     axes = tuple(sorted([a + (a > c) for a in reduce_axes if a != c] + [c + 1]))
     y, *_ = normalize_by_moments(
-        grouped(x), grouped(scale), grouped(bias), axes, epsilon, grouped(mask), axis_name
+        grouped(x), grouped(scale), grouped(bias), axes, epsilon, grouped(mask), axis_name,
+        extreme_range=extreme_range,
     )
     return y.reshape(x.shape)
 
@@ -532,6 +550,7 @@ def instance_norm(
     epsilon: float = 1e-3,
     where: Any = None,
     axis_name: Any = None,
+    extreme_range: bool = False,
 ) -> jax.Array:
     r"""Instance normalization: each example's channels normalized separately over the remaining axes.
 
@@ -557,9 +576,13 @@ def instance_norm(
         the statistics use only the kept positions.
       axis_name: optional named axis (or tuple of names) across which the reduced axes are split.
 
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63`` in magnitude and
+        the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
+        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
-      Exact at any finite magnitude; see the module docstring for masks and empty inputs.
+      See the module docstring for the range, masks and empty inputs.
 
     Raises:
       TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` complex, a string or not an array.
@@ -584,7 +607,8 @@ def instance_norm(
     scale = None if scale is None else validation.axes_operand(scale, x.shape, features, "scale", "channel axes")
     bias = None if bias is None else validation.axes_operand(bias, x.shape, features, "bias", "channel axes")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    return normalize_by_moments(x, scale, bias, reduce, epsilon, mask, axis_name)[0]
+    return normalize_by_moments(x, scale, bias, reduce, epsilon, mask, axis_name,
+                                extreme_range=validation.check_bool(extreme_range, "extreme_range"))[0]
 
 
 def check_batched(shape: tuple[int, ...], op: str, alternative: str = "") -> None:
@@ -653,7 +677,7 @@ def pallas_rows(
         why = "a mask (`where`) or `axis_name` is given"
     elif x.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
         why = f"x has dtype {x.dtype} (the kernels take float32, bfloat16 and float16)"
-    s, b = fused.rows_operand(scale, x.shape, axes), fused.rows_operand(bias, x.shape, axes)
+    s, b = _rows_operand(scale, x.shape, lead), _rows_operand(bias, x.shape, lead)
     if why is None and (s is False or b is False):
         why = "scale or bias varies along axes that are not normalized"
     n = math.prod(x.shape[a] for a in axes)
@@ -664,9 +688,19 @@ def pallas_rows(
     if why is not None:
         raise ValueError(f"implementation='pallas' does not cover this call: {why}. Use implementation='xla'.")
     m = math.prod(x.shape[:lead])
-    s, b = fused.vary_like(s, x), fused.vary_like(b, x)
+    s, b = collectives.vary_like(s, x), collectives.vary_like(b, x)
     y = pallas_norm.normalize_rows(
         x.reshape(m, n), s, b, float(epsilon), subtract_mean=subtract_mean,
         interpret=not pallas_norm.pallas_available(),
     )
     return y.reshape(x.shape)
+
+
+def _rows_operand(p: jax.Array | None, x_shape: tuple[int, ...], lead: int) -> Any:
+    """A scale/bias of x's rank as the flat vector of the trailing axes from ``lead``, or ``False`` if it varies
+    along the leading ones."""
+    if p is None:
+        return None
+    if any(d != 1 for d in p.shape[:lead]):
+        return False
+    return jnp.broadcast_to(p.reshape(p.shape[lead:]), x_shape[lead:]).reshape(-1)

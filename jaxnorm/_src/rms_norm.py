@@ -40,6 +40,10 @@ class RMSNorm(PerExample):
       param_dtype: dtype of ``scale`` (default float32).
       scale_regularizer, scale_constraint: as :class:`LayerNorm`'s.
       trainable: False freezes ``scale`` (no gradient, regularization or constraint), as Keras does.
+      extreme_range: False (default): the statistics are exact while deviations from the mean stay below
+        ``2**63`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
+        float32 magnitude, for one more pass over ``x`` (:func:`jaxnorm.moments`; not written to Keras configs,
+        whose layers compute the default).
       implementation: ``'auto'`` (default), ``'xla'`` or ``'pallas'``, as in :func:`jaxnorm.rms_norm`.
       dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
         default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype`` by
@@ -72,6 +76,7 @@ class RMSNorm(PerExample):
     scale_constraint: Any = None
     trainable: bool = True
     implementation: str = "auto"
+    extreme_range: bool = False
     dtype_policy: Any = None
 
     _INITIALIZER_FIELDS = ("scale_init",)
@@ -105,4 +110,5 @@ class RMSNorm(PerExample):
         self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
     ) -> jax.Array:
         scale, _ = self._expanded(params, x.ndim, axes)
-        return ops.normalize_by_square(x, scale, axes, self.epsilon, mask, None, self.implementation)
+        return ops.normalize_layer(x, scale, None, axes, self.epsilon, mask, None, self.implementation, center=False,
+                                   extreme_range=self.extreme_range)

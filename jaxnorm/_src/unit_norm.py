@@ -24,6 +24,10 @@ class UnitNormalization(PerExample):
       axis: int or sequence of ints, the axes of the norm (default -1; Keras's ``axis``).
       epsilon: norms below it count as ``epsilon`` (1e-12, the value Keras uses), so zero examples stay zero.
       trainable: accepted for Keras configs (there is nothing to train).
+      extreme_range: False (default): the statistics are exact while deviations from the mean stay below
+        ``2**63`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
+        float32 magnitude, for one more pass over ``x`` (:func:`jaxnorm.moments`; not written to Keras configs,
+        whose layers compute the default).
       dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
         default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype`` by
         :meth:`to_keras_config` and :func:`jaxnorm.interop.to_keras`. It changes no number here: the output has
@@ -45,6 +49,7 @@ class UnitNormalization(PerExample):
     axis: int | tuple[int, ...] = -1
     epsilon: float = 1e-12
     trainable: bool = True
+    extreme_range: bool = False
     dtype_policy: Any = None
 
     _REGULARIZER_FIELDS = {}
@@ -72,4 +77,4 @@ class UnitNormalization(PerExample):
     def _normalize(
         self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
     ) -> jax.Array:
-        return ops.normalize_unit(x, axes, self.epsilon, mask)
+        return ops.normalize_unit(x, axes, self.epsilon, mask, extreme_range=self.extreme_range)
