@@ -3,10 +3,12 @@
 
 Usage: swap ``eqx.nn.BatchNorm(...)`` for ``jaxnorm.equinox.BatchNorm(...)`` (``from jaxnorm import equinox as
 jeqx``), and likewise for the others. The constructors and ``__call__`` take equinox's arguments with equinox's
-defaults; the modules have equinox's fields (names, order, static or not) and ``eqx.nn.StateIndex`` layout, so
-``eqx.nn.make_with_state``, ``eqx.nn.inference_mode``, ``eqx.nn.Sequential``, ``eqx.tree_serialise_leaves``
-checkpoints and ``eqx.nn.State`` objects move freely between a model built with equinox's classes and one built
-with these (a ``State`` made for one is read by the other: the state keys are the same key paths).
+defaults (the four normalizations also a keyword-only ``extreme_range``, default False, kept in a static field
+after equinox's: no leaf); the modules have equinox's fields (names, order, static or not) and
+``eqx.nn.StateIndex`` layout, so ``eqx.nn.make_with_state``, ``eqx.nn.inference_mode``, ``eqx.nn.Sequential``,
+``eqx.tree_serialise_leaves`` checkpoints and ``eqx.nn.State`` objects move freely between a model built with
+equinox's classes and one built with these (a ``State`` made for one is read by the other: the state keys are the
+same key paths).
 
 The modules hold the parameters and state and follow equinox's rules (its momentum convention, its ``mode='ema'``
 first-batch initialization, its ``mode='batch'`` read-out, its dtype results); the statistics, the normalization
@@ -169,6 +171,10 @@ class BatchNorm(StatefulLayer):
       inference: the default of ``__call__``'s ``inference`` (False); ``eqx.nn.inference_mode`` sets it.
       dtype: dtype of ``weight``, ``bias`` and the state's averages (None: float32, float64 in 64-bit mode).
       mode: ``'ema'``, ``'batch'``, or ``'legacy'`` (default: ``'ema'`` with equinox's ``UserWarning``).
+      extreme_range: jaxnorm's option (not equinox's), keyword-only after equinox's arguments: False (default)
+        keeps the statistics exact while deviations from the mean stay below ``2**63`` and the variance above
+        about ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``.
+        A static field (no leaf: checkpoints and states are unchanged).
 
     State (``eqx.nn.make_with_state``): ``mode='ema'``: ``ema_first_time_index`` bool scalar (True) and
     ``ema_state_index`` ``(mean, var)`` of shape ``(input_size,)`` and ``dtype`` (zeros); ``mode='batch'``:
@@ -230,6 +236,7 @@ class BatchNorm(StatefulLayer):
     channelwise_affine: bool = field(static=True)
     momentum: float = field(static=True)
     mode: Literal["ema", "batch"] = field(static=True)
+    extreme_range: bool = field(static=True)  # jaxnorm's option, after equinox's fields
 
     def __init__(
         self,
@@ -241,6 +248,8 @@ class BatchNorm(StatefulLayer):
         inference: bool = False,
         dtype: Any = None,
         mode: Literal["ema", "batch", "legacy"] = "legacy",
+        *,
+        extreme_range: bool = False,
     ):
         if mode == "legacy":
             mode = "ema"
@@ -259,6 +268,7 @@ class BatchNorm(StatefulLayer):
             )
         validation.check_epsilon(eps, "eps")
         moving.Rule(momentum)  # checks momentum: a float in [0, 1]
+        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
         dtype = _default_float() if dtype is None else dtype
         self.mode = mode
         if channelwise_affine:
@@ -330,7 +340,8 @@ class BatchNorm(StatefulLayer):
             else:
                 first_time = state.get(self.ema_first_time_index)
                 count, batch_mean, batch_var = (
-                    jnp.squeeze(s, axes) for s in stats.count_mean_var(xc, axes, m, sync)
+                    jnp.squeeze(s, axes)
+                    for s in stats.count_mean_var(xc, axes, m, sync, extreme_range=self.extreme_range)
                 )
                 new = moving.update(
                     {"mean": running[0], "var": running[1]}, count, batch_mean, batch_var, rule
@@ -360,7 +371,9 @@ class BatchNorm(StatefulLayer):
             return y.astype(out_dtype), state
         out_dtype = jnp.result_type(x, *params)
         xc = x.astype(jnp.promote_types(x.dtype, out_dtype))
-        y, *moments = ops.normalize_by_moments(xc, scale, bias, axes, self.eps, m, sync)
+        y, *moments = ops.normalize_by_moments(
+            xc, scale, bias, axes, self.eps, m, sync, extreme_range=self.extreme_range
+        )
         count, batch_mean, batch_var = (jnp.squeeze(s, axes) for s in moments)
         new = moving.update({"mean": hidden[0], "var": hidden[1]}, count, batch_mean, batch_var, rule)
         ok = moving.update_ok(count, batch_mean, batch_var)
@@ -393,7 +406,7 @@ class LayerNorm(eqx.Module):
         \mu, \sigma^2 = \text{mean and (biased) variance of all of } x
 
     computed by jaxnorm's kernel (two-pass, in ``result_type(x, float32)``, as equinox; exact at any finite
-    magnitude). Normalize over fewer axes with ``jax.vmap``, as in equinox.
+    magnitude with ``extreme_range=True``). Normalize over fewer axes with ``jax.vmap``, as in equinox.
 
     Args:
       shape: int or sequence of ints, the shape of ``x`` (and of ``weight``/``bias``).
@@ -403,6 +416,10 @@ class LayerNorm(eqx.Module):
       dtype: dtype of ``weight``/``bias`` (None: float32, float64 in 64-bit mode).
       elementwise_affine: keyword-only, deprecated (equinox's): sets both ``use_weight`` and ``use_bias``,
         with equinox's warning.
+      extreme_range: jaxnorm's option (not equinox's), keyword-only after equinox's arguments: False (default)
+        keeps the statistics exact while deviations from the mean stay below ``2**63`` and the variance above
+        about ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``.
+        A static field (no leaf: checkpoints and states are unchanged).
 
     Call ``__call__(x, state=sentinel, *, key=None, mask=None)``:
       x: array of shape ``shape``. state: optional, passed through (equinox's API). key: ignored.
@@ -434,6 +451,7 @@ class LayerNorm(eqx.Module):
     use_bias: bool = field(static=True)
     weight: jax.Array | None
     bias: jax.Array | None
+    extreme_range: bool = field(static=True)  # jaxnorm's option, after equinox's fields
 
     def __init__(
         self,
@@ -444,6 +462,7 @@ class LayerNorm(eqx.Module):
         dtype: Any = None,
         *,
         elementwise_affine: bool | None = None,
+        extreme_range: bool = False,
     ):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         validation.check_epsilon(eps, "eps")
@@ -461,6 +480,7 @@ class LayerNorm(eqx.Module):
         self.use_bias = use_bias
         self.weight = jnp.ones(shape, dtype=dtype) if use_weight else None
         self.bias = jnp.zeros(shape, dtype=dtype) if use_bias else None
+        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
 
     def __call__(
         self, x: jax.Array, state: Any = _sentinel, *, key: Any = None, mask: jax.Array | None = None
@@ -473,7 +493,9 @@ class LayerNorm(eqx.Module):
         weight = None if self.weight is None else _fit(self.weight, x.shape, "LayerNorm.weight", fix)
         bias = None if self.bias is None else _fit(self.bias, x.shape, "LayerNorm.bias", fix)
         xc = x.astype(_compute_dtype(x))
-        y, *_ = ops.normalize_by_moments(xc, weight, bias, tuple(range(x.ndim)), self.eps, full_mask(mask, x))
+        y, *_ = ops.normalize_by_moments(
+            xc, weight, bias, tuple(range(x.ndim)), self.eps, full_mask(mask, x), extreme_range=self.extreme_range
+        )
         return _with_state(y.astype(x.dtype), state)
 
 
@@ -484,7 +506,8 @@ class RMSNorm(eqx.Module):
         y = \frac{x}{\sqrt{\langle x^2\rangle + \epsilon}} \cdot \text{weight} + \text{bias}
 
     with :math:`\langle x^2\rangle` the mean of squares of all of ``x``, computed by jaxnorm's kernel in
-    ``result_type(x, float32)`` (exact where squares would overflow or underflow float32).
+    ``result_type(x, float32)`` (with ``extreme_range=True`` exact also where squares would overflow or
+    underflow float32).
 
     Args:
       shape: int or sequence of ints, the shape of ``x``.
@@ -492,6 +515,10 @@ class RMSNorm(eqx.Module):
       use_weight: learn ``weight`` (ones of ``shape``) (True).
       use_bias: learn ``bias`` (zeros of ``shape``) (True, as equinox).
       dtype: dtype of ``weight``/``bias`` (None: float32, float64 in 64-bit mode).
+      extreme_range: jaxnorm's option (not equinox's), keyword-only after equinox's arguments: False (default)
+        keeps the statistic exact while the values stay below ``2**63`` and their mean square above about
+        ``2**-100``; True makes it exact at any finite float32 magnitude, for one more pass over ``x``. A
+        static field (no leaf: checkpoints are unchanged).
 
     Call ``__call__(x, state=sentinel, *, key=None, mask=None)``: as :class:`LayerNorm`'s.
 
@@ -518,6 +545,7 @@ class RMSNorm(eqx.Module):
     use_bias: bool = field(static=True)
     weight: jax.Array | None
     bias: jax.Array | None
+    extreme_range: bool = field(static=True)  # jaxnorm's option, after equinox's fields
 
     def __init__(
         self,
@@ -526,6 +554,8 @@ class RMSNorm(eqx.Module):
         use_weight: bool = True,
         use_bias: bool = True,
         dtype: Any = None,
+        *,
+        extreme_range: bool = False,
     ):
         dtype = _default_float() if dtype is None else dtype
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -536,6 +566,7 @@ class RMSNorm(eqx.Module):
         self.use_bias = use_bias
         self.weight = jnp.ones(shape, dtype=dtype) if use_weight else None
         self.bias = jnp.zeros(shape, dtype=dtype) if use_bias else None
+        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
 
     def __call__(
         self, x: jax.Array, state: Any = _sentinel, *, key: Any = None, mask: jax.Array | None = None
@@ -547,7 +578,10 @@ class RMSNorm(eqx.Module):
         fix = "Build the layer with this shape."
         weight = None if self.weight is None else _fit(self.weight, x.shape, "RMSNorm.weight", fix)
         xc = x.astype(_compute_dtype(x))
-        y = ops.normalize_layer(xc, weight, None, tuple(range(x.ndim)), self.eps, full_mask(mask, x), center=False)
+        y = ops.normalize_layer(
+            xc, weight, None, tuple(range(x.ndim)), self.eps, full_mask(mask, x), center=False,
+            extreme_range=self.extreme_range,
+        )
         if self.bias is not None:  # equinox's bias, added in the compute dtype (ops take no RMSNorm bias)
             y = y + _fit(self.bias, x.shape, "RMSNorm.bias", fix).astype(y.dtype)
         return _with_state(y.astype(x.dtype), state)
@@ -569,6 +603,10 @@ class GroupNorm(eqx.Module):
       eps: float >= 0 added to the variance (1e-5).
       channelwise_affine: learn ``weight`` (ones) and ``bias`` (zeros) of shape ``(channels,)`` (True).
       dtype: dtype of ``weight``/``bias`` (None: float32, float64 in 64-bit mode).
+      extreme_range: jaxnorm's option (not equinox's), keyword-only after equinox's arguments: False (default)
+        keeps the statistics exact while deviations from the mean stay below ``2**63`` and the variance above
+        about ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``.
+        A static field (no leaf: checkpoints and states are unchanged).
 
     Call ``__call__(x, state=sentinel, *, key=None, mask=None)``: ``x`` of shape ``(channels, ...)``; ``state``,
     ``key`` and ``mask`` as :class:`LayerNorm`'s.
@@ -597,6 +635,7 @@ class GroupNorm(eqx.Module):
     channelwise_affine: bool = field(static=True)
     weight: jax.Array | None
     bias: jax.Array | None
+    extreme_range: bool = field(static=True)  # jaxnorm's option, after equinox's fields
 
     def __init__(
         self,
@@ -605,6 +644,8 @@ class GroupNorm(eqx.Module):
         eps: float = 1e-5,
         channelwise_affine: bool = True,
         dtype: Any = None,
+        *,
+        extreme_range: bool = False,
     ):
         validation.check_int(groups, "groups", 1)
         if channels is not None:
@@ -625,6 +666,7 @@ class GroupNorm(eqx.Module):
         self.channelwise_affine = channelwise_affine
         self.weight = jnp.ones(channels, dtype=dtype) if channelwise_affine else None
         self.bias = jnp.zeros(channels, dtype=dtype) if channelwise_affine else None
+        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
 
     def __call__(
         self, x: jax.Array, state: Any = _sentinel, *, key: Any = None, mask: jax.Array | None = None
@@ -646,7 +688,8 @@ class GroupNorm(eqx.Module):
         weight, bias = _affine(self.weight, self.bias, x, "GroupNorm", fix)
         xc = x.astype(_compute_dtype(x))
         y = ops.normalize_groups(
-            xc, weight, bias, 0, self.groups, tuple(range(1, x.ndim)), self.eps, full_mask(mask, x)
+            xc, weight, bias, 0, self.groups, tuple(range(1, x.ndim)), self.eps, full_mask(mask, x),
+            extreme_range=self.extreme_range,
         )
         return _with_state(y.astype(x.dtype), state)
 

@@ -26,6 +26,8 @@ normalized, as in Flax, so a NaN input stays NaN in the output at its own positi
 (``jnp.where(mask, x, 0)``) before differentiating through the output. A reduction that selects nothing gives
 mean 0 and variance 0 (Flax: NaN); complex inputs and repeated axes raise instead of being accepted;
 ``axis_index_groups`` groups the devices of ``axis_name``, statistics merged exactly within each group.
+The normalizations take one more field after Flax's, ``extreme_range`` (default False; True: statistics exact at
+any finite float32 magnitude, for one more pass), a static option: the variables are unchanged.
 
 ``SpectralNorm`` and ``WeightNorm`` wrap a layer and normalize its weights (not its activations). They keep
 Flax's mechanism (``nn.map_variables`` over the wrapped layer's variables) and Flax's variables (``batch_stats``
@@ -115,6 +117,10 @@ class BatchNorm(module.Module):
         'exponential'/'cumulative'/'debiased' averaging, per-feature safe updates (False: update regardless, as
         Flax), and a step counter. The defaults are Flax's behaviour (with safe updates); 'cumulative',
         'debiased' or ``count_steps=True`` add ``batch_stats['steps']`` (int32 scalar).
+      extreme_range: jaxnorm's option (not Flax's), after Flax's arguments: False (default) keeps the statistics
+        exact while deviations from the mean stay below ``2**63`` and the variance above about ``2**-100``;
+        True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A static option,
+        not a variable.
 
     Call ``__call__(x, use_running_average=None, *, mask=None)``:
       x: array of any rank with the feature sizes used at ``init``; real floating (or integer, as in Flax).
@@ -181,10 +187,12 @@ class BatchNorm(module.Module):
     averaging: str = "exponential"
     safe_update: bool = True
     count_steps: bool = False
+    extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
 
     def __post_init__(self) -> None:
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm")
         self._rule()  # checks the moving-statistics options at construction
+        validation.check_bool(self.extreme_range, "extreme_range")
         super().__post_init__()
 
     def _rule(self) -> moving.Rule:
@@ -230,7 +238,8 @@ class BatchNorm(module.Module):
             self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm"
         )
         y, count, mean, var = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), axis_name
+            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), axis_name,
+            extreme_range=self.extreme_range,
         )
         if not self.is_initializing():
             sdt = stats_dtype(x, self.dtype, self.force_float32_reductions)
@@ -275,6 +284,10 @@ class LayerNorm(module.Module):
         within each group (Flax's argument; exact, count-weighted).
       use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
       force_float32_reductions: accepted; statistics are always computed in at least float32.
+      extreme_range: jaxnorm's option (not Flax's), after Flax's arguments: False (default) keeps the statistics
+        exact while deviations from the mean stay below ``2**63`` and the variance above about ``2**-100``;
+        True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A static option,
+        not a variable.
 
     Call ``__call__(x, *, mask=None)``:
       x: array of any rank; real floating (or integer, as in Flax).
@@ -326,9 +339,11 @@ class LayerNorm(module.Module):
     axis_index_groups: Any = None
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
+    extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
 
     def __post_init__(self) -> None:
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.LayerNorm")
+        validation.check_bool(self.extreme_range, "extreme_range")
         super().__post_init__()
 
     @module.compact
@@ -349,6 +364,7 @@ class LayerNorm(module.Module):
         y, *_ = ops.normalize_by_moments(
             xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.LayerNorm"),
+            extreme_range=self.extreme_range,
         )
         return y.astype(out_dtype)
 
@@ -373,6 +389,10 @@ class RMSNorm(module.Module):
       axis_index_groups: None, or lists of device indices along ``axis_name`` (merged within each group).
       use_fast_variance: accepted for compatibility (RMSNorm has no variance to compute two ways).
       force_float32_reductions: accepted; the statistic is always computed in at least float32.
+      extreme_range: jaxnorm's option (not Flax's), after Flax's arguments: False (default) keeps the statistic
+        exact while the values stay below ``2**63`` and their mean square above about ``2**-100``; True makes
+        it exact at any finite float32 magnitude, for one more pass over ``x``. A static option, not a
+        variable.
 
     Call ``__call__(x, *, mask=None)``:
       x: array of any rank, floating.
@@ -419,9 +439,11 @@ class RMSNorm(module.Module):
     axis_index_groups: Any = None
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
+    extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
 
     def __post_init__(self) -> None:
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.RMSNorm")
+        validation.check_bool(self.extreme_range, "extreme_range")
         super().__post_init__()
 
     @module.compact
@@ -438,6 +460,7 @@ class RMSNorm(module.Module):
         y = ops.normalize_layer(
             xc, scale, None, reduction_axes, self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.RMSNorm"), center=False,
+            extreme_range=self.extreme_range,
         )
         return y.astype(out_dtype)
 
@@ -464,6 +487,10 @@ class GroupNorm(module.Module):
       axis_name, axis_index_groups: as :class:`LayerNorm`'s (exact, count-weighted merges).
       use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
       force_float32_reductions: accepted; statistics are always computed in at least float32.
+      extreme_range: jaxnorm's option (not Flax's), after Flax's arguments: False (default) keeps the statistics
+        exact while deviations from the mean stay below ``2**63`` and the variance above about ``2**-100``;
+        True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A static option,
+        not a variable.
 
     Call ``__call__(x, *, mask=None)``: ``x`` of shape ``(..., C)``; ``mask`` broadcastable to ``x``, True where
     a position enters the statistics.
@@ -508,9 +535,11 @@ class GroupNorm(module.Module):
     axis_index_groups: Any = None
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
+    extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
 
     def __post_init__(self) -> None:
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.GroupNorm")
+        validation.check_bool(self.extreme_range, "extreme_range")
         super().__post_init__()
 
     @module.compact
@@ -532,6 +561,7 @@ class GroupNorm(module.Module):
         y = ops.normalize_groups(
             xc, expand(scale), expand(bias), x.ndim - 1, groups, reduction_axes[:-1], self.epsilon,
             full_mask(mask, xc), sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.GroupNorm"),
+            extreme_range=self.extreme_range,
         )
         return y.astype(out_dtype)
 
@@ -550,6 +580,10 @@ class InstanceNorm(module.Module):
       dtype, param_dtype, use_bias, use_scale, bias_init, scale_init: as :class:`GroupNorm`'s.
       feature_axes: int or tuple of ints, the axes ``scale`` and ``bias`` span (-1); never 0 (the batch).
       axis_name, axis_index_groups, use_fast_variance, force_float32_reductions: as :class:`LayerNorm`'s.
+      extreme_range: jaxnorm's option (not Flax's), after Flax's arguments: False (default) keeps the statistics
+        exact while deviations from the mean stay below ``2**63`` and the variance above about ``2**-100``;
+        True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A static option,
+        not a variable.
 
     Call ``__call__(x, *, mask=None)`` as :class:`GroupNorm`.
 
@@ -587,9 +621,11 @@ class InstanceNorm(module.Module):
     axis_index_groups: Any = None
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
+    extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
 
     def __post_init__(self) -> None:
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.InstanceNorm")
+        validation.check_bool(self.extreme_range, "extreme_range")
         super().__post_init__()
 
     @module.compact
@@ -605,6 +641,7 @@ class InstanceNorm(module.Module):
         y, *_ = ops.normalize_by_moments(
             xc, expand(scale), expand(bias), tuple(reduction_axes), self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.InstanceNorm"),
+            extreme_range=self.extreme_range,
         )
         return y.astype(out_dtype)
 

@@ -17,6 +17,8 @@ and ignored; Flax's default ``E[x^2] - E[x]^2`` cancels on data with a large off
 statistics are merged exactly with per-device counts, masked-out values never reach the statistics (nor their
 gradients), an empty selection gives mean and variance 0 (Flax: NaN), complex inputs raise, and
 ``axis_index_groups`` groups the devices of ``axis_name``, statistics merged exactly within each group.
+The normalizations take one more keyword after Flax's, ``extreme_range`` (default False; True: statistics exact at
+any finite float32 magnitude, for one more pass), a plain attribute: the state is unchanged.
 
 ``SpectralNorm`` and ``WeightNorm`` wrap a layer and normalize its weights; they keep Flax's arguments and
 state (``batch_stats`` ``{(path, 'u'), (path, 'sigma')}``; ``scales`` ``{path: array}``) and Flax's behaviour of
@@ -141,6 +143,10 @@ class BatchNorm(nnx.Module):
         'biased'/'unbiased', 'exponential'/'cumulative'/'debiased', per-feature safe updates (False: as Flax),
         a step counter. The defaults are Flax's behaviour (with safe updates); 'cumulative', 'debiased' or
         ``count_steps=True`` add the ``nnx.BatchStat`` ``steps`` (int32 scalar).
+      extreme_range: jaxnorm's option (not Flax's), keyword-only after Flax's arguments: False (default) keeps
+        the statistics exact while deviations from the mean stay below ``2**63`` and the variance above about
+        ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A
+        plain attribute, not in ``nnx.state``.
 
     Call ``__call__(x, use_running_average=None, *, mask=None)``:
       x: array whose ``axis`` has ``num_features`` entries; real floating (or integer, as in Flax).
@@ -206,6 +212,7 @@ class BatchNorm(nnx.Module):
         averaging: str = "exponential",
         safe_update: bool = True,
         count_steps: bool = False,
+        extreme_range: bool = False,
     ):
         sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.BatchNorm")
         rule = moving.Rule(
@@ -234,6 +241,7 @@ class BatchNorm(nnx.Module):
         self.axis_index_groups = axis_index_groups
         self.use_fast_variance = use_fast_variance
         self.promote_dtype = promote_dtype
+        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
         self.momentum_convention, self.averaging = momentum_convention, averaging
         self.moving_var_estimator = moving_var_estimator
         self.safe_update, self.count_steps = safe_update, count_steps
@@ -269,6 +277,7 @@ class BatchNorm(nnx.Module):
         y, count, mean, var = ops.normalize_by_moments(
             xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
+            extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
         )
         sdt = stats_dtype(x, self.dtype)
         batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
@@ -322,6 +331,10 @@ class LayerNorm(nnx.Module):
       promote_dtype: Flax's dtype-promotion function, called on ``(x, scale, bias)``.
       rngs: ``nnx.Rngs``; ``rngs.params()`` is drawn for ``scale`` then ``bias``, as in Flax.
       bias_metadata, scale_metadata: metadata mappings given to the ``nnx.Param``.
+      extreme_range: jaxnorm's option (not Flax's), keyword-only after Flax's arguments: False (default) keeps
+        the statistics exact while deviations from the mean stay below ``2**63`` and the variance above about
+        ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A
+        plain attribute, not in ``nnx.state``.
 
     Call ``__call__(x, *, mask=None)``:
       x: array of any rank; real floating (or integer, as in Flax).
@@ -375,6 +388,7 @@ class LayerNorm(nnx.Module):
         rngs: rnglib.Rngs,
         bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
         scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+        extreme_range: bool = False,
     ):
         sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.LayerNorm")
         feature_shape = (num_features,)
@@ -394,6 +408,7 @@ class LayerNorm(nnx.Module):
         self.axis_index_groups = axis_index_groups
         self.use_fast_variance = use_fast_variance
         self.promote_dtype = promote_dtype
+        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example of ``x`` over ``reduction_axes``; see the class docstring."""
@@ -412,6 +427,7 @@ class LayerNorm(nnx.Module):
         y, *_ = ops.normalize_by_moments(
             xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
+            extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
         )
         return y.astype(out_dtype)
 
@@ -437,6 +453,10 @@ class RMSNorm(nnx.Module):
       promote_dtype: Flax's dtype promotion function.
       rngs: ``nnx.Rngs`` for the initializer.
       scale_metadata: metadata of the ``scale`` ``nnx.Param``.
+      extreme_range: jaxnorm's option (not Flax's), keyword-only after Flax's arguments: False (default) keeps
+        the statistic exact while the values stay below ``2**63`` and their mean square above about
+        ``2**-100``; True makes it exact at any finite float32 magnitude, for one more pass over ``x``. A plain
+        attribute, not in ``nnx.state``.
 
     ``__call__(x, *, mask=None)`` returns ``y`` of ``x``'s shape; ``mask`` (broadcastable to ``x``) selects the
     positions that enter each example's mean of squares.
@@ -474,6 +494,7 @@ class RMSNorm(nnx.Module):
         promote_dtype: PromoteDtypeFn = dtypes.promote_dtype,
         rngs: rnglib.Rngs,
         scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+        extreme_range: bool = False,
     ):
         sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.RMSNorm")
         feature_shape = (num_features,)
@@ -489,6 +510,7 @@ class RMSNorm(nnx.Module):
         self.axis_index_groups = axis_index_groups
         self.use_fast_variance = use_fast_variance
         self.promote_dtype = promote_dtype
+        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Divides each example of ``x`` by its root mean square over ``reduction_axes``; see the class."""
@@ -503,6 +525,7 @@ class RMSNorm(nnx.Module):
         y = ops.normalize_layer(
             xc, scale, None, reduction_axes, self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__), center=False,
+            extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
         )
         return y.astype(out_dtype)
 
@@ -526,6 +549,10 @@ class GroupNorm(nnx.Module):
         last of which stands for the channel axis.
       axis_name, axis_index_groups, use_fast_variance, promote_dtype, rngs, bias_metadata, scale_metadata: as
         :class:`LayerNorm`'s.
+      extreme_range: jaxnorm's option (not Flax's), keyword-only after Flax's arguments: False (default) keeps
+        the statistics exact while deviations from the mean stay below ``2**63`` and the variance above about
+        ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A
+        plain attribute, not in ``nnx.state``.
 
     ``__call__(x, *, mask=None)``: ``x`` of shape ``(..., num_features)``; ``mask`` broadcastable to ``x``.
     Returns ``y`` of ``x``'s shape in the dtype ``promote_dtype`` gives.
@@ -567,6 +594,7 @@ class GroupNorm(nnx.Module):
         rngs: rnglib.Rngs,
         bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
         scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+        extreme_range: bool = False,
     ):
         sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.GroupNorm")
         self.feature_axis = -1
@@ -585,6 +613,7 @@ class GroupNorm(nnx.Module):
         self.axis_index_groups = axis_index_groups
         self.use_fast_variance = use_fast_variance
         self.promote_dtype = promote_dtype
+        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's channel groups of ``x``; see the class docstring."""
@@ -601,6 +630,7 @@ class GroupNorm(nnx.Module):
             xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
             x.ndim - 1, self.num_groups, reduction_axes[:-1], self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
+            extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
         )
         return y.astype(out_dtype)
 
@@ -622,6 +652,10 @@ class InstanceNorm(nnx.Module):
       dtype, param_dtype, use_bias, use_scale, bias_init, scale_init, axis_name, axis_index_groups: as
         :class:`LayerNorm`'s (as in Flax, a disabled ``scale``/``bias`` is stored as a plain None).
       use_fast_variance, promote_dtype, rngs, bias_metadata, scale_metadata: as :class:`LayerNorm`'s.
+      extreme_range: jaxnorm's option (not Flax's), keyword-only after Flax's arguments: False (default) keeps
+        the statistics exact while deviations from the mean stay below ``2**63`` and the variance above about
+        ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A
+        plain attribute, not in ``nnx.state``.
 
     ``__call__(x, *, mask=None)`` returns ``y`` of ``x``'s shape in the dtype ``promote_dtype`` gives.
 
@@ -659,6 +693,7 @@ class InstanceNorm(nnx.Module):
         rngs: rnglib.Rngs,
         bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
         scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
+        extreme_range: bool = False,
     ):
         sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.InstanceNorm")
         feature_shape = (num_features,)
@@ -678,6 +713,7 @@ class InstanceNorm(nnx.Module):
         self.axis_index_groups = axis_index_groups
         self.use_fast_variance = use_fast_variance
         self.promote_dtype = promote_dtype
+        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's features of ``x``; see the class docstring."""
@@ -694,6 +730,7 @@ class InstanceNorm(nnx.Module):
             xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
             tuple(reduction_axes), self.epsilon, full_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
+            extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
         )
         return y.astype(out_dtype)
 

@@ -83,6 +83,9 @@ CASES = [
 ]
 BY_NAME = {c.name: c for c in CASES}
 NAMES = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "SpectralNorm", "WeightNorm"]
+# The drop-ins that compute statistics take jaxnorm's `extreme_range` (keyword-only, after equinox's arguments,
+# default False), kept in a static field after equinox's fields.
+EXTREME_RANGE_NAMES = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm"]
 
 
 def _leaves(tree) -> list[tuple[str, Any]]:
@@ -143,7 +146,9 @@ def _signature(fn) -> list[tuple[str, Any, Any]]:
 @pytest.mark.parametrize("name", NAMES)
 def test_signatures_match_equinox(name):
     ours, theirs = getattr(jeqx, name), getattr(eqx.nn, name)
-    assert _signature(ours.__init__) == _signature(theirs.__init__)
+    extreme = name in EXTREME_RANGE_NAMES
+    extra_args = [("extreme_range", inspect.Parameter.KEYWORD_ONLY, False)] if extreme else []
+    assert _signature(ours.__init__) == _signature(theirs.__init__) + extra_args
     ours_call, theirs_call = _signature(ours.__call__), _signature(theirs.__call__)
     # equinox's call arguments, in order, plus our keyword-only extras (mask); `state`'s default is a private
     # sentinel in each library.
@@ -153,7 +158,7 @@ def test_signatures_match_equinox(name):
             assert ours_default == theirs_default, n
     assert all(k is inspect.Parameter.KEYWORD_ONLY and d is None for _, k, d in ours_call[len(theirs_call):])
     fields = lambda cls: [(f.name, f.metadata.get("static", False)) for f in dataclasses.fields(cls)]  # noqa: E731
-    assert fields(ours) == fields(theirs)
+    assert fields(ours) == fields(theirs) + ([("extreme_range", True)] if extreme else [])
     assert issubclass(ours, eqx.nn.StatefulLayer) == issubclass(theirs, eqx.nn.StatefulLayer)
 
 
@@ -302,6 +307,45 @@ def test_batchnorm_masked_examples_drop_out_exactly():
     np.testing.assert_allclose(mean, [v.mean() for v in valid], rtol=1e-6)
     np.testing.assert_allclose(var, [v.var() for v in valid], rtol=1e-5)
     assert bool(jnp.all(jnp.isfinite(y[:5][mask[:5].repeat(3, 1)])))
+
+
+def test_extreme_range_is_exact_at_1e30_and_changes_no_leaf():
+    """``extreme_range=True`` on each statistics drop-in: float32 ``1e30 * N(0, 1)`` (squares overflow float32)
+    normalized as the float64 reference, with equinox's leaves and state (a static field, no leaf). BatchNorm in
+    ``mode='batch'``, whose training output uses the batch statistics (a variance of 1e60 does not fit float32
+    running averages: they keep their values). The default is False (whose outputs the checks above compare
+    with equinox's); a non-bool raises naming it."""
+
+    def reference(x, axes, center=True, shape=None):
+        x64 = np.asarray(x, np.float64).reshape(shape or x.shape)
+        mean = x64.mean(axes, keepdims=True) if center else 0.0
+        return ((x64 - mean) / np.sqrt(((x64 - mean) ** 2).mean(axes, keepdims=True) + 1e-3)).reshape(x.shape)
+
+    cases = [  # name, build(module, **kwargs), reference (the data: 6 examples of shape (4, 3))
+        ("BatchNorm", lambda m, **kw: m.BatchNorm(4, "batch", eps=1e-3, mode="batch", **kw),
+         lambda x: reference(x, (0, 2))),
+        ("LayerNorm", lambda m, **kw: m.LayerNorm((4, 3), eps=1e-3, **kw), lambda x: reference(x, (1, 2))),
+        ("RMSNorm", lambda m, **kw: m.RMSNorm((4, 3), eps=1e-3, **kw), lambda x: reference(x, (1, 2), False)),
+        ("GroupNorm", lambda m, **kw: m.GroupNorm(2, 4, eps=1e-3, **kw),
+         lambda x: reference(x, (2, 3), shape=(6, 2, 2, 3))),
+    ]
+    assert [name for name, *_ in cases] == EXTREME_RANGE_NAMES
+    x = jnp.asarray(1e30 * np.random.default_rng(3).standard_normal((6, 4, 3)), jnp.float32)
+    for name, build, want in cases:
+        if name == "BatchNorm":
+            ours, state = eqx.nn.make_with_state(build)(jeqx, extreme_range=True)
+            theirs, theirs_state = eqx.nn.make_with_state(build)(eqx.nn)
+            _same(state, theirs_state)  # the same state (the option is no part of it)
+            y, _ = eqx.filter_jit(lambda x, s, bn=ours: _batched_call(bn, x, s))(x, state)
+        else:
+            ours, theirs = build(jeqx, extreme_range=True), build(eqx.nn)
+            y = eqx.filter_jit(jax.vmap(ours))(x)
+        assert ours.extreme_range is True
+        _same(ours, theirs)
+        np.testing.assert_allclose(np.asarray(y, np.float64), want(x), rtol=2e-5, atol=2e-6, err_msg=name)
+        assert build(jeqx).extreme_range is False, name
+        with pytest.raises(TypeError, match="extreme_range"):
+            build(jeqx, extreme_range="yes")
 
 
 def test_zero_weight_gives_no_nan():

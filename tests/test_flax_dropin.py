@@ -247,6 +247,15 @@ STATEFUL_CONFIGS = [(p, c) for p, c in FLOAT32_CONFIGS if p.state]
 NAMED_AXIS = [p for p in PAIRS if p.axis_name]
 CENTERED = [p for p in PAIRS if p.centered]
 ERRORS = [(p, e) for p in PAIRS for e in p.errors]
+# jaxnorm's static statistics option (jaxnorm._src.stats), on every drop-in that computes statistics: after all of
+# Flax's arguments and the pair's own extras, default False.
+EXTREME_RANGE_LAYERS = ("BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm")
+EXTREME_RANGE = [p for p in PAIRS if p.layer in EXTREME_RANGE_LAYERS]
+
+
+def _extras(pair) -> dict:
+    """jaxnorm's options beyond Flax's arguments, in order, with their defaults."""
+    return {**pair.extras, "extreme_range": False} if pair.layer in EXTREME_RANGE_LAYERS else dict(pair.extras)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -261,8 +270,8 @@ def _params(sig):
 @pytest.mark.parametrize("pair", _cases("test_signatures_match_flax", PAIRS))
 def test_signatures_match_flax(pair):
     """Flax's arguments, in Flax's order, with Flax's defaults; jaxnorm's extra options (BatchNorm's
-    moving-statistics rule) after all of Flax's own, with Flax's behaviour as their defaults."""
-    ours, theirs, extras = pair.ours, pair.theirs, pair.extras
+    moving-statistics rule, ``extreme_range``) after all of Flax's own, with Flax's behaviour as their defaults."""
+    ours, theirs, extras = pair.ours, pair.theirs, _extras(pair)
     if pair.flavour == "linen":
         our_fields = {f.name: f for f in dataclasses.fields(ours)}
         their_fields = dataclasses.fields(theirs)
@@ -488,6 +497,46 @@ def test_without_offset_flax_fast_and_two_pass_variance_agree_tightly():
     ours, theirs = _checkpointed(pair, (16, 4), {"momentum": 0.5}, {"use_fast_variance": False}, x=x)
     _close(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
     _close(ours.state(), theirs.state(), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# jaxnorm's extreme_range option
+
+
+def _reference(pair, x, epsilon):
+    """The float64 NumPy normalization of a registry pair's default configuration (fresh ``scale`` 1, ``bias``
+    0): BatchNorm over the batch axes (training), LayerNorm/RMSNorm over the last axis, GroupNorm over the spatial
+    axes and each group's channels, InstanceNorm over the spatial axes."""
+    x = np.asarray(x, np.float64)
+    if pair.layer == "GroupNorm":
+        groups = pair.kwargs["num_groups"]
+        xg = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)  # (N, H, W, groups, channels per group)
+        return _normalized(xg, (1, 2, 4), epsilon).reshape(x.shape)
+    axes = {"BatchNorm": (0, 1), "LayerNorm": (-1,), "RMSNorm": (-1,), "InstanceNorm": (1, 2)}[pair.layer]
+    return _normalized(x, axes, epsilon, center=pair.layer != "RMSNorm")
+
+
+def _normalized(x, axes, epsilon, center=True):
+    mean = x.mean(axis=axes, keepdims=True) if center else 0.0
+    return (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + epsilon)
+
+
+def test_extreme_range_is_exact_at_1e30_and_changes_no_variable():
+    """``extreme_range=True`` on every statistics drop-in (linen and nnx): float32 ``1e30 * N(0, 1)`` (squares
+    overflow float32) normalized as the float64 reference, and Flax's variables (a static option, not a
+    variable). The default is False, whose outputs the checks above compare with Flax's; a non-bool names it."""
+    assert len(EXTREME_RANGE) == 2 * len(EXTREME_RANGE_LAYERS)
+    for pair in EXTREME_RANGE:
+        x = jnp.asarray(1e30 * np.random.default_rng(3).standard_normal(pair.shape), jnp.float32)
+        kwargs = {**pair.kwargs, "epsilon": 1e-3}
+        ours = Side(pair, pair.ours, pair.shape, {**kwargs, "extreme_range": True}, x=x)
+        assert ours.module.extreme_range is True
+        np.testing.assert_allclose(np.asarray(ours(x), np.float64), _reference(pair, x, 1e-3),
+                                   rtol=2e-5, atol=2e-6, err_msg=pair.name)
+        assert ours.layout() == Side(pair, pair.theirs, pair.shape, kwargs).layout(), pair.name
+        assert pair.build(pair.ours, pair.shape, kwargs, nnx.Rngs(0)).extreme_range is False, pair.name
+        with pytest.raises(TypeError, match="extreme_range"):
+            pair.build(pair.ours, pair.shape, {**kwargs, "extreme_range": "yes"}, nnx.Rngs(0))
 
 
 # ---------------------------------------------------------------------------------------------------------

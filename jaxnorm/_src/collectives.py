@@ -58,7 +58,9 @@ def with_groups(axis_name: Any, axis_index_groups: Any, owner: str = "") -> Any:
     return Grouped(axis_name, groups)
 
 
-def merge_across(count, mean, m2, axis_name):
+def merge_across(
+    count: jax.Array, mean: jax.Array, m2: jax.Array | None, axis_name: Any
+) -> tuple[Any, Any, Any]:
     """Exact merge of per-device (count, mean, M2) triples over named axes (Chan et al.'s many-way form).
 
     Without groups: two all-reduces (``psum``), ``(n, n * mean)`` and then ``M2 + n * (mean - mean_all)^2``, whose

@@ -108,13 +108,12 @@ def _tangent(axes, center, res, lin):
     dx, dscale, dbias, deps = lin
     view = _view(x, scale, None if bias_like is None else bias_like.shape[1:], axes)
     dtype, sp, vaxes = mean_q.dtype, view.spread, view.axes
-    q1 = 1.0 if q is None else q
     c = _centered(view, view.of(x), q, mean_q, center)
     xhat = c * sp(rstd_q)
     dxq = view.of(dx).astype(dtype) if q is None else view.of(dx).astype(dtype) * sp(q)
     dmean_q = jnp.mean(dxq, vaxes) if center else jnp.zeros_like(mean_q)
     dvar_q = 2 * jnp.mean(c * dxq, vaxes)
-    dvar_eps = dvar_q + deps.astype(dtype) * q1 * q1
+    dvar_eps = dvar_q + stats.unscale(deps.astype(dtype), q, -2)  # d var q^2 + q^2 d eps
     dxhat = sp(rstd_q) * (dxq - sp(dmean_q)) - 0.5 * xhat * sp(rstd_q * rstd_q * dvar_eps)
     dy = dxhat if scale is None else dxhat * view.of(scale).astype(dtype)
     if dscale is not None:
@@ -122,7 +121,8 @@ def _tangent(axes, center, res, lin):
     if dbias is not None:
         dy = dy + view.of(dbias).astype(dtype)
     kept = tuple(d for i, d in enumerate(x.shape) if i not in axes)
-    return dy.astype(x.dtype).reshape(x.shape), (dmean_q / q1).reshape(kept), (dvar_q / q1 / q1).reshape(kept)
+    dmean, dvar = stats.unscale(dmean_q, q, 1), stats.unscale(dvar_q, q, 2)
+    return dy.astype(x.dtype).reshape(x.shape), dmean.reshape(kept), dvar.reshape(kept)
 
 
 def _backward(axes, center, res, cts):

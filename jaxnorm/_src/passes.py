@@ -37,14 +37,14 @@ mlir.register_lowering(
 )
 
 
-def _fresh_jvp(primals, tangents):
+def _fresh_jvp(primals: Any, tangents: Any) -> tuple[Any, list[Any]]:
     nonzero = [type(t) is not ad.Zero for t in tangents]
     live = [t for t, nz in zip(tangents, nonzero, strict=True) if nz]
     moved = iter(_fresh_p.bind(*live) if live else ())
     return _fresh_p.bind(*primals), [next(moved) if nz else t for t, nz in zip(tangents, nonzero, strict=True)]
 
 
-def _fresh_transpose(cts, *args):
+def _fresh_transpose(cts: Any, *args: Any) -> list[Any]:
     # Each linear operand's cotangent passes through a barrier of its own; the residuals are left alone (JAX's
     # own optimization_barrier cannot be transposed with residual operands beside linear ones).
     linear = [ad.is_undefined_primal(a) and type(c) is not ad.Zero for a, c in zip(args, cts, strict=True)]

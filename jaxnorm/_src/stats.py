@@ -65,16 +65,25 @@ class Normalizer(NamedTuple):
 
     @property
     def mean(self) -> jax.Array:
-        return self.mean_q if self.q is None else self.mean_q / self.q
+        return unscale(self.mean_q, self.q, 1)
 
     @property
     def var(self) -> jax.Array:
-        return self.var_q if self.q is None else self.var_q / self.q / self.q
+        return unscale(self.var_q, self.q, 2)
 
     @property
     def rstd(self) -> jax.Array:
         """``1 / sqrt(var + epsilon)`` in the data's units."""
-        return self.rstd_q if self.q is None else self.rstd_q * self.q
+        return unscale(self.rstd_q, self.q, -1)
+
+
+def unscale(v: jax.Array, q: jax.Array | None, power: int) -> jax.Array:
+    """``v / q**power`` for ``q`` a power of two (None: 1), exactly, by the exponent: XLA would rewrite
+    ``v / q / q`` as ``v / (q * q)``, whose ``q * q`` underflows for ``q <= 2**-64``."""
+    if q is None:
+        return v
+    _, e = jnp.frexp(q)  # q = 2**(e - 1)
+    return jnp.ldexp(v, power * (1 - e))
 
 
 def normalizer(
@@ -108,12 +117,16 @@ def normalizer(
     view = passes.view_of(x.shape, tuple(axes), None if mask is None else mask.shape)
     mask = view.of(mask)
     kept = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    if eps.ndim:  # a per-reduction epsilon (unit normalization's eps^2 / count), of the kept shape
+        eps = jnp.broadcast_to(eps, kept).reshape(view.kept)
     q = _magnitude_scale(view.of(x), view.axes, mask, axis_name, eps) if extreme_range else None
     count, mean_q, var_q = _count_mean_var(x, view, mask, axis_name, center, q)
-    eps_q = eps if q is None else (eps * q) * q
+    eps_q = unscale(eps, q, -2)  # eps q^2
     rstd_q = lax.rsqrt(jnp.maximum(var_q, eps_q) if floor else var_q + eps_q)
-    flat = (count, q, mean_q, var_q, rstd_q)
-    return Normalizer(*(None if a is None else a.reshape(kept) if a.ndim else a for a in flat))
+    return Normalizer(
+        count.reshape(kept), None if q is None else q.reshape(kept), mean_q.reshape(kept), var_q.reshape(kept),
+        rstd_q.reshape(kept),
+    )
 
 
 def _count_mean_var(x, view, mask, axis_name, center, q):
@@ -146,10 +159,13 @@ def _local(x, view, mask, center, q, dtype, n):
         count = jnp.full(kept, n, dtype)
         if not center:
             return count, jnp.zeros(kept, dtype), passes.reduce_sum(jnp.square(scaled(*view.fresh(x, *qs))), axes)
-        m0 = lax.stop_gradient(jnp.mean(scaled(view.of(x), *qs)[_sample(view.shape, axes)], axes))
-        x1, m01, *q1 = view.fresh(x, m0, *qs)
-        s1 = passes.reduce_sum(scaled(x1, *q1) - view.spread(m01), axes)
-        x2, m02, _, *q2 = view.fresh(x, m0, s1, *qs)
+        # Three passes, each with its own x (a 16-bit x is converted inside each): the sample's mean m0, then
+        # the two sums, which do not depend on each other (XLA may run them side by side).
+        x0, *q0 = view.fresh(x, *qs)
+        sample = scaled(x0, *q0)[_sample(view.shape, axes)]
+        m0 = lax.stop_gradient(jnp.sum(sample * (1 / math.prod(sample.shape[a] for a in axes)), axes))
+        s1 = passes.reduce_sum(scaled(view.of(x), *qs) - view.spread(m0), axes)
+        x2, m02, *q2 = view.fresh(x, m0, *qs)
         s2 = passes.reduce_sum(jnp.square(scaled(x2, *q2) - view.spread(m02)), axes)
         d = s1 / n
         return count, m0 + d, jnp.maximum(s2 - s1 * d, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -72,7 +73,7 @@ class StreamingMoments:
         self._pending = None
 
 
-def _slices(x: Any, reduce_axes: tuple[int, ...], batch_size: int | None):
+def _slices(x: Any, reduce_axes: tuple[int, ...], batch_size: int | None) -> Iterator[Any]:
     """``x`` in slices of at most ``batch_size`` (None: about ``_AUTO_SLICE_VALUES`` values) along its first
     reduced axis (views for NumPy input)."""
     if not reduce_axes or x.size == 0:
