@@ -5,8 +5,13 @@ issue's targets, the plot and the JSON file.
   (``ratio_to_jaxnorm``), the bandwidth (``gbps``: the bytes the op must move at least / time) and its share of
   the copy kernel's (``pct_copy``), the speed-up over and temporary memory against ``BASELINE`` (flax.linen).
 - ``HEADER``, ``LEGEND``, ``format_rows(case)``: the table on stdout, one row per case and implementation.
-- ``summarize(cases, targets)``: geometric means over the shapes per (op, mode, dtype), and each of run.py's
-  ``TARGETS`` over the cases it covers; ``format_summary`` prints them.
+- ``summarize(cases, targets)``: geometric means over the shapes per (op, mode, dtype), each of run.py's
+  ``TARGETS`` over the cases it covers, and the per-cell counts of ``cells_below``; ``format_summary`` prints the
+  means and targets, ``format_cells`` the counts.
+- ``cells_below(cases, peers, threshold)``: per cell (op, mode, shape, dtype), the fastest of ``peers`` that ran
+  there (median time) / jaxnorm's median time; how many cells fall below ``threshold`` and the worst one.
+  Against ``JAX_PEERS`` (the JAX libraries: not PyTorch, not the copy kernel) it is issue 22's first target;
+  against ``torch_cpu`` it is informational.
 - ``plot(cases, path)``: the speed-up over flax.linen per case (matplotlib, no display); ``write_json``.
 """
 
@@ -18,6 +23,10 @@ import math
 from peers import CHANNELS, IMPLS, MODES, OPS, ROWS
 
 BASELINE = "flax_linen"
+# The JAX peers a cell is judged against (whichever ran): not jaxnorm's own Pallas kernels, not PyTorch, not copy.
+JAX_PEERS = ("flax_linen", "flax_nnx", "keras", "haiku", "equinox", "naive_jnp")
+TORCH_PEERS = ("torch_cpu", "torch_cuda")
+CELL_THRESHOLD = 0.95  # the default of cells_below: run.py passes its TARGETS value
 
 
 def add_ratios(case):
@@ -80,8 +89,55 @@ def _geomean(values):
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
+def _cell_label(c):
+    return f"{c['op']} {c['mode']} {tuple(c['shape'])} {c['dtype']}"
+
+
+def cell_ratios(cases, peers):
+    """Per case where jaxnorm and at least one of ``peers`` were timed: the fastest such peer's median time /
+    jaxnorm's median time (< 1: that peer is faster), with which peer it was."""
+    cells = []
+    for c in cases:
+        results = c["results"]
+        ms = results.get("jaxnorm", {}).get("median_ms")
+        timed = [(results[p]["median_ms"], p) for p in peers if results.get(p, {}).get("median_ms") is not None]
+        if ms is None or not timed:
+            continue
+        peer_ms, peer = min(timed)
+        cells.append(
+            {
+                "op": c["op"],
+                "mode": c["mode"],
+                "shape": list(c["shape"]),
+                "dtype": c["dtype"],
+                "ratio": peer_ms / ms,
+                "peer": peer,
+                "peer_ms": peer_ms,
+                "jaxnorm_ms": ms,
+            }
+        )
+    return cells
+
+
+def cells_below(cases, peers, threshold=CELL_THRESHOLD):
+    """How many cells (op, mode, shape, dtype) have jaxnorm below ``threshold`` x the fastest of ``peers`` that
+    ran there (fastest peer median time / jaxnorm median time < ``threshold``), and the worst cell."""
+    cells = cell_ratios(cases, peers)
+    ran = [p for p in peers if any(c["results"].get(p, {}).get("median_ms") is not None for c in cases)]
+    below = sorted((c for c in cells if c["ratio"] < threshold), key=lambda c: c["ratio"])
+    return {
+        "threshold": threshold,
+        "peers": ran,  # those timed in at least one cell
+        "cells": len(cells),
+        "below": len(below),
+        "worst": min(cells, key=lambda c: c["ratio"]) if cells else None,
+        "below_cells": below,  # worst first
+    }
+
+
 def summarize(cases, targets):
-    """Per (op, mode, dtype): geometric means of the headline ratios; and each target over the cases it covers."""
+    """Per (op, mode, dtype): geometric means of the headline ratios; each target over the cases it covers; and
+    the per-cell counts against the fastest JAX peer and against each PyTorch peer that ran."""
     groups = {}
     for c in cases:
         groups.setdefault((c["op"], c["mode"], c["dtype"]), []).append(c)
@@ -99,19 +155,23 @@ def summarize(cases, targets):
         )
         by_group.append(row)
 
-    def target(name, threshold, items, better):
-        """``items``: (label, value) pairs, each met when on the right side of ``threshold``."""
+    def target(key, name, items, better):
+        """``items``: (label, value) pairs, each met when on the right side of ``targets[key]``; the target is
+        met when every value is (None: no case to judge)."""
+        threshold = targets[key]
         values = [
             {"case": label, "value": v, "met": bool(v >= threshold if better == "higher" else v <= threshold)}
             for label, v in items
             if v is not None
         ]
         return {
+            "key": key,
             "name": name,
             "threshold": threshold,
             "better": better,
             "cases": values,
             "met_in": f"{sum(v['met'] for v in values)}/{len(values)}",
+            "met": all(v["met"] for v in values) if values else None,
         }
 
     def per_group(mode, key, ops=OPS):  # one value per (op, dtype): the geometric mean over the shapes
@@ -129,55 +189,55 @@ def summarize(cases, targets):
             if c["mode"] == "fwd" and c["beyond_cache"] and c["op"] in ops
         ]
 
+    cell_threshold = targets["every_cell_vs_fastest_jax_peer"]
+    vs_jax = cells_below(cases, JAX_PEERS, cell_threshold)
     summary_targets = [
         target(
-            "fwd: flax.linen time / jaxnorm time (geomean over shapes)",
-            targets["fwd_vs_flax_linen"],
+            "every_cell_vs_fastest_jax_peer",
+            "every cell: fastest JAX peer time / jaxnorm time",
+            [(_cell_label(c), c["ratio"]) for c in cell_ratios(cases, JAX_PEERS)],
+            "higher",
+        ),
+        target(
+            "fwd_vs_flax_linen",
+            "fwd: flax.linen time / jaxnorm time (geomean over shapes, per op and dtype)",
             per_group("fwd", "flax_linen_over_jaxnorm_geomean"),
             "higher",
         ),
         target(
-            "fwd+bwd: flax.linen time / jaxnorm time (geomean over shapes)",
-            targets["fwd+bwd_vs_flax_linen"],
+            "fwd+bwd_vs_flax_linen",
+            "fwd+bwd: flax.linen time / jaxnorm time (geomean over shapes, per op and dtype)",
             per_group("fwd+bwd", "flax_linen_over_jaxnorm_geomean"),
             "higher",
         ),
         target(
-            "layer_norm fwd+bwd: torch (CPU) time / jaxnorm time (geomean)",
-            targets["layer_norm_fwd+bwd_vs_torch_cpu"],
-            per_group("fwd+bwd", "torch_cpu_over_jaxnorm_geomean", ("layer_norm",)),
-            "higher",
-        ),
-        target(  # on a GPU: PyTorch on the same GPU
-            "layer_norm fwd+bwd: torch (CUDA) time / jaxnorm time (geomean)",
-            targets["layer_norm_fwd+bwd_vs_torch_cuda"],
-            per_group("fwd+bwd", "torch_cuda_over_jaxnorm_geomean", ("layer_norm",)),
-            "higher",
-        ),
-        target(
+            "rows_fwd_time_over_copy_beyond_cache",
             "fwd beyond the last-level cache, layer/rms_norm: jaxnorm time / copy time",
-            targets["rows_fwd_time_over_copy_beyond_cache"],
             beyond(ROWS),
             "lower",
         ),
         target(
+            "channels_fwd_time_over_copy_beyond_cache",
             "fwd beyond the last-level cache, batch/group_norm: jaxnorm time / copy time",
-            targets["channels_fwd_time_over_copy_beyond_cache"],
             beyond(CHANNELS),
             "lower",
         ),
-        target(
-            "fwd+bwd: jaxnorm temp bytes / flax.linen temp bytes (geomean)",
-            targets["fwd+bwd_temp_vs_flax_linen"],
-            per_group("fwd+bwd", "jaxnorm_temp_vs_flax_linen_geomean"),
-            "lower",
-        ),
     ]
-    return {"groups": by_group, "targets": summary_targets}
+    torch = {p: cells_below(cases, (p,), cell_threshold) for p in TORCH_PEERS}
+    return {
+        "groups": by_group,
+        "targets": summary_targets,
+        "cells_vs_fastest_jax_peer": vs_jax,
+        "cells_vs_torch": {p: v for p, v in torch.items() if v["cells"]},  # informational; those that ran
+    }
+
+
+def _verdict(met):
+    return "-      " if met is None else ("met    " if met else "NOT MET")
 
 
 def format_summary(summary):
-    """The summary's lines: the geometric means per group, then each target."""
+    """The summary's lines: the geometric means per group, then each target, met or not, with its figures."""
     lines = ["", "summary (geometric means over shapes of time / jaxnorm time):"]
     for g in summary["groups"]:
         parts = [
@@ -191,11 +251,51 @@ def format_summary(summary):
             + f"  jaxnorm %copy={_fmt(g['jaxnorm_pct_copy_geomean'], '.0f')}"
             + f"  temp/flax={_fmt(g['jaxnorm_temp_vs_flax_linen_geomean'], '.2f')}"
         )
-    lines.append("targets:")
+    lines.append("targets (issue 22; met, NOT MET, or - where no case was run to judge it):")
     for t in summary["targets"]:
         sign = ">=" if t["better"] == "higher" else "<="
-        values = ", ".join(f"{v['case']} {v['value']:.2f}" for v in t["cases"])
-        lines.append(f"  {t['name']} {sign} {t['threshold']}: met in {t['met_in']} [{values}]")
+        head = f"  {_verdict(t['met'])} {t['name']} {sign} {t['threshold']:g}: "
+        if not t["cases"]:
+            lines.append(head + "no case")
+        elif t["key"] == "every_cell_vs_fastest_jax_peer":  # one value per cell: the count and the worst
+            worst = summary["cells_vs_fastest_jax_peer"]["worst"]
+            lines.append(head + f"met in {t['met_in']} cells; worst {_cell(worst)}")
+        else:
+            values = ", ".join(f"{v['case']} {v['value']:.2f}" for v in t["cases"])
+            lines.append(head + f"met in {t['met_in']} [{values}]")
+    return lines
+
+
+def _cell(c):
+    return (
+        f"{c['op']} {c['mode']} {tuple(c['shape'])} {c['dtype']}: {c['ratio']:.2f}x {c['peer']} "
+        f"({c['peer_ms']:.3f} ms, jaxnorm {c['jaxnorm_ms']:.3f} ms)"
+    )
+
+
+def format_cells(summary, listed=10):
+    """The per-cell counts: against the fastest JAX peer (the ``listed`` worst cells below the threshold), then,
+    informational, against each PyTorch peer that ran."""
+    jax_cells = summary["cells_vs_fastest_jax_peer"]
+    threshold = jax_cells["threshold"]
+    lines = [
+        f"cells (op, mode, shape, dtype) with jaxnorm below {threshold:g}x the fastest JAX peer that ran "
+        f"({', '.join(jax_cells['peers']) or 'none ran'}; medians): {jax_cells['below']} of {jax_cells['cells']}"
+    ]
+    if jax_cells["worst"] is not None:
+        lines.append(f"  worst: {_cell(jax_cells['worst'])}")
+    for c in jax_cells["below_cells"][:listed]:
+        lines.append(f"  below: {_cell(c)}")
+    if len(jax_cells["below_cells"]) > listed:
+        more = len(jax_cells["below_cells"]) - listed
+        lines.append(f"  ... and {more} more (summary.cells_vs_fastest_jax_peer in the JSON)")
+    if not summary["cells_vs_torch"]:
+        lines.append("informational, against PyTorch: torch_cpu did not run")
+    for peer, cells in summary["cells_vs_torch"].items():
+        lines.append(
+            f"informational, against PyTorch ({peer}): jaxnorm below {cells['threshold']:g}x {peer} in "
+            f"{cells['below']} of {cells['cells']} cells; worst {_cell(cells['worst'])}"
+        )
     return lines
 
 
