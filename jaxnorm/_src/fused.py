@@ -45,22 +45,28 @@ from jaxnorm._src import collectives, linear, passes, stats, validation
 
 def normalize(
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: Any,
-    *, center: bool = True, extreme_range: bool = False,
+    *, center: bool = True, extreme_range: bool = False, split: tuple[int, int] | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(y, mean, var)``: ``x`` normalized over the sorted ``axes`` by its own statistics, with the custom
     backward. ``scale``/``bias``: None or of x's rank, broadcastable to it. ``mean``/``var`` are flat (the kept
     axes' shape), biased, in ``stats_dtype(x.dtype)``; ``center=False`` is RMSNorm (``mean`` 0, ``var`` the
-    mean of squares). ``epsilon`` may be traced (it gets a cotangent)."""
+    mean of squares). ``epsilon`` may be traced (it gets a cotangent). ``split=(axis, groups)``: GroupNorm's
+    channels read in groups (``axes`` count in that shape; :class:`passes.View`)."""
     eps = jnp.asarray(epsilon, validation.stats_dtype(x.dtype))
     scale, bias, eps = (collectives.vary_like(a, x) for a in (scale, bias, eps))
-    y, mean, var = _normalize(x, scale, bias, eps, tuple(axes), bool(center), bool(extreme_range))
-    kept = tuple(d for i, d in enumerate(x.shape) if i not in axes)
-    return y, mean.reshape(kept), var.reshape(kept)
+    return _normalize(x, scale, bias, eps, (tuple(axes), split), bool(center), bool(extreme_range))
 
 
-def _view(x, scale, bias_shape, axes):
-    """The merged view of the problem (:func:`passes.view_of`): rank 2 or 3 where the layer allows."""
-    return passes.view_of(x.shape, axes, None if scale is None else scale.shape, bias_shape)
+def _view(x, scale, bias_shape, problem):
+    """The problem's view (:func:`passes.view_of`): rank 2 or 3 where the layer allows."""
+    axes, split = problem
+    return passes.view_of(x.shape, axes, None if scale is None else scale.shape, bias_shape,
+                          merge=jnp.dtype(x.dtype).itemsize >= 4, split=split)
+
+
+def _kept(x, problem):
+    axes, split = problem
+    return tuple(d for i, d in enumerate(passes.split_shape(x.shape, split)) if i not in axes)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
@@ -72,7 +78,7 @@ def _normalize(x, scale, bias, epsilon, axes, center, extreme):
 def _forward(x, scale, bias, epsilon, axes, center, extreme):
     """``(y, mean, var, (q, mean_q, rstd_q))``, the statistics flat in the view's kept shape."""
     view = _view(x, scale, None if bias is None else bias.shape, axes)
-    st = stats.normalizer(x, axes, epsilon=epsilon, center=center, extreme_range=extreme)
+    st = stats.normalizer(x, axes[0], epsilon=epsilon, center=center, extreme_range=extreme, split=axes[1])
     stat = tuple(None if a is None else a.reshape(view.kept) for a in (st.q, st.mean_q, st.rstd_q))
     dtype = st.rstd_q.dtype
     xo, q, mean_q, rstd_q = view.fresh(x, *stat)  # the output pass converts x itself
@@ -120,7 +126,7 @@ def _tangent(axes, center, res, lin):
         dy = dy + xhat * view.of(dscale).astype(dtype)
     if dbias is not None:
         dy = dy + view.of(dbias).astype(dtype)
-    kept = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    kept = _kept(x, axes)
     dmean, dvar = stats.unscale(dmean_q, q, 1), stats.unscale(dvar_q, q, 2)
     return dy.astype(x.dtype).reshape(x.shape), dmean.reshape(kept), dvar.reshape(kept)
 
@@ -132,8 +138,8 @@ def _backward(axes, center, res, cts):
     bias_shape = None if bias_like is None else bias_like.shape[1:]
     view = _view(x, scale, bias_shape, axes)
     dtype, sp, vaxes = mean_q.dtype, view.spread, view.axes
-    n = math.prod(x.shape[a] for a in axes)
-    bias_v = None if bias_shape is None else passes.to_view(jnp.zeros(bias_shape, bool), view.groups).shape
+    n = math.prod(view.shape[a] for a in vaxes)
+    bias_v = None if bias_shape is None else view.of(jnp.zeros(bias_shape, bool)).shape
     dmean, dvar = dmean.reshape(view.kept), dvar.reshape(view.kept)
     stat = (q, mean_q, rstd_q)
 

@@ -96,6 +96,7 @@ def normalizer(
     center: bool = True,
     floor: bool = False,
     extreme_range: bool = False,
+    split: tuple[int, int] | None = None,
 ) -> Normalizer:
     """The statistics that normalize ``x`` over ``axes`` (a :class:`Normalizer`), by the module's kernel.
 
@@ -109,14 +110,17 @@ def normalizer(
         ``max(||x||^2, eps^2)``), a float or a scalar array (it may be traced and differentiated).
       center: False for RMS statistics (mean 0, ``var`` the mean of squares).
       extreme_range: exact at any finite magnitude (one more pass; see the module docstring).
+      split: None, or ``(axis, groups)``: ``x``'s ``axis`` is read as ``(groups, size // groups)`` (GroupNorm),
+        and ``axes`` count in that shape. The reshape happens in each pass (:class:`passes.View`).
     """
     dtype = validation.stats_dtype(x.dtype)
     eps = jnp.asarray(epsilon, dtype)
     if isinstance(axis_name, list):
         axis_name = tuple(axis_name)
-    view = passes.view_of(x.shape, tuple(axes), None if mask is None else mask.shape)
+    view = passes.view_of(x.shape, tuple(axes), None if mask is None else mask.shape,
+                          merge=jnp.dtype(x.dtype).itemsize >= 4, split=split)
     mask = view.of(mask)
-    kept = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    kept = tuple(d for i, d in enumerate(passes.split_shape(x.shape, split)) if i not in axes)
     if eps.ndim:  # a per-reduction epsilon (unit normalization's eps^2 / count), of the kept shape
         eps = jnp.broadcast_to(eps, kept).reshape(view.kept)
     q = _magnitude_scale(view.of(x), view.axes, mask, axis_name, eps) if extreme_range else None
