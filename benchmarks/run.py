@@ -37,9 +37,10 @@ implementation runs only the ops it has an entry for. Epsilon is 1e-5 and moment
 for all. Each peer's outputs are checked once per case against jaxnorm's (relative max error, loose tolerance);
 a peer that does not match is reported and not timed.
 
-Timing: compile, one checked run, then per implementation 2 warm-up runs and ``--repeats`` timed runs (one
-implementation after the other: interleaving would hand the cores back and forth between XLA's and PyTorch's
-thread pools), each timed with ``time.perf_counter`` around the call and ``jax.block_until_ready``. On a GPU a
+Timing: compile, one checked run, then per implementation 2 warm-up runs and ``--repeats`` timed runs: the JAX
+implementations in interleaved rounds (every one once per round, in an order rotated each round, so that the
+machine's drift hits them alike), PyTorch in its own block after them (interleaving it would hand the cores
+back and forth between XLA's and PyTorch's thread pools), each timed with ``time.perf_counter`` around the call and ``jax.block_until_ready``. On a GPU a
 timed run is as many back-to-back calls as make about 2 ms (at most 100), waited for once, divided by their
 number, so that small kernels are not timed as their dispatch. Reported: median ms; ``x_jaxnorm`` = time /
 jaxnorm's time (> 1: jaxnorm is faster); ``GB/s`` = the bytes the op must move at least / time (``fwd``:
@@ -239,6 +240,28 @@ def _time(runner, repeats, on_cpu):
     return samples, calls
 
 
+def _time_interleaved(runners, repeats, on_cpu):
+    """As :func:`_time` for several runners at once: warm-ups, then ``repeats`` rounds in each of which every
+    runner takes one sample, in an order rotated by one each round. Returns (samples, calls) per runner."""
+    calls = {}
+    for impl, runner in runners.items():
+        for _ in range(WARMUP):
+            runner()
+        calls[impl] = 1
+        if not on_cpu:
+            start = time.perf_counter()
+            runner()
+            calls[impl] = max(1, min(MAX_CALLS, round(SAMPLE_S / max(time.perf_counter() - start, 1e-6))))
+    order = list(runners)
+    samples = {impl: [] for impl in order}
+    for r in range(repeats):
+        for impl in order[r % len(order):] + order[: r % len(order)]:
+            start = time.perf_counter()
+            runners[impl](calls[impl])
+            samples[impl].append((time.perf_counter() - start) / calls[impl])
+    return samples, calls
+
+
 def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes, on_cpu=True):
     """One case: every implementation in ``impls`` that implements ``op`` (peers.TABLE; ``copy`` always),
     checked against jaxnorm's outputs, then timed; the case's dict with each one's figures."""
@@ -285,13 +308,19 @@ def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes, on_cpu=True):
         entry["temp_bytes"] = runner.temp_bytes
         runners[impl] = runner
 
-    # Each implementation in its own block: warm-up runs, then the timed ones. (Interleaving the runs would hand
-    # the cores back and forth between XLA's and PyTorch's thread pools, which then wait on each other.)
+    # The JAX implementations (jaxnorm, its peers, copy) run in interleaved rounds, each round in a rotated
+    # order, so that a drift of the machine (another process, the host of a VM) hits them alike; the medians
+    # compare like with like. PyTorch runs in its own block after them: interleaving it would hand the cores
+    # back and forth between XLA's and PyTorch's thread pools, which then wait on each other.
     # On an accelerator one call can take less than its dispatch: a sample there is `calls` back-to-back calls
     # (about SAMPLE_S of work, waited for once at the end), divided by `calls`.
-    times = {}
+    jax_runners = {k: r for k, r in runners.items() if not k.startswith("torch")}
+    times, calls = _time_interleaved(jax_runners, repeats, on_cpu)
     for impl, runner in runners.items():
-        times[impl], case["results"][impl]["calls_per_sample"] = _time(runner, repeats, on_cpu)
+        if impl not in jax_runners:
+            times[impl], calls[impl] = _time(runner, repeats, on_cpu)
+    for impl, n in calls.items():
+        case["results"][impl]["calls_per_sample"] = n
     for impl, samples in times.items():
         case["results"][impl].update(
             median_ms=statistics.median(samples) * 1e3, min_ms=min(samples) * 1e3, repeats=len(samples)
