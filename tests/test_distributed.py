@@ -256,3 +256,51 @@ def test_custom_backward_under_shard_map_sums_replicated_parameter_gradients(lay
     want = [sum(g[k] for g in grads) for k in (0, 1)]
     assert_close(got[0], want[0], scale=10)
     assert_close(got[1], want[1], scale=10)
+
+
+def _collectives(kind, mod, shape):
+    """Collective ops in the compiled train step (grad and batch statistics) of Dense -> norm -> Dense under
+    ``jit`` with the batch sharded over the test's devices, params replicated."""
+    import re
+
+    import flax.linen as nn
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Dense(shape[-1])(x)
+            x = mod.BatchNorm(use_running_average=False)(x) if kind == "batch" else mod.LayerNorm()(x)
+            return nn.Dense(4)(x)
+
+    model, x = Model(), jnp.ones(shape)
+    variables = model.init(jax.random.key(0), x)
+
+    def loss(params, stats, x):
+        if kind == "batch":
+            y, upd = model.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+        else:
+            y, upd = model.apply({"params": params}, x), {}
+        return jnp.mean(y**2), upd
+
+    shardings = (NamedSharding(MESH, P()), NamedSharding(MESH, P()), NamedSharding(MESH, P("data")))
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True), in_shardings=shardings)
+    text = step.lower(variables["params"], variables.get("batch_stats", {}), x).compile().as_text()
+    ops = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
+    return {op: len(re.findall(rf"\b{op}(-start)?\(", text)) for op in ops}
+
+
+@pytest.mark.parametrize("kind, shape", [("layer", (16, 8, 64)), ("batch", (16, 8, 8, 32))])
+def test_a_sharded_train_step_adds_no_collective_beyond_the_statistics_merge(kind, shape):
+    """The issue 22 measurement: Flax's own models with jaxnorm's norms swapped in must compile, on a data-parallel
+    mesh, to the collectives Flax's norms compile to. LayerNorm (statistics per example): exactly Flax's.
+    BatchNorm (statistics over the sharded batch): Flax's all-reduces plus one, of the C-value mean of the
+    kernel's shift sample (drawn evenly along the batch, so every device holds its share); no all-gather,
+    no collective-permute (the old guard's host callback gathered x onto one device)."""
+    import flax.linen as nn
+
+    import jaxnorm.linen as jnn
+
+    flax_ops, ours = _collectives(kind, nn, shape), _collectives(kind, jnn, shape)
+    assert flax_ops["all-reduce"] >= 1, flax_ops  # a real data-parallel program
+    expected = dict(flax_ops, **{"all-reduce": flax_ops["all-reduce"] + (kind == "batch")})
+    assert ours == expected, (ours, flax_ops)

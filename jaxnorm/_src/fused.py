@@ -39,6 +39,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxnorm._src import collectives, linear, passes, stats, validation
 
@@ -159,10 +160,13 @@ def _backward(axes, center, res, cts):
     # The reduced axes along which scale and bias are constant: there, dy and dy * xhat are summed first.
     scale_v = None if scale is None else view.of(scale).shape
     pure = tuple(a for a in vaxes if all(p is None or p[a] == 1 for p in (scale_v, bias_v)))
-    if pure:
+    if pure and (view.axes == pure or q is not None):
         s1 = jnp.sum(view.of(passes.fresh(dy)[0]).astype(dtype), pure, keepdims=True)
         x1, dy1, _, *st1 = own(*stat)
         s2 = jnp.sum(dy1 * xhat_of(x1, *st1), pure, keepdims=True)
+    elif pure:  # GroupNorm: the statistics vary along reduced axes that are not `pure` (the group's channels)
+        s1, s2 = _grouped_sums(x, dy, view, pure, mean_q, rstd_q, center)
+    if pure:
         small = None if scale is None else view.of(scale).astype(dtype)  # (scale is 1 along `pure`)
         a_sum = jnp.sum(s1 if small is None else small * s1, vaxes).reshape(view.kept)
         b_sum = jnp.sum(s2 if small is None else small * s2, vaxes).reshape(view.kept)
@@ -194,6 +198,28 @@ def _backward(axes, center, res, cts):
     dscale = None if dscale is None else dscale.reshape(scale.shape).astype(scale.dtype)
     dbias = None if dbias is None else dbias.reshape(bias_shape).astype(bias_like.dtype)
     return dx.astype(x.dtype).reshape(x.shape), dscale, dbias, deps.astype(epsilon.dtype)
+
+
+def _grouped_sums(x, dy, view, pure, mean_q, rstd_q, center):
+    """``(sum(dy), sum(dy * xhat))`` over the ``pure`` axes (keepdims, in the view), where the statistics also
+    vary along reduced axes that are not ``pure`` (GroupNorm's channels in a group). Both sums run over ``x``
+    and ``dy`` as they are (``(N, H, W, C)`` over ``(1, 2)``: no grouping reshape, which XLA CPU reads at half
+    speed in 16 bits), and ``dy * (x - c)`` is summed with ``c`` a sample of ``x`` per position (its first
+    value along ``pure``), broadcast along ``pure`` only, not the group's mean along the channels (XLA CPU
+    reduces several times slower where an operand is broadcast along the minor-most axis); ``(c - mean)
+    sum(dy)`` is added on the small partial sums, without cancellation, as ``c`` is one of the values."""
+    dtype = mean_q.dtype
+    ov = stats.outer_view(x, view, pure)
+    s1 = jnp.sum(ov.of(passes.fresh(dy)[0]).astype(dtype), ov.axes)
+    sample = ov.of(passes.fresh(x, s1)[0])  # its own x: the sample's conversion is not shared
+    first = tuple(slice(0, 1) if a in ov.axes else slice(None) for a in range(len(ov.shape)))
+    c = lax.stop_gradient(sample[first].astype(dtype)).reshape(ov.kept) if center else jnp.zeros(ov.kept, dtype)
+    x1, dy1, c1 = passes.fresh(x, dy, c)
+    raw = jnp.sum(ov.of(dy1).astype(dtype) * (ov.of(x1).astype(dtype) - ov.spread(c1)), ov.axes)
+    small = tuple(1 if a in pure else d for a, d in enumerate(view.shape))
+    stat = lambda v: lax.broadcast_in_dim(v, small, passes.kept_axes(len(small), view.axes))  # noqa: E731
+    s1, c, raw = (a.reshape(small) for a in (s1, c, raw))
+    return s1, (raw + (c - stat(mean_q)) * s1) * stat(rstd_q) if center else raw * stat(rstd_q)
 
 
 def _sum_to(a, shape):

@@ -172,9 +172,9 @@ def normalize_batch_in_training(
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap`` over
         which the batch is split: the statistics are then the global batch's, exactly count-weighted.
 
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63`` in magnitude and
-        the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
-        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63``
+        in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
+        finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 
     Returns:
       ``(y, mean, variance)``: ``y`` of ``x``'s shape and dtype; ``mean`` and ``variance`` of the kept axes'
@@ -247,9 +247,9 @@ def layer_norm(
         benchmarks/RESULTS.md). ``"pallas"`` needs trailing ``axis``, no ``where``/``axis_name``, float32/
         bfloat16/float16 input, at most 64 KiB per row, and ``scale``/``bias`` that vary only along ``axis``.
 
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63`` in magnitude and
-        the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
-        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63``
+        in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
+        finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
@@ -404,7 +404,8 @@ def unit_norm(
     validation.check_epsilon(epsilon)
     axes = validation.canonicalize_axes(axis, x.ndim, "axis")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    return normalize_unit(x, axes, epsilon, mask, extreme_range=validation.check_bool(extreme_range, "extreme_range"))
+    extreme_range = validation.check_bool(extreme_range, "extreme_range")
+    return normalize_unit(x, axes, epsilon, mask, extreme_range=extreme_range)
 
 
 def normalize_unit(
@@ -475,9 +476,9 @@ def group_norm(
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
         across which the reduced axes are split (e.g. spatial parallelism); statistics are then exact.
 
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63`` in magnitude and
-        the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
-        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63``
+        in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
+        finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
@@ -535,7 +536,8 @@ def normalize_groups(
 
     axes = tuple(sorted([a + (a > c) for a in reduce_axes if a != c] + [c + 1]))
     if mask is None and axis_name is None and x.size:  # the fused path groups x inside each pass
-        return fused.normalize(x, scale, bias, axes, epsilon, extreme_range=extreme_range, split=(c, num_groups))[0]
+        split = (c, num_groups)
+        return fused.normalize(x, scale, bias, axes, epsilon, extreme_range=extreme_range, split=split)[0]
     y, *_ = normalize_by_moments(
         grouped(x), grouped(scale), grouped(bias), axes, epsilon, grouped(mask), axis_name,
         extreme_range=extreme_range,
@@ -578,9 +580,9 @@ def instance_norm(
         the statistics use only the kept positions.
       axis_name: optional named axis (or tuple of names) across which the reduced axes are split.
 
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63`` in magnitude and
-        the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
-        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63``
+        in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
+        finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.

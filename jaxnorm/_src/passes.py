@@ -82,10 +82,10 @@ def spread(v: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.A
 def merged_view(
     shape: tuple[int, ...], axes: tuple[int, ...], *operands: tuple[int, ...] | None
 ) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
-    """``(groups, view_axes)``: the axes of ``shape`` in runs (``groups``), each run of adjacent axes that are alike merged into one (all
-    reduced or all kept, and each operand of x's rank either full or 1 along all of them), and the reduced axes
-    of that view (:func:`to_view` reshapes an array of x's rank to it). A reshape to it is free (row-major), and XLA then sees the rank-2 or rank-3 problem it
-    compiles best: ``(N, H, W, C)`` over ``(0, 1, 2)`` is ``(N H W, C)`` over ``(0,)``; GroupNorm's
+    """``(groups, view_axes)``: the axes of ``shape`` in runs (``groups``), each run of adjacent axes that are
+    alike merged into one (all reduced or all kept, and each operand of x's rank either full or 1 along all of
+    them), and the reduced axes of that view (:func:`to_view` reshapes an array of x's rank to it). A reshape
+    to it is free (row-major), and XLA then sees the rank-2 or rank-3 problem it compiles best: ``(N, H, W, C)`` over ``(0, 1, 2)`` is ``(N H W, C)`` over ``(0,)``; GroupNorm's
     ``(N, H, W, G, C/G)`` over ``(1, 2, 4)`` is ``(N, H W, G, C/G)`` over ``(1, 3)``."""
 
     def signature(i: int) -> tuple[bool, ...]:
@@ -182,6 +182,15 @@ def split_axes(ndim: int, axes: tuple[int, ...]) -> tuple[tuple[int, ...], tuple
     return tuple(axes), ()
 
 
+def inner_split(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(outer, inner)`` of :func:`split_axes` where the inner reduced axes are the short ones (the two-stage
+    reduction and the inner broadcast pay), else ``(axes, ())``."""
+    outer, inner = split_axes(len(shape), axes)
+    if not inner or math.prod(shape[i] for i in inner) >= math.prod(shape[i] for i in outer):
+        return tuple(axes), ()
+    return outer, inner
+
+
 def reduce_sum(a: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Array:
     """``jnp.sum(a, axes)`` (no keepdims), in two stages when a kept axis lies between short inner reduced axes
     and longer outer ones (GroupNorm's ``(N, H, W, G, C/G)`` over ``(1, 2, 4)``).
@@ -190,8 +199,8 @@ def reduce_sum(a: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Ar
     emitter: ``(8, 56, 56, 256)`` float32 in 32 groups, 6.0 ms against 0.54 ms), so the outer axes are summed
     first and the inner ones of the small partial sums after, with :func:`fresh` between the two (XLA's
     simplifier merges them back otherwise; elsewhere the merged reduction is what is wanted)."""
-    outer, inner = split_axes(a.ndim, axes)
-    if not inner or math.prod(a.shape[i] for i in inner) >= math.prod(a.shape[i] for i in outer):
+    outer, inner = inner_split(a.shape, axes)
+    if not inner:
         return jnp.sum(a, axes, dtype=dtype)
     partial = fresh(jnp.sum(a, outer, keepdims=True, dtype=dtype))[0]
     return jnp.sum(partial, axes, dtype=dtype)

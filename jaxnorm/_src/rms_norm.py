@@ -110,5 +110,5 @@ class RMSNorm(PerExample):
         self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
     ) -> jax.Array:
         scale, _ = self._expanded(params, x.ndim, axes)
-        return ops.normalize_layer(x, scale, None, axes, self.epsilon, mask, None, self.implementation, center=False,
-                                   extreme_range=self.extreme_range)
+        return ops.normalize_layer(x, scale, None, axes, self.epsilon, mask, None, self.implementation,
+                                   center=False, extreme_range=self.extreme_range)

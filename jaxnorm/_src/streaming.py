@@ -14,7 +14,6 @@ import numpy as np
 
 from jaxnorm._src import collectives, stats, validation
 
-
 # StreamingMoments' default slice: 2**20 values (4 MiB of float32) stay in cache between the kernel's two passes;
 # on a 2-core CPU, 1e6 x 16 float32 adapts about 3x faster in such slices than whole.
 _AUTO_SLICE_VALUES = 2**20
@@ -38,8 +37,8 @@ class StreamingMoments:
 
     :meth:`add` slices each array along its first reduced axis (``batch_size`` entries, or about 2**20 values),
     dispatches each slice's shifted moments to the device (:func:`_chunk_moments`, asynchronous) and merges the
-    previous slice's into the float64 totals with Chan et al.'s pairwise update (:func:`collectives.merge_count_mean_m2`),
-    so the device runs one slice ahead of the host and no more than two slices are alive. :meth:`totals` merges
+    previous slice's into the float64 totals with Chan et al.'s pairwise update
+    (:func:`collectives.merge_count_mean_m2`), so the device runs one slice ahead of the host and no more than two slices are alive. :meth:`totals` merges
     the last one and returns the totals (those given, or None, if nothing was added; ``slices`` counts them).
     Every array must have the same sizes along its kept axes (the caller checks).
     """
