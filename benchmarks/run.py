@@ -39,14 +39,14 @@ a peer that does not match is reported and not timed.
 
 Timing: compile, one checked run, then per implementation 2 warm-up runs and ``--repeats`` timed runs: the JAX
 implementations in interleaved rounds (every one once per round, in an order rotated each round, so that the
-machine's drift hits them alike), PyTorch in its own block after them (interleaving it would hand the cores
-back and forth between XLA's and PyTorch's thread pools), each timed with ``time.perf_counter`` around the
-call and ``jax.block_until_ready``. On a GPU a timed run is as many back-to-back calls as make about 2 ms (at most 100), waited for once, divided by their
-number, so that small kernels are not timed as their dispatch. Reported: median ms; ``x_jaxnorm`` = time /
-jaxnorm's time (> 1: jaxnorm is faster); ``GB/s`` = the bytes the op must move at least / time (``fwd``:
-read x + write y; ``fwd+bwd``: read x + read dy + write dx); ``%copy`` = that bandwidth as a percentage of the
-copy kernel's; ``temp MiB`` = ``compiled.memory_analysis().temp_size_in_bytes`` (XLA's scratch memory) and its
-ratio to flax.linen's.
+machine's drift hits them alike), PyTorch in its own block after them (interleaving it would hand the cores back
+and forth between XLA's and PyTorch's thread pools), each timed with ``time.perf_counter`` around the call and
+``jax.block_until_ready``. On a GPU a timed run is as many back-to-back calls as make about 2 ms (at most 100),
+waited for once, divided by their number, so that small kernels are not timed as their dispatch. Reported: median
+ms; ``x_jaxnorm`` = time / jaxnorm's time (> 1: jaxnorm is faster); ``GB/s`` = the bytes the op must move at least
+/ time (``fwd``: read x + write y; ``fwd+bwd``: read x + read dy + write dx); ``%copy`` = that bandwidth as a
+percentage of the copy kernel's; ``temp MiB`` = ``compiled.memory_analysis().temp_size_in_bytes`` (XLA's scratch
+memory) and its ratio to flax.linen's.
 
 After the summary it prints (and the JSON's ``summary`` records) the number of cells (op, mode, shape, dtype) in
 which jaxnorm runs below 0.95x the fastest JAX peer that ran there (``report.JAX_PEERS``: not PyTorch, not

@@ -84,9 +84,10 @@ def merged_view(
 ) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
     """``(groups, view_axes)``: the axes of ``shape`` in runs (``groups``), each run of adjacent axes that are
     alike merged into one (all reduced or all kept, and each operand of x's rank either full or 1 along all of
-    them), and the reduced axes of that view (:func:`to_view` reshapes an array of x's rank to it). A reshape
-    to it is free (row-major), and XLA then sees the rank-2 or rank-3 problem it compiles best: ``(N, H, W, C)`` over ``(0, 1, 2)`` is ``(N H W, C)`` over ``(0,)``; GroupNorm's
-    ``(N, H, W, G, C/G)`` over ``(1, 2, 4)`` is ``(N, H W, G, C/G)`` over ``(1, 3)``."""
+    them), and the reduced axes of that view (:func:`to_view` reshapes an array of x's rank to it). A reshape to it
+    is free (row-major), and XLA then sees the rank-2 or rank-3 problem it compiles best: ``(N, H, W, C)`` over
+    ``(0, 1, 2)`` is ``(N H W, C)`` over ``(0,)``; GroupNorm's ``(N, H, W, G, C/G)`` over ``(1, 2, 4)`` is ``(N, H
+    W, G, C/G)`` over ``(1, 3)``."""
 
     def signature(i: int) -> tuple[bool, ...]:
         return (i in axes, *(o is not None and o[i] == 1 for o in operands))

@@ -38,9 +38,10 @@ class StreamingMoments:
     :meth:`add` slices each array along its first reduced axis (``batch_size`` entries, or about 2**20 values),
     dispatches each slice's shifted moments to the device (:func:`_chunk_moments`, asynchronous) and merges the
     previous slice's into the float64 totals with Chan et al.'s pairwise update
-    (:func:`collectives.merge_count_mean_m2`), so the device runs one slice ahead of the host and no more than two slices are alive. :meth:`totals` merges
-    the last one and returns the totals (those given, or None, if nothing was added; ``slices`` counts them).
-    Every array must have the same sizes along its kept axes (the caller checks).
+    (:func:`collectives.merge_count_mean_m2`), so the device runs one slice ahead of the host and no more than two
+    slices are alive. :meth:`totals` merges the last one and returns the totals (those given, or None, if nothing
+    was added; ``slices`` counts them). Every array must have the same sizes along its kept axes (the caller
+    checks).
     """
 
     def __init__(self, totals: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
