@@ -40,7 +40,6 @@ the default's, per dtype. benchmarks/RESULTS.md cites this study's figures.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 import sys
@@ -167,12 +166,11 @@ def format_block(shape, dtype, ms, errors):
 
 
 def _source_digest():
-    """sha256 over jaxnorm's *.py files (as run.py's): which implementation the figures are of."""
-    root = Path(jaxnorm.__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    """run.py's digest of jaxnorm's source: which implementation the figures are of."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import run  # benchmarks/run.py (not a package: imported by path, as its modules import each other)
+
+    return run._jaxnorm_source_digest()
 
 
 def _geomean(values):

@@ -21,8 +21,9 @@ Axes = int | Sequence[int]
 
 
 def stats_dtype(dtype: Any) -> jnp.dtype:
-    """The dtype statistics are computed in: at least float32, float64 kept (the input dtype promoted)."""
-    return jnp.promote_types(dtype, jnp.float32)
+    """The dtype statistics are computed in: at least float32, float64 kept (the input dtype promoted). Read
+    without JAX's promotion rules, so that it holds under ``jax.numpy_dtype_promotion("strict")`` too."""
+    return jnp.dtype(jnp.float64) if jnp.dtype(dtype).itemsize > 4 else jnp.dtype(jnp.float32)
 
 
 def check_float_array(x: Any, name: str = "x") -> jax.Array:
