@@ -26,13 +26,13 @@ from jaxnorm._src.ops import (
     group_norm,
     instance_norm,
     layer_norm,
+    moments,
     normalize_batch_in_training,
     rms_norm,
     unit_norm,
 )
 from jaxnorm._src.reparam import SpectralNorm, WeightNorm, spectral_normalize, weight_normalize
 from jaxnorm._src.rms_norm import RMSNorm
-from jaxnorm._src.stats import moments
 from jaxnorm._src.training import (
     apply_constraints,
     constraints_transform,

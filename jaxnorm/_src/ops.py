@@ -145,6 +145,79 @@ def normalize_by_moments(
     return y, st.count.reshape(keep), st.mean.reshape(keep), st.var.reshape(keep)
 
 
+def moments(
+    x: jax.Array,
+    axes: validation.Axes,
+    *,
+    where: jax.Array | None = None,
+    keepdims: bool = False,
+    axis_name: Any = None,
+    extreme_range: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    r"""Mean and population variance of ``x`` over ``axes``, numerically stable, in at least float32.
+
+    .. math::
+        \mu = \frac{1}{n}\sum_{i \in S} x_i, \qquad
+        \sigma^2 = \frac{1}{n}\sum_{i \in S} (x_i - \mu)^2
+
+    where :math:`S` is the set of positions selected by ``where`` along ``axes`` and :math:`n = |S|`.
+    The variance is the biased (population, ``/n``) estimator that Keras, Flax and PyTorch normalize with.
+    It is computed from data shifted by an estimate of the mean (two passes without a mask: a 32-value sample,
+    then the shifted sums; the corrected two-pass algorithm with one), so a large common offset does not cancel
+    the variance away (float32 ``1e4 + N(0, 1)`` gives 1.000, where Flax's default ``E[x^2] - E[x]^2`` gives 0).
+
+    Args:
+      x: floating array of any shape and rank; bf16, f16, f32 or f64.
+      axes: int or sequence of ints, the axes to reduce (negative values count from the end).
+      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
+        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
+        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+        only the kept positions count. Values elsewhere, even NaN or inf, touch neither the result nor its
+        gradient.
+      keepdims: keep the reduced axes with size 1, so the results broadcast against ``x``.
+      axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``;
+        the statistics are then those of the global batch, each device weighted by its number of valid
+        elements (exact, unlike a mean of per-device means).
+      extreme_range: static bool. False (default): exact while ``|x - mean|`` stays below ``2**63`` and the
+        variance above about ``2**-100``; True: exact at any finite float32 magnitude, for one more pass over
+        ``x`` (see :mod:`jaxnorm._src.stats`).
+
+    Returns:
+      ``(mean, variance)``: arrays of ``x``'s shape without ``axes`` (with size-1 axes if ``keepdims``), in
+      ``promote_types(x.dtype, float32)``. Where ``where`` selects nothing, or a reduced axis has size 0, both
+      are 0. With ``extreme_range=True``, exact at any finite magnitude: the mean of float32 values near
+      ``3e38`` is their mean, and a variance beyond float32's range rounds to inf (or to 0 below it), as the
+      float64 value would.
+
+    Raises:
+      TypeError: ``x`` is not floating, or ``where`` is complex, a string or not an array.
+      ValueError: an axis is out of range or repeated; ``where`` does not broadcast to ``x``; ``axis_name``
+        is not bound.
+
+    Source: the shifted and corrected two-pass algorithms (Chan, Golub & LeVeque 1983, "Algorithms for
+    computing the sample variance"); the signature follows ``tf.nn.moments`` and ``jax.numpy``'s ``where``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxnorm
+      >>> x = 1e4 + jnp.array([[-1.0], [1.0]])
+      >>> mean, var = jaxnorm.moments(x, axes=0)
+      >>> print(mean, var)
+      [10000.] [1.]
+      >>> mean, var = jaxnorm.moments(jnp.array([1.0, 3.0, jnp.nan]), 0, where=jnp.array([True, True, False]))
+      >>> print(mean, var)
+      2.0 1.0
+    """
+    x = validation.check_float_array(x, "x")
+    axes_t = validation.canonicalize_axes(axes, x.ndim, "axes")
+    mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
+    st = stats.normalizer(x, axes_t, mask, axis_name, extreme_range=extreme_range)
+    mean, var = st.mean, st.var
+    if keepdims:
+        keep = tuple(1 if i in axes_t else d for i, d in enumerate(x.shape))
+        mean, var = mean.reshape(keep), var.reshape(keep)
+    return mean, var
+
+
 def normalize_batch_in_training(
     x: jax.Array,
     scale: jax.Array | None,
