@@ -322,14 +322,15 @@ KNOWN_FAILURES: dict[tuple[str, str, str], str] = {}
 
 
 def _params(family: str, layers: list[tuple[str, bool]]) -> list:
-    """One case per (layer, transform): every transform of the family's first layer in the default tier, the
-    rest in ``full`` (this module assigns its tiers itself: ``own_tiers``)."""
+    """One case per (layer, transform). The default tier runs every layer's train step (``grad``: the loss, the
+    updated state and the gradients, forward and backward in one exported program) and every transform of the
+    family's first layer; the other transforms are in ``full`` (this module assigns its tiers: ``own_tiers``)."""
     out = []
     for i, (layer, named) in enumerate(layers):
         for transform in TRANSFORMS:
             if transform == "axis_name" and not named:
                 continue
-            marks = [pytest.mark.full] if i else []
+            marks = [pytest.mark.full] if i and transform != "grad" else []
             if (family, layer, transform) in KNOWN_FAILURES:
                 marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[family, layer, transform]))
             out.append(pytest.param(layer, transform, marks=marks, id=f"{layer}-{transform}"))
