@@ -116,7 +116,7 @@ class BatchNorm(module.Module):
         'keras'/'torch' (which weight ``momentum`` is), 'biased'/'unbiased' running variance,
         'exponential'/'cumulative'/'debiased' averaging, per-feature safe updates (False: update regardless, as
         Flax), and a step counter. The defaults are Flax's behaviour (with safe updates); 'cumulative',
-        'debiased' or ``count_steps=True`` add ``batch_stats['steps']`` (int32 scalar).
+        'debiased' add ``batch_stats['steps']`` (int32, per feature), ``count_steps=True`` an int32 scalar one.
       extreme_range: jaxnorm's option (not Flax's), after Flax's arguments: False (default) keeps the statistics
         exact while deviations from the mean stay below ``2**63`` and the variance above about ``2**-100``;
         True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A static option,
@@ -217,7 +217,10 @@ class BatchNorm(module.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stat_dtype), feature_shape)
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stat_dtype), feature_shape)
         rule = self._rule()
-        ra_steps = self.variable("batch_stats", "steps", jnp.zeros, (), jnp.int32) if rule.counts_steps else None
+        ra_steps = None
+        if rule.counts_steps:
+            steps_shape = rule.steps_shape(tuple(feature_shape))
+            ra_steps = self.variable("batch_stats", "steps", jnp.zeros, steps_shape, jnp.int32)
         for name, stat in (("mean", ra_mean), ("var", ra_var)):  # a checkpoint for another feature count
             validation.fit_variable(
                 stat.value, tuple(feature_shape), f"batch_stats['{name}']", exact=True,
@@ -248,6 +251,7 @@ class BatchNorm(module.Module):
             old = {"mean": ra_mean.value, "var": ra_var.value}
             if ra_steps is not None:
                 old["steps"] = ra_steps.value
+            old = moving.migrate(old, tuple(feature_shape), rule)
             new = moving.update(old, jnp.squeeze(count, reduction_axes), batch_mean, batch_var, rule)
             ra_mean.value, ra_var.value = new["mean"], new["var"]
             if ra_steps is not None:

@@ -141,8 +141,8 @@ class BatchNorm(nnx.Module):
         options,
         after Flax's arguments, as in :class:`jaxnorm.BatchNorm` (the same rule): 'keras'/'torch',
         'biased'/'unbiased', 'exponential'/'cumulative'/'debiased', per-feature safe updates (False: as Flax),
-        a step counter. The defaults are Flax's behaviour (with safe updates); 'cumulative', 'debiased' or
-        ``count_steps=True`` add the ``nnx.BatchStat`` ``steps`` (int32 scalar).
+        a step counter. The defaults are Flax's behaviour (with safe updates); 'cumulative', 'debiased' add the
+        ``nnx.BatchStat`` ``steps`` (int32, per feature), ``count_steps=True`` an int32 scalar one.
       extreme_range: jaxnorm's option (not Flax's), keyword-only after Flax's arguments: False (default) keeps
         the statistics exact while deviations from the mean stay below ``2**63`` and the variance above about
         ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A
@@ -223,7 +223,7 @@ class BatchNorm(nnx.Module):
         self.mean = nnx.BatchStat(jnp.zeros(feature_shape, jnp.float32))
         self.var = nnx.BatchStat(jnp.ones(feature_shape, jnp.float32))
         if rule.counts_steps:
-            self.steps = nnx.BatchStat(jnp.zeros((), jnp.int32))
+            self.steps = nnx.BatchStat(jnp.zeros(rule.steps_shape(feature_shape), jnp.int32))
         # scale before bias: the same rngs.params() draws as Flax.
         self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
         self.bias = _affine_param(use_bias, bias_init, rngs, feature_shape, param_dtype, bias_metadata)
@@ -286,11 +286,11 @@ class BatchNorm(nnx.Module):
         # calls works, as in Flax), so the rule built (and checked) in __init__ may be stale.
         rule = moving.Rule(self.momentum, **{k: getattr(self, k) for k in moving.DROP_IN_OPTIONS})
         keys = ("mean", "var", "steps") if rule.counts_steps else ("mean", "var")
-        old = {k: getattr(self, k)[...] for k in keys}
         batch_count = jnp.squeeze(count, reduction_axes)
+        old = moving.migrate({k: getattr(self, k)[...] for k in keys}, batch_mean.shape, rule)
         new = lax.stop_gradient(moving.update(old, batch_count, batch_mean, batch_var, rule))
         for k in keys:
-            getattr(self, k)[...] = new[k]
+            getattr(self, k).set_value(new[k])  # set_value: a loaded scalar counter may become per-feature
         return y.astype(out_dtype)
 
     def set_view(self, use_running_average: bool | None = None) -> None:

@@ -118,7 +118,8 @@ def batch_norm_safe_stream(xs, masks, feature_axes, state0, *, momentum, epsilon
     every moving statistic. Exponential: ``k * old + (1 - k) * batch`` with ``k`` the old value's weight
     (``momentum``, or ``1 - momentum`` for ``convention='torch'``); cumulative: ``old + (batch - old) / t``;
     debiased: ``hidden = k * old * (1 - k^(t-1)) + (1 - k) * batch``, ``hidden / (1 - k^t)``, with ``t`` the
-    counter + 1; the counter advances when any feature updated (always, with ``safe=False``). Renorm (Keras):
+    counter + 1 (per feature where the counter is per feature); a feature-shaped counter advances where its
+    feature updated, a scalar one when any feature updated (always, with ``safe=False``). Renorm (Keras):
     ``stddev = sqrt(var + eps)`` averaged like the mean, ``renorm_mean``/``renorm_stddev`` with
     ``renorm_momentum``, ``var = max(stddev^2 - eps, 0)``. Unbiased: ``var * n / (n - 1)`` for n > 1.
 
@@ -128,8 +129,8 @@ def batch_norm_safe_stream(xs, masks, feature_axes, state0, *, momentum, epsilon
     keep = momentum if convention == "keras" else 1 - momentum
     rkeep = renorm_momentum if convention == "keras" else 1 - renorm_momentum
     state = {k: _f64(v).copy() for k, v in state0.items()}
-    if "steps" in state:
-        state["steps"] = int(np.asarray(state0["steps"]))
+    if "steps" in state:  # a scalar (exponential's count_steps) or per feature (the counted averages)
+        state["steps"] = np.asarray(state0["steps"]).astype(np.int64)
     out = []
     with np.errstate(all="ignore"):  # NaN/inf batches are the point
         for i, x in enumerate(xs):
@@ -179,8 +180,8 @@ def _safe_step(state, x, mask, feature_axes, keep, rkeep, epsilon, averaging, mo
     if renorm:
         new["var"] = np.maximum(new["stddev"] ** 2 - epsilon, 0)
     state = {k: (np.where(ok, new[k], state[k]) if k in new else state[k]) for k in state}
-    if "steps" in state:
-        state["steps"] = state["steps"] + int(ok.any())
+    if "steps" in state:  # per feature: the steps each feature accepted; a scalar: steps where any did
+        state["steps"] = state["steps"] + (ok if np.ndim(state["steps"]) else int(ok.any()))
     return state, ok
 
 

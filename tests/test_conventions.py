@@ -58,7 +58,7 @@ def test_cumulative_average_is_mean_of_batches_pytorch_momentum_none():
                              mean_init={"class_name": "Constant", "config": {"value": 123.0}})
     _, state = _run(spec, xs)
     stats = [_batch_stats(x, ddof=1) for x in xs]
-    assert int(state["steps"]) == len(xs)
+    np.testing.assert_array_equal(state["steps"], [len(xs)] * 3)  # one counter per feature
     assert_close(state["mean"], np.mean([m for m, _ in stats], 0))  # the initial 123 dropped out
     assert_close(state["var"], np.mean([v for _, v in stats], 0))
 
@@ -90,8 +90,8 @@ def test_non_finite_feature_keeps_its_state_exactly(averaging):
     for k in ("mean", "var"):  # per feature: feature 1 keeps its statistics, the others update as without it
         np.testing.assert_array_equal(np.asarray(after[k])[1], np.asarray(state[k])[1])
         np.testing.assert_array_equal(np.asarray(after[k])[[0, 2]], np.asarray(clean[k])[[0, 2]])
-    if "steps" in state:  # the counter counts the steps in which any feature updated
-        assert int(after["steps"]) == int(state["steps"]) + 1
+    if "steps" in state:  # each feature counts the steps it took: feature 1 skipped this one
+        np.testing.assert_array_equal(after["steps"], np.asarray(state["steps"]) + [1, 0, 1])
     everywhere = xs[1].at[0, 0].set(jnp.nan)  # every feature non-finite: the whole state, counter included
     _, kept = spec.apply(params, state, everywhere, training=True)
     for k in state:
@@ -99,6 +99,54 @@ def test_non_finite_feature_keeps_its_state_exactly(averaging):
     unsafe = jaxnorm.BatchNorm(momentum=0.5, averaging=averaging, safe_update=False)
     _, poisoned = unsafe.apply(params, state, bad, training=True)
     assert np.isnan(np.asarray(poisoned["mean"])[1])
+
+
+@pytest.mark.parametrize("averaging", ["cumulative", "debiased"])
+def test_counted_averages_count_the_batches_each_feature_took(averaging):
+    """Batches x, x with inf in feature 1, 2x: feature 1 takes two batches (x, 2x) and its moving mean is their
+    average by the rule with t = 1, 2; features 0 and 2 take all three. Against float64, per feature."""
+    d = 0.8
+    x = np.asarray(_batches(k=1)[0], np.float64)
+    xs = [x, x.copy(), 2 * x]
+    xs[1][0, 0, 1] = np.inf
+    _, state = _run(jaxnorm.BatchNorm(momentum=d, averaging=averaging), [jnp.asarray(v, jnp.float32) for v in xs])
+    np.testing.assert_array_equal(state["steps"], [3, 2, 3])
+
+    def average(batches):
+        if averaging == "cumulative":
+            return np.mean(batches, 0)
+        hidden = 0.0
+        for b in batches:
+            hidden = d * hidden + (1 - d) * b
+        return hidden / (1 - d ** len(batches))
+
+    means = [v.mean((0, 1)) for v in xs]
+    want = average(means)  # features 0 and 2: every batch
+    want[1] = average([means[0][1], means[2][1]])[()]  # feature 1: the two batches it took
+    assert_close(state["mean"], want)
+    if averaging == "cumulative":  # the issue's figure: the mean over the batches feature 1 accepted
+        assert_close(state["mean"][1], 1.5 * means[0][1])
+
+
+@pytest.mark.parametrize("averaging", ["cumulative", "debiased"])
+def test_a_scalar_step_counter_from_an_older_checkpoint_loads(averaging):
+    """Before per-feature counting the counted averages kept one scalar ``steps``: such a state still trains,
+    as the same state with that count for every feature, and comes back with the per-feature counter."""
+    spec = jaxnorm.BatchNorm(momentum=0.8, averaging=averaging)
+    x = _batches(k=1)[0]
+    params, state = spec.init(None, x)
+    state = {"mean": state["mean"] + 1, "var": state["var"] * 2}
+    old = {**state, "steps": jnp.asarray(5, jnp.int32)}
+    new = {**state, "steps": jnp.full((3,), 5, jnp.int32)}
+    step = jax.jit(spec.apply, static_argnames="training")
+    y_old, after_old = step(params, old, x, training=True)
+    y_new, after_new = step(params, new, x, training=True)
+    np.testing.assert_array_equal(y_old, y_new)
+    for k in after_new:  # (the two programs may round keep**t differently in the last bit)
+        np.testing.assert_allclose(after_old[k], after_new[k], rtol=1e-6, err_msg=k)
+    np.testing.assert_array_equal(after_old["steps"], [6, 6, 6])
+    _, same = spec.apply(params, old, x, training=False)  # inference returns the state as given
+    assert same is old
 
 
 def test_empty_mask_leaves_state_and_gives_finite_output():
@@ -139,10 +187,12 @@ def test_counter_in_state_tree_and_config_round_trip():
     spec = jaxnorm.BatchNorm(momentum=0.1, momentum_convention="torch", moving_var_estimator="unbiased",
                              averaging="cumulative", safe_update=False, allow_single_value=True)
     params, state = spec.init(None, jnp.ones((2, 3)))
-    assert state["steps"].dtype == jnp.int32 and state["steps"].shape == ()
+    assert state["steps"].dtype == jnp.int32 and state["steps"].shape == (3,)  # per feature
+    exp_params, exp_state = jaxnorm.BatchNorm(count_steps=True).init(None, jnp.ones((2, 3)))
+    assert exp_state["steps"].shape == ()  # PyTorch's num_batches_tracked: one per layer
     assert type(spec).from_config(json.loads(json.dumps(spec.get_config()))) == spec
     with pytest.raises(TypeError, match=r"`state\['steps'\]` must be an integer step counter"):
-        spec.apply(params, {**state, "steps": jnp.zeros(())}, jnp.ones((2, 3)), training=True)
+        spec.apply(params, {**state, "steps": jnp.zeros((3,))}, jnp.ones((2, 3)), training=True)
     with pytest.raises(ValueError, match=r"missing \['steps'\]"):
         spec.apply(params, {"mean": state["mean"], "var": state["var"]}, jnp.ones((2, 3)), training=True)
 

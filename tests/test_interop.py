@@ -101,7 +101,8 @@ def test_torch_batch_norm_conformance(torch, cfg):
     spec, params, state = interop.from_torch(module)
     assert spec.axis == 1 and spec.epsilon == cfg["eps"] and spec.use_scale == spec.use_bias == cfg["affine"]
     assert spec.averaging == ("cumulative" if cfg["momentum"] is None else "exponential")
-    assert int(state["steps"]) == int(module.num_batches_tracked)
+    # every feature's counter is PyTorch's one (per feature under cumulative averaging)
+    np.testing.assert_array_equal(state["steps"], int(module.num_batches_tracked))
 
     step = _train_step_with_grad(spec)
     module.train()
@@ -119,7 +120,7 @@ def test_torch_batch_norm_conformance(torch, cfg):
         assert_close(state["mean"], _np(module.running_mean))
         assert_close(state["var"], _np(module.running_var))  # torch's unbiased running variance
         assert state["steps"].dtype == jnp.int32
-        assert int(state["steps"]) == int(module.num_batches_tracked)
+        np.testing.assert_array_equal(state["steps"], int(module.num_batches_tracked))
         np.testing.assert_allclose(g_x, _np(xt.grad), **GRAD_TOL)
         if cfg["affine"]:
             np.testing.assert_allclose(g_params["scale"], _np(module.weight.grad), **GRAD_TOL)
@@ -239,7 +240,7 @@ def test_torch_round_trip_from_torch_to_torch(torch, name):
 
 def _random_tree(rng, shapes_dtypes):
     return {
-        k: jnp.asarray(rng.integers(1, 100), jnp.int32) if dt == "int" else jnp.asarray(rng.uniform(0.5, 2, s), dt)
+        k: jnp.full(s, rng.integers(1, 100), jnp.int32) if dt == "int" else jnp.asarray(rng.uniform(0.5, 2, s), dt)
         for k, (s, dt) in shapes_dtypes.items()
     }
 
@@ -270,7 +271,8 @@ def test_torch_round_trip_to_torch_from_torch(torch, name):
         params = _random_tree(rng, {k: (fshape, dtype) for k in ("scale", "bias") if getattr(spec, "use_" + k)})
         state = {}
         if isinstance(spec, jaxnorm.BatchNorm):
-            state = _random_tree(rng, {"mean": (fshape, dtype), "var": (fshape, dtype), "steps": ((), "int")})
+            steps = (spec._rule.steps_shape(fshape), "int")  # per feature under cumulative averaging
+            state = _random_tree(rng, {"mean": (fshape, dtype), "var": (fshape, dtype), "steps": steps})
         module = interop.to_torch(spec, params, state, input_shape=input_shape)
         for t in module.state_dict().values():
             assert t.dtype in (getattr(torch, dtype), torch.int64)
@@ -310,7 +312,7 @@ def test_from_torch_state_dict_with_prefix(torch):
             np.testing.assert_array_equal(tree2[k], tree[k])
     np.testing.assert_array_equal(params2["scale"], _np(sd["1.weight"]))
     np.testing.assert_array_equal(state2["var"], _np(sd["1.running_var"]))
-    assert int(state2["steps"]) == int(sd["1.num_batches_tracked"])
+    np.testing.assert_array_equal(state2["steps"], int(sd["1.num_batches_tracked"]))
 
 
 def test_from_torch_state_dict_missing_key_names_it(torch):
@@ -543,6 +545,12 @@ TO_TORCH_ERRORS = {
                          r"axis: -1; PyTorch normalizes channels on axis 1"),
     "in_rank2": (_to_torch(jaxnorm.InstanceNorm(axis=1), (None, 4)), ValueError,
                  r"rank 2; PyTorch's InstanceNorm takes 3 to 5"),
+    "per_feature_steps_differ": (lambda: interop.to_torch(
+        jaxnorm.BatchNorm(**_TORCH_BN, averaging="cumulative"),
+        _arrays(jaxnorm.BatchNorm(**_TORCH_BN), (2, 3))[0],
+        {"mean": jnp.zeros(3), "var": jnp.ones(3), "steps": jnp.asarray([4, 3, 4], jnp.int32)},
+        input_shape=(None, 3)), ValueError,
+        r"`state\['steps'\]` counts \[3, 4\] batches for different features.*one `num_batches_tracked`"),
 }
 
 
@@ -616,9 +624,10 @@ def test_from_torch_state_dict_reads_numpy_arrays_without_torch():
     assert sorted(params) == ["bias", "scale"] and sorted(state) == ["mean", "steps", "var"]
     np.testing.assert_array_equal(params["scale"], sd["net.bn.weight"])
     np.testing.assert_array_equal(state["var"], sd["net.bn.running_var"])
-    assert state["steps"].dtype == jnp.int32 and int(state["steps"]) == 7
+    assert state["steps"].dtype == jnp.int32
+    np.testing.assert_array_equal(state["steps"], [7, 7, 7])  # num_batches_tracked for each feature
     y, new_state = spec.apply(params, state, jnp.ones((2, 3)) + jnp.arange(2.0)[:, None], training=True)
-    assert int(new_state["steps"]) == 8
+    np.testing.assert_array_equal(new_state["steps"], [8, 8, 8])
 
     ln_spec = jaxnorm.LayerNorm(use_bias=False)
     ln_params, ln_state = interop.from_torch_state_dict(ln_spec, {"weight": sd["net.bn.bias"]})

@@ -108,18 +108,17 @@ class BatchNorm(Layer):
         ``hidden_t = d * hidden_{t-1} + (1 - d) * batch``, ``moving = hidden_t / (1 - d^t)`` with
         ``hidden_0 = 0`` and ``d`` the old value's weight (which must be below 1: ``momentum=1`` with 'keras' or
         ``momentum=0`` with 'torch' raises ``ValueError`` at construction, as 1 - d^t would be 0). The last two
-        add a step counter ``state['steps']``
-        (int32, PyTorch's ``num_batches_tracked``).
+        add a per-feature step counter ``state['steps']`` (int32, feature-shaped: the number of batches each
+        feature has taken; a checkpoint with the scalar counter of earlier releases loads, broadcast).
       safe_update: if True (default), the moving statistics are updated per feature: a feature whose batch
         statistics are not finite (a NaN/inf value it reads), or that has no valid element in the batch (its
         mask selects nothing, or the batch is empty), keeps every one of its moving statistics bit for bit
         (``mean``, ``var``, and with ``renorm`` ``stddev``, ``renorm_mean``, ``renorm_stddev``; with ghost
         batches, those with no valid element drop out of the average), while every other feature updates as
-        Keras, Flax and PyTorch would. The step counter ``state['steps']`` advances when any feature updated, so
-        an empty or all-NaN batch leaves the whole state, counter included, exactly as it was; with
-        'cumulative' and 'debiased' averaging the shared counter then counts the steps in which any feature
-        updated, and a feature that skipped steps is averaged with that step number (its skipped steps weigh as
-        if they had repeated its moving value). The rule lives in ``jaxnorm._src.moving`` and the Flax drop-ins'
+        Keras, Flax and PyTorch would. With 'cumulative' and 'debiased' averaging each feature counts its own
+        steps, so its moving statistics are the average over exactly the batches it took; ``count_steps``'s
+        scalar counter advances when any feature updated. An empty or all-NaN batch leaves the whole state,
+        counters included, exactly as it was. The rule lives in ``jaxnorm._src.moving`` and the Flax drop-ins'
         BatchNorm follow it too. False: every feature updates from every batch (Keras's behaviour; an all-masked
         feature drifts toward 0, a NaN batch writes NaN). The output is computed from the batch either way
         (finite for an all-masked batch of finite values).
@@ -152,8 +151,8 @@ class BatchNorm(Layer):
         ``2**63`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
         float32 magnitude, for one more pass over ``x`` (:func:`jaxnorm.moments`; not written to Keras configs,
         whose layers compute the default).
-      count_steps: keep the step counter ``state['steps']`` (PyTorch's ``num_batches_tracked``) also with
-        exponential averaging; on by itself for 'cumulative' and 'debiased'.
+      count_steps: keep a scalar step counter ``state['steps']`` (int32, PyTorch's ``num_batches_tracked``)
+        also with exponential averaging; 'cumulative' and 'debiased' keep their per-feature one by themselves.
       dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
         default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype`` by
         :meth:`to_keras_config` and :func:`jaxnorm.interop.to_keras`. It changes no number here: the output has
@@ -319,7 +318,7 @@ class BatchNorm(Layer):
             state["renorm_mean"] = state["mean"]
             state["renorm_stddev"] = state["stddev"]
         if self._rule.counts_steps:
-            state["steps"] = jnp.zeros((), jnp.int32)
+            state["steps"] = jnp.zeros(self._rule.steps_shape(fshape), jnp.int32)
         return params, state
 
     @property
@@ -336,7 +335,7 @@ class BatchNorm(Layer):
         rule = self._rule
         spec: dict[str, tuple[tuple[int, ...], Any]] = {k: (fshape, None) for k in rule.keys}
         if rule.counts_steps:
-            spec["steps"] = ((), "int")
+            spec["steps"] = (rule.steps_shape(fshape), "int")
         return spec
 
     def apply(
@@ -390,7 +389,9 @@ class BatchNorm(Layer):
                 "unlike Normalization's value `count`). Rename it: state = {**state, 'steps': state['count']} "
                 "without 'count', or re-create the state with `init`."
             )
-        state = validation.check_tree(state, self._state_spec(fshape), "state", fix)
+        state = validation.check_tree(
+            moving.migrate(state, fshape, self._rule), self._state_spec(fshape), "state", fix
+        )
         expand = lambda v: validation.expand_to_rank(v, x.ndim, feature_axes)  # noqa: E731
         scale = expand(params["scale"]) if self.use_scale else None
         bias = expand(params["bias"]) if self.use_bias else None

@@ -16,7 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm._src import validation
+from jaxnorm._src import moving, validation
 from jaxnorm._src.batch_norm import BatchNorm
 from jaxnorm._src.group_norm import GroupNorm, InstanceNorm
 from jaxnorm._src.layer_norm import LayerNorm
@@ -112,6 +112,8 @@ def _spec_arrays(
     fix = f"They must match the features of inputs of shape {shape} along axis={spec.axis!r} (shape {fshape})."
     params = spec._check_params(params, fshape, fix)
     expected = spec._state_spec(fshape) if isinstance(spec, BatchNorm) else {}
+    if isinstance(spec, BatchNorm):
+        state = moving.migrate(state, fshape, spec._rule)
     state = validation.check_tree(state, expected, "state", fix)
     as_np = lambda tree: {k: np.asarray(v) for k, v in tree.items()}  # noqa: E731
     return as_np(params), as_np(state)
@@ -376,7 +378,11 @@ def from_torch_state_dict(
         value = _tensor_to_numpy(state_dict[full])
         return jnp.asarray(value.astype(np.int32) if key == "steps" else value)
 
-    return {k: read(k) for k in wanted_params}, {k: read(k) for k in wanted_state}
+    params = {k: read(k) for k in wanted_params}
+    state = {k: read(k) for k in wanted_state}
+    if isinstance(spec, BatchNorm):  # num_batches_tracked is every feature's count under counted averages
+        state = moving.migrate(state, jnp.shape(state["mean"]), spec._rule)
+    return params, state
 
 
 def _torch_incompatible(spec: Any, checks: dict[str, tuple[bool, str]]) -> None:
@@ -492,8 +498,15 @@ def _to_torch_batch_norm(
     tensors = {_TORCH_STATE[k]: _numpy_to_tensor(torch, v) for k, v in np_state.items() if k != "steps"}
     for k, v in np_params.items():
         tensors[_TORCH_PARAMS[k]] = _numpy_to_tensor(torch, v, dtype)
-    steps = np_state.get("steps", np.zeros((), np.int64))
-    tensors["num_batches_tracked"] = torch.tensor(int(steps), dtype=torch.long)
+    steps = np.unique(np_state.get("steps", np.zeros((), np.int64)))
+    if steps.size > 1:
+        raise ValueError(
+            f"`state['steps']` counts {steps.tolist()} batches for different features (a feature skips a batch "
+            "whose statistics are not finite for it), but PyTorch keeps one `num_batches_tracked` for the layer, "
+            "and with momentum=None each feature's average needs its own count. Convert a state whose features "
+            "took the same batches, or set state['steps'] to one count yourself if that approximation will do."
+        )
+    tensors["num_batches_tracked"] = torch.tensor(int(steps[0]), dtype=torch.long)
     module.load_state_dict(tensors)
     return module
 

@@ -4,14 +4,19 @@ Flax drop-ins' ``BatchNorm`` call.
 The rule is per feature. A feature whose batch statistics may enter its moving averages is one with at least one
 valid element (``count > 0``) and a finite batch mean and variance (:func:`update_ok`). Such a feature updates as
 Keras, Flax and PyTorch would; any other feature keeps every one of its moving statistics bit for bit
-(:func:`safe_update`), so one all-masked, empty or NaN feature no longer freezes, nor poisons, the others. A step
-counter advances when any feature updated (:func:`advance_counter`); an empty batch (count 0 everywhere) leaves
-the whole state, counter included, exactly as it was.
+(:func:`safe_update`), so one all-masked, empty or NaN feature no longer freezes, nor poisons, the others. The
+counted averages ('cumulative', 'debiased') count steps per feature: ``steps`` is feature-shaped and each feature's
+counter advances with the steps it accepted, so its average is over exactly the batches it took. With exponential
+averages, ``count_steps`` keeps one scalar counter (PyTorch's ``num_batches_tracked``) that advances when any
+feature updated (:func:`advance_counter`). An empty batch (count 0 everywhere) leaves the whole state, counters
+included, exactly as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,9 +50,12 @@ def safe_update(old: jax.Array, new: jax.Array, ok: jax.Array) -> jax.Array:
 
 
 def advance_counter(steps: jax.Array, ok: jax.Array) -> jax.Array:
-    """The step counter after a step: ``steps + 1`` when any feature updated (``any(ok)``), else ``steps``."""
+    """The step counter after a step: per feature, ``steps + ok`` where ``steps`` is feature-shaped; a scalar
+    ``steps`` becomes ``steps + 1`` when any feature updated (``any(ok)``), else stays ``steps``."""
     steps = jnp.asarray(steps)
-    return steps + jnp.any(ok).astype(steps.dtype)
+    if steps.ndim == 0:
+        return steps + jnp.any(ok).astype(steps.dtype)
+    return steps + jnp.broadcast_to(ok, steps.shape).astype(steps.dtype)
 
 
 def moving_average(old: jax.Array, batch: jax.Array, keep: float, ok: jax.Array | None = None) -> jax.Array:
@@ -140,8 +148,18 @@ class Rule:
 
     @property
     def counts_steps(self) -> bool:
-        """Whether the state holds the step counter ``steps`` (int32 scalar)."""
+        """Whether the state holds the int32 step counter ``steps`` (of shape :meth:`steps_shape`)."""
         return self.averaging != "exponential" or self.count_steps
+
+    @property
+    def steps_per_feature(self) -> bool:
+        """Whether ``steps`` is feature-shaped: the counted averages ('cumulative', 'debiased') need each feature's
+        own step number, since a feature that skipped a step (:func:`update_ok`) has taken fewer batches."""
+        return self.averaging != "exponential"
+
+    def steps_shape(self, feature_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the counter ``steps`` for features of ``feature_shape``."""
+        return tuple(feature_shape) if self.steps_per_feature else ()
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -165,12 +183,30 @@ DROP_IN_OPTIONS = {
 }
 
 
+def migrate(state: Any, feature_shape: tuple[int, ...], rule: Rule) -> Any:
+    """A state saved with the scalar step counter of earlier releases, upgraded to ``rule``'s feature-shaped one.
+
+    Before per-feature counting, 'cumulative' and 'debiased' kept one int32 scalar ``steps`` for the layer. Such a
+    checkpoint loads: its counter is broadcast to every feature (each had taken that many steps, which is what the
+    old counter meant). Anything else (other rules, a feature-shaped counter, a tree that is not a dict) is
+    returned as given, for the caller's own checks.
+    """
+    if (
+        rule.steps_per_feature and isinstance(state, Mapping) and "steps" in state
+        and jnp.ndim(state["steps"]) == 0 and tuple(feature_shape) != ()
+    ):
+        steps = jnp.asarray(state["steps"])
+        return {**state, "steps": jnp.broadcast_to(steps, tuple(feature_shape))}
+    return state
+
+
 def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: jax.Array, rule: Rule) -> dict:
     """The new moving statistics after one batch.
 
     Args:
       state: ``{'mean', 'var'}`` (plus ``'stddev', 'renorm_mean', 'renorm_stddev'`` with renorm, and the int32
-        scalar ``'steps'`` when ``rule.counts_steps``), feature-shaped arrays in any float dtype.
+        counter ``'steps'`` when ``rule.counts_steps``: feature-shaped with counted averages, else a scalar),
+        feature-shaped arrays in any float dtype.
       count, mean, var: this batch's feature-shaped number of valid elements, mean and biased variance (in the
         dtype the statistics should be averaged in).
 
@@ -182,7 +218,7 @@ def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: 
         var = var * jnp.where(count > 1, count / jnp.maximum(count - 1, 1), 1)
     keep = rule.keep(rule.momentum)
     new = {}
-    if rule.counts_steps:  # t: this step's number for every feature that updates in it
+    if rule.counts_steps:  # t: this step's number for each feature that updates in it (its own count + 1)
         t = (state["steps"] + 1).astype(mean.dtype)
     batches = {"mean": mean, "var": var}
     if rule.renorm_momentum is not None:  # Keras: averages of the stddev; the variance comes from the moving one
@@ -207,7 +243,8 @@ def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: 
     ok = update_ok(count, mean, var) if rule.safe_update else jnp.ones(jnp.shape(mean), bool)
     new = {k: safe_update(state[k], v, ok) for k, v in new.items()}
     if rule.counts_steps:
-        new["steps"] = advance_counter(state["steps"], ok) if rule.safe_update else state["steps"] + 1
+        steps = state["steps"]
+        new["steps"] = advance_counter(steps, ok if rule.safe_update else jnp.ones(jnp.shape(mean), bool))
     return new
 
 
