@@ -196,6 +196,33 @@ def test_ghost_batches_match_the_reference_under_jit_and_shard_map_alike():
     assert not np.allclose(y_full, want_y, atol=1e-3)
 
 
+@pytest.mark.parametrize("transform", ["pmap", "shard_map"])
+def test_ghost_batches_average_within_each_device_group(transform):
+    """Ghost batches with axis_index_groups: each device group's moving statistics average the ghosts of its own
+    devices only (the reference: the ghost batch rule on the group's concatenated batch), the output is each
+    ghost batch's own, and the two groups differ (the issue's 4.95 and 25.4, not one 15.2 everywhere)."""
+    v, per, c = 2, 4, 3
+    x = _data((NDEV, per, c), seed=15)
+    x[2:] += 20.0  # the second group's data sits far from the first's
+    groups = [[0, 1], [2, 3]]
+    bn = jaxnorm.BatchNorm(momentum=0.0, virtual_batch_size=v, axis_name="data", axis_index_groups=groups)
+    params, state = bn.init(None, x[0])
+    apply = lambda x: bn.apply(params, state, x, training=True)  # noqa: E731
+    if transform == "pmap":
+        y, new_state = jax.pmap(apply, axis_name="data")(x)
+    else:
+        y, new_state = _shard_map(lambda x: jax.tree.map(lambda a: a[None], apply(x[0])), P("data"), P("data"))(x)
+    for group in groups:
+        want_y, want_mean, want_var = ref.ghost_batch_norm(
+            x[group].reshape(-1, c), params, state, v, 0.0, bn.epsilon
+        )
+        assert_close(np.asarray(y)[group].reshape(-1, c), want_y)
+        for d in group:
+            assert_close(new_state["mean"][d], want_mean)
+            assert_close(new_state["var"][d], want_var)
+    assert np.all(np.abs(new_state["mean"][0] - new_state["mean"][2]) > 10)
+
+
 def test_ghost_batches_need_a_multiple_of_the_ghost_size():
     bn = jaxnorm.BatchNorm(virtual_batch_size=4)
     x = _data((6, 3))

@@ -94,7 +94,8 @@ class BatchNorm(Layer):
       virtual_batch_size: optional ghost-batch size (Keras 2's ``virtual_batch_size``; Hoffer et al. 2017):
         in training, axis 0 is split into contiguous groups of this many examples, each normalized by its own
         statistics (never spanning devices); the moving statistics move toward the mean over the ghost
-        batches (and over ``axis_name``'s devices) of their means and variances, as Keras 2 does. Axis 0
+        batches (and over ``axis_name``'s devices, within this device's group with ``axis_index_groups``) of
+        their means and variances, as Keras 2 does. Axis 0
         must be a batch axis whose size (per device) is a multiple of it.
       momentum_convention: which weight ``momentum`` is. 'keras' (default; also Flax and equinox): the
         weight of the old value, ``moving = m * moving + (1 - m) * batch``. 'torch': the weight of the batch,
@@ -495,8 +496,7 @@ def ghost_batch_normalize(
     count, mean, var = (jnp.squeeze(a, axes) for a in (count, mean, var))  # (ghosts, *features)
     has = (count > 0).astype(mean.dtype)
     sums = [jnp.sum(a, 0) for a in (has, has * mean, has * var, count)]
-    if sync is not None:
-        name = sync.axis_name if isinstance(sync, collectives.Grouped) else sync
-        sums = [lax.psum(a, name) for a in sums]  # ghost batches never span devices; their averages do
+    if sync is not None:  # ghost batches never span devices; their averages do (within a device group)
+        sums = list(collectives.sum_across(jnp.stack(sums), sync))
     n_ghosts, mean_sum, var_sum, total = sums
     return y.reshape(x.shape), total, mean_sum / jnp.maximum(n_ghosts, 1), var_sum / jnp.maximum(n_ghosts, 1)

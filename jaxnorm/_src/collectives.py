@@ -94,6 +94,18 @@ def merge_across(
     return total[0], mean_all[0], m2_all[0]
 
 
+def sum_across(a: jax.Array, axis_name: Any) -> jax.Array:
+    """The sum of ``a`` over the devices of ``axis_name`` (within this device's group for a :class:`Grouped`
+    one: an all_gather and a masked sum, as :func:`merge_across`)."""
+    if not isinstance(axis_name, Grouped):
+        try:
+            return lax.psum(a, axis_name)
+        except NameError as err:
+            raise _unbound(axis_name, err) from None
+    stacked = _gather(a, axis_name)
+    return jnp.sum(jnp.where(_members(axis_name, stacked.shape[0], a.ndim), stacked, 0), 0)
+
+
 def max_across(a: jax.Array, axis_name: Any) -> jax.Array:
     """The maximum of ``a`` over the devices of ``axis_name`` (within this device's group for a
     :class:`Grouped` one)."""
