@@ -172,7 +172,7 @@ class BatchNorm(StatefulLayer):
       dtype: dtype of ``weight``, ``bias`` and the state's averages (None: float32, float64 in 64-bit mode).
       mode: ``'ema'``, ``'batch'``, or ``'legacy'`` (default: ``'ema'`` with equinox's ``UserWarning``).
       extreme_range: jaxnorm's option (not equinox's), keyword-only after equinox's arguments: False (default)
-        keeps the statistics exact while deviations from the mean stay below ``2**63`` and the variance above
+        keeps the statistics exact while deviations from the mean stay below ``2**50`` and the variance above
         about ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``.
         A static field (no leaf: checkpoints and states are unchanged).
 
@@ -417,7 +417,7 @@ class LayerNorm(eqx.Module):
       elementwise_affine: keyword-only, deprecated (equinox's): sets both ``use_weight`` and ``use_bias``,
         with equinox's warning.
       extreme_range: jaxnorm's option (not equinox's), keyword-only after equinox's arguments: False (default)
-        keeps the statistics exact while deviations from the mean stay below ``2**63`` and the variance above
+        keeps the statistics exact while deviations from the mean stay below ``2**50`` and the variance above
         about ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``.
         A static field (no leaf: checkpoints and states are unchanged).
 
@@ -516,7 +516,7 @@ class RMSNorm(eqx.Module):
       use_bias: learn ``bias`` (zeros of ``shape``) (True, as equinox).
       dtype: dtype of ``weight``/``bias`` (None: float32, float64 in 64-bit mode).
       extreme_range: jaxnorm's option (not equinox's), keyword-only after equinox's arguments: False (default)
-        keeps the statistic exact while the values stay below ``2**63`` and their mean square above about
+        keeps the statistic exact while the values stay below ``2**50`` and their mean square above about
         ``2**-100``; True makes it exact at any finite float32 magnitude, for one more pass over ``x``. A
         static field (no leaf: checkpoints are unchanged).
 
@@ -604,7 +604,7 @@ class GroupNorm(eqx.Module):
       channelwise_affine: learn ``weight`` (ones) and ``bias`` (zeros) of shape ``(channels,)`` (True).
       dtype: dtype of ``weight``/``bias`` (None: float32, float64 in 64-bit mode).
       extreme_range: jaxnorm's option (not equinox's), keyword-only after equinox's arguments: False (default)
-        keeps the statistics exact while deviations from the mean stay below ``2**63`` and the variance above
+        keeps the statistics exact while deviations from the mean stay below ``2**50`` and the variance above
         about ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``.
         A static field (no leaf: checkpoints and states are unchanged).
 

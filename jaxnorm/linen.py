@@ -118,7 +118,7 @@ class BatchNorm(module.Module):
         Flax), and a step counter. The defaults are Flax's behaviour (with safe updates); 'cumulative',
         'debiased' add ``batch_stats['steps']`` (int32, per feature), ``count_steps=True`` an int32 scalar one.
       extreme_range: jaxnorm's option (not Flax's), after Flax's arguments: False (default) keeps the statistics
-        exact while deviations from the mean stay below ``2**63`` and the variance above about ``2**-100``;
+        exact while deviations from the mean stay below ``2**50`` and the variance above about ``2**-100``;
         True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A static option,
         not a variable.
 
@@ -289,7 +289,7 @@ class LayerNorm(module.Module):
       use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
       force_float32_reductions: accepted; statistics are always computed in at least float32.
       extreme_range: jaxnorm's option (not Flax's), after Flax's arguments: False (default) keeps the statistics
-        exact while deviations from the mean stay below ``2**63`` and the variance above about ``2**-100``;
+        exact while deviations from the mean stay below ``2**50`` and the variance above about ``2**-100``;
         True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A static option,
         not a variable.
 
@@ -394,7 +394,7 @@ class RMSNorm(module.Module):
       use_fast_variance: accepted for compatibility (RMSNorm has no variance to compute two ways).
       force_float32_reductions: accepted; the statistic is always computed in at least float32.
       extreme_range: jaxnorm's option (not Flax's), after Flax's arguments: False (default) keeps the statistic
-        exact while the values stay below ``2**63`` and their mean square above about ``2**-100``; True makes
+        exact while the values stay below ``2**50`` and their mean square above about ``2**-100``; True makes
         it exact at any finite float32 magnitude, for one more pass over ``x``. A static option, not a
         variable.
 
@@ -492,7 +492,7 @@ class GroupNorm(module.Module):
       use_fast_variance: accepted for compatibility and ignored: the variance is always two-pass.
       force_float32_reductions: accepted; statistics are always computed in at least float32.
       extreme_range: jaxnorm's option (not Flax's), after Flax's arguments: False (default) keeps the statistics
-        exact while deviations from the mean stay below ``2**63`` and the variance above about ``2**-100``;
+        exact while deviations from the mean stay below ``2**50`` and the variance above about ``2**-100``;
         True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A static option,
         not a variable.
 
@@ -585,7 +585,7 @@ class InstanceNorm(module.Module):
       feature_axes: int or tuple of ints, the axes ``scale`` and ``bias`` span (-1); never 0 (the batch).
       axis_name, axis_index_groups, use_fast_variance, force_float32_reductions: as :class:`LayerNorm`'s.
       extreme_range: jaxnorm's option (not Flax's), after Flax's arguments: False (default) keeps the statistics
-        exact while deviations from the mean stay below ``2**63`` and the variance above about ``2**-100``;
+        exact while deviations from the mean stay below ``2**50`` and the variance above about ``2**-100``;
         True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A static option,
         not a variable.
 

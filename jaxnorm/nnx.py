@@ -144,7 +144,7 @@ class BatchNorm(nnx.Module):
         a step counter. The defaults are Flax's behaviour (with safe updates); 'cumulative', 'debiased' add the
         ``nnx.BatchStat`` ``steps`` (int32, per feature), ``count_steps=True`` an int32 scalar one.
       extreme_range: jaxnorm's option (not Flax's), keyword-only after Flax's arguments: False (default) keeps
-        the statistics exact while deviations from the mean stay below ``2**63`` and the variance above about
+        the statistics exact while deviations from the mean stay below ``2**50`` and the variance above about
         ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A
         plain attribute, not in ``nnx.state``.
 
@@ -332,7 +332,7 @@ class LayerNorm(nnx.Module):
       rngs: ``nnx.Rngs``; ``rngs.params()`` is drawn for ``scale`` then ``bias``, as in Flax.
       bias_metadata, scale_metadata: metadata mappings given to the ``nnx.Param``.
       extreme_range: jaxnorm's option (not Flax's), keyword-only after Flax's arguments: False (default) keeps
-        the statistics exact while deviations from the mean stay below ``2**63`` and the variance above about
+        the statistics exact while deviations from the mean stay below ``2**50`` and the variance above about
         ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A
         plain attribute, not in ``nnx.state``.
 
@@ -454,7 +454,7 @@ class RMSNorm(nnx.Module):
       rngs: ``nnx.Rngs`` for the initializer.
       scale_metadata: metadata of the ``scale`` ``nnx.Param``.
       extreme_range: jaxnorm's option (not Flax's), keyword-only after Flax's arguments: False (default) keeps
-        the statistic exact while the values stay below ``2**63`` and their mean square above about
+        the statistic exact while the values stay below ``2**50`` and their mean square above about
         ``2**-100``; True makes it exact at any finite float32 magnitude, for one more pass over ``x``. A plain
         attribute, not in ``nnx.state``.
 
@@ -550,7 +550,7 @@ class GroupNorm(nnx.Module):
       axis_name, axis_index_groups, use_fast_variance, promote_dtype, rngs, bias_metadata, scale_metadata: as
         :class:`LayerNorm`'s.
       extreme_range: jaxnorm's option (not Flax's), keyword-only after Flax's arguments: False (default) keeps
-        the statistics exact while deviations from the mean stay below ``2**63`` and the variance above about
+        the statistics exact while deviations from the mean stay below ``2**50`` and the variance above about
         ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A
         plain attribute, not in ``nnx.state``.
 
@@ -653,7 +653,7 @@ class InstanceNorm(nnx.Module):
         :class:`LayerNorm`'s (as in Flax, a disabled ``scale``/``bias`` is stored as a plain None).
       use_fast_variance, promote_dtype, rngs, bias_metadata, scale_metadata: as :class:`LayerNorm`'s.
       extreme_range: jaxnorm's option (not Flax's), keyword-only after Flax's arguments: False (default) keeps
-        the statistics exact while deviations from the mean stay below ``2**63`` and the variance above about
+        the statistics exact while deviations from the mean stay below ``2**50`` and the variance above about
         ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A
         plain attribute, not in ``nnx.state``.
 

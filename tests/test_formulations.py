@@ -160,12 +160,14 @@ def test_a_multi_platform_export_carries_each_platforms_program():
 def test_every_op_and_spec_runs_under_strict_dtype_promotion(dtype):
     """``jax.numpy_dtype_promotion("strict")`` (equinox's own tests run under it): the kernel promotes nothing
     implicitly, for 16-bit input with float32 parameters and statistics too, forward and gradient. (Flax's own
-    LayerNorm and BatchNorm raise there on bfloat16 input with float32 parameters; the Flax drop-ins follow them.)"""
+    LayerNorm and BatchNorm raise there on bfloat16 input with float32 parameters; the Flax drop-ins follow
+    them.)"""
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 4, 16)) + 3, dtype)
     s, b = jnp.ones(16), jnp.zeros(16)
     calls = {
         "layer_norm": lambda x: jaxnorm.layer_norm(x, s, b),
-        "layer_norm_masked_extreme": lambda x: jaxnorm.layer_norm(x, where=jnp.ones(x.shape, bool), extreme_range=True),
+        "layer_norm_masked_extreme": lambda x: jaxnorm.layer_norm(
+            x, where=jnp.ones(x.shape, bool), extreme_range=True),
         "rms_norm": lambda x: jaxnorm.rms_norm(x, s),
         "group_norm": lambda x: jaxnorm.group_norm(x, s, b, num_groups=4),
         "instance_norm": lambda x: jaxnorm.instance_norm(x, s, b),
@@ -176,7 +178,8 @@ def test_every_op_and_spec_runs_under_strict_dtype_promotion(dtype):
     for spec in (jaxnorm.BatchNorm(), jaxnorm.LayerNorm(), jaxnorm.RMSNorm(), jaxnorm.GroupNorm(num_groups=4),
                  jaxnorm.InstanceNorm(), jaxnorm.UnitNormalization()):
         params, state = spec.init(jax.random.key(0), x)
-        calls[type(spec).__name__] = lambda x, spec=spec, p=params, st=state: spec.apply(p, st, x, training=True)[0]
+        calls[type(spec).__name__] = (
+            lambda x, spec=spec, p=params, st=state: spec.apply(p, st, x, training=True)[0])
     with jax.numpy_dtype_promotion("strict"):
         for name, f in calls.items():
             y = f(x)

@@ -149,7 +149,7 @@ class BatchNorm(Layer):
         (``stop_gradient``), no regularization loss and no constraint. Exclude them from the optimizer with
         :func:`jaxnorm.trainable_mask` (so that weight decay does not move them either).
       extreme_range: False (default): the statistics are exact while deviations from the mean stay below
-        ``2**63`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
+        ``2**50`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
         float32 magnitude, for one more pass over ``x`` (:func:`jaxnorm.moments`; not written to Keras configs,
         whose layers compute the default).
       count_steps: keep a scalar step counter ``state['steps']`` (int32, PyTorch's ``num_batches_tracked``)

@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from jaxnorm._src import keras_config, ops, stats, validation
 from jaxnorm._src.per_example import PerExample
@@ -45,7 +44,7 @@ class LayerNorm(PerExample):
         no regularization loss, no constraint; exclude them from the optimizer with
         :func:`jaxnorm.trainable_mask`.
       extreme_range: False (default): the statistics are exact while deviations from the mean stay below
-        ``2**63`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
+        ``2**50`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
         float32 magnitude, for one more pass over ``x`` (:func:`jaxnorm.moments`; not written to Keras configs,
         whose layers compute the default).
       implementation: ``'auto'`` (default), ``'xla'`` or ``'pallas'``, as in :func:`jaxnorm.layer_norm`
@@ -119,9 +118,12 @@ class LayerNorm(PerExample):
         self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
     ) -> jax.Array:
         if self.rms_scaling:  # Keras's deprecated rms_scaling: x * rsqrt(var + eps) * scale, no centering
-            mean, var = stats.mean_var(x, axes, mask, extreme_range=self.extreme_range)
+            # The kernel's statistics in its own units (x * q, rstd / q), so extreme_range holds here too.
+            st = stats.normalizer(x, axes, mask, None, self.epsilon, extreme_range=self.extreme_range)
+            keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
             scale = validation.expand_to_rank(params["scale"], x.ndim, axes)
-            return ops.normalize_by_stats(x, jnp.zeros_like(mean), var, scale, None, self.epsilon, mask)
+            inv = st.rstd_q.reshape(keep) * scale.astype(st.rstd_q.dtype)
+            return ops.affine(x, None if st.q is None else st.q.reshape(keep), 0, inv, None, mask)
         scale, bias = self._expanded(params, x.ndim, axes)
         return ops.normalize_layer(x, scale, bias, axes, self.epsilon, mask, None, self.implementation,
                                    extreme_range=self.extreme_range)

@@ -4,7 +4,7 @@ Every op computes in ``promote_types(x.dtype, float32)`` and returns ``x.dtype``
 
 What every op that takes its own statistics guarantees (tests/test_adversarial.py holds each to it):
 
-- input whose deviations from the mean stay below ``2**63`` in magnitude and whose variance (or mean square)
+- input whose deviations from the mean stay below ``2**50`` in magnitude and whose variance (or mean square)
   is above about ``2**-100`` or hidden by ``epsilon`` gives the float64 result to float32 rounding, offset data
   included (float32 ``1e4 + N(0, 1)``); with ``extreme_range=True``, any finite input whose normalized result is
   representable does, also where squares overflow or underflow float32 (``1e20``, ``3e38``, ``1e-30`` with
@@ -178,7 +178,7 @@ def moments(
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``;
         the statistics are then those of the global batch, each device weighted by its number of valid
         elements (exact, unlike a mean of per-device means).
-      extreme_range: static bool. False (default): exact while ``|x - mean|`` stays below ``2**63`` and the
+      extreme_range: static bool. False (default): exact while ``|x - mean|`` stays below ``2**50`` and the
         variance above about ``2**-100``; True: exact at any finite float32 magnitude, for one more pass over
         ``x`` (see :mod:`jaxnorm._src.stats`).
 
@@ -245,7 +245,7 @@ def normalize_batch_in_training(
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap`` over
         which the batch is split: the statistics are then the global batch's, exactly count-weighted.
 
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63``
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**50``
         in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
         finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 
@@ -318,9 +318,10 @@ def layer_norm(
         interpret mode elsewhere, which is correct but slow and meant for tests), or ``"auto"`` (default:
         ``"xla"`` everywhere until the Pallas kernels are measured faster on a GPU; see
         benchmarks/RESULTS.md). ``"pallas"`` needs trailing ``axis``, no ``where``/``axis_name``, float32/
-        bfloat16/float16 input, at most 64 KiB per row, and ``scale``/``bias`` that vary only along ``axis``.
-
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63``
+        bfloat16/float16 input, at most 64 KiB per row, and ``scale``/``bias`` that vary only along ``axis``;
+        its statistics hold the default range (and beyond: deviations up to about ``2**63`` at any row length),
+        not ``extreme_range=True``, which it refuses.
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**50``
         in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
         finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 
@@ -401,7 +402,7 @@ def rms_norm(
         across which the normalized axes are split; the statistic is then exact over the whole example.
       implementation: ``"auto"``, ``"xla"`` or ``"pallas"``, as in :func:`layer_norm`.
 
-      extreme_range: static bool. False (default): exact while the values stay below ``2**63`` in magnitude and
+      extreme_range: static bool. False (default): exact while the values stay below ``2**50`` in magnitude and
         the mean square above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
         magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 
@@ -453,7 +454,7 @@ def unit_norm(
         broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
         only kept positions enter the norm (values elsewhere may be NaN; they are scaled too).
 
-      extreme_range: static bool. False (default): exact while the values stay below ``2**63`` in magnitude and
+      extreme_range: static bool. False (default): exact while the values stay below ``2**50`` in magnitude and
         the mean square above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
         magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 
@@ -549,7 +550,7 @@ def group_norm(
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
         across which the reduced axes are split (e.g. spatial parallelism); statistics are then exact.
 
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63``
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**50``
         in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
         finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 
@@ -653,7 +654,7 @@ def instance_norm(
         the statistics use only the kept positions.
       axis_name: optional named axis (or tuple of names) across which the reduced axes are split.
 
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**63``
+      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**50``
         in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
         finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 

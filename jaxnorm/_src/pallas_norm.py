@@ -10,9 +10,14 @@ Forward, for each row :math:`x \in \mathbb{R}^N` (all arithmetic in float32, wha
 
 with :math:`\langle\cdot\rangle` the mean over the row. The variance is two-pass (mean first, then the mean of
 squared deviations) over the row held on chip, so ``x`` is read from memory once and inputs with a large offset
-(``1e3 + N(0, 1)``) keep an accurate variance. The forward kernel also writes the float32 ``mean`` (LayerNorm)
-and ``rstd = r`` per row: with ``x`` and ``scale`` they are the only residuals of the ``jax.custom_vjp`` (no
-full-size float32 intermediate is kept).
+(``1e3 + N(0, 1)``) keep an accurate variance. Each deviation is multiplied by :math:`1/\sqrt N` before it is
+squared, so the sum of squares is the variance itself: exact while deviations from the mean (RMSNorm: the values)
+stay below about ``2**63`` whatever the row length (jaxnorm's default range, ``2**50``, included) and the variance
+above about ``2**-100`` (or hidden by ``epsilon``); beyond it, ``inf`` or ``0``, never a plausible wrong number.
+``extreme_range=True`` is refused (use the XLA implementation).
+
+The forward kernel also writes the float32 ``mean`` (LayerNorm) and ``rstd = r`` per row: with ``x`` and
+``scale`` they are the only residuals of the ``jax.custom_vjp`` (no full-size float32 intermediate is kept).
 
 Backward, with :math:`g = dy\cdot\text{scale}` (or :math:`g = dy` without scale):
 
@@ -144,13 +149,16 @@ def _forward_kernel(*refs, n_rows, n_cols, block_rows, block_n, epsilon, subtrac
     tile = (pl.ds(row0, block_rows), pl.ds(0, block_n))
 
     x = plgpu.load(x_ref.at[tile], mask=mask, other=0.0).astype(jnp.float32)
+    # Each deviation is scaled by 1/sqrt(N) before it is squared, so the sum of squares is the variance itself
+    # and overflows only where the variance does (deviations below about 2**63, at any row length).
+    root_n = 1.0 / math.sqrt(n_cols)
     if subtract_mean:
         mean = jnp.sum(x, axis=1) / n_cols
         xc = jnp.where(mask, x - mean[:, None], 0.0)  # padded lanes must not enter the variance
-        var = jnp.sum(xc * xc, axis=1) / n_cols
     else:
         xc = x  # padded lanes are already 0
-        var = jnp.sum(x * x, axis=1) / n_cols
+    xs = xc * root_n
+    var = jnp.sum(xs * xs, axis=1)
     rstd = lax.rsqrt(var + epsilon)
     y = xc * rstd[:, None]
     if has_scale:

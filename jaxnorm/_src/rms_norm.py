@@ -41,7 +41,7 @@ class RMSNorm(PerExample):
       scale_regularizer, scale_constraint: as :class:`LayerNorm`'s.
       trainable: False freezes ``scale`` (no gradient, regularization or constraint), as Keras does.
       extreme_range: False (default): the statistics are exact while deviations from the mean stay below
-        ``2**63`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
+        ``2**50`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
         float32 magnitude, for one more pass over ``x`` (:func:`jaxnorm.moments`; not written to Keras configs,
         whose layers compute the default).
       implementation: ``'auto'`` (default), ``'xla'`` or ``'pallas'``, as in :func:`jaxnorm.rms_norm`.

@@ -20,9 +20,11 @@ Masked-out values are replaced by zero *before* any arithmetic, so NaN or inf th
 statistics nor their gradients. An empty reduction has count 0, mean 0 and variance 0. Across devices
 (``axis_name``) each device's ``(count, mean, M2)`` is merged exactly (:func:`collectives.merge_across`).
 
-**Range.** The default kernel squares deviations in float32: it is exact while ``|x - m0|`` stays below
-``2**63`` (about ``9e18``; larger squares overflow to inf) and the variance (or mean square) is above about
-``2**-100`` or is hidden by ``epsilon`` (smaller squares lose digits to float32's underflow).
+**Range.** The default kernel sums squared deviations in float32: it is exact while that sum, about
+``n * var``, stays below float32's maximum (``3.4e38``; beyond, it overflows to inf), which deviations below
+``2**50`` (about ``1e15``) guarantee for reductions of up to ``2**28`` values, and while the variance (or mean
+square) is above about ``2**-100`` or is hidden by ``epsilon`` (smaller squares lose digits to float32's
+underflow).
 ``extreme_range=True`` lifts both limits for any finite float32 input: one more pass takes each reduction's
 largest magnitude (across devices too), and the statistics are those of ``x * q`` with ``q`` the power of two
 that brings it to [0.5, 1) (exact), at the cost of that pass. Both forms are branch-free: no ``lax.cond``, no

@@ -25,7 +25,7 @@ class UnitNormalization(PerExample):
       epsilon: norms below it count as ``epsilon`` (1e-12, the value Keras uses), so zero examples stay zero.
       trainable: accepted for Keras configs (there is nothing to train).
       extreme_range: False (default): the statistics are exact while deviations from the mean stay below
-        ``2**63`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
+        ``2**50`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
         float32 magnitude, for one more pass over ``x`` (:func:`jaxnorm.moments`; not written to Keras configs,
         whose layers compute the default).
       dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
