@@ -191,12 +191,9 @@ class BatchNorm(module.Module):
 
     def __post_init__(self) -> None:
         sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm")
-        self._rule()  # checks the moving-statistics options at construction
+        _moving_rule(self)  # checks the moving-statistics options at construction
         validation.check_bool(self.extreme_range, "extreme_range")
         super().__post_init__()
-
-    def _rule(self) -> moving.Rule:
-        return moving.Rule(self.momentum, **{k: getattr(self, k) for k in moving.DROP_IN_OPTIONS})
 
     @module.compact
     def __call__(
@@ -216,7 +213,7 @@ class BatchNorm(module.Module):
         stat_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stat_dtype), feature_shape)
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stat_dtype), feature_shape)
-        rule = self._rule()
+        rule = _moving_rule(self)
         ra_steps = None
         if rule.counts_steps:
             steps_shape = rule.steps_shape(tuple(feature_shape))
@@ -257,6 +254,12 @@ class BatchNorm(module.Module):
             if ra_steps is not None:
                 ra_steps.value = new["steps"]
         return y.astype(out_dtype)
+
+
+def _moving_rule(bn: BatchNorm) -> moving.Rule:
+    """The drop-in's moving-statistics rule (a plain function: Flax wraps a module's methods, and a wrapped
+    method called from ``__post_init__`` fails under ``nn.tabulate``'s interceptors)."""
+    return moving.Rule(bn.momentum, **{k: getattr(bn, k) for k in moving.DROP_IN_OPTIONS})
 
 
 class LayerNorm(module.Module):

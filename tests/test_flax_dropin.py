@@ -312,6 +312,35 @@ def test_every_drop_in_documents_itself(pair):
 # (b) variable trees and init values, (c) values from a Flax checkpoint, (d) gradients
 
 
+@every_pair
+def test_tabulate_and_summaries_match_flax(pair):
+    """Flax's introspection works on a model holding the drop-in as on one holding Flax's class: ``nn.tabulate``
+    and ``Module.tabulate`` (linen, training and inference calls), ``nnx.tabulate`` (nnx); the tables are the
+    same text (column widths, shapes, dtypes, parameter counts)."""
+    x = _normal(pair.shape, loc=1.0)
+
+    def table(cls):
+        if pair.flavour == "nnx":
+            return nnx.tabulate(pair.build(cls, pair.shape, pair.kwargs, nnx.Rngs(0)), x, **pair.call(True),
+                                console_kwargs={"width": 250, "no_color": True})
+        module = pair.build(cls, pair.shape, pair.kwargs)
+        kw = {"console_kwargs": {"width": 250, "no_color": True}, "mutable": True}
+        text = module.tabulate(jax.random.key(0), x, **pair.init_call, **kw)
+        assert text == nn.tabulate(module, jax.random.key(0), **kw)(x, **pair.init_call)
+        for train in pair.modes:  # a call as a train or eval step makes it, inside a model's summary
+            nn.tabulate(module, jax.random.key(0), **kw)(x, **pair.call(train))
+        return text
+
+    try:
+        want = table(pair.theirs)
+    except KeyError:  # flax.nnx.WeightNorm's plain-array scales break nnx.tabulate (flax 0.12); ours mirror them
+        assert pair.name == "nnx.WeightNorm"
+        with pytest.raises(KeyError):
+            table(pair.ours)
+        return
+    assert table(pair.ours) == want
+
+
 @pytest.mark.parametrize(("pair", "config"), _cases("test_init_variables_match_flax", CONFIGS, CONFIG_IDS))
 def test_init_variables_match_flax(pair, config):
     """The same paths (nnx: and variable types), shapes, dtypes and values: the same initializer keys, and no
