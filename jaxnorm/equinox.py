@@ -96,7 +96,7 @@ def _inference(value: Any, default: bool) -> bool:
 
 def _compute_dtype(x: jax.Array) -> Any:
     """The dtype equinox's LayerNorm/RMSNorm/GroupNorm compute in: ``result_type(x, float32)``."""
-    return jnp.promote_types(x.dtype, jnp.float32)
+    return validation.stats_dtype(x.dtype)
 
 
 def _fit(value: Any, shape: tuple[int, ...], name: str, fix: str) -> jax.Array:
@@ -333,8 +333,8 @@ class BatchNorm(StatefulLayer):
             index = self.ema_state_index
             running = [_fit(v, (c,), f"BatchNorm state[ema_state_index][{i}]", fix)
                        for i, v in enumerate(state.get(index))]
-            out_dtype = jnp.result_type(x, *running, *params)
-            xc = x.astype(jnp.promote_types(x.dtype, out_dtype))
+            out_dtype = validation.result_dtype(x, *running, *params)
+            xc = x.astype(validation.result_dtype(x.dtype, out_dtype))
             if inference:
                 mean, var = running
             else:
@@ -363,14 +363,14 @@ class BatchNorm(StatefulLayer):
                   for i, v in enumerate(state.get(self.batch_state_index))]
         if inference:
             mean, var = moving.batch_mode_readout(hidden[0], hidden[1], counter, self.momentum)
-            out_dtype = jnp.result_type(x, mean, var, *params)
-            xc = x.astype(jnp.promote_types(x.dtype, out_dtype))
+            out_dtype = validation.result_dtype(x, mean, var, *params)
+            xc = x.astype(validation.result_dtype(x.dtype, out_dtype))
             y = ops.normalize_by_stats(
                 xc, _channels_first(mean, x), _channels_first(var, x), scale, bias, self.eps, m
             )
             return y.astype(out_dtype), state
-        out_dtype = jnp.result_type(x, *params)
-        xc = x.astype(jnp.promote_types(x.dtype, out_dtype))
+        out_dtype = validation.result_dtype(x, *params)
+        xc = x.astype(validation.result_dtype(x.dtype, out_dtype))
         y, *moments = ops.normalize_by_moments(
             xc, scale, bias, axes, self.eps, m, sync, extreme_range=self.extreme_range
         )
@@ -899,7 +899,7 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
         fix = "Create the WeightNorm for this layer (g holds one norm per slice along `axis`)."
         g = validation.fit_variable(self.g, tuple(v.shape[a] for a in feature), "WeightNorm.g", fix)
         w = reparam.weight_normalize(
-            v, g, feature_axes=feature or None, epsilon=_WEIGHT_NORM_EPS, dtype=jnp.result_type(v, g)
+            v, g, feature_axes=feature or None, epsilon=_WEIGHT_NORM_EPS, dtype=validation.result_dtype(v, g)
         )
         layer = eqx.tree_at(lambda lyr: getattr(lyr, self.weight_name), self.layer, w)
         return layer(x)

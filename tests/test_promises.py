@@ -266,3 +266,23 @@ def test_the_implementations_agree():
     for op in (jaxnorm.layer_norm, jaxnorm.rms_norm):
         np.testing.assert_allclose(op(x, implementation="pallas"), op(x, implementation="xla"), atol=2e-3)
     assert dataclasses.replace(jaxnorm.LayerNorm(), implementation="pallas").implementation == "pallas"
+
+
+def _bf16(tree):
+    return jax.tree.map(lambda v: v.astype(jnp.bfloat16) if ex._inexact(v) else v, tree)
+
+
+@pytest.mark.parametrize("name", _params(sorted(CASES)))
+def test_strict_dtype_promotion(name):
+    """Under ``jax.numpy_dtype_promotion("strict")`` (equinox's own tests run under it): every layer runs where
+    every array is bf16 (input, parameters and state), forward and gradient, as equinox's layers do, and gives
+    what standard promotion gives."""
+    case = CASES[name]()
+    params, state, x = _bf16(case.params), _bf16(case.state), case.x.astype(jnp.bfloat16)
+    step = jax.jit(ex._train_step(case.apply))
+    want = step(params, state, x)
+    with jax.numpy_dtype_promotion("strict"):
+        got = jax.jit(ex._train_step(case.apply))(params, state, x)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnorm._src import validation
 from jaxnorm._src.keras_objects import Family
 
 Constraint = Callable[[jax.Array], jax.Array]
@@ -126,7 +127,7 @@ def _projection(cls: str, config: dict[str, Any], name: str) -> Constraint:
                 "Cast the weight first, e.g. `w.astype(jnp.float32)`."
             )
         axes = _reduction_axes(config["axis"], w.shape, cls, name)
-        x = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+        x = w.astype(validation.stats_dtype(w.dtype))
         norms = jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
         if cls == "UnitNorm":
             return (x / (EPSILON + norms)).astype(w.dtype)

@@ -24,7 +24,7 @@ def compute_input(x: Any, out_dtype: Any) -> jax.Array:
     (exact) makes the two agree: bf16 in with float32 params gives float32 out. This is dtype policy only.
     """
     x = jnp.asarray(x)
-    return validation.check_float_array(x.astype(jnp.promote_types(x.dtype, out_dtype)), "x")
+    return validation.check_float_array(x.astype(validation.result_dtype(x.dtype, out_dtype)), "x")
 
 
 def full_mask(mask: Any, x: jax.Array) -> jax.Array | None:
@@ -40,7 +40,7 @@ def full_mask(mask: Any, x: jax.Array) -> jax.Array | None:
 def stats_dtype(x: jax.Array, dtype: Any, force_float32_reductions: bool = True) -> Any:
     """The dtype Flax's ``_compute_stats`` returns, so that updated ``batch_stats`` keep Flax's dtype."""
     base = jnp.result_type(x) if dtype is None else dtype
-    return jnp.promote_types(base, jnp.float32) if force_float32_reductions else base
+    return validation.stats_dtype(base) if force_float32_reductions else base
 
 
 def flax_groups(num_groups: Any, group_size: Any, channels: int) -> int:

@@ -62,7 +62,8 @@ def moving_average(old: jax.Array, batch: jax.Array, keep: float, ok: jax.Array 
     """The Keras/Flax update ``keep * old + (1 - keep) * batch`` in ``old``'s dtype, kept at ``old`` where
     ``ok`` is False (no check when ``ok`` is None)."""
     old = jnp.asarray(old)
-    new = (keep * old + (1 - keep) * batch).astype(old.dtype)
+    dtype = validation.result_dtype(old, batch)  # explicit: the rule holds under strict dtype promotion too
+    new = (keep * old.astype(dtype) + (1 - keep) * jnp.asarray(batch).astype(dtype)).astype(old.dtype)
     return new if ok is None else safe_update(old, new, ok)
 
 
@@ -229,6 +230,8 @@ def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: 
             new[key] = moving_average(state[key], batch, renorm_keep)
     for key, batch in batches.items():
         old = state[key]
+        if rule.averaging != "exponential":  # in the batch's dtype (at least float32), explicitly
+            old = jnp.asarray(old).astype(validation.result_dtype(old, batch))
         if rule.averaging == "exponential":
             value = moving_average(old, batch, keep)
         elif rule.averaging == "cumulative":

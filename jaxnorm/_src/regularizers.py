@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnorm._src import validation
 from jaxnorm._src.keras_objects import Family
 
 Regularizer = Callable[[jax.Array], jax.Array]
@@ -65,7 +66,7 @@ def _penalty(cls: str, config: dict[str, float]) -> Regularizer:
     def penalty(w: Any) -> jax.Array:
         """The penalty of ``w``, computed in at least float32."""
         w = jnp.asarray(w)
-        x = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+        x = w.astype(validation.stats_dtype(w.dtype))
         if cls == "L1":
             return l1 * jnp.sum(jnp.abs(x))
         if cls == "L2":

@@ -64,7 +64,7 @@ def power_iteration_uv(
     normalization step (``eps`` added to the squared norm) in at least float32, returned in u's and v's dtypes.
     (spectral_normalize itself keeps only one of the two vectors; equinox's state keeps both: the equinox
     drop-in calls this.)"""
-    dtype = jnp.promote_types(jnp.result_type(mat, u, v), jnp.float32)
+    dtype = validation.stats_dtype(validation.result_dtype(mat, u, v))
     w, uf, vf = mat.astype(dtype), u.astype(dtype), v.astype(dtype)
     for _ in range(n_steps):
         uf = _l2_normalize(w @ vf, eps=eps)
@@ -75,7 +75,7 @@ def power_iteration_uv(
 def divide_by_sigma(mat: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
     """``mat / sigma`` with ``sigma = u^T mat v`` (u, v held constant, as :func:`jaxnorm.spectral_normalize`;
     ``mat`` unchanged where sigma is 0), computed in at least float32, returned in ``mat``'s dtype."""
-    dtype = jnp.promote_types(jnp.result_type(mat, u, v), jnp.float32)
+    dtype = validation.stats_dtype(validation.result_dtype(mat, u, v))
     w = mat.astype(dtype)
     sigma = lax.stop_gradient(u).astype(dtype) @ w @ lax.stop_gradient(v).astype(dtype)
     return (w / jnp.where(sigma != 0, sigma, 1)).astype(mat.dtype)
@@ -191,8 +191,8 @@ def spectral_normalize(
             f"`u` has shape {u.shape} but a weight of shape {w.shape} needs {u_shape}, (1, w.shape[-1]). "
             "Was it created for another weight? Re-create it (e.g. with the spec's `init`) for this weight."
         )
-    state_dtype = jnp.result_type(w, u)
-    compute = jnp.promote_types(state_dtype, jnp.float32)
+    state_dtype = validation.result_dtype(w, u)
+    compute = validation.stats_dtype(state_dtype)
     mat = w.reshape(-1, w.shape[-1]).astype(compute)
     u0 = u.astype(compute)
     for _ in range(n_steps):
@@ -254,7 +254,7 @@ def weight_normalize(
     validation.check_epsilon(epsilon)
     out_dtype = _check_out_dtype(dtype) or w.dtype
     feature, reduction = weight_norm_axes(w.ndim, feature_axes)
-    x = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+    x = w.astype(validation.stats_dtype(w.dtype))
     y = _l2_normalize(x, axis=reduction, eps=epsilon)
     if scale is not None:
         scale = validation.check_float_array(scale, "scale")
@@ -265,7 +265,7 @@ def weight_normalize(
                 f"{feature_axes!r} needs {expected}, the sizes of the feature axes {feature}. Create it for "
                 "this weight (e.g. with WeightNorm's `init`) or pass the feature_axes it was created with."
             )
-        y = y * validation.expand_to_rank(scale, w.ndim, feature)
+        y = y * validation.expand_to_rank(scale, w.ndim, feature).astype(y.dtype)
     return y.astype(out_dtype)
 
 

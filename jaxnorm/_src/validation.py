@@ -26,6 +26,14 @@ def stats_dtype(dtype: Any) -> jnp.dtype:
     return jnp.dtype(jnp.float64) if jnp.dtype(dtype).itemsize > 4 else jnp.dtype(jnp.float32)
 
 
+def result_dtype(*args: Any) -> jnp.dtype:
+    """``jnp.result_type(*args)`` by JAX's standard promotion rules, whatever ``jax.numpy_dtype_promotion`` the
+    caller runs under: the dtype a layer computes or returns in is its own rule (Flax's, equinox's), not a
+    promotion of the user's arrays (equinox's layers do the same)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.dtype(jnp.result_type(*args))
+
+
 def check_float_array(x: Any, name: str = "x") -> jax.Array:
     """Returns ``x`` as a JAX array, raising ``TypeError`` unless it is a real floating-point array."""
     if isinstance(x, jax.ShapeDtypeStruct):
