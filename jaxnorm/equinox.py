@@ -37,6 +37,8 @@ Importing :mod:`jaxnorm` does not import equinox; this module needs it (``pip in
 from __future__ import annotations
 
 import functools as ft
+import os
+import sys
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, Literal, TypeVar
@@ -121,6 +123,16 @@ def _sync_axis(axis_name: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- BatchNorm
+
+def _callers_level() -> int:
+    """The ``stacklevel`` of a warning raised in a drop-in's ``__init__`` that points at the user's line: the
+    first frame outside jaxnorm and equinox (whose module metaclass calls ``__init__`` through several frames)."""
+    skip = (os.path.dirname(eqx.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+    frame, level = sys._getframe(1), 1  # the caller of this function: the warning's own frame is level 1
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level
+
 
 _LEGACY_MODE = (
     "When `BatchNorm(..., mode=...)` is unspecified it defaults to 'ema', as `eqx.nn.BatchNorm` does (with the "
@@ -253,7 +265,7 @@ class BatchNorm(StatefulLayer):
     ):
         if mode == "legacy":
             mode = "ema"
-            warnings.warn(_LEGACY_MODE, stacklevel=2)
+            warnings.warn(_LEGACY_MODE, stacklevel=_callers_level())
         if mode not in ("ema", "batch"):
             raise ValueError(
                 f"`mode` must be 'ema' or 'batch' (or 'legacy', which means 'ema'), got {mode!r}. See the "
@@ -472,7 +484,7 @@ class LayerNorm(eqx.Module):
             warnings.warn(
                 "LayerNorm(elementwise_affine=...) is deprecated in favour of LayerNorm(use_weight=...) and "
                 "LayerNorm(use_bias=...)",
-                stacklevel=2,
+                stacklevel=_callers_level(),
             )
         self.shape = shape
         self.eps = eps

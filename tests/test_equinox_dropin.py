@@ -223,6 +223,18 @@ def test_batchnorm_legacy_mode_warns_and_is_ema():
     assert bn.mode == "ema" and bn.ema_state_index is not None and bn.batch_counter is None
 
 
+def test_construction_warnings_point_at_the_users_line():
+    """The mode and elementwise_affine warnings name the line that built the layer (directly, or through
+    ``eqx.nn.make_with_state``), not equinox's module machinery or jaxnorm's."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jeqx.BatchNorm(3, "batch")
+        eqx.nn.make_with_state(jeqx.BatchNorm)(3, "batch")
+        jeqx.LayerNorm(3, elementwise_affine=False)
+    assert len(caught) == 3
+    assert all(w.filename == __file__ for w in caught), [(w.filename, w.lineno) for w in caught]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the intended differences
 

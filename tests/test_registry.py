@@ -19,7 +19,11 @@ from tests.registry import REGISTRY
 from tests.tolerances import assert_close
 
 GOLDEN = pathlib.Path(__file__).with_name("golden_trees.json")
-entries = pytest.mark.parametrize("entry", REGISTRY, ids=[e.name for e in REGISTRY])
+# The default tier runs every check on a batch layer and a per-example one; the other entries are `full`.
+DEFAULT_TIER = ("BatchNorm", "LayerNorm")
+pytestmark = pytest.mark.own_tiers
+entries = pytest.mark.parametrize("entry", [
+    pytest.param(e, id=e.name, marks=[] if e.name in DEFAULT_TIER else [pytest.mark.full]) for e in REGISTRY])
 
 
 def _x(entry, seed=0, dtype=np.float32, shape=None):
@@ -162,3 +166,24 @@ def test_bad_input_names_the_argument(entry):
         if tree:
             with pytest.raises(ValueError, match=rf"`{tree_name}` has keys"):
                 _apply(entry, spec, *((({}, state)) if tree_name == "params" else (params, {})), x)
+
+
+@entries
+def test_first_hour_mistakes_name_the_fix(entry):
+    """An int for init's key, ``training`` given positionally, params and state swapped: each gets a message
+    with the fix; a spec passed to a jitted function as an ordinary argument works (a pytree without leaves)."""
+    spec, params, state, x = _setup(entry)
+    with pytest.raises(TypeError, match=r"`key` must be a JAX PRNG key or None, got int 0.*jax\.random\.key\(0\)"):
+        spec.init(0, x)
+    jax.tree.map(np.testing.assert_array_equal, spec.init(jax.random.PRNGKey(0), x)[0],  # a raw key is a key
+                 spec.init(jax.random.PRNGKey(0), x)[0])
+    with pytest.raises(TypeError, match=rf"{type(spec).__name__}\.apply takes 3 positional arguments .*`training`"
+                                        r".* by keyword only; got 4 positional \(the extra: True\)"):
+        spec.apply(params, state, x, True)
+    if params and state:
+        with pytest.raises(ValueError, match=r"passed in each other's place"):
+            spec.apply(state, params, x, training=entry.training)
+    step = jax.jit(lambda spec, p, s, x: _apply(entry, spec, p, s, x))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), step(spec, params, state, x),
+                 jax.jit(lambda p, s, x: _apply(entry, spec, p, s, x))(params, state, x))
+    assert jax.tree.leaves(spec) == [] and jax.tree.structure(spec) == jax.tree.structure(entry.make())

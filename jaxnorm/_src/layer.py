@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -61,6 +62,15 @@ class Layer:
 
             __post_init__._python_scalars_first = True  # type: ignore[attr-defined]
             cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
+        # init and apply check what a user's first calls get wrong (an int for the key, `training` given
+        # positionally) before anything else reads them.
+        for name in ("init", "apply"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_checked_call", False):
+                setattr(cls, name, _checked_call(method))
+        # A spec is hashable configuration: as a pytree with no leaves, it may be an argument of a jitted
+        # function (static, as a closed-over spec), instead of JAX's "not a valid JAX type".
+        jax.tree_util.register_pytree_node(cls, lambda spec: ((), spec), lambda spec, _: spec)
 
     def _python_scalars(self) -> None:
         """Replaces concrete NumPy/JAX scalars in the fields by Python numbers (``validation.python_scalars``)."""
@@ -311,3 +321,31 @@ def init_arrays(key: Any, specs: dict[str, tuple[Any, tuple[int, ...], Any]]) ->
         value = initializers.resolve(init, name)(k, shape, dtype)
         out[name] = jnp.asarray(value, dtype)
     return out
+
+
+def _checked_call(method: Any) -> Any:
+    """``method`` (a spec's ``init`` or ``apply``) with two checks first: no more positional arguments than it
+    takes (``training`` and ``mask`` are keyword-only) and, for ``init``, a PRNG key (or None) as ``key``."""
+    params = list(inspect.signature(method).parameters.values())[1:]  # without self
+    positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    keyword_only = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    name = method.__name__
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > len(positional):
+            extra = ", ".join(repr(a) if isinstance(a, bool | None | int | float) else type(a).__name__
+                              for a in args[len(positional):])
+            given = ", ".join(positional + [f"{k}=..." for k in keyword_only[:1]])
+            raise TypeError(
+                f"{type(self).__name__}.{name} takes {len(positional)} positional arguments "
+                f"({', '.join(positional)}) and then "
+                f"{', '.join(f'`{k}`' for k in keyword_only)} by keyword only; got {len(args)} positional "
+                f"(the extra: {extra}). Call it as {name}({given})."
+            )
+        if name == "init":
+            validation.check_key(args[0] if args else kwargs.get("key"))
+        return method(self, *args, **kwargs)
+
+    call._checked_call = True  # type: ignore[attr-defined]
+    return call

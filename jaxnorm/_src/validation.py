@@ -34,6 +34,26 @@ def result_dtype(*args: Any) -> jnp.dtype:
         return jnp.dtype(jnp.result_type(*args))
 
 
+def check_key(key: Any, name: str = "key") -> None:
+    """Raises ``TypeError`` unless ``key`` is None or a JAX PRNG key: a typed key (``jax.random.key(seed)``) or
+    a raw ``uint32`` key array (``jax.random.PRNGKey(seed)``), or a batch of them."""
+    if key is None:
+        return
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and hasattr(key, "shape"):
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+            return
+        if jnp.dtype(dtype) == jnp.uint32 and tuple(key.shape[-1:]) in ((2,), (4,)):
+            return
+    shown = f"{type(key).__name__} {key!r}" if isinstance(key, int | float) else (
+        f"{type(key).__name__} of dtype {dtype} and shape {getattr(key, 'shape', None)}" if dtype is not None
+        else type(key).__name__)
+    raise TypeError(
+        f"`{name}` must be a JAX PRNG key or None, got {shown}. Make one from a seed: "
+        "spec.init(jax.random.key(0), x) (or None for the initializers' fixed default key)."
+    )
+
+
 def check_float_array(x: Any, name: str = "x") -> jax.Array:
     """Returns ``x`` as a JAX array, raising ``TypeError`` unless it is a real floating-point array."""
     if isinstance(x, jax.ShapeDtypeStruct):
@@ -378,6 +398,11 @@ def axes_operand(
     )
 
 
+# The keys of the specs' parameter and state trees (for the hint that the two were swapped).
+_PARAM_KEYS = frozenset({"scale", "bias"})
+_STATE_KEYS = frozenset({"mean", "var", "steps", "stddev", "renorm_mean", "renorm_stddev", "count", "u", "sigma"})
+
+
 def check_tree(
     tree: Any, expected: dict[str, tuple[tuple[int, ...], Any]], name: str, fix: str
 ) -> dict[str, jax.Array]:
@@ -396,9 +421,17 @@ def check_tree(
             parts.append(f"missing {missing}")
         if extra:
             parts.append(f"unexpected {extra}")
+        swapped = ""
+        other = {"params": _STATE_KEYS, "state": _PARAM_KEYS}.get(name)
+        if tree and other is not None and set(tree) <= other:
+            swapped = (
+                f" These look like the layer's {'state' if name == 'params' else 'params'}: were params and state "
+                "passed in each other's place? `init` returns (params, state) and `apply` takes "
+                "(params, state, x)."
+            )
         raise ValueError(
-            f"`{name}` has keys {sorted(tree)} but this layer expects {sorted(expected)} ({', '.join(parts)}). "
-            f"{fix}"
+            f"`{name}` has keys {sorted(tree)} but this layer expects {sorted(expected)} ({', '.join(parts)})."
+            f"{swapped} {fix}"
         )
     out = {}
     for key, (shape, kind) in expected.items():
