@@ -128,7 +128,8 @@ def _callers_level() -> int:
     """The ``stacklevel`` of a warning raised in a drop-in's ``__init__`` that points at the user's line: the
     first frame outside jaxnorm and equinox (whose module metaclass calls ``__init__`` through several frames)."""
     skip = (os.path.dirname(eqx.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
-    frame, level = sys._getframe(1), 1  # the caller of this function: the warning's own frame is level 1
+    frame: Any = sys._getframe(1)  # the caller of this function: the warning's own frame, level 1
+    level = 1
     while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame, level = frame.f_back, level + 1
     return level
