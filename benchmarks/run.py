@@ -3,11 +3,11 @@
 Run from the repository root (CPU or GPU, unchanged; the JAX device is ``jax.devices()[0]``)::
 
     python benchmarks/run.py --quick      # scaled-down + Transformer shapes, about 4.5 minutes on 2 idle cores
-    python benchmarks/run.py              # full mode (--full): the issue's shapes, 20 timed runs
+    python benchmarks/run.py              # full mode (--full): the full shape set, 20 timed runs
     python benchmarks/run.py --smoke      # tiny shapes, 3 runs: checks that everything runs (the test)
 
 This file is the command line: the cases (``SHAPES``, ``DTYPES``), which implementations can run here, the
-correctness check, the timing loop, the copy kernel (the memory limit) and issue 22's ``TARGETS``. Who implements
+correctness check, the timing loop, the copy kernel (the memory limit) and the speed ``TARGETS``. Who implements
 what, and how each implementation is built, is the table in benchmarks/peers.py (``OPS``, ``IMPLS`` and
 ``MODES`` come from there); the ratios, table, summary, per-cell counts, plot and JSON file are
 benchmarks/report.py's.
@@ -54,7 +54,7 @@ which jaxnorm runs below 0.95x the fastest JAX peer that ran there (``report.JAX
 by medians, as in the table.
 
 Writes ``<out>/results_<mode>.json`` (device, versions, date, settings, every figure, a summary against the
-issue's targets) and ``<out>/ratios_<mode>.png`` (speed-up over flax.linen per case); ``--out`` defaults to
+targets) and ``<out>/ratios_<mode>.png`` (speed-up over flax.linen per case); ``--out`` defaults to
 ``benchmarks/out``. ``main(argv)`` returns the dict written to the JSON file.
 """
 
@@ -127,7 +127,7 @@ FULL_ONLY = ("flax_nnx", "naive_jnp")
 DTYPES = ("float32", "bfloat16")
 # Relative max error (max |peer - jaxnorm| / max |jaxnorm|, per output) above which a peer is not timed.
 TOLERANCE = {"float32": 2e-3, "bfloat16": 5e-2}
-# Issue 22's targets, which report.summarize evaluates: per cell (op, mode, shape, dtype), the fastest JAX peer's
+# The speed targets, which report.summarize evaluates: per cell (op, mode, shape, dtype), the fastest JAX peer's
 # median time / jaxnorm's (report.JAX_PEERS: not PyTorch, not copy); per op and dtype, flax.linen time / jaxnorm
 # time as a geometric mean over the shapes; per forward case beyond the last-level cache, jaxnorm time / copy
 # time. (PyTorch and temporary memory are reported, not targets.)
@@ -370,7 +370,7 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--full", dest="mode", action="store_const", const="full", help="issue's shapes (default)")
+    size.add_argument("--full", dest="mode", action="store_const", const="full", help="the full shape set (default)")
     size.add_argument("--quick", dest="mode", action="store_const", const="quick", help="scaled-down shapes")
     size.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help="tiny shapes, for tests")
     parser.set_defaults(mode="full")

@@ -7,7 +7,8 @@ Build it (offline; warnings are errors) from the repository root:
 Why Sphinx, as flax and optax use: the docstrings are Google style (Args:/Returns:/Raises:/Attributes:/Example:)
 with reStructuredText inside (``code``, ``.. math::``, :func:/:class:/:mod: roles) and doctest examples, which
 autodoc and napoleon render as they are written. The guides are Markdown (MyST). No extension fetches anything
-(no intersphinx); MathJax is loaded from its CDN by the browser when a page is viewed.
+(no intersphinx), and the site needs no network when read: MathJax ships with it (``sphinx-mathjax-offline``
+copies MathJax 3 into ``_static/mathjax``; .ci/run checks that no page loads a script from elsewhere).
 """
 
 import inspect
@@ -31,7 +32,8 @@ version = release = jaxnorm.__version__
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",  # MathJax loads from its CDN when a page is viewed; the build needs no network
+    "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 in the site itself (_static/mathjax), not from a CDN
     "sphinx.ext.viewcode",
     "myst_parser",
 ]

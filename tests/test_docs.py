@@ -1,5 +1,5 @@
-"""The documentation runs: every Python block of README.md, examples/README.md and benchmarks/README.md is
-executed, in order, one namespace per document (a block may use what an earlier block of the same document
+"""The documentation runs: every Python block of README.md and examples/README.md (benchmarks/README.md has
+none) is executed, in order, one namespace per document (a block may use what an earlier block of the same document
 defined, as a reader following the page would). A block whose first line is ``# needs: keras, torch`` runs when
 those are installed (they are in CI) and is skipped otherwise. benchmarks/README.md is checked against
 ``run.py --help``.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "examples/README.md", "benchmarks/README.md"]
+DOCS = ["README.md", "examples/README.md"]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
