@@ -24,7 +24,8 @@ Other small differences: masked-out positions never enter the statistics or the 
 NaN or inf there is harmless to them (Flax's gradient of the statistics is NaN there). Every position is still
 normalized, as in Flax, so a NaN input stays NaN in the output at its own position; zero such inputs
 (``jnp.where(mask, x, 0)``) before differentiating through the output. A reduction that selects nothing gives
-mean 0 and variance 0 (Flax: NaN); complex inputs and repeated axes raise instead of being accepted;
+mean 0 and variance 0 (Flax: NaN); repeated axes raise instead of being accepted; complex input is normalized as
+in Flax (mean ``E[x]``, the real variance ``E|x - E[x]|^2``, each part's statistics by jaxnorm's kernel);
 ``axis_index_groups`` groups the devices of ``axis_name``, statistics merged exactly within each group.
 The normalizations take one more field after Flax's, ``extreme_range`` (default False; True: statistics exact at
 any finite float32 magnitude, for one more pass), a static option: the variables are unchanged.
@@ -55,6 +56,7 @@ from jaxnorm._src.flax_compat import (
     flax_groups,
     full_mask,
     instance_reduction_axes,
+    real_dtype,
     stats_dtype,
     sync_axis,
 )
@@ -143,7 +145,6 @@ class BatchNorm(module.Module):
         out of range or repeated; ``mask`` not broadcastable to ``x``; ``axis_name`` not bound; stored
         ``batch_stats['mean']``/``['var']`` not of the features' shape (the message names the variable; a
         wrong-shaped ``params`` entry raises Flax's own ``ScopeParamShapeError``).
-      TypeError: complex ``x``.
 
     Source: mirrors ``flax.linen.BatchNorm`` (Flax 0.12); Ioffe & Szegedy 2015, "Batch Normalization".
     Differences from Flax: the variance is two-pass (Flax's default ``E[x^2] - E[x]^2`` returns 0 or 8 for
@@ -244,7 +245,7 @@ class BatchNorm(module.Module):
         if not self.is_initializing():
             sdt = stats_dtype(x, self.dtype, self.force_float32_reductions)
             batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
-            batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
+            batch_var = jnp.squeeze(var, reduction_axes).astype(real_dtype(sdt))  # real, also for complex x
             old = {"mean": ra_mean.value, "var": ra_var.value}
             if ra_steps is not None:
                 old["steps"] = ra_steps.value
@@ -313,7 +314,6 @@ class LayerNorm(module.Module):
       ValueError: ``axis_index_groups`` without a single ``axis_name``;
         an axis out of range or repeated; ``mask`` not
         broadcastable to ``x``; ``axis_name`` not bound.
-      TypeError: complex ``x``.
 
     Source: mirrors ``flax.linen.LayerNorm`` (Flax 0.12); Ba, Kiros & Hinton 2016, "Layer Normalization".
     Differences from Flax: two-pass variance (Flax's default cancels on inputs with a large offset: float32
@@ -416,7 +416,6 @@ class RMSNorm(module.Module):
     Raises:
       ValueError: ``axis_index_groups`` without a single ``axis_name``; an axis out of range or repeated;
         ``mask`` not broadcastable to ``x``; ``axis_name`` not bound.
-      TypeError: complex ``x``.
 
     Source: mirrors ``flax.linen.RMSNorm`` (Flax 0.12); Zhang & Sennrich 2019, "Root Mean Square Layer
     Normalization". Differences from Flax: exact count-weighted ``axis_name`` statistics and the memory-light
@@ -511,7 +510,6 @@ class GroupNorm(module.Module):
     Raises:
       ValueError: both or neither of ``num_groups``/``group_size``; groups not dividing ``C``;
         ``reduction_axes`` not ending with the last axis; an axis out of range; a bad ``axis_index_groups``.
-      TypeError: complex ``x``.
 
     Source: mirrors ``flax.linen.GroupNorm`` (Flax 0.12); Wu & He 2018, "Group Normalization". Differences
     from Flax: two-pass variance (stable on offset data) and exact ``axis_name`` statistics.
@@ -602,7 +600,6 @@ class InstanceNorm(module.Module):
 
     Raises:
       ValueError: ``feature_axes`` includes 0 or is out of range; a bad ``axis_index_groups``.
-      TypeError: complex ``x``.
 
     Source: mirrors ``flax.linen.InstanceNorm`` (Flax 0.12); Ulyanov, Vedaldi & Lempitsky 2016.
 

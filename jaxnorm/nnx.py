@@ -15,7 +15,8 @@ the normalization come from jaxnorm's functional core. The intended differences 
 :mod:`jaxnorm.linen`: the variance is always two-pass in at least float32 (``use_fast_variance`` is accepted
 and ignored; Flax's default ``E[x^2] - E[x]^2`` cancels on data with a large offset), ``axis_name``
 statistics are merged exactly with per-device counts, masked-out values never reach the statistics (nor their
-gradients), an empty selection gives mean and variance 0 (Flax: NaN), complex inputs raise, and
+gradients), an empty selection gives mean and variance 0 (Flax: NaN), complex input is normalized as in Flax
+(a complex BatchNorm keeps a complex running mean, where Flax's nnx class drops its imaginary part), and
 ``axis_index_groups`` groups the devices of ``axis_name``, statistics merged exactly within each group.
 The normalizations take one more keyword after Flax's, ``extreme_range`` (default False; True: statistics exact at
 any finite float32 magnitude, for one more pass), a plain attribute: the state is unchanged.
@@ -47,6 +48,7 @@ from jaxnorm._src.flax_compat import (
     flax_groups,
     full_mask,
     instance_reduction_axes,
+    real_dtype,
     stats_dtype,
     sync_axis,
 )
@@ -164,7 +166,6 @@ class BatchNorm(nnx.Module):
         range; ``mask`` not broadcastable to ``x``; ``axis_name`` not bound; ``mean``/``var``/``scale``/``bias``
         not holding one value per feature of ``x`` (e.g. after ``nnx.merge`` of another layer's state; the
         message names ``BatchNorm.<variable>``; LayerNorm, RMSNorm, GroupNorm and InstanceNorm likewise).
-      TypeError: complex ``x``.
 
     Source: mirrors ``flax.nnx.BatchNorm`` (Flax 0.12); Ioffe & Szegedy 2015, "Batch Normalization".
     Differences from Flax: two-pass variance (Flax's default ``E[x^2] - E[x]^2`` gives 0 or 8 for float32
@@ -281,7 +282,7 @@ class BatchNorm(nnx.Module):
         )
         sdt = stats_dtype(x, self.dtype)
         batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
-        batch_var = jnp.squeeze(var, reduction_axes).astype(sdt)
+        batch_var = jnp.squeeze(var, reduction_axes).astype(real_dtype(sdt))  # real, also for complex x
         # Built from the attributes as they are now: NNX attributes are mutable (`bn.momentum = 0.5` between
         # calls works, as in Flax), so the rule built (and checked) in __init__ may be stale.
         rule = moving.Rule(self.momentum, **{k: getattr(self, k) for k in moving.DROP_IN_OPTIONS})
@@ -349,7 +350,6 @@ class LayerNorm(nnx.Module):
       ValueError: ``axis_index_groups`` without a single ``axis_name``;
         an axis out of range or repeated; ``mask`` not
         broadcastable to ``x``; ``axis_name`` not bound.
-      TypeError: complex ``x``.
 
     Source: mirrors ``flax.nnx.LayerNorm`` (Flax 0.12); Ba, Kiros & Hinton 2016, "Layer Normalization".
     Differences from Flax: two-pass variance (stable on inputs with a large offset, where Flax's default

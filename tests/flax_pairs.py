@@ -192,8 +192,6 @@ def _common_errors(owner: str, flavour: str, other_features: tuple[int, ...]) ->
                       theirs=(TypeError, r"incompatible shapes for broadcasting" if owner == "BatchNorm"
                               else r"cannot reshape array"))
     return (
-        ErrorCase("complex-input", ours=(TypeError, r"`x` must have a floating-point dtype, got complex64"),
-                  theirs=ACCEPTS, dtype=jnp.complex64),
         ErrorCase("axis_index_groups-without-axis_name", kwargs={"axis_index_groups": [[0, 1], [2, 3]]},
                   ours=(ValueError, r"`axis_index_groups` needs a single `axis_name` to group over"),
                   theirs=ACCEPTS),

@@ -1066,3 +1066,39 @@ def test_nnx_reparam_model_state_outputs_and_gradients_match_flax_over_steps():
     _close(ours(x), theirs(x), **REPARAM_TOL)
     _assert_same_state(ours, theirs)
     _close(_typed(theirs)["sn/batch_stats/('kernel', 'u')"][1], before, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# complex input (Flax's layers take it: statistics E[x] and the real E|x - E[x]|^2)
+
+
+@pytest.mark.parametrize("layer", ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm"])
+def test_complex_input_matches_flax(layer):
+    """complex64 input with ``dtype=complex64``: the same outputs as Flax's linen and nnx classes, and for the
+    linen BatchNorm the same moving statistics (a complex mean, a real variance), masked entries holding NaN
+    included, and the same inference output from them (tests/linen/linen_test.py's complex BatchNorm test)."""
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (4, 3, 6), dtype=jnp.complex64)
+    kw = {"num_groups": 2} if layer == "GroupNorm" else {}
+    linen_kw = {**kw, "use_running_average": False} if layer == "BatchNorm" else kw
+    outs = {}
+    for side, linen_ns, nnx_ns in (("flax", nn, nnx), ("ours", jln, jnnx)):
+        module = getattr(linen_ns, layer)(dtype=jnp.complex64, **linen_kw)
+        y, variables = module.init_with_output(key, x)
+        with warnings.catch_warnings():  # Flax's nnx BatchNorm writes its complex mean into float32 (a warning)
+            if side == "flax":
+                warnings.simplefilter("ignore")
+            nnx_y = getattr(nnx_ns, layer)(6, dtype=jnp.complex64, rngs=nnx.Rngs(0), **kw)(x)
+        outs[side] = [y, nnx_y]
+        if layer == "BatchNorm":
+            mask = jnp.arange(12).reshape(4, 3, 1) % 3 != 0
+            xm = jnp.where(mask, x, jnp.nan)
+            y_m, updates = module.apply(variables, xm, mask=mask, mutable=["batch_stats"])
+            stats = updates["batch_stats"]
+            assert stats["mean"].dtype == jnp.complex64 and stats["var"].dtype == jnp.float32
+            y_eval = getattr(linen_ns, layer)(dtype=jnp.complex64, use_running_average=True).apply(
+                {**variables, **updates}, x)
+            outs[side] += [jnp.where(mask, y_m, 0), stats["mean"], stats["var"], y_eval]
+    for got, want in zip(outs["ours"], outs["flax"], strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6, atol=2e-6)

@@ -24,7 +24,10 @@ def compute_input(x: Any, out_dtype: Any) -> jax.Array:
     (exact) makes the two agree: bf16 in with float32 params gives float32 out. This is dtype policy only.
     """
     x = jnp.asarray(x)
-    return validation.check_float_array(x.astype(validation.result_dtype(x.dtype, out_dtype)), "x")
+    x = x.astype(validation.result_dtype(x.dtype, out_dtype))
+    if jnp.iscomplexobj(x):  # Flax's layers normalize complex input (statistics: E[x], E|x - E[x]|^2)
+        return x
+    return validation.check_float_array(x, "x")
 
 
 def full_mask(mask: Any, x: jax.Array) -> jax.Array | None:
@@ -40,7 +43,14 @@ def full_mask(mask: Any, x: jax.Array) -> jax.Array | None:
 def stats_dtype(x: jax.Array, dtype: Any, force_float32_reductions: bool = True) -> Any:
     """The dtype Flax's ``_compute_stats`` returns, so that updated ``batch_stats`` keep Flax's dtype."""
     base = jnp.result_type(x) if dtype is None else dtype
+    if jnp.issubdtype(base, jnp.complexfloating):  # the mean's dtype; the variance is real (real_dtype)
+        return validation.result_dtype(base, jnp.float32) if force_float32_reductions else jnp.dtype(base)
     return validation.stats_dtype(base) if force_float32_reductions else base
+
+
+def real_dtype(dtype: Any) -> Any:
+    """The real dtype of ``dtype`` (``float32`` for ``complex64``): the dtype of a complex input's variance."""
+    return jnp.finfo(dtype).dtype
 
 
 def flax_groups(num_groups: Any, group_size: Any, channels: int) -> int:

@@ -45,8 +45,9 @@ def safe_update(old: jax.Array, new: jax.Array, ok: jax.Array) -> jax.Array:
     ``ok`` (from :func:`update_ok`) must broadcast to ``old``; ``new`` may be any value where ``ok`` is False
     (NaN included: it is selected away, never blended).
     """
-    old = jnp.asarray(old)
-    return jnp.where(ok, jnp.asarray(new).astype(old.dtype), old)
+    old, new = jnp.asarray(old), jnp.asarray(new)
+    dtype = validation.result_dtype(old, new) if jnp.iscomplexobj(new) else old.dtype  # complex: Flax's promotion
+    return jnp.where(ok, new.astype(dtype), old.astype(dtype))
 
 
 def advance_counter(steps: jax.Array, ok: jax.Array) -> jax.Array:
@@ -63,7 +64,8 @@ def moving_average(old: jax.Array, batch: jax.Array, keep: float, ok: jax.Array 
     ``ok`` is False (no check when ``ok`` is None)."""
     old = jnp.asarray(old)
     dtype = validation.result_dtype(old, batch)  # explicit: the rule holds under strict dtype promotion too
-    new = (keep * old.astype(dtype) + (1 - keep) * jnp.asarray(batch).astype(dtype)).astype(old.dtype)
+    new = keep * old.astype(dtype) + (1 - keep) * jnp.asarray(batch).astype(dtype)
+    new = new if jnp.iscomplexobj(new) else new.astype(old.dtype)  # a complex mean stays complex, as in Flax
     return new if ok is None else safe_update(old, new, ok)
 
 

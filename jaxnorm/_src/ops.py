@@ -82,11 +82,46 @@ def normalize_by_stats(
     """``(x - mean) * rsqrt(var + epsilon) * scale + bias`` in the statistics dtype, cast to x's dtype: ``x``
     normalized by given statistics (inference, the TF op), the counterpart of :func:`normalize_by_moments` with
     the pair in the same (Flax) order. Inputs are trusted (checked by the caller). ``mask``: see :func:`affine`."""
+    if jnp.iscomplexobj(x) or jnp.iscomplexobj(mean):
+        return _complex_affine(x, mean, var, scale, bias, epsilon)
     dtype = validation.stats_dtype(x.dtype)
     inv = lax.rsqrt(var.astype(dtype) + jnp.asarray(epsilon, dtype))
     if scale is not None:
         inv = inv * scale.astype(dtype)
     return affine(x, None, mean.astype(dtype), inv, bias, mask)
+
+
+def _complex_affine(
+    x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array | None, bias: jax.Array | None, epsilon: Any
+) -> jax.Array:
+    """``(x - mean) * rsqrt(var + epsilon) * scale + bias`` for complex ``x`` or ``mean`` (the Flax drop-ins'
+    complex input, as Flax's layers take it): the real variance of ``|x - mean|``, complex arithmetic, in
+    ``x``'s (complex) dtype."""
+    dtype = validation.result_dtype(x, mean, jnp.complex64)
+    real = jnp.finfo(dtype).dtype
+    inv = lax.rsqrt(jnp.real(var).astype(real) + jnp.asarray(epsilon, real))
+    if scale is not None:
+        inv = inv * scale
+    y = (x.astype(dtype) - mean.astype(dtype)) * inv.astype(dtype)
+    return (y if bias is None else y + bias.astype(dtype)).astype(dtype)
+
+
+def _complex_moments(
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: Any,
+    mask: jax.Array | None, axis_name: Any, center: bool, extreme_range: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    r""":func:`normalize_by_moments` of complex ``x`` (Flax's layers take complex input): the kernel's statistics
+    of the real and imaginary parts, :math:`\mu = \mu_{re} + i\,\mu_{im}` and the real
+    :math:`E|x - \mu|^2 = \sigma^2_{re} + \sigma^2_{im}` (RMS: :math:`E|x|^2`), each exact as the kernel is."""
+    keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    parts = [stats.normalizer(p, axes, mask, axis_name, center=center, extreme_range=extreme_range)
+             for p in (jnp.real(x), jnp.imag(x))]
+    count = parts[0].count.reshape(keep)
+    var = (parts[0].var + parts[1].var).reshape(keep)
+    mean = lax.complex(parts[0].mean, parts[1].mean).reshape(keep)
+    if not center:
+        mean = jnp.zeros_like(mean)
+    return _complex_affine(x, mean, var, scale, bias, epsilon), count, mean, var
 
 
 def affine(
@@ -127,6 +162,8 @@ def normalize_by_moments(
     autodiff. ``scale``/``bias``: None or of x's rank. ``center=False``: RMS statistics (mean 0, ``var`` the
     mean of squares).
     """
+    if jnp.iscomplexobj(x):
+        return _complex_moments(x, scale, bias, tuple(axes), epsilon, mask, axis_name, center, extreme_range)
     n = math.prod(x.shape[a] for a in axes)
     keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
     if x.size == 0 and axis_name is None:  # an empty batch: an empty output, statistics (0, 0) of count 0
@@ -609,7 +646,7 @@ def normalize_groups(
         return a.reshape(a.shape[:c] + (split if a.shape[c] == channels else (1, 1)) + a.shape[c + 1 :])
 
     axes = tuple(sorted([a + (a > c) for a in reduce_axes if a != c] + [c + 1]))
-    if mask is None and axis_name is None and x.size:  # the fused path groups x inside each pass
+    if mask is None and axis_name is None and x.size and not jnp.iscomplexobj(x):  # groups x inside each pass
         split = (c, num_groups)
         return fused.normalize(x, scale, bias, axes, epsilon, extreme_range=extreme_range, split=split)[0]
     y, *_ = normalize_by_moments(
