@@ -126,3 +126,6 @@ def test_unbound_axis_name():
     params, state = bn.init(None, X)
     with pytest.raises(ValueError, match=r"`axis_name`='devices' is not bound here.*shard_map"):
         bn.apply(params, state, X, training=True)
+    # also a NameError, as JAX's own (which equinox's and Flax's layers raise there; equinox's tests catch it)
+    with pytest.raises(NameError, match=r"not bound here"):
+        jaxnorm.layer_norm(X, axis_name="devices")

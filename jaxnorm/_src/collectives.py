@@ -118,8 +118,14 @@ def max_across(a: jax.Array, axis_name: Any) -> jax.Array:
     return jnp.max(jnp.where(_members(axis_name, stacked.shape[0], a.ndim), stacked, -jnp.inf), 0)
 
 
+class UnboundAxisError(ValueError, NameError):
+    """An ``axis_name`` used outside the transform that binds it: a ``ValueError`` that names the fix, and a
+    ``NameError`` as JAX's own (and so equinox's and Flax's layers') unbound-axis error is, so that code catching
+    that one catches this too."""
+
+
 def _unbound(axis_name: Any, err: Exception) -> ValueError:
-    return ValueError(
+    return UnboundAxisError(
         f"`axis_name`={axis_name!r} is not bound here ({err}). Call the layer inside "
         f"`jax.shard_map`, `jax.pmap` or `jax.vmap` with axis_name={axis_name!r}, or pass axis_name=None "
         "(under jax.jit with a sharded input the statistics are already global)."
