@@ -234,10 +234,6 @@ def _bn(flavour: str) -> Pair:
                       theirs=ACCEPTS),
         )
     else:
-        # flax.nnx.BatchNorm writes the complex statistics into its float32 BatchStat: JAX's FutureWarning
-        # (an error in this suite, pyproject's filterwarnings) where jaxnorm raises its TypeError.
-        errors = (dataclasses.replace(errors[0], theirs=(FutureWarning, r"cast value from dtype=complex64")),
-                  *errors[1:])
         errors += (
             ErrorCase("use_running_average-neither", kwargs={"use_running_average": None}, call={},
                       ours=(ValueError, r"No `use_running_average` argument was provided"),

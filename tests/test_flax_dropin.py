@@ -575,7 +575,7 @@ def test_extreme_range_is_exact_at_1e30_and_changes_no_variable():
 @pytest.mark.parametrize(("pair", "case"), ERRORS, ids=[f"{p.name}-{e.id}" for p, e in ERRORS])
 def test_errors_match_flax(pair, case):
     """The same error as Flax where Flax raises a clear one; ours, naming the argument or variable, where Flax
-    fails obscurely; and ours where Flax runs on (complex input, repeated axes, groups without an axis name)."""
+    fails obscurely; and ours where Flax runs on (repeated axes, groups without an axis name)."""
     shape = case.shape or pair.shape
     kwargs = {**pair.kwargs, **case.kwargs}
 
