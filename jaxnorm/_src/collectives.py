@@ -97,25 +97,25 @@ def merge_across(
 def sum_across(a: jax.Array, axis_name: Any) -> jax.Array:
     """The sum of ``a`` over the devices of ``axis_name`` (within this device's group for a :class:`Grouped`
     one: an all_gather and a masked sum, as :func:`merge_across`)."""
-    if not isinstance(axis_name, Grouped):
-        try:
-            return lax.psum(a, axis_name)
-        except NameError as err:
-            raise _unbound(axis_name, err) from None
-    stacked = _gather(a, axis_name)
-    return jnp.sum(jnp.where(_members(axis_name, stacked.shape[0], a.ndim), stacked, 0), 0)
+    return _reduce_across(a, axis_name, lax.psum, jnp.sum, 0)
 
 
 def max_across(a: jax.Array, axis_name: Any) -> jax.Array:
     """The maximum of ``a`` over the devices of ``axis_name`` (within this device's group for a
     :class:`Grouped` one)."""
+    return _reduce_across(a, axis_name, lax.pmax, jnp.max, -jnp.inf)
+
+
+def _reduce_across(a: jax.Array, axis_name: Any, collective: Any, reduce: Any, identity: float) -> jax.Array:
+    """``collective`` over a plain named axis; over a :class:`Grouped` one, every device's ``a`` gathered and
+    ``reduce``d over this device's group (the others replaced by ``identity``)."""
     if not isinstance(axis_name, Grouped):
         try:
-            return lax.pmax(a, axis_name)
+            return collective(a, axis_name)
         except NameError as err:
             raise _unbound(axis_name, err) from None
     stacked = _gather(a, axis_name)
-    return jnp.max(jnp.where(_members(axis_name, stacked.shape[0], a.ndim), stacked, -jnp.inf), 0)
+    return reduce(jnp.where(_members(axis_name, stacked.shape[0], a.ndim), stacked, identity), 0)
 
 
 class UnboundAxisError(ValueError, NameError):
