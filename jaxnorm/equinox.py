@@ -36,6 +36,7 @@ Importing :mod:`jaxnorm` does not import equinox; this module needs it (``pip in
 
 from __future__ import annotations
 
+import dataclasses
 import functools as ft
 import os
 import sys
@@ -52,7 +53,6 @@ from equinox.nn import State, StatefulLayer, StateIndex
 from jax import lax
 
 from jaxnorm._src import moving, ops, reparam, stats, validation
-from jaxnorm._src.flax_compat import full_mask
 
 __all__ = ["BatchNorm", "GroupNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
 
@@ -96,11 +96,6 @@ def _inference(value: Any, default: bool) -> bool:
     return validation.check_bool(default if value is None else value, "inference")
 
 
-def _compute_dtype(x: jax.Array) -> Any:
-    """The dtype equinox's LayerNorm/RMSNorm/GroupNorm compute in: ``result_type(x, float32)``."""
-    return validation.stats_dtype(x.dtype)
-
-
 def _fit(value: Any, shape: tuple[int, ...], name: str, fix: str) -> jax.Array:
     return validation.fit_variable(value, shape, name, fix, exact=True)
 
@@ -116,10 +111,6 @@ def _affine(weight: Any, bias: Any, x: jax.Array, owner: str, fix: str) -> tuple
         return None if p is None else _channels_first(_fit(p, x.shape[:1], f"{owner}.{name}", fix), x)
 
     return one(weight, "weight"), one(bias, "bias")
-
-
-def _sync_axis(axis_name: Any) -> Any:
-    return tuple(axis_name) if isinstance(axis_name, list) else axis_name
 
 
 # ---------------------------------------------------------------------------------------------- BatchNorm
@@ -336,10 +327,10 @@ class BatchNorm(StatefulLayer):
         fix = "Build the layer with input_size for this input, or pass the state made with it."
         scale, bias = _affine(self.weight, self.bias, x, "BatchNorm", fix)
         params = [p for p in (scale, bias) if p is not None]
-        m = full_mask(mask, x)
+        m = validation.numpy_mask(mask, x)
         axes = tuple(range(1, x.ndim))
         rule = moving.Rule(self.momentum)
-        sync = _sync_axis(self.axis_name)
+        sync = validation.axis_name_of(self.axis_name)
 
         if self.mode == "ema":
             assert self.ema_first_time_index is not None and self.ema_state_index is not None
@@ -388,10 +379,9 @@ class BatchNorm(StatefulLayer):
             xc, scale, bias, axes, self.eps, m, sync, extreme_range=self.extreme_range
         )
         count, batch_mean, batch_var = (jnp.squeeze(s, axes) for s in moments)
-        new = moving.update({"mean": hidden[0], "var": hidden[1]}, count, batch_mean, batch_var, rule)
-        ok = moving.update_ok(count, batch_mean, batch_var)
-        # moving.advance_counter, written so that equinox's weakly typed int counter stays weakly typed.
-        state = state.set(self.batch_counter, jnp.where(jnp.any(ok), counter + 1, counter))
+        old = {"mean": hidden[0], "var": hidden[1], "steps": counter}  # the counter: equinox's batch_counter
+        new = moving.update(old, count, batch_mean, batch_var, dataclasses.replace(rule, count_steps=True))
+        state = state.set(self.batch_counter, new["steps"])
         state = state.set(self.batch_state_index, (new["mean"], new["var"]))
         return y.astype(out_dtype), state
 
@@ -505,9 +495,10 @@ class LayerNorm(eqx.Module):
         fix = "Build the layer with this shape."
         weight = None if self.weight is None else _fit(self.weight, x.shape, "LayerNorm.weight", fix)
         bias = None if self.bias is None else _fit(self.bias, x.shape, "LayerNorm.bias", fix)
-        xc = x.astype(_compute_dtype(x))
+        xc = x.astype(validation.stats_dtype(x.dtype))  # equinox: result_type(x, float32)
         y, *_ = ops.normalize_by_moments(
-            xc, weight, bias, tuple(range(x.ndim)), self.eps, full_mask(mask, x), extreme_range=self.extreme_range
+            xc, weight, bias, tuple(range(x.ndim)), self.eps, validation.numpy_mask(mask, x),
+            extreme_range=self.extreme_range,
         )
         return _with_state(y.astype(x.dtype), state)
 
@@ -590,9 +581,9 @@ class RMSNorm(eqx.Module):
         _check_shape(x, self.shape, "RMSNorm", "rms_norm")
         fix = "Build the layer with this shape."
         weight = None if self.weight is None else _fit(self.weight, x.shape, "RMSNorm.weight", fix)
-        xc = x.astype(_compute_dtype(x))
+        xc = x.astype(validation.stats_dtype(x.dtype))  # equinox: result_type(x, float32)
         y = ops.normalize_layer(
-            xc, weight, None, tuple(range(x.ndim)), self.eps, full_mask(mask, x), center=False,
+            xc, weight, None, tuple(range(x.ndim)), self.eps, validation.numpy_mask(mask, x), center=False,
             extreme_range=self.extreme_range,
         )
         if self.bias is not None:  # equinox's bias, added in the compute dtype (ops take no RMSNorm bias)
@@ -699,9 +690,9 @@ class GroupNorm(eqx.Module):
             )
         fix = "Build the layer with channels for this input."
         weight, bias = _affine(self.weight, self.bias, x, "GroupNorm", fix)
-        xc = x.astype(_compute_dtype(x))
+        xc = x.astype(validation.stats_dtype(x.dtype))  # equinox: result_type(x, float32)
         y = ops.normalize_groups(
-            xc, weight, bias, 0, self.groups, tuple(range(1, x.ndim)), self.eps, full_mask(mask, x),
+            xc, weight, bias, 0, self.groups, tuple(range(1, x.ndim)), self.eps, validation.numpy_mask(mask, x),
             extreme_range=self.extreme_range,
         )
         return _with_state(y.astype(x.dtype), state)

@@ -54,10 +54,9 @@ from jaxnorm._src import moving, ops, reparam, validation
 from jaxnorm._src.flax_compat import (
     compute_input,
     flax_groups,
-    full_mask,
+    flax_stats_dtype,
     instance_reduction_axes,
     real_dtype,
-    stats_dtype,
     sync_axis,
 )
 
@@ -216,7 +215,7 @@ class BatchNorm(module.Module):
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stat_dtype), feature_shape)
         rule = _moving_rule(self)
         ra_steps = None
-        if rule.counts_steps:
+        if rule.keeps_counter:
             steps_shape = rule.steps_shape(tuple(feature_shape))
             ra_steps = self.variable("batch_stats", "steps", jnp.zeros, steps_shape, jnp.int32)
         for name, stat in (("mean", ra_mean), ("var", ra_var)):  # a checkpoint for another feature count
@@ -239,11 +238,11 @@ class BatchNorm(module.Module):
             self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm"
         )
         y, count, mean, var = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc), axis_name,
+            xc, scale, bias, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc), axis_name,
             extreme_range=self.extreme_range,
         )
         if not self.is_initializing():
-            sdt = stats_dtype(x, self.dtype, self.force_float32_reductions)
+            sdt = flax_stats_dtype(x, self.dtype, self.force_float32_reductions)
             batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
             batch_var = jnp.squeeze(var, reduction_axes).astype(real_dtype(sdt))  # real, also for complex x
             old = {"mean": ra_mean.value, "var": ra_var.value}
@@ -369,7 +368,7 @@ class LayerNorm(module.Module):
         scale = None if scale is None else expand(scale)
         bias = None if bias is None else expand(bias)
         y, *_ = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
+            xc, scale, bias, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.LayerNorm"),
             extreme_range=self.extreme_range,
         )
@@ -464,7 +463,7 @@ class RMSNorm(module.Module):
         xc = compute_input(x, out_dtype)
         scale = None if scale is None else validation.expand_to_rank(scale, x.ndim, feature_axes)
         y = ops.normalize_layer(
-            xc, scale, None, reduction_axes, self.epsilon, full_mask(mask, xc),
+            xc, scale, None, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.RMSNorm"), center=False,
             extreme_range=self.extreme_range,
         )
@@ -565,7 +564,8 @@ class GroupNorm(module.Module):
         expand = lambda v: None if v is None else validation.expand_to_rank(v, x.ndim, (x.ndim - 1,))  # noqa: E731
         y = ops.normalize_groups(
             xc, expand(scale), expand(bias), x.ndim - 1, groups, reduction_axes[:-1], self.epsilon,
-            full_mask(mask, xc), sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.GroupNorm"),
+            validation.numpy_mask(mask, xc),
+            sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.GroupNorm"),
             extreme_range=self.extreme_range,
         )
         return y.astype(out_dtype)
@@ -643,7 +643,7 @@ class InstanceNorm(module.Module):
         xc = compute_input(x, out_dtype)
         expand = lambda v: None if v is None else validation.expand_to_rank(v, x.ndim, feature_axes)  # noqa: E731
         y, *_ = ops.normalize_by_moments(
-            xc, expand(scale), expand(bias), tuple(reduction_axes), self.epsilon, full_mask(mask, xc),
+            xc, expand(scale), expand(bias), tuple(reduction_axes), self.epsilon, validation.numpy_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.InstanceNorm"),
             extreme_range=self.extreme_range,
         )

@@ -46,10 +46,9 @@ from jaxnorm._src import moving, ops, reparam, validation
 from jaxnorm._src.flax_compat import (
     compute_input,
     flax_groups,
-    full_mask,
+    flax_stats_dtype,
     instance_reduction_axes,
     real_dtype,
-    stats_dtype,
     sync_axis,
 )
 
@@ -223,7 +222,7 @@ class BatchNorm(nnx.Module):
         feature_shape = (num_features,)
         self.mean = nnx.BatchStat(jnp.zeros(feature_shape, jnp.float32))
         self.var = nnx.BatchStat(jnp.ones(feature_shape, jnp.float32))
-        if rule.counts_steps:
+        if rule.keeps_counter:
             self.steps = nnx.BatchStat(jnp.zeros(rule.steps_shape(feature_shape), jnp.int32))
         # scale before bias: the same rngs.params() draws as Flax.
         self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
@@ -276,17 +275,17 @@ class BatchNorm(nnx.Module):
             )
             return y.astype(out_dtype)
         y, count, mean, var = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
+            xc, scale, bias, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
             extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
         )
-        sdt = stats_dtype(x, self.dtype)
+        sdt = flax_stats_dtype(x, self.dtype)
         batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
         batch_var = jnp.squeeze(var, reduction_axes).astype(real_dtype(sdt))  # real, also for complex x
         # Built from the attributes as they are now: NNX attributes are mutable (`bn.momentum = 0.5` between
         # calls works, as in Flax), so the rule built (and checked) in __init__ may be stale.
         rule = moving.Rule(self.momentum, **{k: getattr(self, k) for k in moving.DROP_IN_OPTIONS})
-        keys = ("mean", "var", "steps") if rule.counts_steps else ("mean", "var")
+        keys = ("mean", "var", "steps") if rule.keeps_counter else ("mean", "var")
         batch_count = jnp.squeeze(count, reduction_axes)
         old = moving.migrate({k: getattr(self, k)[...] for k in keys}, batch_mean.shape, rule)
         new = lax.stop_gradient(moving.update(old, batch_count, batch_mean, batch_var, rule))
@@ -425,7 +424,7 @@ class LayerNorm(nnx.Module):
         scale = None if scale is None else scale.reshape(fshape)
         bias = None if bias is None else bias.reshape(fshape)
         y, *_ = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, full_mask(mask, xc),
+            xc, scale, bias, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
             extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
         )
@@ -523,7 +522,7 @@ class RMSNorm(nnx.Module):
         xc = compute_input(x, out_dtype)
         scale = None if scale is None else scale.reshape(_features_shape(x, feature_axes))
         y = ops.normalize_layer(
-            xc, scale, None, reduction_axes, self.epsilon, full_mask(mask, xc),
+            xc, scale, None, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__), center=False,
             extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
         )
@@ -628,7 +627,7 @@ class GroupNorm(nnx.Module):
         _check_variables(self, x.shape, (x.ndim - 1,), ("scale", "bias"))
         y = ops.normalize_groups(
             xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
-            x.ndim - 1, self.num_groups, reduction_axes[:-1], self.epsilon, full_mask(mask, xc),
+            x.ndim - 1, self.num_groups, reduction_axes[:-1], self.epsilon, validation.numpy_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
             extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
         )
@@ -728,7 +727,7 @@ class InstanceNorm(nnx.Module):
         fshape = _features_shape(x, feature_axes)
         y, *_ = ops.normalize_by_moments(
             xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
-            tuple(reduction_axes), self.epsilon, full_mask(mask, xc),
+            tuple(reduction_axes), self.epsilon, validation.numpy_mask(mask, xc),
             sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
             extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
         )

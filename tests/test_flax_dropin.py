@@ -803,7 +803,7 @@ def test_drop_in_batchnorm_options_follow_the_spec_over_steps(options):
 
     params, state = spec.init(None, xs[0])
     variables = linen_bn.init(jax.random.key(0), xs[0], use_running_average=False)
-    counts = spec._rule.counts_steps
+    counts = spec._rule.keeps_counter
     assert ("steps" in state) == ("steps" in variables["batch_stats"]) == ("steps" in nnx.state(nnx_bn)) == counts
     for x, m in zip(xs, masks, strict=True):
         want, state = spec.apply(params, state, x, training=True, mask=m)

@@ -263,8 +263,7 @@ class BatchNorm(Layer):
         object.__setattr__(self, "renorm_clipping", _check_renorm_clipping(self.renorm_clipping))
         validation.check_unit_interval(self.renorm_momentum, "renorm_momentum")
         self._rule  # noqa: B018 - builds (and so checks) the moving-statistics rule
-        if isinstance(self.axis_name, list):
-            object.__setattr__(self, "axis_name", tuple(self.axis_name))
+        object.__setattr__(self, "axis_name", validation.axis_name_of(self.axis_name))
         if self.axis_index_groups is not None:
             grouped = collectives.with_groups(self.axis_name, self.axis_index_groups)
             object.__setattr__(self, "axis_index_groups", grouped.groups)
@@ -318,7 +317,7 @@ class BatchNorm(Layer):
             state["stddev"] = jnp.sqrt(state["var"])
             state["renorm_mean"] = state["mean"]
             state["renorm_stddev"] = state["stddev"]
-        if self._rule.counts_steps:
+        if self._rule.keeps_counter:
             state["steps"] = jnp.zeros(self._rule.steps_shape(fshape), jnp.int32)
         return params, state
 
@@ -335,7 +334,7 @@ class BatchNorm(Layer):
     def _state_spec(self, fshape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], Any]]:
         rule = self._rule
         spec: dict[str, tuple[tuple[int, ...], Any]] = {k: (fshape, None) for k in rule.keys}
-        if rule.counts_steps:
+        if rule.keeps_counter:
             spec["steps"] = (rule.steps_shape(fshape), "int")
         return spec
 

@@ -30,17 +30,7 @@ def compute_input(x: Any, out_dtype: Any) -> jax.Array:
     return validation.check_float_array(x, "x")
 
 
-def full_mask(mask: Any, x: jax.Array) -> jax.Array | None:
-    """Flax's ``mask`` (anything broadcastable to ``x`` under NumPy rules) as a boolean array of x's shape."""
-    if mask is None:
-        return None
-    m = jnp.asarray(mask, dtype=bool)  # Flax accepts 0/1 masks of any dtype
-    if m.ndim < x.ndim:  # NumPy alignment; prevents the core's Keras ``x.shape[:-1]`` reading of the mask
-        m = m.reshape((1,) * (x.ndim - m.ndim) + m.shape)
-    return validation.broadcast_mask(m, x.shape, "mask")
-
-
-def stats_dtype(x: jax.Array, dtype: Any, force_float32_reductions: bool = True) -> Any:
+def flax_stats_dtype(x: jax.Array, dtype: Any, force_float32_reductions: bool = True) -> Any:
     """The dtype Flax's ``_compute_stats`` returns, so that updated ``batch_stats`` keep Flax's dtype."""
     base = jnp.result_type(x) if dtype is None else dtype
     if jnp.issubdtype(base, jnp.complexfloating):  # the mean's dtype; the variance is real (real_dtype)

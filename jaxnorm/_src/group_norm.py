@@ -200,8 +200,6 @@ class InstanceNorm(PerExample):
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.axis, list):
-            object.__setattr__(self, "axis", tuple(self.axis))
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
         validation.check_bool(self.use_scale, "use_scale")
         validation.check_bool(self.use_bias, "use_bias")

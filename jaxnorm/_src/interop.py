@@ -363,7 +363,7 @@ def from_torch_state_dict(
     wanted_params = [k for k in ("scale", "bias") if (spec._has_scale if k == "scale" else spec._has_bias)]
     wanted_state = []
     if isinstance(spec, BatchNorm):
-        wanted_state = ["mean", "var"] + (["steps"] if spec._rule.counts_steps else [])
+        wanted_state = ["mean", "var"] + (["steps"] if spec._rule.keeps_counter else [])
     names = {**_TORCH_PARAMS, **_TORCH_STATE}
 
     def read(key: str) -> Any:

@@ -54,8 +54,8 @@ def advance_counter(steps: jax.Array, ok: jax.Array) -> jax.Array:
     """The step counter after a step: per feature, ``steps + ok`` where ``steps`` is feature-shaped; a scalar
     ``steps`` becomes ``steps + 1`` when any feature updated (``any(ok)``), else stays ``steps``."""
     steps = jnp.asarray(steps)
-    if steps.ndim == 0:
-        return steps + jnp.any(ok).astype(steps.dtype)
+    if steps.ndim == 0:  # (a weakly typed counter, equinox's, stays weakly typed)
+        return jnp.where(jnp.any(ok), steps + 1, steps)
     return steps + jnp.broadcast_to(ok, steps.shape).astype(steps.dtype)
 
 
@@ -150,7 +150,7 @@ class Rule:
             )
 
     @property
-    def counts_steps(self) -> bool:
+    def keeps_counter(self) -> bool:
         """Whether the state holds the int32 step counter ``steps`` (of shape :meth:`steps_shape`)."""
         return self.averaging != "exponential" or self.count_steps
 
@@ -208,7 +208,7 @@ def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: 
 
     Args:
       state: ``{'mean', 'var'}`` (plus ``'stddev', 'renorm_mean', 'renorm_stddev'`` with renorm, and the int32
-        counter ``'steps'`` when ``rule.counts_steps``: feature-shaped with counted averages, else a scalar),
+        counter ``'steps'`` when ``rule.keeps_counter``: feature-shaped with counted averages, else a scalar),
         feature-shaped arrays in any float dtype.
       count, mean, var: this batch's feature-shaped number of valid elements, mean and biased variance (in the
         dtype the statistics should be averaged in).
@@ -221,7 +221,7 @@ def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: 
         var = var * jnp.where(count > 1, count / jnp.maximum(count - 1, 1), 1)
     keep = rule.keep(rule.momentum)
     new = {}
-    if rule.counts_steps:  # t: this step's number for each feature that updates in it (its own count + 1)
+    if rule.keeps_counter:  # t: this step's number for each feature that updates in it (its own count + 1)
         t = (state["steps"] + 1).astype(mean.dtype)
     batches = {"mean": mean, "var": var}
     if rule.renorm_momentum is not None:  # Keras: averages of the stddev; the variance comes from the moving one
@@ -247,7 +247,7 @@ def update(state: dict[str, jax.Array], count: jax.Array, mean: jax.Array, var: 
     # Per feature: a feature with no valid element or non-finite statistics keeps its own values.
     ok = update_ok(count, mean, var) if rule.safe_update else jnp.ones(jnp.shape(mean), bool)
     new = {k: safe_update(state[k], v, ok) for k, v in new.items()}
-    if rule.counts_steps:
+    if rule.keeps_counter:
         steps = state["steps"]
         new["steps"] = advance_counter(steps, ok if rule.safe_update else jnp.ones(jnp.shape(mean), bool))
     return new

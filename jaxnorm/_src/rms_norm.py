@@ -95,8 +95,6 @@ class RMSNorm(PerExample):
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.axis, list):
-            object.__setattr__(self, "axis", tuple(self.axis))
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
         validation.check_bool(self.use_scale, "use_scale")
         ops.check_implementation(self.implementation)

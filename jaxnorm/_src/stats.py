@@ -119,8 +119,7 @@ def normalizer(
     """
     dtype = validation.stats_dtype(x.dtype)
     eps = jnp.asarray(epsilon, dtype)
-    if isinstance(axis_name, list):
-        axis_name = tuple(axis_name)
+    axis_name = validation.axis_name_of(axis_name)
     view = passes.view_of(x.shape, tuple(axes), None if mask is None else mask.shape,
                           merge=jnp.dtype(x.dtype).itemsize >= 4, split=split)
     mask = view.of(mask)

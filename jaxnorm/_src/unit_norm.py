@@ -61,8 +61,6 @@ class UnitNormalization(PerExample):
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.axis, list):
-            object.__setattr__(self, "axis", tuple(self.axis))
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
         self._post_init_common()
 

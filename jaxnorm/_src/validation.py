@@ -34,6 +34,11 @@ def result_dtype(*args: Any) -> jnp.dtype:
         return jnp.dtype(jnp.result_type(*args))
 
 
+def axis_name_of(axis_name: Any) -> Any:
+    """An ``axis_name`` as JAX's collectives take it, hashable: a list of names becomes a tuple."""
+    return tuple(axis_name) if isinstance(axis_name, list) else axis_name
+
+
 def check_key(key: Any, name: str = "key") -> None:
     """Raises ``TypeError`` unless ``key`` is None or a JAX PRNG key: a typed key (``jax.random.key(seed)``) or
     a raw ``uint32`` key array (``jax.random.PRNGKey(seed)``), or a batch of them."""
@@ -453,3 +458,14 @@ def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
     if len(shape) > len(target):
         return False
     return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target), strict=False))
+
+
+def numpy_mask(mask: Any, x: jax.Array) -> jax.Array | None:
+    """The peers' ``mask`` (Flax's, equinox's: anything broadcastable to ``x`` under NumPy rules) as a boolean
+    array of x's shape (Keras's rule, :func:`broadcast_mask`, reads a lower-rank mask otherwise)."""
+    if mask is None:
+        return None
+    m = jnp.asarray(mask, dtype=bool)  # Flax accepts 0/1 masks of any dtype
+    if m.ndim < x.ndim:  # NumPy alignment; prevents the core's Keras ``x.shape[:-1]`` reading of the mask
+        m = m.reshape((1,) * (x.ndim - m.ndim) + m.shape)
+    return broadcast_mask(m, x.shape, "mask")
