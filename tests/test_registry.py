@@ -187,3 +187,36 @@ def test_first_hour_mistakes_name_the_fix(entry):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), step(spec, params, state, x),
                  jax.jit(lambda p, s, x: _apply(entry, spec, p, s, x))(params, state, x))
     assert jax.tree.leaves(spec) == [] and jax.tree.structure(spec) == jax.tree.structure(entry.make())
+
+
+@entries
+def test_state_schema_describes_the_state(entry):
+    """``state_schema(x)`` is the state tree ``init`` creates and a training ``apply`` returns: the same keys,
+    shapes and dtypes, each with its meaning (the one place a layer's state is documented)."""
+    spec, params, state, x = _setup(entry)
+    schema = spec.state_schema(x)
+    assert schema == spec.state_schema(jax.ShapeDtypeStruct(x.shape, x.dtype))
+    for tree in (spec.init(jax.random.key(0), x)[1], _apply(entry, spec, params, state, x)[1]):
+        assert {k: (tuple(v.shape), jnp.dtype(v.dtype)) for k, v in tree.items()} == {
+            k: (e.shape, e.dtype) for k, e in schema.items()}
+    assert all(isinstance(e.meaning, str) and e.meaning for e in schema.values())
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("options", [
+    {}, {"renorm": True}, {"averaging": "cumulative"}, {"averaging": "debiased"}, {"count_steps": True},
+    {"moving_var_estimator": "unbiased", "momentum_convention": "torch", "momentum": 0.1},
+    {"virtual_batch_size": 2}, {"renorm": True, "count_steps": True},
+], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_state_schema_for_every_option(options, dtype):
+    import jaxnorm
+
+    spec = jaxnorm.BatchNorm(**options)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2, 3)), dtype)
+    _, state = spec.init(None, x)
+    _, new = spec.apply(spec.init(None, x)[0], state, x, training=True)
+    schema = spec.state_schema(x)
+    for tree in (state, new):
+        assert {k: (tuple(v.shape), jnp.dtype(v.dtype)) for k, v in tree.items()} == {
+            k: (e.shape, e.dtype) for k, e in schema.items()}

@@ -331,12 +331,47 @@ class BatchNorm(Layer):
             renorm_momentum=self.renorm_momentum if self.renorm else None, epsilon=self.epsilon,
         )
 
-    def _state_spec(self, fshape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], Any]]:
+    def state_schema(self, x: Any) -> dict[str, layer.StateEntry]:
+        """BatchNorm's state for inputs like ``x``, every option combination: with ``F`` the feature shape
+        (``[x.shape[a] for a in axis]``) and ``S = promote_types(x.dtype, float32)``,
+
+        - ``mean`` (F, S): the moving mean of the batch means (Keras ``moving_mean``, Flax
+          ``batch_stats['mean']``);
+        - ``var`` (F, S): the moving variance: of the biased batch variances, or of the unbiased ones with
+          ``moving_var_estimator='unbiased'`` (Keras ``moving_variance``, PyTorch ``running_var``);
+        - with ``renorm``: ``stddev`` (F, S), the moving standard deviation that ``var`` follows (Keras
+          ``moving_stddev``), and ``renorm_mean``, ``renorm_stddev`` (F, S), the statistics that ``r`` and ``d``
+          are taken against, averaged with ``renorm_momentum``;
+        - with ``averaging='cumulative'`` or ``'debiased'``: ``steps`` (F, int32), the batches each feature has
+          taken (a scalar counter of earlier releases loads, broadcast); with ``count_steps=True`` and exponential
+          averages: ``steps`` ((), int32), the steps in which any feature updated (PyTorch's
+          ``num_batches_tracked``).
+
+        Ghost batches, masks and ``axis_name`` change no entry.
+        """
+        shape, dtype = layer.init_input(x)
+        fshape = tuple(shape[a] for a in self._axes(len(shape))[0])
+        return self._state_entries(fshape, validation.stats_dtype(dtype))
+
+    def _state_entries(self, fshape: tuple[int, ...], dtype: Any) -> dict[str, layer.StateEntry]:
         rule = self._rule
-        spec: dict[str, tuple[tuple[int, ...], Any]] = {k: (fshape, None) for k in rule.keys}
+        meanings = {
+            "mean": "moving mean of the batch means",
+            "var": f"moving {rule.moving_var_estimator} variance",
+            "stddev": "moving standard deviation (renorm)",
+            "renorm_mean": "mean that renorm's corrections are taken against",
+            "renorm_stddev": "standard deviation that renorm's corrections are taken against",
+        }
+        entries = {k: layer.StateEntry(fshape, jnp.dtype(dtype), meanings[k]) for k in rule.keys}
         if rule.keeps_counter:
-            spec["steps"] = (rule.steps_shape(fshape), "int")
-        return spec
+            what = "batches each feature took" if rule.steps_per_feature else "steps in which any feature updated"
+            entries["steps"] = layer.StateEntry(rule.steps_shape(fshape), jnp.dtype(jnp.int32), what)
+        return entries
+
+    def _state_spec(self, fshape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], Any]]:
+        """The state check's form of :meth:`state_schema` (any float dtype is accepted for the statistics)."""
+        return {k: (e.shape, "int" if k == "steps" else None)
+                for k, e in self._state_entries(fshape, jnp.float32).items()}
 
     def apply(
         self,

@@ -13,6 +13,7 @@ import decimal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -111,7 +112,8 @@ def _spec_arrays(
         )
     fix = f"They must match the features of inputs of shape {shape} along axis={spec.axis!r} (shape {fshape})."
     params = spec._check_params(params, fshape, fix)
-    expected = spec._state_spec(fshape) if isinstance(spec, BatchNorm) else {}
+    schema = spec.state_schema(jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in shape), jnp.float32))
+    expected = {k: (e.shape, "int" if jnp.issubdtype(e.dtype, jnp.integer) else None) for k, e in schema.items()}
     if isinstance(spec, BatchNorm):
         state = moving.migrate(state, fshape, spec._rule)
     state = validation.check_tree(state, expected, "state", fix)

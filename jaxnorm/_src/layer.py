@@ -10,12 +10,20 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 import jax
 import jax.numpy as jnp
 
 from jaxnorm._src import constraints, frozen, initializers, keras_config, regularizers, validation
+
+
+class StateEntry(NamedTuple):
+    """One entry of a spec's state tree (:meth:`Layer.state_schema`): its shape, its dtype and what it holds."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    meaning: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +79,17 @@ class Layer:
         # A spec is hashable configuration: as a pytree with no leaves, it may be an argument of a jitted
         # function (static, as a closed-over spec), instead of JAX's "not a valid JAX type".
         jax.tree_util.register_pytree_node(cls, lambda spec: ((), spec), lambda spec, _: spec)
+
+    def state_schema(self, x: Any) -> dict[str, StateEntry]:
+        """The state tree ``init(key, x)`` creates and ``apply`` takes and returns, for inputs like ``x`` (an array
+        or a ``jax.ShapeDtypeStruct``): each key's shape, dtype and meaning, for this spec's options. The one
+        place a layer's state is described (tests/test_registry.py checks it against ``init`` and ``apply``).
+
+        Returns:
+          ``{key: StateEntry(shape, dtype, meaning)}``; ``{}`` for a layer without state (this base class).
+        """
+        del x
+        return {}
 
     def _python_scalars(self) -> None:
         """Replaces concrete NumPy/JAX scalars in the fields by Python numbers (``validation.python_scalars``)."""

@@ -243,6 +243,17 @@ class Normalization(Layer):
         state = {"mean": mean, "variance": variance, "count": np.zeros(kshape, np.float32)}
         return {}, {k: jnp.asarray(v) for k, v in state.items()}
 
+    def state_schema(self, x: Any) -> dict[str, layer.StateEntry]:
+        """Normalization's state for inputs like ``x``: with ``K`` the kept axes' shape (``axis``), ``mean`` and
+        ``variance`` (K, float32), the statistics it normalizes with (fixed, or from :meth:`adapt`), and
+        ``count`` (K, float32), the number of values ``adapt`` has seen per index (Keras's ``count``)."""
+        shape, _ = layer.init_input(x)
+        kshape = tuple(shape[a] for a in self._kept_axes(len(shape)))
+        f32 = jnp.dtype(jnp.float32)
+        return {"mean": layer.StateEntry(kshape, f32, "mean it normalizes with"),
+                "variance": layer.StateEntry(kshape, f32, "variance it normalizes with"),
+                "count": layer.StateEntry(kshape, f32, "values adapt has seen")}
+
     def adapt(self, data: Any, state: Mapping[str, Any] | None = None, *, batch_size: int | None = None
               ) -> dict[str, jax.Array]:
         r"""Computes the mean and variance of ``data`` per kept index; pure: returns a new state.

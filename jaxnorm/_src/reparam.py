@@ -356,6 +356,18 @@ class SpectralNorm(Layer):
             return None
         return spectral_u_shape(shape, self.error_on_non_matrix)
 
+    def state_schema(self, x: Any) -> dict[str, layer.StateEntry]:
+        """SpectralNorm's state for weights like ``x``: ``u`` ((1, x.shape[-1]), ``param_dtype``), the power
+        iteration's vector, and ``sigma`` ((), ``param_dtype``), the last estimate of the largest singular value;
+        none for a weight Flax leaves unchanged (a vector or scalar, or ``n_steps=0``)."""
+        shape, _ = _weight_input(x)
+        u_shape = self._u_shape(shape)
+        if u_shape is None:
+            return {}
+        dtype = jnp.dtype(self.param_dtype)
+        return {"u": layer.StateEntry(tuple(u_shape), dtype, "power iteration vector"),
+                "sigma": layer.StateEntry((), dtype, "largest singular value, last estimate")}
+
     def init(self, key: Any, w: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         """Creates ``({}, {'u', 'sigma'})`` for a weight like ``w`` (an array or a ``jax.ShapeDtypeStruct``).
 
