@@ -418,61 +418,71 @@ class BatchNorm(Layer):
         )
         params = self._params_in_use(self._check_params(params, fshape, fix))
         given_state = state
-        if isinstance(state, Mapping) and "count" in state and "steps" not in state:
-            raise ValueError(
-                "`state` has the step counter under its earlier name 'count'; it is 'steps' now (a step count, "
-                "unlike Normalization's value `count`). Rename it: state = {**state, 'steps': state['count']} "
-                "without 'count', or re-create the state with `init`."
-            )
-        state = validation.check_tree(
-            moving.migrate(state, fshape, self._rule), self._state_spec(fshape), "state", fix
-        )
+        state = self._check_state(state, fshape, fix)
         expand = lambda v: validation.expand_to_rank(v, x.ndim, feature_axes)  # noqa: E731
         scale = expand(params["scale"]) if self.use_scale else None
         bias = expand(params["bias"]) if self.use_bias else None
 
         m = None if mask is None else validation.broadcast_mask(mask, x.shape, "mask")
         if training and self.trainable:
-            n = math.prod(x.shape[a] for a in reduction_axes)
-            if self.virtual_batch_size is not None:  # values per feature in one ghost batch
-                n = n // x.shape[0] * min(self.virtual_batch_size, x.shape[0])
-            if n == 1 and m is None and self.axis_name is None and not self.allow_single_value:
-                raise ValueError(
-                    f"BatchNorm in training needs more than one value per feature, but x has shape {x.shape} "
-                    f"with axis={self.axis!r}: one value per feature, so the batch variance is 0 and the output "
-                    "is all `bias` (PyTorch raises here too). Train on a batch of at least 2, use "
-                    "training=False, or pass allow_single_value=True."
-                )
-            sync = collectives.with_groups(self.axis_name, self.axis_index_groups)
-            if self.virtual_batch_size is not None:
-                if 0 not in reduction_axes or x.shape[0] % self.virtual_batch_size:
-                    v = self.virtual_batch_size
-                    raise ValueError(
-                        f"virtual_batch_size={v} splits axis 0 into ghost batches, so axis 0 must be a batch "
-                        f"axis whose size is a multiple of {v}; got x of shape {x.shape} with "
-                        f"axis={self.axis!r}. Use a batch of a multiple of {v} examples (per device), or "
-                        "virtual_batch_size=None."
-                    )
-                y, count, mean, var = ghost_batch_normalize(
-                    x, scale, bias, reduction_axes, self.epsilon, m, sync, self.virtual_batch_size,
-                    self.extreme_range,
-                )
-            elif self.renorm:
-                clipping = frozen.thaw(self.renorm_clipping) or {}
-                y, count, mean, var = batch_renormalize(
-                    x, scale, bias, state, reduction_axes, self.epsilon, clipping, m, sync, self.extreme_range
-                )
-            else:
-                y, *moments = ops.normalize_by_moments(
-                    x, scale, bias, reduction_axes, self.epsilon, m, sync, extreme_range=self.extreme_range
-                )
-                count, mean, var = (jnp.squeeze(v, reduction_axes) for v in moments)
+            y, count, mean, var = self._batch_statistics(x, scale, bias, state, reduction_axes, m)
             # The moving statistics follow moving.py's rule (no gradient flows into them).
             return y, lax.stop_gradient(moving.update(state, count, mean, var, self._rule))
         # Inference (or a frozen layer): the moving statistics, the state returned as given.
         mean, var = expand(state["mean"]), expand(state["var"])
         return ops.normalize_by_stats(x, mean, var, scale, bias, self.epsilon, m), given_state
 
+    def _check_state(self, state: Any, fshape: tuple[int, ...], fix: str) -> dict[str, jax.Array]:
+        """``state`` checked against :meth:`state_schema` (the earlier name ``count`` of ``steps`` named in the
+        error; a scalar counter of earlier releases migrated)."""
+        if isinstance(state, Mapping) and "count" in state and "steps" not in state:
+            raise ValueError(
+                "`state` has the step counter under its earlier name 'count'; it is 'steps' now (a step count, "
+                "unlike Normalization's value `count`). Rename it: state = {**state, 'steps': state['count']} "
+                "without 'count', or re-create the state with `init`."
+            )
+        migrated = moving.migrate(state, fshape, self._rule)
+        return validation.check_tree(migrated, self._state_spec(fshape), "state", fix)
+
+    def _batch_statistics(
+        self, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, state: dict[str, jax.Array],
+        reduction_axes: tuple[int, ...], m: jax.Array | None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """Training: ``(y, count, mean, var)``, ``x`` normalized by its batch statistics (ghost batches, batch
+        renormalization or the plain form) and the feature-shaped statistics the moving ones follow."""
+        n = math.prod(x.shape[a] for a in reduction_axes)
+        if self.virtual_batch_size is not None:  # values per feature in one ghost batch
+            n = n // x.shape[0] * min(self.virtual_batch_size, x.shape[0])
+        if n == 1 and m is None and self.axis_name is None and not self.allow_single_value:
+            raise ValueError(
+                f"BatchNorm in training needs more than one value per feature, but x has shape {x.shape} "
+                f"with axis={self.axis!r}: one value per feature, so the batch variance is 0 and the output "
+                "is all `bias` (PyTorch raises here too). Train on a batch of at least 2, use "
+                "training=False, or pass allow_single_value=True."
+            )
+        sync = collectives.with_groups(self.axis_name, self.axis_index_groups)
+        if self.virtual_batch_size is not None:
+            if 0 not in reduction_axes or x.shape[0] % self.virtual_batch_size:
+                v = self.virtual_batch_size
+                raise ValueError(
+                    f"virtual_batch_size={v} splits axis 0 into ghost batches, so axis 0 must be a batch "
+                    f"axis whose size is a multiple of {v}; got x of shape {x.shape} with "
+                    f"axis={self.axis!r}. Use a batch of a multiple of {v} examples (per device), or "
+                    "virtual_batch_size=None."
+                )
+            return ghost_batch_normalize(
+                x, scale, bias, reduction_axes, self.epsilon, m, sync, self.virtual_batch_size, self.extreme_range
+            )
+        if self.renorm:
+            clipping = frozen.thaw(self.renorm_clipping) or {}
+            return batch_renormalize(
+                x, scale, bias, state, reduction_axes, self.epsilon, clipping, m, sync, self.extreme_range
+            )
+        y, *moments = ops.normalize_by_moments(
+            x, scale, bias, reduction_axes, self.epsilon, m, sync, extreme_range=self.extreme_range
+        )
+        count, mean, var = (jnp.squeeze(v, reduction_axes) for v in moments)
+        return y, count, mean, var
 
 def batch_renormalize(
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, state: Mapping[str, jax.Array],
