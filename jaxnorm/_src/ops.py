@@ -215,9 +215,10 @@ def moments(
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``;
         the statistics are then those of the global batch, each device weighted by its number of valid
         elements (exact, unlike a mean of per-device means).
-      extreme_range: static bool. False (default): exact while ``|x - mean|`` stays below ``2**50`` and the
-        variance above about ``2**-100``; True: exact at any finite float32 magnitude, for one more pass over
-        ``x`` (see :mod:`jaxnorm._src.stats`).
+      extreme_range: static bool (every op that takes statistics has it, with this meaning). False (default):
+        the default range, exact while ``|x - mean|`` stays below ``2**50`` (reductions of up to ``2**28``
+        values) and the variance above about ``2**-100`` or hidden by ``epsilon``; True: exact at any finite
+        float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
 
     Returns:
       ``(mean, variance)``: arrays of ``x``'s shape without ``axes`` (with size-1 axes if ``keepdims``), in
@@ -282,9 +283,8 @@ def normalize_batch_in_training(
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap`` over
         which the batch is split: the statistics are then the global batch's, exactly count-weighted.
 
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**50``
-        in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
-        finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+      extreme_range: static bool: False (default), the default range; True, exact at any finite float32
+        magnitude for one more pass over ``x`` (:func:`moments` states both).
 
     Returns:
       ``(y, mean, variance)``: ``y`` of ``x``'s shape and dtype; ``mean`` and ``variance`` of the kept axes'
@@ -343,9 +343,8 @@ def layer_norm(
       bias: None, or an array shaped like ``scale``.
       axis: int or sequence of ints, the axes normalized over (-1: the last, Keras's and Flax's default).
       epsilon: non-negative float (1e-3, Keras ``LayerNormalization``'s default; Flax uses 1e-6).
-      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
-        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
-        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+      where: optional mask, Keras's rules as in :func:`moments` (a 1-D mask of an ``(N, C)`` input is per
+        example);
         the statistics use only the kept positions (values elsewhere may be NaN). Every position is normalized.
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
         across which the normalized axes are split (e.g. sequence parallelism); statistics are then exact
@@ -358,9 +357,8 @@ def layer_norm(
         bfloat16/float16 input, at most 64 KiB per row, and ``scale``/``bias`` that vary only along ``axis``;
         its statistics hold the default range (and beyond: deviations up to about ``2**63`` at any row length),
         not ``extreme_range=True``, which it refuses.
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**50``
-        in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
-        finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+      extreme_range: static bool: False (default), the default range; True, exact at any finite float32
+        magnitude for one more pass over ``x`` (:func:`moments` states both).
 
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
@@ -431,17 +429,15 @@ def rms_norm(
       axis: int or sequence of ints, the axes normalized over (-1: the last).
       epsilon: non-negative float added to the mean of squares (1e-6: Keras ``RMSNormalization`` and Flax
         ``RMSNorm``; PyTorch's ``eps=None`` means ``finfo(x.dtype).eps``: pass that value explicitly).
-      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
-        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
-        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+      where: optional mask, Keras's rules as in :func:`moments` (a 1-D mask of an ``(N, C)`` input is per
+        example);
         the statistic uses only the kept positions (values elsewhere may be NaN). Every position is normalized.
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
         across which the normalized axes are split; the statistic is then exact over the whole example.
       implementation: ``"auto"``, ``"xla"`` or ``"pallas"``, as in :func:`layer_norm`.
 
-      extreme_range: static bool. False (default): exact while the values stay below ``2**50`` in magnitude and
-        the mean square above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
-        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+      extreme_range: static bool: False (default), the default range; True, exact at any finite float32
+        magnitude for one more pass over ``x`` (:func:`moments` states both).
 
     Returns:
       An array of ``x``'s shape and dtype; the statistic computed in ``promote_types(x.dtype, float32)``.
@@ -486,14 +482,12 @@ def unit_norm(
       axis: int or sequence of ints, the axes of the norm (-1: the last).
       epsilon: non-negative float; norms below it are treated as ``epsilon`` (1e-12, Keras's). An all-zero
         example stays zero with a zero gradient (where ``x / epsilon`` would have ``1 / epsilon``).
-      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
-        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
-        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+      where: optional mask, Keras's rules as in :func:`moments` (a 1-D mask of an ``(N, C)`` input is per
+        example);
         only kept positions enter the norm (values elsewhere may be NaN; they are scaled too).
 
-      extreme_range: static bool. False (default): exact while the values stay below ``2**50`` in magnitude and
-        the mean square above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite float32
-        magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+      extreme_range: static bool: False (default), the default range; True, exact at any finite float32
+        magnitude for one more pass over ``x`` (:func:`moments` states both).
 
     Returns:
       An array of ``x``'s shape and dtype; the sum of squares computed in ``promote_types(x.dtype, float32)``.
@@ -580,16 +574,14 @@ def group_norm(
         group). Give it when ``x`` has no batch axis, e.g. under ``jax.vmap``.
       epsilon: non-negative float (1e-3, Keras ``GroupNormalization``'s default; Flax uses 1e-6, PyTorch
         1e-5).
-      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
-        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
-        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+      where: optional mask, Keras's rules as in :func:`moments` (a 1-D mask of an ``(N, C)`` input is per
+        example);
         the statistics use only the kept positions (values elsewhere may be NaN). Every position is normalized.
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
         across which the reduced axes are split (e.g. spatial parallelism); statistics are then exact.
 
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**50``
-        in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
-        finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+      extreme_range: static bool: False (default), the default range; True, exact at any finite float32
+        magnitude for one more pass over ``x`` (:func:`moments` states both).
 
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
@@ -685,15 +677,13 @@ def instance_norm(
       axis: int or sequence of ints, the channel (feature) axes, not 0 (-1: channels-last; 1: NCHW as PyTorch).
       epsilon: non-negative float (1e-3, as Keras-family ``GroupNormalization(groups=-1)``; Flax uses 1e-6,
         PyTorch 1e-5).
-      where: optional mask, Keras's rules (boolean, or integer/float read as nonzero = kept, NaN included;
-        broadcastable to ``x``, or of rank ``x.ndim - 1``, expanded on the last axis first when that
-        broadcasts: a 1-D mask of an ``(N, C)`` input is per example, give a per-feature one as ``(1, C)``);
+      where: optional mask, Keras's rules as in :func:`moments` (a 1-D mask of an ``(N, C)`` input is per
+        example);
         the statistics use only the kept positions.
       axis_name: optional named axis (or tuple of names) across which the reduced axes are split.
 
-      extreme_range: static bool. False (default): exact while deviations from the mean stay below ``2**50``
-        in magnitude and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any
-        finite float32 magnitude (``1e30``, ``3e38``, ``1e-30`` with ``epsilon=0``), for one more pass over ``x``.
+      extreme_range: static bool: False (default), the default range; True, exact at any finite float32
+        magnitude for one more pass over ``x`` (:func:`moments` states both).
 
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
