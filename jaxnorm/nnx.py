@@ -94,6 +94,61 @@ def _check_variables(
             )
 
 
+class _Normalization(nnx.Module):
+    """What the activation-normalization drop-ins share: Flax's plain attributes (kept by
+    :func:`_keep_arguments`) and jaxnorm's ``extreme_range``."""
+
+    num_features: int
+    epsilon: float
+    dtype: Dtype | None
+    param_dtype: Dtype
+    use_bias: bool
+    use_scale: bool
+    reduction_axes: tp.Any
+    feature_axes: tp.Any
+    axis_name: tp.Any
+    axis_index_groups: tp.Any
+    use_fast_variance: bool
+    promote_dtype: PromoteDtypeFn
+    extreme_range: bool
+
+
+def _keep_arguments(module: _Normalization, arguments: tp.Mapping[str, tp.Any]) -> None:
+    """Stores the constructor's arguments as Flax's class does (the attributes of ``_FLAX_ATTRIBUTES`` it
+    takes, in that order), then jaxnorm's ``extreme_range``, checked."""
+    for name in _FLAX_ATTRIBUTES:
+        if name in arguments:
+            setattr(module, name, arguments[name])
+    module.extreme_range = validation.check_bool(arguments["extreme_range"], "extreme_range")
+
+
+#: The plain attributes Flax's normalization classes keep, in Flax's order.
+_FLAX_ATTRIBUTES = (
+    "num_features", "epsilon", "dtype", "param_dtype", "use_bias", "use_scale", "reduction_axes", "feature_axes",
+    "axis_name", "axis_index_groups", "use_fast_variance", "promote_dtype",
+)
+
+
+def _promoted(
+    module: tp.Any, x: jax.Array, names: tuple[str, ...]
+) -> tuple[jax.Array, list[tp.Any], tp.Any, jax.Array]:
+    """Flax's first step of a call: the variables ``names`` read (None where disabled) and promoted with ``x``
+    by the module's ``promote_dtype``; returns ``(x, variables, out_dtype, x in the computation's dtype)``."""
+    values = [None if getattr(module, n) is None else getattr(module, n)[...] for n in names]
+    x, *values = module.promote_dtype((x, *values), dtype=module.dtype)
+    out_dtype = dtypes.canonicalize_dtype(x, *values, dtype=module.dtype)
+    return x, values, out_dtype, compute_input(x, out_dtype)
+
+
+def _core_options(module: tp.Any) -> dict[str, tp.Any]:
+    """The keyword arguments every normalization passes to the core: the named axis (with its device groups)
+    and ``extreme_range`` (checked again: NNX attributes are mutable)."""
+    return {
+        "axis_name": sync_axis(module.axis_name, module.axis_index_groups, type(module).__name__),
+        "extreme_range": validation.check_bool(module.extreme_range, "extreme_range"),
+    }
+
+
 def _affine_param(
     use: bool, init: Initializer, rngs: rnglib.Rngs, shape: tp.Sequence[int], dtype: Dtype,
     metadata: tp.Mapping[str, tp.Any],
@@ -304,7 +359,7 @@ class BatchNorm(nnx.Module):
             self.use_running_average = use_running_average
 
 
-class LayerNorm(nnx.Module):
+class LayerNorm(_Normalization):
     r"""Layer normalization, a drop-in for ``flax.nnx.LayerNorm`` with stable statistics.
 
     .. math::
@@ -395,43 +450,23 @@ class LayerNorm(nnx.Module):
         self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
         self.bias = _affine_param(use_bias, bias_init, rngs, feature_shape, param_dtype, bias_metadata)
 
-        self.num_features = num_features
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.use_bias = use_bias
-        self.use_scale = use_scale
-        self.reduction_axes = reduction_axes
-        self.feature_axes = feature_axes
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
-        self.promote_dtype = promote_dtype
-        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
+        _keep_arguments(self, locals())
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example of ``x`` over ``reduction_axes``; see the class docstring."""
-        scale = self.scale[...] if self.scale is not None else None
-        bias = self.bias[...] if self.bias is not None else None
-        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
+        x, (scale, bias), out_dtype, xc = _promoted(self, x, ("scale", "bias"))
         reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
         feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
         _check_variables(self, x.shape, feature_axes, ("scale", "bias"))
-        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-        xc = compute_input(x, out_dtype)
-
         fshape = _features_shape(x, feature_axes)
-        scale = None if scale is None else scale.reshape(fshape)
-        bias = None if bias is None else bias.reshape(fshape)
         y, *_ = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc),
-            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
-            extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
+            xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
+            reduction_axes, self.epsilon, validation.numpy_mask(mask, xc), **_core_options(self),
         )
         return y.astype(out_dtype)
 
 
-class RMSNorm(nnx.Module):
+class RMSNorm(_Normalization):
     r"""Root-mean-square normalization, a drop-in for ``flax.nnx.RMSNorm`` (same arguments and state).
 
     .. math::
@@ -498,38 +533,23 @@ class RMSNorm(nnx.Module):
         sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.RMSNorm")
         feature_shape = (num_features,)
         self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
-        self.num_features = num_features
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.use_scale = use_scale
-        self.reduction_axes = reduction_axes
-        self.feature_axes = feature_axes
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
-        self.promote_dtype = promote_dtype
-        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
+        _keep_arguments(self, locals())
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Divides each example of ``x`` by its root mean square over ``reduction_axes``; see the class."""
-        scale = self.scale[...] if self.scale is not None else None
-        x, scale = self.promote_dtype((x, scale), dtype=self.dtype)
+        x, (scale,), out_dtype, xc = _promoted(self, x, ("scale",))
         reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
         feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
         _check_variables(self, x.shape, feature_axes, ("scale",))
-        out_dtype = dtypes.canonicalize_dtype(x, scale, dtype=self.dtype)
-        xc = compute_input(x, out_dtype)
         scale = None if scale is None else scale.reshape(_features_shape(x, feature_axes))
         y = ops.normalize_layer(
-            xc, scale, None, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc),
-            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__), center=False,
-            extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
+            xc, scale, None, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc), center=False,
+            **_core_options(self),
         )
         return y.astype(out_dtype)
 
 
-class GroupNorm(nnx.Module):
+class GroupNorm(_Normalization):
     r"""Group normalization, a drop-in for ``flax.nnx.GroupNorm`` with stable statistics.
 
     .. math::
@@ -602,39 +622,24 @@ class GroupNorm(nnx.Module):
         feature_shape = (num_features,)
         self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
         self.bias = _affine_param(use_bias, bias_init, rngs, feature_shape, param_dtype, bias_metadata)
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.use_bias = use_bias
-        self.use_scale = use_scale
-        self.reduction_axes = reduction_axes
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
-        self.promote_dtype = promote_dtype
-        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
+        _keep_arguments(self, {k: v for k, v in locals().items() if k != "num_features"})
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's channel groups of ``x``; see the class docstring."""
-        scale = self.scale[...] if self.scale is not None else None
-        bias = self.bias[...] if self.bias is not None else None
-        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
+        x, (scale, bias), out_dtype, xc = _promoted(self, x, ("scale", "bias"))
         axes = list(range(1, x.ndim - 1)) + [-1] if self.reduction_axes is None else self.reduction_axes
         reduction_axes = validation.canonicalize_axes(axes, x.ndim, "reduction_axes")
-        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-        xc = compute_input(x, out_dtype)
         fshape = _features_shape(x, (x.ndim - 1,))
         _check_variables(self, x.shape, (x.ndim - 1,), ("scale", "bias"))
         y = ops.normalize_groups(
             xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
             x.ndim - 1, self.num_groups, reduction_axes[:-1], self.epsilon, validation.numpy_mask(mask, xc),
-            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
-            extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
+            **_core_options(self),
         )
         return y.astype(out_dtype)
 
 
-class InstanceNorm(nnx.Module):
+class InstanceNorm(_Normalization):
     r"""Instance normalization, a drop-in for ``flax.nnx.InstanceNorm`` with stable statistics.
 
     .. math::
@@ -701,35 +706,18 @@ class InstanceNorm(nnx.Module):
             if use_scale else None
         self.bias = nnx.Param(bias_init(rngs.params(), feature_shape, param_dtype), **bias_metadata) \
             if use_bias else None
-        self.num_features = num_features
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.use_bias = use_bias
-        self.use_scale = use_scale
-        self.feature_axes = feature_axes
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
-        self.promote_dtype = promote_dtype
-        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
+        _keep_arguments(self, locals())
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's features of ``x``; see the class docstring."""
         feature_axes = validation.canonicalize_axes(self.feature_axes, jnp.ndim(x), "feature_axes")
         reduction_axes = instance_reduction_axes(feature_axes, jnp.ndim(x))
         _check_variables(self, jnp.shape(x), feature_axes, ("scale", "bias"))
-        scale = self.scale[...] if self.scale is not None else None
-        bias = self.bias[...] if self.bias is not None else None
-        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
-        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-        xc = compute_input(x, out_dtype)
+        x, (scale, bias), out_dtype, xc = _promoted(self, x, ("scale", "bias"))
         fshape = _features_shape(x, feature_axes)
         y, *_ = ops.normalize_by_moments(
             xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
-            tuple(reduction_axes), self.epsilon, validation.numpy_mask(mask, xc),
-            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
-            extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
+            tuple(reduction_axes), self.epsilon, validation.numpy_mask(mask, xc), **_core_options(self),
         )
         return y.astype(out_dtype)
 
