@@ -202,6 +202,22 @@ def test_state_schema_describes_the_state(entry):
     assert all(isinstance(e.meaning, str) and e.meaning for e in schema.values())
 
 
+@entries
+def test_param_schema_describes_the_params(entry):
+    """``param_schema(x)`` is the params tree ``init`` creates, in its order (the order ``init`` draws the keys),
+    and ``apply`` refuses a tree without one of its entries; each entry names its meaning."""
+    spec, params, state, x = _setup(entry)
+    schema = spec.param_schema(x)
+    assert schema == spec.param_schema(jax.ShapeDtypeStruct(x.shape, x.dtype))
+    created = spec.init(jax.random.key(0), x)[0]
+    assert {k: (tuple(v.shape), jnp.dtype(v.dtype)) for k, v in created.items()} == {
+        k: (e.shape, jnp.dtype(e.dtype)) for k, e in schema.items()}
+    assert all(isinstance(e.meaning, str) and e.meaning for e in schema.values())
+    for name in schema:
+        with pytest.raises(ValueError, match=name):
+            _apply(entry, spec, {k: v for k, v in params.items() if k != name}, state, x)
+
+
 @pytest.mark.full
 @pytest.mark.parametrize("options", [
     {}, {"renorm": True}, {"averaging": "cumulative"}, {"averaging": "debiased"}, {"count_steps": True},

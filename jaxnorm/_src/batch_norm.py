@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm._src import collectives, frozen, keras_config, layer, moving, ops, stats, validation
-from jaxnorm._src.layer import Layer
+from jaxnorm._src.layer import Affine
 
 _RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
@@ -54,7 +54,7 @@ def _read_keras(config: Mapping[str, Any], kwargs: dict[str, Any]) -> dict[str, 
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
-class BatchNorm(Layer):
+class BatchNorm(Affine):
     r"""Batch normalization (Ioffe & Szegedy 2015) as a pure spec: ``init`` and ``apply``, no hidden state.
 
     In training, each feature is normalized by the statistics of the batch over every axis but ``axis``:
@@ -79,6 +79,9 @@ class BatchNorm(Layer):
         statistics have shape ``[x.shape[a] for a in sorted(axis)]``.
       momentum: float in [0, 1], the moving-average decay (Keras and Flax default 0.99).
       epsilon: float >= 0 added to the variance (Keras default 1e-3; Flax and PyTorch use 1e-5).
+
+    The other fields are keyword-only:
+
       use_scale: learn a multiplier ``scale`` (Keras ``scale``, ``gamma``).
       use_bias: learn an offset ``bias`` (Keras ``center``, ``beta``).
       scale_init, bias_init, mean_init, var_init: initializers of ``scale`` (default 'ones'), ``bias``
@@ -189,13 +192,9 @@ class BatchNorm(Layer):
     axis: int | tuple[int, ...] = -1
     momentum: float = 0.99
     epsilon: float = 1e-3
-    use_scale: bool = True
-    use_bias: bool = True
-    scale_init: Any = "ones"
-    bias_init: Any = "zeros"
+    _: dataclasses.KW_ONLY
     mean_init: Any = "zeros"
     var_init: Any = "ones"
-    param_dtype: Any = "float32"
     axis_name: Any = None
     momentum_convention: str = "keras"
     moving_var_estimator: str = "biased"
@@ -205,11 +204,6 @@ class BatchNorm(Layer):
     renorm: bool = False
     renorm_clipping: Any = None
     renorm_momentum: float = 0.99
-    scale_regularizer: Any = None
-    bias_regularizer: Any = None
-    scale_constraint: Any = None
-    bias_constraint: Any = None
-    trainable: bool = True
     count_steps: bool = False
     extreme_range: bool = False
     axis_index_groups: Any = None
@@ -256,8 +250,6 @@ class BatchNorm(Layer):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
-        validation.check_bool(self.use_scale, "use_scale")
-        validation.check_bool(self.use_bias, "use_bias")
         validation.check_bool(self.allow_single_value, "allow_single_value")
         validation.check_bool(self.renorm, "renorm")
         object.__setattr__(self, "renorm_clipping", _check_renorm_clipping(self.renorm_clipping))
@@ -289,6 +281,10 @@ class BatchNorm(Layer):
             )
         return feature_axes, validation.complement_axes(feature_axes, ndim)
 
+    def _param_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        feature_axes, _ = self._axes(len(shape))
+        return tuple(shape[a] for a in feature_axes)
+
     def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         """Creates ``(params, state)`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
 
@@ -308,7 +304,7 @@ class BatchNorm(Layer):
         feature_axes, _ = self._axes(len(shape))
         fshape = tuple(shape[a] for a in feature_axes)
         sdtype = validation.stats_dtype(dtype)
-        params = layer.init_arrays(key, self._affine_init_specs(fshape))
+        params = self._init_params(key, fshape)
         state_key = None if key is None else jax.random.fold_in(key, 1)
         state = layer.init_arrays(
             state_key, {"mean": (self.mean_init, fshape, sdtype), "var": (self.var_init, fshape, sdtype)}

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 
 from jaxnorm._src import keras_config, ops, validation
+from jaxnorm._src.layer import Affine
 from jaxnorm._src.per_example import PerExample
 
 
@@ -32,7 +33,7 @@ def _write_keras_groups(spec: Any, config: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
-class GroupNorm(PerExample):
+class GroupNorm(Affine, PerExample):
     r"""Group normalization (Wu & He 2018) as a pure spec: ``init`` and ``apply``.
 
     The channels (along ``axis``) are split into groups of consecutive channels; each example's group is
@@ -53,6 +54,9 @@ class GroupNorm(PerExample):
       group_size: the number of channels per group (Flax's ``group_size``).
       axis: int, the channel axis (-1: channels-last; 1: channels-first, as PyTorch's ``GroupNorm``).
       epsilon: float >= 0 added to the variance (Keras default 1e-3; Flax uses 1e-6, PyTorch 1e-5).
+
+    The other fields are keyword-only:
+
       use_scale, use_bias: learn ``scale`` (Keras ``scale``/``gamma``) and ``bias`` (``center``/``beta``).
       scale_init, bias_init: initializers ('ones', 'zeros'): Keras names or configs, or JAX initializers.
       param_dtype: dtype of ``scale`` and ``bias`` (float32).
@@ -85,20 +89,10 @@ class GroupNorm(PerExample):
     group_size: int | None = None
     axis: int = -1
     epsilon: float = 1e-3
-    use_scale: bool = True
-    use_bias: bool = True
-    scale_init: Any = "ones"
-    bias_init: Any = "zeros"
-    param_dtype: Any = "float32"
-    scale_regularizer: Any = None
-    bias_regularizer: Any = None
-    scale_constraint: Any = None
-    bias_constraint: Any = None
-    trainable: bool = True
+    _: dataclasses.KW_ONLY
     extreme_range: bool = False
     dtype_policy: Any = None
 
-    _INITIALIZER_FIELDS = ("scale_init", "bias_init")
     KERAS = keras_config.KerasRecord(
         "GroupNormalization",
         renamed={**keras_config.AFFINE_RENAMES, "groups": "num_groups"},
@@ -112,8 +106,6 @@ class GroupNorm(PerExample):
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", _channel_axis(self.axis))
         validation.check_groups_static(self.num_groups, self.group_size)
-        validation.check_bool(self.use_scale, "use_scale")
-        validation.check_bool(self.use_bias, "use_bias")
         self._post_init_common()
 
     def _param_axes(self, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -135,7 +127,7 @@ class GroupNorm(PerExample):
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
-class InstanceNorm(PerExample):
+class InstanceNorm(Affine, PerExample):
     r"""Instance normalization (Ulyanov et al. 2016) as a pure spec: ``init`` and ``apply``.
 
     Each example's channels are normalized separately over every axis but the batch (axis 0) and ``axis``:
@@ -151,6 +143,9 @@ class InstanceNorm(PerExample):
       axis: int or sequence of ints, the channel (feature) axes, never 0 (default -1; Flax's ``feature_axes``).
       epsilon: float >= 0 added to the variance (1e-3, as Keras's ``GroupNormalization``; Flax uses 1e-6,
         PyTorch 1e-5).
+
+    The other fields are keyword-only:
+
       use_scale, use_bias, scale_init, bias_init, param_dtype, scale_regularizer, bias_regularizer,
       scale_constraint, bias_constraint, trainable, dtype_policy: as :class:`GroupNorm`'s.
 
@@ -173,20 +168,10 @@ class InstanceNorm(PerExample):
 
     axis: int | tuple[int, ...] = -1
     epsilon: float = 1e-3
-    use_scale: bool = True
-    use_bias: bool = True
-    scale_init: Any = "ones"
-    bias_init: Any = "zeros"
-    param_dtype: Any = "float32"
-    scale_regularizer: Any = None
-    bias_regularizer: Any = None
-    scale_constraint: Any = None
-    bias_constraint: Any = None
-    trainable: bool = True
+    _: dataclasses.KW_ONLY
     extreme_range: bool = False
     dtype_policy: Any = None
 
-    _INITIALIZER_FIELDS = ("scale_init", "bias_init")
     KERAS = keras_config.KerasRecord(
         "GroupNormalization",
         renamed=keras_config.AFFINE_RENAMES,
@@ -201,8 +186,6 @@ class InstanceNorm(PerExample):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
-        validation.check_bool(self.use_scale, "use_scale")
-        validation.check_bool(self.use_bias, "use_bias")
         self._post_init_common()
 
     def _param_axes(self, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -111,8 +111,11 @@ def _spec_arrays(
             f"`input_shape`={shape} leaves a size along axis={spec.axis!r} unknown; give the feature sizes."
         )
     fix = f"They must match the features of inputs of shape {shape} along axis={spec.axis!r} (shape {fshape})."
-    params = spec._check_params(params, fshape, fix)
-    schema = spec.state_schema(jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in shape), jnp.float32))
+    example = jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in shape), jnp.float32)
+    params = validation.check_tree(
+        params, {k: (e.shape, None) for k, e in spec.param_schema(example).items()}, "params", fix
+    )
+    schema = spec.state_schema(example)
     expected = {k: (e.shape, "int" if jnp.issubdtype(e.dtype, jnp.integer) else None) for k, e in schema.items()}
     if isinstance(spec, BatchNorm):
         state = moving.migrate(state, fshape, spec._rule)
@@ -362,7 +365,7 @@ def from_torch_state_dict(
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"`state_dict` must be a mapping of names to tensors, got {type(state_dict).__name__}.")
-    wanted_params = [k for k in ("scale", "bias") if (spec._has_scale if k == "scale" else spec._has_bias)]
+    wanted_params = [k for k in ("scale", "bias") if spec._has_param(k)]
     wanted_state = []
     if isinstance(spec, BatchNorm):
         wanted_state = ["mean", "var"] + (["steps"] if spec._rule.keeps_counter else [])

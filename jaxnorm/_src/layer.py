@@ -18,6 +18,10 @@ import jax.numpy as jnp
 from jaxnorm._src import constraints, frozen, initializers, keras_config, regularizers, validation
 
 
+#: A layer's params or state tree: names to arrays (``init`` returns both; ``apply`` takes and returns them).
+Tree = dict[str, jax.Array]
+
+
 class StateEntry(NamedTuple):
     """One entry of a spec's state tree (:meth:`Layer.state_schema`): its shape, its dtype and what it holds."""
 
@@ -26,27 +30,35 @@ class StateEntry(NamedTuple):
     meaning: str
 
 
+class ParamEntry(NamedTuple):
+    """One entry of a spec's params tree (:meth:`Layer.param_schema`): its shape, its dtype, the initializer
+    ``init`` draws it with (a Keras name or config, or a JAX initializer) and what it holds."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    init: Any
+    meaning: str
+
+
 @dataclasses.dataclass(frozen=True)
 class Layer:
-    """Base class of jaxnorm layer specs (hyperparameters only; see subclasses)."""
+    """Base class of jaxnorm layer specs (hyperparameters only; see subclasses).
+
+    A spec's fields are its own, then (keyword-only) the parameter fields of :class:`Scaled` or :class:`Affine`
+    where it learns a ``scale`` (and ``bias``). What ``init`` creates is :meth:`param_schema` and
+    :meth:`state_schema`; a new layer supplies ``_param_shape`` (and ``_param_entries`` for params other than
+    ``scale``/``bias``), ``init``/``apply`` coming from its base (:class:`PerExample` for per-example layers).
+    """
 
     # Fields holding initializers (stored frozen, resolved at init).
     _INITIALIZER_FIELDS: ClassVar[tuple[str, ...]] = ()
     # Regularizer / constraint fields -> the parameter they act on.
-    _REGULARIZER_FIELDS: ClassVar[dict[str, str]] = {"scale_regularizer": "scale", "bias_regularizer": "bias"}
-    _CONSTRAINT_FIELDS: ClassVar[dict[str, str]] = {"scale_constraint": "scale", "bias_constraint": "bias"}
+    _REGULARIZER_FIELDS: ClassVar[dict[str, str]] = {}
+    _CONSTRAINT_FIELDS: ClassVar[dict[str, str]] = {}
     if TYPE_CHECKING:  # fields the subclasses declare (not fields of this base: they would come first)
 
         @property
         def trainable(self) -> bool: ...
-        @property
-        def use_scale(self) -> bool: ...
-        @property
-        def use_bias(self) -> bool: ...
-        @property
-        def scale_init(self) -> Any: ...
-        @property
-        def bias_init(self) -> Any: ...
         @property
         def param_dtype(self) -> Any: ...
 
@@ -54,6 +66,18 @@ class Layer:
     KERAS: ClassVar[keras_config.KerasRecord | None] = None
     # Earlier names of fields -> their names now: ``from_config`` reads configs written with either.
     _RENAMED_FIELDS: ClassVar[dict[str, str]] = {}
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # The fields after a spec's leading ones are keyword-only (jaxnorm 0.2); name them in the error rather
+        # than Python's "takes from 1 to 3 positional arguments".
+        positional = [f.name for f in dataclasses.fields(cls) if f.init and not f.kw_only]
+        if len(args) > len(positional):
+            raise TypeError(
+                f"jaxnorm.{cls.__name__} takes {len(positional)} positional argument(s) "
+                f"({', '.join(positional) or 'none'}); got {len(args)}. Pass the others by keyword, e.g. "
+                f"jaxnorm.{cls.__name__}({', '.join(f'{n}=...' for n in positional[:2])}, use_scale=False)."
+            )
+        return super().__new__(cls)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Every spec's __post_init__ first turns NumPy/JAX scalars into Python numbers (momentum=np.float32(0.9),
@@ -111,6 +135,9 @@ class Layer:
                     value = frozen.freeze(module.serialize(frozen.thaw(value), f))
                 object.__setattr__(self, f, value)
         validation.check_bool(self.trainable, "trainable")
+        for name in ("use_scale", "use_bias"):
+            if hasattr(self, name):
+                validation.check_bool(getattr(self, name), name)
         if hasattr(self, "dtype_policy"):
             object.__setattr__(self, "dtype_policy", keras_config.check_dtype_policy(self.dtype_policy))
         if hasattr(self, "param_dtype"):
@@ -120,29 +147,44 @@ class Layer:
         if hasattr(self, "extreme_range"):
             object.__setattr__(self, "extreme_range", validation.check_bool(self.extreme_range, "extreme_range"))
 
-    @property
-    def _has_scale(self) -> bool:
-        return self.use_scale
+    def param_schema(self, x: Any) -> dict[str, ParamEntry]:
+        """The params tree ``init(key, x)`` creates and ``apply`` takes, for inputs like ``x`` (an array or a
+        ``jax.ShapeDtypeStruct``): each key's shape, dtype, initializer and meaning, for this spec's options. The
+        one place a layer's params are described: ``init`` draws them from it and ``apply`` checks them against
+        it (tests/test_registry.py checks it against both).
 
-    @property
-    def _has_bias(self) -> bool:
-        return self.use_bias
+        Returns:
+          ``{key: ParamEntry(shape, dtype, init, meaning)}``, in the order ``init`` draws their keys; ``{}`` for
+          a layer without params.
+
+        Raises:
+          TypeError: ``x`` is not floating.
+          ValueError: the layer's axes do not fit ``x`` (as ``init``).
+        """
+        shape, _ = init_input(x)
+        return self._param_entries(self._param_shape(shape))
+
+    def _param_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the per-feature params for inputs of ``shape`` (checked; the layer's own errors)."""
+        del shape
+        return ()
+
+    def _param_entries(self, pshape: tuple[int, ...]) -> dict[str, ParamEntry]:
+        """:meth:`param_schema` for per-feature params of shape ``pshape``: none in this base class; ``scale``
+        from :class:`Scaled`, ``bias`` from :class:`Affine`, a layer's own params from its override."""
+        del pshape
+        return {}
 
     def _has_param(self, name: str) -> bool:
-        return self._has_scale if name == "scale" else self._has_bias
+        return name in self._param_entries(())
 
-    def _affine_init_specs(self, shape: tuple[int, ...]) -> dict[str, tuple[Any, tuple[int, ...], Any]]:
-        """``{'scale', 'bias'}`` (those enabled) -> (initializer, shape, param_dtype), for ``init_arrays``."""
-        specs = {}
-        if self._has_scale:
-            specs["scale"] = (self.scale_init, shape, self.param_dtype)
-        if self._has_bias:
-            specs["bias"] = (self.bias_init, shape, self.param_dtype)
-        return specs
+    def _init_params(self, key: Any, pshape: tuple[int, ...]) -> dict[str, jax.Array]:
+        """``init``'s params: each entry of :meth:`_param_entries` drawn with its own subkey of ``key``."""
+        return init_arrays(key, {k: (e.init, e.shape, e.dtype) for k, e in self._param_entries(pshape).items()})
 
-    def _check_params(self, params: Any, shape: tuple[int, ...], fix: str) -> dict[str, jax.Array]:
-        """Checks ``params`` holds exactly the enabled ``scale``/``bias``, each of ``shape``."""
-        expected = {k: (shape, None) for k in self._affine_init_specs(shape)}
+    def _check_params(self, params: Any, pshape: tuple[int, ...], fix: str) -> dict[str, jax.Array]:
+        """Checks ``params`` holds exactly :meth:`_param_entries`, each of its shape (any float dtype)."""
+        expected = {k: (e.shape, None) for k, e in self._param_entries(pshape).items()}
         return validation.check_tree(params, expected, "params", fix)
 
     def _params_in_use(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -240,7 +282,8 @@ class Layer:
             no JSON form (give a Keras name or config instead).
         """
         config = {}
-        for f in dataclasses.fields(self):
+        params_fields = {f.name for f in dataclasses.fields(Affine)}
+        for f in sorted(dataclasses.fields(self), key=lambda f: f.name in params_fields):  # the spec's own first
             value = getattr(self, f.name)
             if f.name in self._INITIALIZER_FIELDS:
                 value = initializers.serialize(value, f.name)
@@ -296,6 +339,77 @@ class Layer:
                 f"(jaxnorm){keras}."
             )
         return cls(**config)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Scaled(Layer):
+    """The fields of a layer that learns a multiplier ``scale`` per feature (Keras's ``gamma``), keyword-only
+    after the layer's own fields: the one place they are declared (RMSNorm; :class:`Affine` adds ``bias``).
+
+    Attributes:
+      use_scale: learn ``scale`` (Keras ``scale``).
+      scale_init: its initializer (default 'ones'): a Keras name, a Keras initializer config dict, or a JAX
+        initializer ``(key, shape, dtype) -> array``.
+      param_dtype: dtype of the params (default float32).
+      scale_regularizer: None, a Keras regularizer name ('l1', 'l2', 'l1_l2') or config dict, or a callable
+        ``w -> scalar``; summed by :meth:`regularization_loss`.
+      scale_constraint: None, a Keras constraint name ('non_neg', 'max_norm', 'min_max_norm', 'unit_norm') or
+        config dict, or a callable ``w -> w``; applied by :meth:`apply_constraints` after an optimizer step.
+      trainable: False freezes the params as Keras's ``trainable=False`` does: no gradient (``stop_gradient``),
+        no regularization loss, no constraint; exclude them from the optimizer with
+        :func:`jaxnorm.trainable_mask`.
+    """
+
+    use_scale: bool = True
+    scale_init: Any = "ones"
+    param_dtype: Any = "float32"
+    scale_regularizer: Any = None
+    scale_constraint: Any = None
+    trainable: bool = True
+
+    _INITIALIZER_FIELDS: ClassVar[tuple[str, ...]] = ("scale_init",)
+    _REGULARIZER_FIELDS: ClassVar[dict[str, str]] = {"scale_regularizer": "scale"}
+    _CONSTRAINT_FIELDS: ClassVar[dict[str, str]] = {"scale_constraint": "scale"}
+
+    @property
+    def _has_scale(self) -> bool:
+        return self.use_scale
+
+    def _param_entries(self, pshape: tuple[int, ...]) -> dict[str, ParamEntry]:
+        if not self._has_scale:
+            return {}
+        return {"scale": ParamEntry(pshape, self.param_dtype, self.scale_init, "multiplier per feature (gamma)")}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Affine(Scaled):
+    """The fields of a layer that learns ``scale`` and an offset ``bias`` per feature (Keras's ``gamma`` and
+    ``beta``), keyword-only after the layer's own fields: :class:`Scaled`'s and
+
+    Attributes:
+      use_bias: learn ``bias`` (Keras ``center``).
+      bias_init: its initializer (default 'zeros'), as ``scale_init``.
+      bias_regularizer, bias_constraint: as ``scale_regularizer`` and ``scale_constraint``.
+    """
+
+    use_bias: bool = True
+    bias_init: Any = "zeros"
+    bias_regularizer: Any = None
+    bias_constraint: Any = None
+
+    _INITIALIZER_FIELDS: ClassVar[tuple[str, ...]] = ("scale_init", "bias_init")
+    _REGULARIZER_FIELDS: ClassVar[dict[str, str]] = {"scale_regularizer": "scale", "bias_regularizer": "bias"}
+    _CONSTRAINT_FIELDS: ClassVar[dict[str, str]] = {"scale_constraint": "scale", "bias_constraint": "bias"}
+
+    @property
+    def _has_bias(self) -> bool:
+        return self.use_bias
+
+    def _param_entries(self, pshape: tuple[int, ...]) -> dict[str, ParamEntry]:
+        entries = super()._param_entries(pshape)
+        if self._has_bias:
+            entries["bias"] = ParamEntry(pshape, self.param_dtype, self.bias_init, "offset per feature (beta)")
+        return entries
 
 
 def _param(params: Mapping[str, jax.Array], name: str, field: str) -> jax.Array:

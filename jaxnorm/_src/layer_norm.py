@@ -8,11 +8,12 @@ from typing import Any
 import jax
 
 from jaxnorm._src import keras_config, ops, stats, validation
+from jaxnorm._src.layer import Affine
 from jaxnorm._src.per_example import PerExample
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
-class LayerNorm(PerExample):
+class LayerNorm(Affine, PerExample):
     r"""Layer normalization (Ba, Kiros & Hinton 2016) as a pure spec: ``init`` and ``apply``.
 
     Each example is normalized by its own statistics over ``axis``; ``scale`` and ``bias`` span those axes:
@@ -26,6 +27,9 @@ class LayerNorm(PerExample):
     Attributes:
       axis: int or sequence of ints, the normalized axes (default -1, the last; Keras's ``axis``).
       epsilon: float >= 0 added to the variance (Keras default 1e-3; Flax uses 1e-6, PyTorch 1e-5).
+
+    The other fields are keyword-only:
+
       use_scale: learn a multiplier ``scale`` (Keras ``scale``/``gamma``).
       use_bias: learn an offset ``bias`` (Keras ``center``/``beta``).
       scale_init, bias_init: initializers (default 'ones' and 'zeros'): a Keras name, a Keras initializer
@@ -76,22 +80,12 @@ class LayerNorm(PerExample):
 
     axis: int | tuple[int, ...] = -1
     epsilon: float = 1e-3
-    use_scale: bool = True
-    use_bias: bool = True
-    scale_init: Any = "ones"
-    bias_init: Any = "zeros"
-    param_dtype: Any = "float32"
+    _: dataclasses.KW_ONLY
     rms_scaling: bool = False
-    scale_regularizer: Any = None
-    bias_regularizer: Any = None
-    scale_constraint: Any = None
-    bias_constraint: Any = None
-    trainable: bool = True
     implementation: str = "auto"
     extreme_range: bool = False
     dtype_policy: Any = None
 
-    _INITIALIZER_FIELDS = ("scale_init", "bias_init")
     KERAS = keras_config.KerasRecord(
         "LayerNormalization",
         renamed={**keras_config.AFFINE_RENAMES, "rms_scaling": "rms_scaling"},
@@ -100,8 +94,6 @@ class LayerNorm(PerExample):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
-        validation.check_bool(self.use_scale, "use_scale")
-        validation.check_bool(self.use_bias, "use_bias")
         validation.check_bool(self.rms_scaling, "rms_scaling")
         ops.check_implementation(self.implementation)
         self._post_init_common()

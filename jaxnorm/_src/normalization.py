@@ -146,8 +146,6 @@ class Normalization(Layer):
     epsilon: float = 1e-7
     trainable: bool = True
 
-    _REGULARIZER_FIELDS = {}
-    _CONSTRAINT_FIELDS = {}
     KERAS = keras_config.KerasRecord(
         "Normalization",
         renamed={
@@ -189,14 +187,6 @@ class Normalization(Layer):
             object.__setattr__(self, "mean", mean)
             object.__setattr__(self, "variance", variance)
         self._post_init_common()
-
-    @property
-    def _has_scale(self) -> bool:
-        return False
-
-    @property
-    def _has_bias(self) -> bool:
-        return False
 
     def _kept_axes(self, ndim: int) -> tuple[int, ...]:
         return () if self.axis is None else validation.canonicalize_axes(self.axis, ndim, "axis")

@@ -61,6 +61,9 @@ class PerExample(Layer):
         )
         return scale, bias
 
+    def _param_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape[a] for a in self._param_axes(shape))
+
     def _param_axes(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The axes of an input of this ``shape`` that the params span (``axis``, canonicalized and checked)."""
         return validation.canonicalize_axes(self.axis, len(shape), "axis")
@@ -91,8 +94,7 @@ class PerExample(Layer):
             GroupNorm's groups do not divide the channels.
         """
         shape, _ = layer.init_input(x)
-        pshape = tuple(shape[a] for a in self._param_axes(shape))
-        return layer.init_arrays(key, self._affine_init_specs(pshape)), {}
+        return self._init_params(key, self._param_shape(shape)), {}
 
     def apply(
         self,

@@ -337,8 +337,6 @@ class SpectralNorm(Layer):
     param_dtype: Any = "float32"
 
     trainable: ClassVar[bool] = True  # no parameters; read by jaxnorm.trainable_mask
-    _REGULARIZER_FIELDS = {}
-    _CONSTRAINT_FIELDS = {}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "n_steps", validation.check_int(self.n_steps, "n_steps", 0))
@@ -489,8 +487,6 @@ class WeightNorm(Layer):
     trainable: bool = True
 
     _INITIALIZER_FIELDS = ("scale_init",)
-    _REGULARIZER_FIELDS = {}
-    _CONSTRAINT_FIELDS = {}
 
     def __post_init__(self) -> None:
         axes = self.feature_axes
@@ -503,9 +499,14 @@ class WeightNorm(Layer):
         _canonical_dtype_field(self, "dtype")
         self._post_init_common()
 
-    @property
-    def _has_bias(self) -> bool:
-        return False
+    def _param_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        feature, _ = weight_norm_axes(len(shape), self.feature_axes)
+        return tuple(shape[a] for a in feature)
+
+    def _param_entries(self, pshape: tuple[int, ...]) -> dict[str, layer.ParamEntry]:
+        if not self.use_scale:
+            return {}
+        return {"scale": layer.ParamEntry(pshape, self.param_dtype, self.scale_init, "norm g per feature")}
 
     def to_keras_config(self) -> dict[str, Any]:
         """Not available: raises ``ValueError`` (Keras has no weight-normalization layer)."""

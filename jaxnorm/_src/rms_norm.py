@@ -8,6 +8,7 @@ from typing import Any
 import jax
 
 from jaxnorm._src import initializers, keras_config, ops, validation
+from jaxnorm._src.layer import Scaled
 from jaxnorm._src.per_example import PerExample
 
 
@@ -20,7 +21,7 @@ def _is_ones(init: Any) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
-class RMSNorm(PerExample):
+class RMSNorm(Scaled, PerExample):
     r"""Root-mean-square normalization (Zhang & Sennrich 2019) as a pure spec: ``init`` and ``apply``.
 
     Each example is divided by its root mean square over ``axis`` (no centering, no bias) and scaled:
@@ -35,6 +36,9 @@ class RMSNorm(PerExample):
         ``reduction_axes``).
       epsilon: float >= 0 added to the mean of squares (1e-6, Keras's and Flax's default; PyTorch's
         ``eps=None`` means ``finfo(dtype).eps``: give that value explicitly).
+
+    The other fields are keyword-only:
+
       use_scale: learn a multiplier ``scale`` (Flax ``use_scale``; Keras always has one).
       scale_init: initializer of ``scale`` (default 'ones'): a Keras name or config dict, or a JAX initializer.
       param_dtype: dtype of ``scale`` (default float32).
@@ -69,19 +73,11 @@ class RMSNorm(PerExample):
 
     axis: int | tuple[int, ...] = -1
     epsilon: float = 1e-6
-    use_scale: bool = True
-    scale_init: Any = "ones"
-    param_dtype: Any = "float32"
-    scale_regularizer: Any = None
-    scale_constraint: Any = None
-    trainable: bool = True
+    _: dataclasses.KW_ONLY
     implementation: str = "auto"
     extreme_range: bool = False
     dtype_policy: Any = None
 
-    _INITIALIZER_FIELDS = ("scale_init",)
-    _REGULARIZER_FIELDS = {"scale_regularizer": "scale"}
-    _CONSTRAINT_FIELDS = {"scale_constraint": "scale"}
     KERAS = keras_config.KerasRecord(
         "RMSNormalization",
         renamed={"axis": "axis", "epsilon": "epsilon", "trainable": "trainable"},
@@ -96,13 +92,8 @@ class RMSNorm(PerExample):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
-        validation.check_bool(self.use_scale, "use_scale")
         ops.check_implementation(self.implementation)
         self._post_init_common()
-
-    @property
-    def _has_bias(self) -> bool:
-        return False
 
     def _normalize(
         self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None

@@ -52,8 +52,6 @@ class UnitNormalization(PerExample):
     extreme_range: bool = False
     dtype_policy: Any = None
 
-    _REGULARIZER_FIELDS = {}
-    _CONSTRAINT_FIELDS = {}
     KERAS = keras_config.KerasRecord(
         "UnitNormalization",
         renamed={"axis": "axis", "trainable": "trainable"},
@@ -63,14 +61,6 @@ class UnitNormalization(PerExample):
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
         self._post_init_common()
-
-    @property
-    def _has_scale(self) -> bool:
-        return False
-
-    @property
-    def _has_bias(self) -> bool:
-        return False
 
     def _normalize(
         self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
