@@ -50,28 +50,34 @@ from flax.typing import Axes, Dtype, Initializer
 from jax.nn import initializers
 from jax.typing import ArrayLike
 
-from jaxnorm._src import moving, ops, reparam, validation
-from jaxnorm._src.flax_compat import (
-    compute_input,
-    flax_groups,
-    flax_stats_dtype,
-    instance_reduction_axes,
-    real_dtype,
-    sync_axis,
-)
+from jaxnorm._src import flax_compat, moving, reparam, validation
 
 __all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
 
 
-def _affine_params(mdl: module.Module, feature_shape: list[int]) -> tuple[Any, Any]:
-    """``scale`` then ``bias`` created as Flax creates them (same order and keys); None when disabled."""
-    out = []
-    for name, use, init in (("scale", mdl.use_scale, mdl.scale_init), ("bias", mdl.use_bias, mdl.bias_init)):
-        p = mdl.param(name, init, feature_shape, mdl.param_dtype) if use else None
-        if p is not None and not mdl.force_float32_reductions:
-            p = jnp.asarray(p, mdl.param_dtype)
-        out.append(p)
-    return out[0], out[1]
+def _check_fields(mdl: module.Module) -> None:
+    """The construction checks of every normalization: the named axis with its device groups, ``extreme_range``."""
+    flax_compat.sync_axis(mdl.axis_name, mdl.axis_index_groups, f"jaxnorm.linen.{type(mdl).__name__}")
+    validation.check_bool(mdl.extreme_range, "extreme_range")
+
+
+def _promote(mdl: module.Module, names: tuple[str, ...]) -> flax_compat.Promote:
+    """Linen's variables and dtype rule: the params ``names`` created as Flax creates them (same order and keys,
+    shape ``[x.shape[a] for a in feature_axes]``; None when disabled), ``canonicalize_dtype`` of them and ``x``."""
+
+    def promote(x: jax.Array, feature_axes: tuple[int, ...]) -> tuple[jax.Array, list[Any], Any]:
+        shape = [x.shape[a] for a in feature_axes]
+        values = []
+        for name in names:
+            p = None
+            if getattr(mdl, f"use_{name}"):
+                p = mdl.param(name, getattr(mdl, f"{name}_init"), shape, mdl.param_dtype)
+                if not mdl.force_float32_reductions:
+                    p = jnp.asarray(p, mdl.param_dtype)
+            values.append(p)
+        return x, values, dtypes.canonicalize_dtype(x, *values, dtype=mdl.dtype)
+
+    return promote
 
 
 class BatchNorm(module.Module):
@@ -190,9 +196,8 @@ class BatchNorm(module.Module):
     extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
 
     def __post_init__(self) -> None:
-        sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm")
+        _check_fields(self)
         _moving_rule(self)  # checks the moving-statistics options at construction
-        validation.check_bool(self.extreme_range, "extreme_range")
         super().__post_init__()
 
     @module.compact
@@ -204,56 +209,35 @@ class BatchNorm(module.Module):
             "use_running_average", self.use_running_average, use_running_average
         )
         x = jnp.asarray(x)
-        feature_axes = validation.canonicalize_axes(self.axis, x.ndim, "axis")
-        reduction_axes = validation.complement_axes(feature_axes, x.ndim)
-        feature_shape = [x.shape[a] for a in feature_axes]
-        expand = lambda v: validation.expand_to_rank(v, x.ndim, feature_axes)
-
-        # Variables exactly as Flax creates them (same order, so random initializers draw the same keys).
-        stat_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
-        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stat_dtype), feature_shape)
-        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stat_dtype), feature_shape)
+        shape = tuple(x.shape[a] for a in validation.canonicalize_axes(self.axis, x.ndim, "axis"))
         rule = _moving_rule(self)
-        ra_steps = None
+        # Variables exactly as Flax creates them (same order, so random initializers draw the same keys).
+        dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
+        stats = {
+            "mean": self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, dtype), shape),
+            "var": self.variable("batch_stats", "var", lambda s: jnp.ones(s, dtype), shape),
+        }
         if rule.keeps_counter:
-            steps_shape = rule.steps_shape(tuple(feature_shape))
-            ra_steps = self.variable("batch_stats", "steps", jnp.zeros, steps_shape, jnp.int32)
-        for name, stat in (("mean", ra_mean), ("var", ra_var)):  # a checkpoint for another feature count
+            stats["steps"] = self.variable("batch_stats", "steps", jnp.zeros, rule.steps_shape(shape), jnp.int32)
+        for name in ("mean", "var"):  # a checkpoint for another feature count
             validation.fit_variable(
-                stat.value, tuple(feature_shape), f"batch_stats['{name}']", exact=True,
+                stats[name].value, shape, f"batch_stats['{name}']", exact=True,
                 fix=f"It must hold one value per feature of x along axis={self.axis!r} (x has shape {x.shape}). "
                 "Load batch_stats saved for this layer with inputs of these features, or re-create them with "
                 "`init`.",
             )
-        scale, bias = _affine_params(self, feature_shape)
-        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-        xc = compute_input(x, out_dtype)
 
-        scale = None if scale is None else expand(scale)
-        bias = None if bias is None else expand(bias)
-        if use_running_average:
-            y = ops.normalize_by_stats(xc, expand(ra_mean.value), expand(ra_var.value), scale, bias, self.epsilon)
-            return y.astype(out_dtype)
-        axis_name = None if self.is_initializing() else sync_axis(
-            self.axis_name, self.axis_index_groups, "jaxnorm.linen.BatchNorm"
+        def promote(x: jax.Array, feature_axes: tuple[int, ...]) -> tuple[jax.Array, list[Any], Any]:
+            _, values, out_dtype = _promote(self, ("scale", "bias"))(x, feature_axes)
+            return x, [stats["mean"].value, stats["var"].value, *values], out_dtype
+
+        y, new = flax_compat.batch_norm(
+            self, x, use_running_average, mask, promote, {k: v.value for k, v in stats.items()}, rule,
+            update=not self.is_initializing(),
         )
-        y, count, mean, var = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc), axis_name,
-            extreme_range=self.extreme_range,
-        )
-        if not self.is_initializing():
-            sdt = flax_stats_dtype(x, self.dtype, self.force_float32_reductions)
-            batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
-            batch_var = jnp.squeeze(var, reduction_axes).astype(real_dtype(sdt))  # real, also for complex x
-            old = {"mean": ra_mean.value, "var": ra_var.value}
-            if ra_steps is not None:
-                old["steps"] = ra_steps.value
-            old = moving.migrate(old, tuple(feature_shape), rule)
-            new = moving.update(old, jnp.squeeze(count, reduction_axes), batch_mean, batch_var, rule)
-            ra_mean.value, ra_var.value = new["mean"], new["var"]
-            if ra_steps is not None:
-                ra_steps.value = new["steps"]
-        return y.astype(out_dtype)
+        for k, v in (new or {}).items():
+            stats[k].value = v
+        return y
 
 
 def _moving_rule(bn: BatchNorm) -> moving.Rule:
@@ -348,31 +332,13 @@ class LayerNorm(module.Module):
     extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
 
     def __post_init__(self) -> None:
-        sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.LayerNorm")
-        validation.check_bool(self.extreme_range, "extreme_range")
+        _check_fields(self)
         super().__post_init__()
 
     @module.compact
     def __call__(self, x: ArrayLike, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example of ``x`` over ``reduction_axes``; see the class docstring."""
-        x = jnp.asarray(x)
-        reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
-        feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
-        feature_shape = [x.shape[a] for a in feature_axes]
-        expand = lambda v: validation.expand_to_rank(v, x.ndim, feature_axes)
-
-        scale, bias = _affine_params(self, feature_shape)
-        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-        xc = compute_input(x, out_dtype)
-
-        scale = None if scale is None else expand(scale)
-        bias = None if bias is None else expand(bias)
-        y, *_ = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc),
-            sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.LayerNorm"),
-            extreme_range=self.extreme_range,
-        )
-        return y.astype(out_dtype)
+        return flax_compat.layer_norm(self, x, mask, _promote(self, ("scale", "bias")))
 
 
 class RMSNorm(module.Module):
@@ -447,27 +413,13 @@ class RMSNorm(module.Module):
     extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
 
     def __post_init__(self) -> None:
-        sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.RMSNorm")
-        validation.check_bool(self.extreme_range, "extreme_range")
+        _check_fields(self)
         super().__post_init__()
 
     @module.compact
     def __call__(self, x: ArrayLike, *, mask: jax.Array | None = None) -> jax.Array:
         """Divides each example of ``x`` by its root mean square over ``reduction_axes``; see the class."""
-        x = jnp.asarray(x)
-        reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
-        feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
-        feature_shape = [x.shape[a] for a in feature_axes]
-        scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype) if self.use_scale else None
-        out_dtype = dtypes.canonicalize_dtype(x, scale, dtype=self.dtype)
-        xc = compute_input(x, out_dtype)
-        scale = None if scale is None else validation.expand_to_rank(scale, x.ndim, feature_axes)
-        y = ops.normalize_layer(
-            xc, scale, None, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc),
-            sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.RMSNorm"), center=False,
-            extreme_range=self.extreme_range,
-        )
-        return y.astype(out_dtype)
+        return flax_compat.rms_norm(self, x, mask, _promote(self, ("scale",)))
 
 
 class GroupNorm(module.Module):
@@ -542,33 +494,14 @@ class GroupNorm(module.Module):
     extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
 
     def __post_init__(self) -> None:
-        sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.GroupNorm")
-        validation.check_bool(self.extreme_range, "extreme_range")
+        _check_fields(self)
         super().__post_init__()
 
     @module.compact
     def __call__(self, x: ArrayLike, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's channel groups of ``x``; see the class docstring."""
-        x = jnp.asarray(x)
-        axes = list(range(1, x.ndim - 1)) + [-1] if self.reduction_axes is None else self.reduction_axes
-        reduction_axes = validation.canonicalize_axes(axes, x.ndim, "reduction_axes")
-        if reduction_axes[-1] != x.ndim - 1:
-            raise ValueError(
-                f"The reduction axes must include the final dimension as this is assumed to be the feature axis "
-                f"(got reduction_axes={self.reduction_axes!r} for an input of rank {x.ndim}). Add -1."
-            )
-        groups = flax_groups(self.num_groups, self.group_size, x.shape[-1])
-        scale, bias = _affine_params(self, [x.shape[-1]])
-        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-        xc = compute_input(x, out_dtype)
-        expand = lambda v: None if v is None else validation.expand_to_rank(v, x.ndim, (x.ndim - 1,))  # noqa: E731
-        y = ops.normalize_groups(
-            xc, expand(scale), expand(bias), x.ndim - 1, groups, reduction_axes[:-1], self.epsilon,
-            validation.numpy_mask(mask, xc),
-            sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.GroupNorm"),
-            extreme_range=self.extreme_range,
-        )
-        return y.astype(out_dtype)
+        groups = flax_compat.flax_groups(self.num_groups, self.group_size, jnp.shape(x)[-1])
+        return flax_compat.group_norm(self, x, mask, _promote(self, ("scale", "bias")), groups, channels_last=True)
 
 
 class InstanceNorm(module.Module):
@@ -628,26 +561,13 @@ class InstanceNorm(module.Module):
     extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
 
     def __post_init__(self) -> None:
-        sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.InstanceNorm")
-        validation.check_bool(self.extreme_range, "extreme_range")
+        _check_fields(self)
         super().__post_init__()
 
     @module.compact
     def __call__(self, x: ArrayLike, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's features of ``x``; see the class docstring."""
-        x = jnp.asarray(x)
-        feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
-        reduction_axes = instance_reduction_axes(feature_axes, x.ndim)
-        scale, bias = _affine_params(self, [x.shape[a] for a in feature_axes])
-        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-        xc = compute_input(x, out_dtype)
-        expand = lambda v: None if v is None else validation.expand_to_rank(v, x.ndim, feature_axes)  # noqa: E731
-        y, *_ = ops.normalize_by_moments(
-            xc, expand(scale), expand(bias), tuple(reduction_axes), self.epsilon, validation.numpy_mask(mask, xc),
-            sync_axis(self.axis_name, self.axis_index_groups, "jaxnorm.linen.InstanceNorm"),
-            extreme_range=self.extreme_range,
-        )
-        return y.astype(out_dtype)
+        return flax_compat.instance_norm(self, x, mask, _promote(self, ("scale", "bias")))
 
 
 def _reparam_name(mdl: module.Module, path: tuple[Any, ...]) -> str:

@@ -42,15 +42,8 @@ from flax.nnx.nn import dtypes, initializers
 from flax.typing import Axes, Dtype, Initializer, PromoteDtypeFn
 from jax import lax
 
-from jaxnorm._src import moving, ops, reparam, validation
-from jaxnorm._src.flax_compat import (
-    compute_input,
-    flax_groups,
-    flax_stats_dtype,
-    instance_reduction_axes,
-    real_dtype,
-    sync_axis,
-)
+from jaxnorm._src import flax_compat, moving, reparam, validation
+from jaxnorm._src.flax_compat import flax_groups, sync_axis
 
 __all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
 
@@ -68,11 +61,6 @@ _NO_USE_RUNNING_AVERAGE = (
     " specific `use_running_average` value:\n\n"
     "  model_view = nnx.view(model, use_running_average=True/False)\n"
 )
-
-
-def _features_shape(x: jax.Array, feature_axes: tuple[int, ...]) -> list[int]:
-    """Flax NNX's broadcast shape of ``scale``/``bias`` (``(num_features,)`` is reshaped into it)."""
-    return [d if i in feature_axes else 1 for i, d in enumerate(x.shape)]
 
 
 def _check_variables(
@@ -129,24 +117,19 @@ _FLAX_ATTRIBUTES = (
 )
 
 
-def _promoted(
-    module: tp.Any, x: jax.Array, names: tuple[str, ...]
-) -> tuple[jax.Array, list[tp.Any], tp.Any, jax.Array]:
-    """Flax's first step of a call: the variables ``names`` read (None where disabled) and promoted with ``x``
-    by the module's ``promote_dtype``; returns ``(x, variables, out_dtype, x in the computation's dtype)``."""
-    values = [None if getattr(module, n) is None else getattr(module, n)[...] for n in names]
-    x, *values = module.promote_dtype((x, *values), dtype=module.dtype)
-    out_dtype = dtypes.canonicalize_dtype(x, *values, dtype=module.dtype)
-    return x, values, out_dtype, compute_input(x, out_dtype)
+def _promote(module: tp.Any, names: tuple[str, ...]) -> flax_compat.Promote:
+    """NNX's variables and dtype rule: the variables ``names`` checked to hold one value per feature of ``x``, read
+    (None where disabled) and promoted with ``x`` by the module's ``promote_dtype``; the output dtype is
+    ``canonicalize_dtype`` of ``x`` and ``scale``/``bias``."""
 
+    def promote(x: jax.Array, feature_axes: tuple[int, ...]) -> tuple[jax.Array, list[tp.Any], tp.Any]:
+        _check_variables(module, jnp.shape(x), feature_axes, names)
+        values = [None if getattr(module, n) is None else getattr(module, n)[...] for n in names]
+        x, *values = module.promote_dtype((x, *values), dtype=module.dtype)
+        affine = [v for n, v in zip(names, values, strict=True) if n in ("scale", "bias")]
+        return x, values, dtypes.canonicalize_dtype(x, *affine, dtype=module.dtype)
 
-def _core_options(module: tp.Any) -> dict[str, tp.Any]:
-    """The keyword arguments every normalization passes to the core: the named axis (with its device groups)
-    and ``extreme_range`` (checked again: NNX attributes are mutable)."""
-    return {
-        "axis_name": sync_axis(module.axis_name, module.axis_index_groups, type(module).__name__),
-        "extreme_range": validation.check_bool(module.extreme_range, "extreme_range"),
-    }
+    return promote
 
 
 def _affine_param(
@@ -308,45 +291,17 @@ class BatchNorm(nnx.Module):
         use_running_average = first_from(
             use_running_average, self.use_running_average, error_msg=_NO_USE_RUNNING_AVERAGE
         )
-        x = jnp.asarray(x)
-        feature_axes = validation.canonicalize_axes(self.axis, x.ndim, "axis")
-        reduction_axes = validation.complement_axes(feature_axes, x.ndim)
-        stats_shape = [1 if i in reduction_axes else d for i, d in enumerate(x.shape)]
-        _check_variables(self, x.shape, feature_axes, ("mean", "var", "scale", "bias"))
-
-        scale = self.scale[...] if self.scale is not None else None
-        bias = self.bias[...] if self.bias is not None else None
-        x, mean, var, scale, bias = self.promote_dtype(
-            (x, self.mean[...], self.var[...], scale, bias), dtype=self.dtype
-        )
-        out_dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-        xc = compute_input(x, out_dtype)
-        fshape = _features_shape(x, feature_axes)
-        scale = None if scale is None else scale.reshape(fshape)
-        bias = None if bias is None else bias.reshape(fshape)
-        if use_running_average:
-            y = ops.normalize_by_stats(
-                xc, mean.reshape(stats_shape), var.reshape(stats_shape), scale, bias, self.epsilon
-            )
-            return y.astype(out_dtype)
-        y, count, mean, var = ops.normalize_by_moments(
-            xc, scale, bias, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc),
-            sync_axis(self.axis_name, self.axis_index_groups, type(self).__name__),
-            extreme_range=validation.check_bool(self.extreme_range, "extreme_range"),
-        )
-        sdt = flax_stats_dtype(x, self.dtype)
-        batch_mean = jnp.squeeze(mean, reduction_axes).astype(sdt)
-        batch_var = jnp.squeeze(var, reduction_axes).astype(real_dtype(sdt))  # real, also for complex x
         # Built from the attributes as they are now: NNX attributes are mutable (`bn.momentum = 0.5` between
         # calls works, as in Flax), so the rule built (and checked) in __init__ may be stale.
         rule = moving.Rule(self.momentum, **{k: getattr(self, k) for k in moving.DROP_IN_OPTIONS})
         keys = ("mean", "var", "steps") if rule.keeps_counter else ("mean", "var")
-        batch_count = jnp.squeeze(count, reduction_axes)
-        old = moving.migrate({k: getattr(self, k)[...] for k in keys}, batch_mean.shape, rule)
-        new = lax.stop_gradient(moving.update(old, batch_count, batch_mean, batch_var, rule))
-        for k in keys:
-            getattr(self, k).set_value(new[k])  # set_value: a loaded scalar counter may become per-feature
-        return y.astype(out_dtype)
+        y, new = flax_compat.batch_norm(
+            self, x, bool(use_running_average), mask, _promote(self, ("mean", "var", "scale", "bias")),
+            {k: getattr(self, k)[...] for k in keys}, rule,
+        )
+        for k, v in (new or {}).items():
+            getattr(self, k).set_value(lax.stop_gradient(v))  # set_value: a scalar counter may become per-feature
+        return y
 
     def set_view(self, use_running_average: bool | None = None) -> None:
         """Used by ``nnx.view``: sets ``use_running_average`` when it is not None.
@@ -454,16 +409,7 @@ class LayerNorm(_Normalization):
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example of ``x`` over ``reduction_axes``; see the class docstring."""
-        x, (scale, bias), out_dtype, xc = _promoted(self, x, ("scale", "bias"))
-        reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
-        feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
-        _check_variables(self, x.shape, feature_axes, ("scale", "bias"))
-        fshape = _features_shape(x, feature_axes)
-        y, *_ = ops.normalize_by_moments(
-            xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
-            reduction_axes, self.epsilon, validation.numpy_mask(mask, xc), **_core_options(self),
-        )
-        return y.astype(out_dtype)
+        return flax_compat.layer_norm(self, x, mask, _promote(self, ("scale", "bias")))
 
 
 class RMSNorm(_Normalization):
@@ -537,16 +483,7 @@ class RMSNorm(_Normalization):
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Divides each example of ``x`` by its root mean square over ``reduction_axes``; see the class."""
-        x, (scale,), out_dtype, xc = _promoted(self, x, ("scale",))
-        reduction_axes = validation.canonicalize_axes(self.reduction_axes, x.ndim, "reduction_axes")
-        feature_axes = validation.canonicalize_axes(self.feature_axes, x.ndim, "feature_axes")
-        _check_variables(self, x.shape, feature_axes, ("scale",))
-        scale = None if scale is None else scale.reshape(_features_shape(x, feature_axes))
-        y = ops.normalize_layer(
-            xc, scale, None, reduction_axes, self.epsilon, validation.numpy_mask(mask, xc), center=False,
-            **_core_options(self),
-        )
-        return y.astype(out_dtype)
+        return flax_compat.rms_norm(self, x, mask, _promote(self, ("scale",)))
 
 
 class GroupNorm(_Normalization):
@@ -626,17 +563,7 @@ class GroupNorm(_Normalization):
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's channel groups of ``x``; see the class docstring."""
-        x, (scale, bias), out_dtype, xc = _promoted(self, x, ("scale", "bias"))
-        axes = list(range(1, x.ndim - 1)) + [-1] if self.reduction_axes is None else self.reduction_axes
-        reduction_axes = validation.canonicalize_axes(axes, x.ndim, "reduction_axes")
-        fshape = _features_shape(x, (x.ndim - 1,))
-        _check_variables(self, x.shape, (x.ndim - 1,), ("scale", "bias"))
-        y = ops.normalize_groups(
-            xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
-            x.ndim - 1, self.num_groups, reduction_axes[:-1], self.epsilon, validation.numpy_mask(mask, xc),
-            **_core_options(self),
-        )
-        return y.astype(out_dtype)
+        return flax_compat.group_norm(self, x, mask, _promote(self, ("scale", "bias")), self.num_groups)
 
 
 class InstanceNorm(_Normalization):
@@ -710,16 +637,7 @@ class InstanceNorm(_Normalization):
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example's features of ``x``; see the class docstring."""
-        feature_axes = validation.canonicalize_axes(self.feature_axes, jnp.ndim(x), "feature_axes")
-        reduction_axes = instance_reduction_axes(feature_axes, jnp.ndim(x))
-        _check_variables(self, jnp.shape(x), feature_axes, ("scale", "bias"))
-        x, (scale, bias), out_dtype, xc = _promoted(self, x, ("scale", "bias"))
-        fshape = _features_shape(x, feature_axes)
-        y, *_ = ops.normalize_by_moments(
-            xc, None if scale is None else scale.reshape(fshape), None if bias is None else bias.reshape(fshape),
-            tuple(reduction_axes), self.epsilon, validation.numpy_mask(mask, xc), **_core_options(self),
-        )
-        return y.astype(out_dtype)
+        return flax_compat.instance_norm(self, x, mask, _promote(self, ("scale", "bias")))
 
 
 _KERNEL_FILTER = nnx.PathContains("kernel")  # Flax's default of WeightNorm's variable_filter

@@ -1,13 +1,138 @@
-"""Dtype and argument policy shared by the Flax wrappers (:mod:`jaxnorm.linen`, :mod:`jaxnorm.nnx`): no math."""
+"""What the Flax drop-ins (:mod:`jaxnorm.linen`, :mod:`jaxnorm.nnx`) share: each normalization's call, the dtype
+and argument policy. No math: the calls hand checked inputs to the ops and the moving-statistics rule.
+
+A Linen and an NNX class differ only in how they hold their variables (created in a ``compact`` call, or held as
+``nnx.Param``/``nnx.BatchStat``) and how they promote dtypes (``canonicalize_dtype``, or the module's
+``promote_dtype``). Each family hands a call below its :data:`Promote` step and keeps Flax's attribute names
+(``epsilon``, ``reduction_axes``, ``feature_axes``, ``axis_name``, ``axis_index_groups``, ``extreme_range``),
+which the calls read from the module.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxnorm._src import collectives, validation
+from jaxnorm._src import collectives, moving, ops, validation
+
+#: A family's variables and dtype rule: ``promote(x, feature_axes) -> (x, variables, out_dtype)`` with the
+#: variables (``scale``, ``bias``; BatchNorm's ``mean``, ``var`` first) created or read and checked for ``x``,
+#: None where disabled, and ``x`` as the family promotes it.
+Promote = Callable[[jax.Array, tuple[int, ...]], tuple[jax.Array, list[Any], Any]]
+
+
+def _normalized(
+    mdl: Any, x: jax.Array, feature_axes: tuple[int, ...], mask: Any, promote: Promote,
+    op: Callable[..., jax.Array],
+) -> jax.Array:
+    """The steps every Flax normalization takes: promote, cast ``x`` to the computation's dtype, shape the
+    params onto ``feature_axes``, then ``op(xc, *params, mask, axis_name=..., extreme_range=...)`` and cast."""
+    x, values, out_dtype = promote(x, feature_axes)
+    xc = compute_input(x, out_dtype)
+    shape = [d if i in feature_axes else 1 for i, d in enumerate(x.shape)]
+    values = [None if v is None else v.reshape(shape) for v in values]
+    y = op(xc, *values, validation.numpy_mask(mask, xc), **core_options(mdl))
+    return y.astype(out_dtype)
+
+
+def core_options(mdl: Any) -> dict[str, Any]:
+    """The keyword arguments every normalization passes to the ops: the named axis with its device groups, and
+    ``extreme_range`` (checked again at the call: NNX attributes are mutable)."""
+    return {
+        "axis_name": sync_axis(mdl.axis_name, mdl.axis_index_groups, _owner(mdl)),
+        "extreme_range": validation.check_bool(mdl.extreme_range, "extreme_range"),
+    }
+
+
+def _owner(mdl: Any) -> str:
+    return f"{type(mdl).__module__}.{type(mdl).__name__}"
+
+
+def layer_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
+    """Flax's ``LayerNorm`` call: statistics over ``reduction_axes``, ``scale``/``bias`` over ``feature_axes``."""
+    x = jnp.asarray(x)
+    reduce = validation.canonicalize_axes(mdl.reduction_axes, x.ndim, "reduction_axes")
+    feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
+    return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, bias, m, **options: (
+        ops.normalize_by_moments(xc, scale, bias, reduce, mdl.epsilon, m, **options)[0]))
+
+
+def rms_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
+    """Flax's ``RMSNorm`` call: the mean of squares over ``reduction_axes``, ``scale`` over ``feature_axes``."""
+    x = jnp.asarray(x)
+    reduce = validation.canonicalize_axes(mdl.reduction_axes, x.ndim, "reduction_axes")
+    feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
+    return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, m, **options: (
+        ops.normalize_layer(xc, scale, None, reduce, mdl.epsilon, m, center=False, **options)))
+
+
+def instance_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
+    """Flax's ``InstanceNorm`` call: statistics over every axis but the batch (0) and ``feature_axes``."""
+    x = jnp.asarray(x)
+    feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
+    reduce = tuple(instance_reduction_axes(feature, x.ndim))
+    return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, bias, m, **options: (
+        ops.normalize_by_moments(xc, scale, bias, reduce, mdl.epsilon, m, **options)[0]))
+
+
+def group_norm(
+    mdl: Any, x: Any, mask: Any, promote: Promote, num_groups: int, channels_last: bool = False
+) -> jax.Array:
+    """Flax's ``GroupNorm`` call: ``num_groups`` groups of the last axis, statistics over each group's channels and
+    ``reduction_axes`` but its last (the channels; every axis but the first by default). ``channels_last``: raise
+    Linen's error when that last axis is not the input's last."""
+    x = jnp.asarray(x)
+    axes = list(range(1, x.ndim - 1)) + [-1] if mdl.reduction_axes is None else mdl.reduction_axes
+    reduce = validation.canonicalize_axes(axes, x.ndim, "reduction_axes")
+    if channels_last and reduce[-1] != x.ndim - 1:
+        raise ValueError(
+            f"The reduction axes must include the final dimension as this is assumed to be the feature axis "
+            f"(got reduction_axes={mdl.reduction_axes!r} for an input of rank {x.ndim}). Add -1."
+        )
+    return _normalized(mdl, x, (x.ndim - 1,), mask, promote, lambda xc, scale, bias, m, **options: (
+        ops.normalize_groups(xc, scale, bias, x.ndim - 1, num_groups, reduce[:-1], mdl.epsilon, m, **options)))
+
+
+def batch_norm(
+    mdl: Any, x: Any, use_running_average: bool, mask: Any, promote: Promote, moving_stats: Mapping[str, Any],
+    rule: moving.Rule, update: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """Flax's ``BatchNorm`` call: ``(y, new moving statistics)``, the latter None with running averages or
+    ``update=False`` (Linen's ``init``). ``promote`` gives ``[mean, var, scale, bias]``; ``moving_stats`` are the
+    stored ``mean``, ``var`` (and the rule's ``steps``), advanced by ``moving.update`` from the batch's."""
+    x = jnp.asarray(x)
+    feature = validation.canonicalize_axes(mdl.axis, x.ndim, "axis")
+    reduce = validation.complement_axes(feature, x.ndim)
+    if use_running_average:
+        y = _normalized(mdl, x, feature, None, promote, lambda xc, mean, var, scale, bias, m, **options: (
+            ops.normalize_by_stats(xc, mean, var, scale, bias, mdl.epsilon)))
+        return y, None
+    batch: list[Any] = []
+
+    def op(xc: jax.Array, mean: Any, var: Any, scale: Any, bias: Any, m: Any, **options: Any) -> jax.Array:
+        if not update:
+            options["axis_name"] = None  # Flax: no cross-device statistics while initializing
+        y, *moments = ops.normalize_by_moments(xc, scale, bias, reduce, mdl.epsilon, m, **options)
+        batch.extend(jnp.squeeze(v, reduce) for v in moments)
+        return y
+
+    promoted: list[jax.Array] = []
+
+    def keep(x: jax.Array, feature_axes: tuple[int, ...]) -> tuple[jax.Array, list[Any], Any]:
+        out = promote(x, feature_axes)
+        promoted.append(out[0])  # the statistics' dtype is Flax's for x as promoted
+        return out
+
+    y = _normalized(mdl, x, feature, mask, keep, op)
+    if not update:
+        return y, None
+    count, mean, var = batch
+    sdt = flax_stats_dtype(promoted[0], mdl.dtype, getattr(mdl, "force_float32_reductions", True))
+    old = moving.migrate(dict(moving_stats), mean.shape, rule)
+    return y, moving.update(old, count, mean.astype(sdt), var.astype(real_dtype(sdt)), rule)
 
 
 def sync_axis(axis_name: Any, axis_index_groups: Any, owner: str) -> Any:
