@@ -52,7 +52,7 @@ from equinox import field
 from equinox.nn import State, StatefulLayer, StateIndex
 from jax import lax
 
-from jaxnorm._src import moving, ops, reparam, stats, validation
+from jaxnorm._src import moving, normalize, reparam, stats, validation
 
 __all__ = ["BatchNorm", "GroupNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
 
@@ -356,7 +356,7 @@ class BatchNorm(StatefulLayer):
                 var = moving.safe_update(new["var"], batch_var, first_time & ok)
                 state = state.set(self.ema_first_time_index, first_time & ~jnp.any(ok))
                 state = state.set(index, (mean, var))
-            y = ops.normalize_by_stats(
+            y = normalize.normalize_by_stats(
                 xc, _channels_first(mean, x), _channels_first(var, x), scale, bias, self.eps, m
             )
             return y.astype(out_dtype), state
@@ -369,13 +369,13 @@ class BatchNorm(StatefulLayer):
             mean, var = moving.batch_mode_readout(hidden[0], hidden[1], counter, self.momentum)
             out_dtype = validation.result_dtype(x, mean, var, *params)
             xc = x.astype(validation.result_dtype(x.dtype, out_dtype))
-            y = ops.normalize_by_stats(
+            y = normalize.normalize_by_stats(
                 xc, _channels_first(mean, x), _channels_first(var, x), scale, bias, self.eps, m
             )
             return y.astype(out_dtype), state
         out_dtype = validation.result_dtype(x, *params)
         xc = x.astype(validation.result_dtype(x.dtype, out_dtype))
-        y, *moments = ops.normalize_by_moments(
+        y, *moments = normalize.normalize_by_moments(
             xc, scale, bias, axes, self.eps, m, sync, extreme_range=self.extreme_range
         )
         count, batch_mean, batch_var = (jnp.squeeze(s, axes) for s in moments)
@@ -496,7 +496,7 @@ class LayerNorm(eqx.Module):
         weight = None if self.weight is None else _fit(self.weight, x.shape, "LayerNorm.weight", fix)
         bias = None if self.bias is None else _fit(self.bias, x.shape, "LayerNorm.bias", fix)
         xc = x.astype(validation.stats_dtype(x.dtype))  # equinox: result_type(x, float32)
-        y, *_ = ops.normalize_by_moments(
+        y, *_ = normalize.normalize_by_moments(
             xc, weight, bias, tuple(range(x.ndim)), self.eps, validation.numpy_mask(mask, x),
             extreme_range=self.extreme_range,
         )
@@ -582,7 +582,7 @@ class RMSNorm(eqx.Module):
         fix = "Build the layer with this shape."
         weight = None if self.weight is None else _fit(self.weight, x.shape, "RMSNorm.weight", fix)
         xc = x.astype(validation.stats_dtype(x.dtype))  # equinox: result_type(x, float32)
-        y = ops.normalize_layer(
+        y = normalize.normalize_layer(
             xc, weight, None, tuple(range(x.ndim)), self.eps, validation.numpy_mask(mask, x), center=False,
             extreme_range=self.extreme_range,
         )
@@ -691,7 +691,7 @@ class GroupNorm(eqx.Module):
         fix = "Build the layer with channels for this input."
         weight, bias = _affine(self.weight, self.bias, x, "GroupNorm", fix)
         xc = x.astype(validation.stats_dtype(x.dtype))  # equinox: result_type(x, float32)
-        y = ops.normalize_groups(
+        y = normalize.normalize_groups(
             xc, weight, bias, 0, self.groups, tuple(range(1, x.ndim)), self.eps, validation.numpy_mask(mask, x),
             extreme_range=self.extreme_range,
         )

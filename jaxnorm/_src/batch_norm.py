@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._src import collectives, frozen, keras_config, layer, moving, ops, stats, validation
-from jaxnorm._src.layer import Affine
+from jaxnorm._src import collectives, frozen, keras_config, layer, moving, normalize, stats, validation
+from jaxnorm._src.layer import Affine, Statistics, Tree
 
 _RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
@@ -53,8 +53,8 @@ def _read_keras(config: Mapping[str, Any], kwargs: dict[str, Any]) -> dict[str, 
     return kwargs
 
 
-@dataclasses.dataclass(frozen=True, eq=True)
-class BatchNorm(Affine):
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
+class BatchNorm(Affine, Statistics):
     r"""Batch normalization (Ioffe & Szegedy 2015) as a pure spec: ``init`` and ``apply``, no hidden state.
 
     In training, each feature is normalized by the statistics of the batch over every axis but ``axis``:
@@ -205,10 +205,8 @@ class BatchNorm(Affine):
     renorm_clipping: Any = None
     renorm_momentum: float = 0.99
     count_steps: bool = False
-    extreme_range: bool = False
     axis_index_groups: Any = None
     virtual_batch_size: int | None = None
-    dtype_policy: Any = None
 
     #: The ``axis_name`` a Keras config with ``synchronized=True`` gets (rename it with ``dataclasses.replace``).
     KERAS_SYNCHRONIZED_AXIS_NAME: ClassVar[str] = "batch"
@@ -285,7 +283,7 @@ class BatchNorm(Affine):
         feature_axes, _ = self._axes(len(shape))
         return tuple(shape[a] for a in feature_axes)
 
-    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    def init(self, key: Any, x: Any) -> tuple[Tree, Tree]:
         """Creates ``(params, state)`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
 
         Args:
@@ -370,14 +368,8 @@ class BatchNorm(Affine):
                 for k, e in self._state_entries(fshape, jnp.float32).items()}
 
     def apply(
-        self,
-        params: dict[str, jax.Array],
-        state: dict[str, jax.Array],
-        x: jax.Array,
-        *,
-        training: bool | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        self, params: Tree, state: Tree, x: jax.Array, *, training: bool | None = None, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, Tree]:
         """Normalizes ``x``; in training also returns the updated moving statistics.
 
         Args:
@@ -426,7 +418,7 @@ class BatchNorm(Affine):
             return y, lax.stop_gradient(moving.update(state, count, mean, var, self._rule))
         # Inference (or a frozen layer): the moving statistics, the state returned as given.
         mean, var = expand(state["mean"]), expand(state["var"])
-        return ops.normalize_by_stats(x, mean, var, scale, bias, self.epsilon, m), given_state
+        return normalize.normalize_by_stats(x, mean, var, scale, bias, self.epsilon, m), given_state
 
     def _check_state(self, state: Any, fshape: tuple[int, ...], fix: str) -> dict[str, jax.Array]:
         """``state`` checked against :meth:`state_schema` (the earlier name ``count`` of ``steps`` named in the
@@ -474,7 +466,7 @@ class BatchNorm(Affine):
             return batch_renormalize(
                 x, scale, bias, state, reduction_axes, self.epsilon, clipping, m, sync, self.extreme_range
             )
-        y, *moments = ops.normalize_by_moments(
+        y, *moments = normalize.normalize_by_moments(
             x, scale, bias, reduction_axes, self.epsilon, m, sync, extreme_range=self.extreme_range
         )
         count, mean, var = (jnp.squeeze(v, reduction_axes) for v in moments)
@@ -509,7 +501,7 @@ def batch_renormalize(
     shift = d if scale is None else d * scale
     bias = shift if bias is None else shift + bias
     scale = r if scale is None else r * scale
-    return ops.normalize_by_stats(x, mean_x, var_x, scale, bias, epsilon, mask), count, mean, var
+    return normalize.normalize_by_stats(x, mean_x, var_x, scale, bias, epsilon, mask), count, mean, var
 
 
 def ghost_batch_normalize(
@@ -530,7 +522,7 @@ def ghost_batch_normalize(
         return None if a is None else a[None] if a.shape[0] == 1 else a.reshape(ghosts + a.shape[1:])
 
     axes = tuple(a + 1 for a in reduction_axes)
-    y, count, mean, var = ops.normalize_by_moments(
+    y, count, mean, var = normalize.normalize_by_moments(
         split(x), split(scale), split(bias), axes, epsilon, split(mask), None, extreme_range=extreme_range
     )
     count, mean, var = (jnp.squeeze(a, axes) for a in (count, mean, var))  # (ghosts, *features)

@@ -232,22 +232,9 @@ def resolve(spec: Any, name: str) -> Constraint | None:
 
 
 def serialize(spec: Any, name: str) -> dict[str, Any] | None:
-    """The JSON form of a constraint: None, or the config dict Keras writes for it.
-
-    Equal to ``keras.constraints.serialize(keras.constraints.get(spec))`` for the supported names and configs
-    (with ``axis`` as a list where a list or tuple was given):
-    ``{'module': 'keras.constraints', 'class_name': ..., 'config': {...}, 'registered_name': None}`` with every
-    argument filled in; numbers are kept as given (``max_value=2`` stays an int), as Keras does.
-
-    Args:
-      spec: as for :func:`check` (a frozen spec is accepted too).
-      name: the argument's name, used in error messages.
-
-    Returns:
-      None or a JSON-serializable dict.
-
-    Raises:
-      TypeError: ``spec`` is a callable, which has no JSON form.
-      ValueError: as :func:`check`.
-    """
+    """The JSON form of a constraint ``spec`` (as for :func:`check`; ``name`` names it in errors): None, or
+    ``keras.constraints.serialize(keras.constraints.get(spec))`` (``axis`` a list where a list or tuple was given),
+    every argument filled in and numbers kept as given (``max_value=2`` stays an int), as Keras does. Raises
+    ``TypeError`` for a callable (it has no JSON form), otherwise as :func:`check`. See
+    :meth:`keras_objects.Family.serialize`."""
     return _FAMILY.serialize(spec, name)

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxnorm._src import collectives, moving, ops, validation
+from jaxnorm._src import collectives, moving, normalize, validation
 
 #: A family's variables and dtype rule: ``promote(x, feature_axes) -> (x, variables, out_dtype)`` with the
 #: variables (``scale``, ``bias``; BatchNorm's ``mean``, ``var`` first) created or read and checked for ``x``,
@@ -57,7 +57,7 @@ def layer_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
     reduce = validation.canonicalize_axes(mdl.reduction_axes, x.ndim, "reduction_axes")
     feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
     return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, bias, m, **options: (
-        ops.normalize_by_moments(xc, scale, bias, reduce, mdl.epsilon, m, **options)[0]))
+        normalize.normalize_by_moments(xc, scale, bias, reduce, mdl.epsilon, m, **options)[0]))
 
 
 def rms_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
@@ -66,7 +66,7 @@ def rms_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
     reduce = validation.canonicalize_axes(mdl.reduction_axes, x.ndim, "reduction_axes")
     feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
     return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, m, **options: (
-        ops.normalize_layer(xc, scale, None, reduce, mdl.epsilon, m, center=False, **options)))
+        normalize.normalize_layer(xc, scale, None, reduce, mdl.epsilon, m, center=False, **options)))
 
 
 def instance_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
@@ -75,7 +75,7 @@ def instance_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
     feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
     reduce = tuple(instance_reduction_axes(feature, x.ndim))
     return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, bias, m, **options: (
-        ops.normalize_by_moments(xc, scale, bias, reduce, mdl.epsilon, m, **options)[0]))
+        normalize.normalize_by_moments(xc, scale, bias, reduce, mdl.epsilon, m, **options)[0]))
 
 
 def group_norm(
@@ -93,7 +93,7 @@ def group_norm(
             f"(got reduction_axes={mdl.reduction_axes!r} for an input of rank {x.ndim}). Add -1."
         )
     return _normalized(mdl, x, (x.ndim - 1,), mask, promote, lambda xc, scale, bias, m, **options: (
-        ops.normalize_groups(xc, scale, bias, x.ndim - 1, num_groups, reduce[:-1], mdl.epsilon, m, **options)))
+        normalize.normalize_groups(xc, scale, bias, x.ndim - 1, num_groups, reduce[:-1], mdl.epsilon, m, **options)))
 
 
 def batch_norm(
@@ -108,14 +108,14 @@ def batch_norm(
     reduce = validation.complement_axes(feature, x.ndim)
     if use_running_average:
         y = _normalized(mdl, x, feature, None, promote, lambda xc, mean, var, scale, bias, m, **options: (
-            ops.normalize_by_stats(xc, mean, var, scale, bias, mdl.epsilon)))
+            normalize.normalize_by_stats(xc, mean, var, scale, bias, mdl.epsilon)))
         return y, None
     batch: list[Any] = []
 
     def op(xc: jax.Array, mean: Any, var: Any, scale: Any, bias: Any, m: Any, **options: Any) -> jax.Array:
         if not update:
             options["axis_name"] = None  # Flax: no cross-device statistics while initializing
-        y, *moments = ops.normalize_by_moments(xc, scale, bias, reduce, mdl.epsilon, m, **options)
+        y, *moments = normalize.normalize_by_moments(xc, scale, bias, reduce, mdl.epsilon, m, **options)
         batch.extend(jnp.squeeze(v, reduce) for v in moments)
         return y
 

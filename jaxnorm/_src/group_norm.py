@@ -8,7 +8,7 @@ from typing import Any
 
 import jax
 
-from jaxnorm._src import keras_config, ops, validation
+from jaxnorm._src import keras_config, normalize, validation
 from jaxnorm._src.layer import Affine
 from jaxnorm._src.per_example import PerExample
 
@@ -32,7 +32,7 @@ def _write_keras_groups(spec: Any, config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-@dataclasses.dataclass(frozen=True, eq=True)
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
 class GroupNorm(Affine, PerExample):
     r"""Group normalization (Wu & He 2018) as a pure spec: ``init`` and ``apply``.
 
@@ -89,9 +89,6 @@ class GroupNorm(Affine, PerExample):
     group_size: int | None = None
     axis: int = -1
     epsilon: float = 1e-3
-    _: dataclasses.KW_ONLY
-    extreme_range: bool = False
-    dtype_policy: Any = None
 
     KERAS = keras_config.KerasRecord(
         "GroupNormalization",
@@ -109,7 +106,7 @@ class GroupNorm(Affine, PerExample):
         self._post_init_common()
 
     def _param_axes(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        ops.check_batched(shape, "GroupNorm")
+        normalize.check_batched(shape, "GroupNorm")
         (c,) = validation.canonicalize_axes(self.axis, len(shape), "axis")
         validation.resolve_groups(self.num_groups, self.group_size, shape[c], c)
         return (c,)
@@ -120,13 +117,13 @@ class GroupNorm(Affine, PerExample):
         (c,) = axes
         groups = validation.resolve_groups(self.num_groups, self.group_size, x.shape[c], c)
         scale, bias = self._expanded(params, x.ndim, axes)
-        reduce = ops.group_reduce_axes(c, x.ndim)
-        return ops.normalize_groups(x, scale, bias, c, groups, reduce, self.epsilon, mask,
+        reduce = normalize.group_reduce_axes(c, x.ndim)
+        return normalize.normalize_groups(x, scale, bias, c, groups, reduce, self.epsilon, mask,
                                      extreme_range=self.extreme_range)
 
 
 
-@dataclasses.dataclass(frozen=True, eq=True)
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
 class InstanceNorm(Affine, PerExample):
     r"""Instance normalization (Ulyanov et al. 2016) as a pure spec: ``init`` and ``apply``.
 
@@ -168,9 +165,6 @@ class InstanceNorm(Affine, PerExample):
 
     axis: int | tuple[int, ...] = -1
     epsilon: float = 1e-3
-    _: dataclasses.KW_ONLY
-    extreme_range: bool = False
-    dtype_policy: Any = None
 
     KERAS = keras_config.KerasRecord(
         "GroupNormalization",
@@ -189,12 +183,12 @@ class InstanceNorm(Affine, PerExample):
         self._post_init_common()
 
     def _param_axes(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return ops.instance_feature_axes(self.axis, len(shape))
+        return normalize.instance_feature_axes(self.axis, len(shape))
 
     def _normalize(
         self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
     ) -> jax.Array:
         scale, bias = self._expanded(params, x.ndim, axes)
-        reduce = ops.instance_reduce_axes(axes, x.ndim)
-        return ops.normalize_by_moments(x, scale, bias, reduce, self.epsilon, mask,
+        reduce = normalize.instance_reduce_axes(axes, x.ndim)
+        return normalize.normalize_by_moments(x, scale, bias, reduce, self.epsilon, mask,
                                         extreme_range=self.extreme_range)[0]

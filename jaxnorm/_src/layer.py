@@ -115,6 +115,15 @@ class Layer:
         del x
         return {}
 
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in self._fields_in_order() if f.repr)
+        return f"{type(self).__name__}({fields})"
+
+    def _fields_in_order(self) -> list[dataclasses.Field]:
+        """The fields, the spec's own first, then those of the mixins (:class:`Statistics`, :class:`Affine`)."""
+        shared = {f.name for f in (*dataclasses.fields(Statistics), *dataclasses.fields(Affine))}
+        return sorted(dataclasses.fields(self), key=lambda f: f.name in shared)
+
     def _python_scalars(self) -> None:
         """Replaces concrete NumPy/JAX scalars in the fields by Python numbers (``validation.python_scalars``)."""
         for f in dataclasses.fields(self):
@@ -282,8 +291,7 @@ class Layer:
             no JSON form (give a Keras name or config instead).
         """
         config = {}
-        params_fields = {f.name for f in dataclasses.fields(Affine)}
-        for f in sorted(dataclasses.fields(self), key=lambda f: f.name in params_fields):  # the spec's own first
+        for f in self._fields_in_order():
             value = getattr(self, f.name)
             if f.name in self._INITIALIZER_FIELDS:
                 value = initializers.serialize(value, f.name)
@@ -341,7 +349,26 @@ class Layer:
         return cls(**config)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class Statistics(Layer):
+    """The options of every layer that takes statistics (BatchNorm and the per-example layers), keyword-only after
+    the layer's own fields: the one place they are declared.
+
+    Attributes:
+      extreme_range: False (default): the statistics are exact while deviations from the mean stay below
+        ``2**50`` and the variance above about ``2**-100`` (or hidden by ``epsilon``); True: exact at any finite
+        float32 magnitude, for one more pass over ``x`` (:func:`jaxnorm.moments`; not written to Keras configs,
+        whose layers compute the default).
+      dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
+        default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype``. It changes no number:
+        the output has the input's dtype and the statistics are float32, what the policy computes on half input.
+    """
+
+    extreme_range: bool = False
+    dtype_policy: Any = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
 class Scaled(Layer):
     """The fields of a layer that learns a multiplier ``scale`` per feature (Keras's ``gamma``), keyword-only
     after the layer's own fields: the one place they are declared (RMSNorm; :class:`Affine` adds ``bias``).
@@ -381,7 +408,7 @@ class Scaled(Layer):
         return {"scale": ParamEntry(pshape, self.param_dtype, self.scale_init, "multiplier per feature (gamma)")}
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
 class Affine(Scaled):
     """The fields of a layer that learns ``scale`` and an offset ``bias`` per feature (Keras's ``gamma`` and
     ``beta``), keyword-only after the layer's own fields: :class:`Scaled`'s and

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 
-from jaxnorm._src import keras_config, ops, stats, validation
+from jaxnorm._src import keras_config, normalize, stats, validation
 from jaxnorm._src.layer import Affine
 from jaxnorm._src.per_example import PerExample
 
 
-@dataclasses.dataclass(frozen=True, eq=True)
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
 class LayerNorm(Affine, PerExample):
     r"""Layer normalization (Ba, Kiros & Hinton 2016) as a pure spec: ``init`` and ``apply``.
 
@@ -83,8 +82,6 @@ class LayerNorm(Affine, PerExample):
     _: dataclasses.KW_ONLY
     rms_scaling: bool = False
     implementation: str = "auto"
-    extreme_range: bool = False
-    dtype_policy: Any = None
 
     KERAS = keras_config.KerasRecord(
         "LayerNormalization",
@@ -95,7 +92,7 @@ class LayerNorm(Affine, PerExample):
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
         validation.check_bool(self.rms_scaling, "rms_scaling")
-        ops.check_implementation(self.implementation)
+        normalize.check_implementation(self.implementation)
         self._post_init_common()
 
     @property
@@ -115,7 +112,7 @@ class LayerNorm(Affine, PerExample):
             keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
             scale = validation.expand_to_rank(params["scale"], x.ndim, axes)
             inv = st.rstd_q.reshape(keep) * scale.astype(st.rstd_q.dtype)
-            return ops.affine(x, None if st.q is None else st.q.reshape(keep), 0, inv, None, mask)
+            return normalize.affine(x, None if st.q is None else st.q.reshape(keep), 0, inv, None, mask)
         scale, bias = self._expanded(params, x.ndim, axes)
-        return ops.normalize_layer(x, scale, bias, axes, self.epsilon, mask, None, self.implementation,
+        return normalize.normalize_layer(x, scale, bias, axes, self.epsilon, mask, None, self.implementation,
                                    extreme_range=self.extreme_range)

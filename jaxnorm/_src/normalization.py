@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnorm._src import keras_config, layer, streaming, validation
-from jaxnorm._src.layer import Layer
+from jaxnorm._src.layer import Layer, Tree
 
 _STATE_KEYS = ("mean", "variance", "count")
 def _freeze_stat(value: Any, name: str) -> float | tuple:
@@ -88,7 +88,7 @@ def _as_batch(batch: Any, index: int) -> Any:
     )
 
 
-@dataclasses.dataclass(frozen=True, eq=True)
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
 class Normalization(Layer):
     r"""Feature-wise standardization with statistics of a data set, as ``keras.layers.Normalization``.
 
@@ -198,7 +198,7 @@ class Normalization(Layer):
         config["mean"], config["variance"] = _to_list(self.mean), _to_list(self.variance)
         return config
 
-    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    def init(self, key: Any, x: Any) -> tuple[Tree, Tree]:
         """Creates ``({}, state)`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
 
         Args:
@@ -341,14 +341,8 @@ class Normalization(Layer):
         return count, mean * (count > 0), np.asarray(checked["variance"], np.float64) * count
 
     def apply(
-        self,
-        params: dict[str, jax.Array],
-        state: dict[str, jax.Array],
-        x: jax.Array,
-        *,
-        training: bool | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        self, params: Tree, state: Tree, x: jax.Array, *, training: bool | None = None, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, Tree]:
         r"""Standardizes ``x`` with the state's statistics: ``(x - mean) / max(sqrt(variance), epsilon)``.
 
         With ``invert=True`` returns ``mean + x * max(sqrt(variance), epsilon)`` instead. Computed in

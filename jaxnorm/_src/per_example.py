@@ -9,7 +9,7 @@ inference. A subclass supplies two hooks and nothing else of the contract:
 - :meth:`PerExample._normalize`: the normalize call, given checked inputs.
 
 Inputs are checked once, here (``x``, ``params``, ``state``, ``mask``; the hyperparameters at construction):
-``_normalize`` calls the ops' unchecked entry points (``ops.normalize_layer``, ``normalize_by_square``,
+``_normalize`` calls the unchecked entry points of :mod:`jaxnorm._src.normalize` (``normalize_layer``,
 ``normalize_groups``, ``normalize_by_moments``, ``normalize_unit``), not the public ops that would check again.
 """
 
@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import dataclasses
+
 import jax
 
 from jaxnorm._src import layer, validation
-from jaxnorm._src.layer import Layer
+from jaxnorm._src.layer import Statistics, Tree
 
 
-class PerExample(Layer):
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class PerExample(Statistics):
     """A per-example normalization spec: ``init(key, x) -> (params, {})`` and
     ``apply(params, state, x, *, training=None, mask=None) -> (y, {})``. See the subclasses for the formulas."""
 
@@ -75,7 +78,7 @@ class PerExample(Layer):
         None or of ``x``'s shape."""
         raise NotImplementedError
 
-    def init(self, key: Any, x: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    def init(self, key: Any, x: Any) -> tuple[Tree, Tree]:
         """Creates ``(params, {})`` for inputs like ``x`` (an array or a ``jax.ShapeDtypeStruct``).
 
         Args:
@@ -97,14 +100,8 @@ class PerExample(Layer):
         return self._init_params(key, self._param_shape(shape)), {}
 
     def apply(
-        self,
-        params: dict[str, jax.Array],
-        state: dict[str, jax.Array],
-        x: jax.Array,
-        *,
-        training: bool | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        self, params: Tree, state: Tree, x: jax.Array, *, training: bool | None = None, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, Tree]:
         """Normalizes each example of ``x`` by its own statistics.
 
         Args:

@@ -168,21 +168,8 @@ def resolve(spec: Any, name: str) -> Regularizer | None:
 
 
 def serialize(spec: Any, name: str) -> dict[str, Any] | None:
-    """The JSON form of a regularizer: None, or the config dict Keras writes for it.
-
-    Equal to ``keras.regularizers.serialize(keras.regularizers.get(spec))`` for the supported names and
-    configs: ``{'module': 'keras.regularizers', 'class_name': ..., 'config': {...}, 'registered_name': None}``
-    with every factor filled in as a float (L1's as its float32 value, e.g. ``0.009999999776482582``).
-
-    Args:
-      spec: as for :func:`check` (a frozen spec is accepted too).
-      name: the argument's name, used in error messages.
-
-    Returns:
-      None or a JSON-serializable dict.
-
-    Raises:
-      TypeError: ``spec`` is a callable, which has no JSON form.
-      ValueError: as :func:`check`.
-    """
+    """The JSON form of a regularizer ``spec`` (as for :func:`check`; ``name`` names it in errors): None, or
+    ``keras.regularizers.serialize(keras.regularizers.get(spec))``, every factor filled in as a float (L1's as its
+    float32 value, e.g. ``0.009999999776482582``). Raises ``TypeError`` for a callable (it has no JSON form),
+    otherwise as :func:`check`. See :meth:`keras_objects.Family.serialize`."""
     return _FAMILY.serialize(spec, name)

@@ -20,7 +20,7 @@ import numpy as np
 from jax import lax
 
 from jaxnorm._src import initializers, layer, validation
-from jaxnorm._src.layer import Layer
+from jaxnorm._src.layer import Layer, Tree
 
 # ------------------------------------------------------------------------------------------------ checks
 
@@ -284,7 +284,7 @@ def _canonical_dtype_field(spec: Any, name: str) -> None:
     object.__setattr__(spec, name, None if dt is None else dt.name)
 
 
-@dataclasses.dataclass(frozen=True, eq=True)
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
 class SpectralNorm(Layer):
     r"""Spectral normalization of a weight (Miyato et al. 2018) as a pure spec with explicit power-iteration state.
 
@@ -366,7 +366,7 @@ class SpectralNorm(Layer):
         return {"u": layer.StateEntry(tuple(u_shape), dtype, "power iteration vector"),
                 "sigma": layer.StateEntry((), dtype, "largest singular value, last estimate")}
 
-    def init(self, key: Any, w: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    def init(self, key: Any, w: Any) -> tuple[Tree, Tree]:
         """Creates ``({}, {'u', 'sigma'})`` for a weight like ``w`` (an array or a ``jax.ShapeDtypeStruct``).
 
         Args:
@@ -390,13 +390,8 @@ class SpectralNorm(Layer):
         return {}, {"u": u, "sigma": jnp.ones((), self.param_dtype)}
 
     def apply(
-        self,
-        params: dict[str, jax.Array],
-        state: dict[str, jax.Array],
-        w: jax.Array,
-        *,
-        training: bool | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        self, params: Tree, state: Tree, w: jax.Array, *, training: bool | None = None
+    ) -> tuple[jax.Array, Tree]:
         """Returns ``(w / sigma, new_state)``; see the class docstring.
 
         Args:
@@ -434,7 +429,7 @@ class SpectralNorm(Layer):
         return w_bar, {"u": u.astype(state["u"].dtype), "sigma": sigma.astype(state["sigma"].dtype)}
 
 
-@dataclasses.dataclass(frozen=True, eq=True)
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
 class WeightNorm(Layer):
     r"""Weight normalization (Salimans & Kingma 2016) of a weight as a pure spec: ``init`` and ``apply``.
 
@@ -512,7 +507,7 @@ class WeightNorm(Layer):
         """Not available: raises ``ValueError`` (Keras has no weight-normalization layer)."""
         raise _layer_only(type(self).__name__)
 
-    def init(self, key: Any, w: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    def init(self, key: Any, w: Any) -> tuple[Tree, Tree]:
         """Creates ``({'scale'}, {})`` for a weight like ``w`` (an array or a ``jax.ShapeDtypeStruct``).
 
         Args:
@@ -538,13 +533,8 @@ class WeightNorm(Layer):
         return {"scale": jnp.asarray(scale, self.param_dtype)}, {}
 
     def apply(
-        self,
-        params: dict[str, jax.Array],
-        state: dict[str, jax.Array],
-        w: jax.Array,
-        *,
-        training: bool | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        self, params: Tree, state: Tree, w: jax.Array, *, training: bool | None = None
+    ) -> tuple[jax.Array, Tree]:
         """Returns ``(w_normalized, {})``; see the class docstring.
 
         Args:

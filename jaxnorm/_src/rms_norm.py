@@ -7,7 +7,7 @@ from typing import Any
 
 import jax
 
-from jaxnorm._src import initializers, keras_config, ops, validation
+from jaxnorm._src import initializers, keras_config, normalize, validation
 from jaxnorm._src.layer import Scaled
 from jaxnorm._src.per_example import PerExample
 
@@ -20,7 +20,7 @@ def _is_ones(init: Any) -> bool:
     return value == "ones" or (isinstance(value, dict) and value.get("class_name") == "Ones")
 
 
-@dataclasses.dataclass(frozen=True, eq=True)
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
 class RMSNorm(Scaled, PerExample):
     r"""Root-mean-square normalization (Zhang & Sennrich 2019) as a pure spec: ``init`` and ``apply``.
 
@@ -75,8 +75,6 @@ class RMSNorm(Scaled, PerExample):
     epsilon: float = 1e-6
     _: dataclasses.KW_ONLY
     implementation: str = "auto"
-    extreme_range: bool = False
-    dtype_policy: Any = None
 
     KERAS = keras_config.KerasRecord(
         "RMSNormalization",
@@ -92,12 +90,12 @@ class RMSNorm(Scaled, PerExample):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
-        ops.check_implementation(self.implementation)
+        normalize.check_implementation(self.implementation)
         self._post_init_common()
 
     def _normalize(
         self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
     ) -> jax.Array:
         scale, _ = self._expanded(params, x.ndim, axes)
-        return ops.normalize_layer(x, scale, None, axes, self.epsilon, mask, None, self.implementation,
+        return normalize.normalize_layer(x, scale, None, axes, self.epsilon, mask, None, self.implementation,
                                    center=False, extreme_range=self.extreme_range)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 
-from jaxnorm._src import keras_config, ops, validation
+from jaxnorm._src import keras_config, normalize, validation
 from jaxnorm._src.per_example import PerExample
 
 
-@dataclasses.dataclass(frozen=True, eq=True)
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
 class UnitNormalization(PerExample):
     r"""Scales each example to unit L2 norm over ``axis``, as ``keras.layers.UnitNormalization``.
 
@@ -49,8 +48,6 @@ class UnitNormalization(PerExample):
     axis: int | tuple[int, ...] = -1
     epsilon: float = 1e-12
     trainable: bool = True
-    extreme_range: bool = False
-    dtype_policy: Any = None
 
     KERAS = keras_config.KerasRecord(
         "UnitNormalization",
@@ -65,4 +62,4 @@ class UnitNormalization(PerExample):
     def _normalize(
         self, params: dict[str, jax.Array], x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None
     ) -> jax.Array:
-        return ops.normalize_unit(x, axes, self.epsilon, mask, extreme_range=self.extreme_range)
+        return normalize.normalize_unit(x, axes, self.epsilon, mask, extreme_range=self.extreme_range)
