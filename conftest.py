@@ -9,4 +9,4 @@ collect_ignore = []
 if importlib.util.find_spec("torch") is None:
     collect_ignore.append("jaxnorm/interop.py")
 if importlib.util.find_spec("equinox") is None:
-    collect_ignore.append("jaxnorm/equinox.py")
+    collect_ignore.append("jaxnorm/equinox")

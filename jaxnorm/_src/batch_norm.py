@@ -74,14 +74,13 @@ class BatchNorm(Affine, Statistics):
     unchanged. Statistics are two-pass in at least float32 (stable on data with a large offset); the output has
     the input's dtype.
 
+    The fields after ``epsilon`` are keyword-only.
+
     Attributes:
       axis: int or sequence of ints, the feature axes (-1: channels-last; 1: channels-first). Parameters and
         statistics have shape ``[x.shape[a] for a in sorted(axis)]``.
       momentum: float in [0, 1], the moving-average decay (Keras and Flax default 0.99).
       epsilon: float >= 0 added to the variance (Keras default 1e-3; Flax and PyTorch use 1e-5).
-
-    The other fields are keyword-only:
-
       use_scale: learn a multiplier ``scale`` (Keras ``scale``, ``gamma``).
       use_bias: learn an offset ``bias`` (Keras ``center``, ``beta``).
       scale_init, bias_init, mean_init, var_init: initializers of ``scale`` (default 'ones'), ``bias``

@@ -47,6 +47,8 @@ class GroupNorm(Affine, PerExample):
     (``num_groups=-1`` or ``group_size=1``) is :class:`InstanceNorm`. No moving statistics: the state is ``{}``
     and training and inference compute the same thing.
 
+    The fields after ``epsilon`` are keyword-only.
+
     Attributes:
       num_groups: the number of groups (Keras's ``groups``, Flax's ``num_groups``); -1 means one group per
         channel (Keras's instance normalization). Give it or ``group_size``, not both; neither means 32, the
@@ -54,9 +56,6 @@ class GroupNorm(Affine, PerExample):
       group_size: the number of channels per group (Flax's ``group_size``).
       axis: int, the channel axis (-1: channels-last; 1: channels-first, as PyTorch's ``GroupNorm``).
       epsilon: float >= 0 added to the variance (Keras default 1e-3; Flax uses 1e-6, PyTorch 1e-5).
-
-    The other fields are keyword-only:
-
       use_scale, use_bias: learn ``scale`` (Keras ``scale``/``gamma``) and ``bias`` (``center``/``beta``).
       scale_init, bias_init: initializers ('ones', 'zeros'): Keras names or configs, or JAX initializers.
       param_dtype: dtype of ``scale`` and ``bias`` (float32).
@@ -136,13 +135,12 @@ class InstanceNorm(Affine, PerExample):
     Keras configs describe it), Flax's ``InstanceNorm``, and PyTorch's ``InstanceNorm{1,2,3}d(affine=True)``
     with ``axis=1``. No moving statistics: the state is ``{}``.
 
+    The fields after ``epsilon`` are keyword-only.
+
     Attributes:
       axis: int or sequence of ints, the channel (feature) axes, never 0 (default -1; Flax's ``feature_axes``).
       epsilon: float >= 0 added to the variance (1e-3, as Keras's ``GroupNormalization``; Flax uses 1e-6,
         PyTorch 1e-5).
-
-    The other fields are keyword-only:
-
       use_scale, use_bias, scale_init, bias_init, param_dtype, scale_regularizer, bias_regularizer,
       scale_constraint, bias_constraint, trainable, dtype_policy: as :class:`GroupNorm`'s.
 

@@ -23,12 +23,11 @@ class LayerNorm(Affine, PerExample):
 
     LayerNorm has no moving statistics: its state is ``{}`` and training and inference compute the same thing.
 
+    The fields after ``epsilon`` are keyword-only.
+
     Attributes:
       axis: int or sequence of ints, the normalized axes (default -1, the last; Keras's ``axis``).
       epsilon: float >= 0 added to the variance (Keras default 1e-3; Flax uses 1e-6, PyTorch 1e-5).
-
-    The other fields are keyword-only:
-
       use_scale: learn a multiplier ``scale`` (Keras ``scale``/``gamma``).
       use_bias: learn an offset ``bias`` (Keras ``center``/``beta``).
       scale_init, bias_init: initializers (default 'ones' and 'zeros'): a Keras name, a Keras initializer

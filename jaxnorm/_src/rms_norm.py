@@ -31,14 +31,13 @@ class RMSNorm(Scaled, PerExample):
 
     RMSNorm has no moving statistics: its state is ``{}`` and training and inference compute the same thing.
 
+    The fields after ``epsilon`` are keyword-only.
+
     Attributes:
       axis: int or sequence of ints, the normalized axes (default -1; Keras's ``axis``, Flax's
         ``reduction_axes``).
       epsilon: float >= 0 added to the mean of squares (1e-6, Keras's and Flax's default; PyTorch's
         ``eps=None`` means ``finfo(dtype).eps``: give that value explicitly).
-
-    The other fields are keyword-only:
-
       use_scale: learn a multiplier ``scale`` (Flax ``use_scale``; Keras always has one).
       scale_init: initializer of ``scale`` (default 'ones'): a Keras name or config dict, or a JAX initializer.
       param_dtype: dtype of ``scale`` (default float32).
