@@ -320,12 +320,8 @@ class Normalization(Layer):
             )
         assert totals is not None  # stream.slices > 0
         count, mean, m2 = totals
-        variance = m2 / np.maximum(count, 1)
-        return {
-            "mean": jnp.asarray(mean, jnp.float32),
-            "variance": jnp.asarray(variance, jnp.float32),
-            "count": jnp.asarray(count, jnp.float32),
-        }
+        return {k: jnp.asarray(v, jnp.float32) for k, v in
+                (("mean", mean), ("variance", m2 / np.maximum(count, 1)), ("count", count))}
 
     def _totals_from_state(self, state: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         fix = "Pass the state returned by this spec's `init` or `adapt`, or None to start from nothing."

@@ -206,8 +206,10 @@ def normalize_batch_in_training(
         scale = validation.axes_operand(scale, x.shape, kept, "scale", "kept (non-reduced) axes")
     if offset is not None:
         offset = validation.axes_operand(offset, x.shape, kept, "offset", "kept (non-reduced) axes")
-    y, _, mean, var = normalize.normalize_by_moments(x, scale, offset, axes, epsilon, None, axis_name,
-                                           extreme_range=validation.check_bool(extreme_range, "extreme_range"))
+    y, _, mean, var = normalize.normalize_by_moments(
+        x, scale, offset, axes, epsilon, None, axis_name,
+        extreme_range=validation.check_bool(extreme_range, "extreme_range"),
+    )
     return y, jnp.squeeze(mean, axes), jnp.squeeze(var, axes)
 
 
@@ -276,8 +278,10 @@ def layer_norm(
     if bias is not None:
         bias = validation.axes_operand(bias, x.shape, axes, "bias", "normalized axes")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    return normalize.normalize_layer(x, scale, bias, axes, epsilon, mask, axis_name, normalize.check_implementation(implementation),
-                           extreme_range=validation.check_bool(extreme_range, "extreme_range"))
+    return normalize.normalize_layer(
+        x, scale, bias, axes, epsilon, mask, axis_name, normalize.check_implementation(implementation),
+        extreme_range=validation.check_bool(extreme_range, "extreme_range"),
+    )
 
 
 def rms_norm(
@@ -336,8 +340,10 @@ def rms_norm(
     if scale is not None:
         scale = validation.axes_operand(scale, x.shape, axes, "scale", "normalized axes")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    return normalize.normalize_layer(x, scale, None, axes, epsilon, mask, axis_name, normalize.check_implementation(implementation),
-                           center=False, extreme_range=validation.check_bool(extreme_range, "extreme_range"))
+    return normalize.normalize_layer(
+        x, scale, None, axes, epsilon, mask, axis_name, normalize.check_implementation(implementation),
+        center=False, extreme_range=validation.check_bool(extreme_range, "extreme_range"),
+    )
 
 
 def unit_norm(
@@ -457,20 +463,24 @@ def group_norm(
     """
     x = validation.check_float_array(x, "x")
     validation.check_epsilon(epsilon)
-    if reduction_axes is None:
-        normalize.check_batched(x.shape, "group_norm", " or give `reduction_axes` (e.g. () for one example)")
-    (c,) = validation.canonicalize_axes(axis, x.ndim, "axis")
-    if reduction_axes is None:
-        reduce = normalize.group_reduce_axes(c, x.ndim)
-    else:
-        reduce = tuple(a for a in validation.canonicalize_axes_or_empty(reduction_axes, x.ndim, "reduction_axes")
-                       if a != c)
+    c, reduce = _group_axes(x.shape, axis, reduction_axes)
     groups = validation.resolve_groups(num_groups, group_size, x.shape[c], c)
     scale = None if scale is None else validation.axes_operand(scale, x.shape, (c,), "scale", "channel axis")
     bias = None if bias is None else validation.axes_operand(bias, x.shape, (c,), "bias", "channel axis")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
     return normalize.normalize_groups(x, scale, bias, c, groups, reduce, epsilon, mask, axis_name,
-                            extreme_range=validation.check_bool(extreme_range, "extreme_range"))
+                                      extreme_range=validation.check_bool(extreme_range, "extreme_range"))
+
+
+def _group_axes(shape: tuple[int, ...], axis: Any, reduction_axes: Any) -> tuple[int, tuple[int, ...]]:
+    """:func:`group_norm`'s channel axis and reduced axes (besides the within-group channels), checked."""
+    if reduction_axes is None:
+        normalize.check_batched(shape, "group_norm", " or give `reduction_axes` (e.g. () for one example)")
+    (c,) = validation.canonicalize_axes(axis, len(shape), "axis")
+    if reduction_axes is None:
+        return c, normalize.group_reduce_axes(c, len(shape))
+    axes = validation.canonicalize_axes_or_empty(reduction_axes, len(shape), "reduction_axes")
+    return c, tuple(a for a in axes if a != c)
 
 
 def instance_norm(
@@ -538,6 +548,6 @@ def instance_norm(
     bias = None if bias is None else validation.axes_operand(bias, x.shape, features, "bias", "channel axes")
     mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
     return normalize.normalize_by_moments(x, scale, bias, reduce, epsilon, mask, axis_name,
-                                extreme_range=validation.check_bool(extreme_range, "extreme_range"))[0]
+                                          extreme_range=validation.check_bool(extreme_range, "extreme_range"))[0]
 
 

@@ -399,6 +399,55 @@ def _check_param(p, name: str, n_cols: int):
     return p
 
 
+def _checked_rows(
+    x: Any, scale: Any, bias: Any, epsilon: Any, subtract_mean: Any, interpret: Any, block_rows: Any,
+    num_programs: Any,
+) -> tuple[Any, Any, Any, float, Any, Any]:
+    """:func:`normalize_rows`'s arguments checked (its ``Raises``): ``(x, scale, bias, epsilon, block_rows,
+    num_programs)``."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        x = jnp.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(
+            f"x must be a 2-D (M, N) array normalized over its last axis; got shape {tuple(x.shape)} "
+            f"(rank {x.ndim}). Reshape it, e.g. x.reshape(-1, x.shape[-1]), or use jax.vmap."
+        )
+    if not any(x.dtype == d for d in _SUPPORTED_DTYPES):
+        raise TypeError(
+            f"x must have dtype float32, bfloat16 or float16 (the kernels compute in float32); got {x.dtype}. "
+            + ("Use implementation='xla' for float64." if x.dtype == jnp.float64 else "Cast x to a float dtype.")
+        )
+    n_rows, n_cols = x.shape
+    if n_cols == 0:
+        raise ValueError(f"x must have at least one column to normalize over; got shape {tuple(x.shape)}.")
+    limit = max_row_length(x.dtype)
+    if n_cols > limit:
+        raise ValueError(
+            f"x has rows of N={n_cols} elements, more than the Pallas kernels hold on chip for {x.dtype} "
+            f"(N <= {limit}, i.e. 64 KiB per row). Use implementation='xla' for such long rows."
+        )
+    scale = _check_param(scale, "scale", n_cols)
+    bias = _check_param(bias, "bias", n_cols)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.integer, np.floating)):
+        raise TypeError(
+            f"epsilon must be a Python float (static, not differentiated); got {epsilon!r} of type "
+            f"{type(epsilon).__name__}. Pass e.g. epsilon=1e-6."
+        )
+    epsilon = float(epsilon)
+    if not (epsilon >= 0.0 and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon must be finite and >= 0; got {epsilon}.")
+    for name, flag in (("subtract_mean", subtract_mean), ("interpret", interpret)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool; got {flag!r} of type {type(flag).__name__}.")
+    block_rows = _check_static_int(block_rows, "block_rows", power_of_2=True)
+    num_programs = _check_static_int(num_programs, "num_programs", power_of_2=False)
+    if plgpu is None:  # pragma: no cover
+        raise RuntimeError(
+            "jax.experimental.pallas.triton is unavailable in this jax build; use implementation='xla'."
+        )
+    return x, scale, bias, epsilon, block_rows, num_programs
+
+
 def normalize_rows(
     x: jax.Array,
     scale: jax.Array | None,
@@ -456,46 +505,9 @@ def normalize_rows(
     Triton compiler parameters: ``num_warps`` 4 for tiles below 2048 elements, 8 up to 8192, 16 above
     (ignored in interpret mode).
     """
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        x = jnp.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(
-            f"x must be a 2-D (M, N) array normalized over its last axis; got shape {tuple(x.shape)} "
-            f"(rank {x.ndim}). Reshape it, e.g. x.reshape(-1, x.shape[-1]), or use jax.vmap."
-        )
-    if not any(x.dtype == d for d in _SUPPORTED_DTYPES):
-        raise TypeError(
-            f"x must have dtype float32, bfloat16 or float16 (the kernels compute in float32); got {x.dtype}. "
-            + ("Use implementation='xla' for float64." if x.dtype == jnp.float64 else "Cast x to a float dtype.")
-        )
-    n_rows, n_cols = x.shape
-    if n_cols == 0:
-        raise ValueError(f"x must have at least one column to normalize over; got shape {tuple(x.shape)}.")
-    limit = max_row_length(x.dtype)
-    if n_cols > limit:
-        raise ValueError(
-            f"x has rows of N={n_cols} elements, more than the Pallas kernels hold on chip for {x.dtype} "
-            f"(N <= {limit}, i.e. 64 KiB per row). Use implementation='xla' for such long rows."
-        )
-    scale = _check_param(scale, "scale", n_cols)
-    bias = _check_param(bias, "bias", n_cols)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.integer, np.floating)):
-        raise TypeError(
-            f"epsilon must be a Python float (static, not differentiated); got {epsilon!r} of type "
-            f"{type(epsilon).__name__}. Pass e.g. epsilon=1e-6."
-        )
-    epsilon = float(epsilon)
-    if not (epsilon >= 0.0 and math.isfinite(epsilon)):
-        raise ValueError(f"epsilon must be finite and >= 0; got {epsilon}.")
-    for name, flag in (("subtract_mean", subtract_mean), ("interpret", interpret)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{name} must be a bool; got {flag!r} of type {type(flag).__name__}.")
-    block_rows = _check_static_int(block_rows, "block_rows", power_of_2=True)
-    num_programs = _check_static_int(num_programs, "num_programs", power_of_2=False)
-    if plgpu is None:  # pragma: no cover
-        raise RuntimeError(
-            "jax.experimental.pallas.triton is unavailable in this jax build; use implementation='xla'."
-        )
+    x, scale, bias, epsilon, block_rows, num_programs = _checked_rows(
+        x, scale, bias, epsilon, subtract_mean, interpret, block_rows, num_programs
+    )
     bias_dtype = None if bias is None else np.dtype(bias.dtype)
     return _normalize(
         x, scale, bias, epsilon, bool(subtract_mean), bool(interpret), block_rows, num_programs, bias_dtype

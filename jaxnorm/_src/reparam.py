@@ -118,6 +118,14 @@ def weight_norm_axes(ndim: int, feature_axes: Any) -> tuple[tuple[int, ...], tup
 # ------------------------------------------------------------------------------------------------ ops
 
 
+def _flax_power_iteration(mat: jax.Array, u: jax.Array, n_steps: int, eps: float) -> tuple[jax.Array, jax.Array]:
+    """Flax's ``n_steps`` power-iteration steps from ``u`` (``(1, n)``): ``(u, v)``, held constant in the gradient."""
+    for _ in range(n_steps):
+        v = _l2_normalize(jnp.matmul(u, mat.T), eps=eps)
+        u = _l2_normalize(jnp.matmul(v, mat), eps=eps)
+    return lax.stop_gradient(u), lax.stop_gradient(v)
+
+
 def spectral_normalize(
     w: jax.Array,
     u: jax.Array,
@@ -192,14 +200,8 @@ def spectral_normalize(
             "Was it created for another weight? Re-create it (e.g. with the spec's `init`) for this weight."
         )
     state_dtype = validation.result_dtype(w, u)
-    compute = validation.stats_dtype(state_dtype)
-    mat = w.reshape(-1, w.shape[-1]).astype(compute)
-    u0 = u.astype(compute)
-    for _ in range(n_steps):
-        v0 = _l2_normalize(jnp.matmul(u0, mat.T), eps=epsilon)
-        u0 = _l2_normalize(jnp.matmul(v0, mat), eps=epsilon)
-    u0 = lax.stop_gradient(u0)
-    v0 = lax.stop_gradient(v0)
+    mat = w.reshape(-1, w.shape[-1]).astype(validation.stats_dtype(state_dtype))
+    u0, v0 = _flax_power_iteration(mat, u.astype(mat.dtype), n_steps, epsilon)
     sigma = jnp.matmul(jnp.matmul(v0, mat), u0.T)[0, 0]
     w_bar = (mat / jnp.where(sigma != 0, sigma, 1)).reshape(w.shape)
     return w_bar.astype(out_dtype), u0.astype(state_dtype), sigma.astype(state_dtype)

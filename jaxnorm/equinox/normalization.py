@@ -280,41 +280,48 @@ class BatchNorm(StatefulLayer):
             )
         fix = "Build the layer with input_size for this input, or pass the state made with it."
         scale, bias = _affine(self.weight, self.bias, x, "BatchNorm", fix)
-        params = [p for p in (scale, bias) if p is not None]
         m = validation.numpy_mask(mask, x)
-        axes = tuple(range(1, x.ndim))
-        rule = moving.Rule(self.momentum)
-        sync = validation.axis_name_of(self.axis_name)
+        call = self._ema if self.mode == "ema" else self._batch
+        return call(x, state, inference, scale, bias, m, fix)
 
-        if self.mode == "ema":
-            assert self.ema_first_time_index is not None and self.ema_state_index is not None
-            index = self.ema_state_index
-            running = [_fit(v, (c,), f"BatchNorm state[ema_state_index][{i}]", fix)
-                       for i, v in enumerate(state.get(index))]
-            out_dtype = validation.result_dtype(x, *running, *params)
-            xc = x.astype(validation.result_dtype(x.dtype, out_dtype))
-            if inference:
-                mean, var = running
-            else:
-                first_time = state.get(self.ema_first_time_index)
-                count, batch_mean, batch_var = (
-                    jnp.squeeze(s, axes)
-                    for s in stats.count_mean_var(xc, axes, m, sync, extreme_range=self.extreme_range)
-                )
-                new = moving.update(
-                    {"mean": running[0], "var": running[1]}, count, batch_mean, batch_var, rule
-                )
-                ok = moving.update_ok(count, batch_mean, batch_var)
-                # equinox's first training call: the batch statistics replace the (empty) running ones.
-                mean = moving.safe_update(new["mean"], batch_mean, first_time & ok)
-                var = moving.safe_update(new["var"], batch_var, first_time & ok)
-                state = state.set(self.ema_first_time_index, first_time & ~jnp.any(ok))
-                state = state.set(index, (mean, var))
-            y = normalize.normalize_by_stats(
-                xc, _channels_first(mean, x), _channels_first(var, x), scale, bias, self.eps, m
+    def _ema(
+        self, x: jax.Array, state: State, inference: bool, scale: Any, bias: Any, m: Any, fix: str
+    ) -> tuple[jax.Array, State]:
+        """``mode='ema'``: equinox's exponential averages, its first call replacing the running statistics."""
+        c, axes, rule, sync, params = self._call_constants(x, scale, bias)
+        assert self.ema_first_time_index is not None and self.ema_state_index is not None
+        index = self.ema_state_index
+        running = [_fit(v, (c,), f"BatchNorm state[ema_state_index][{i}]", fix)
+                   for i, v in enumerate(state.get(index))]
+        out_dtype = validation.result_dtype(x, *running, *params)
+        xc = x.astype(validation.result_dtype(x.dtype, out_dtype))
+        if inference:
+            mean, var = running
+        else:
+            first_time = state.get(self.ema_first_time_index)
+            count, batch_mean, batch_var = (
+                jnp.squeeze(s, axes)
+                for s in stats.count_mean_var(xc, axes, m, sync, extreme_range=self.extreme_range)
             )
-            return y.astype(out_dtype), state
+            new = moving.update(
+                {"mean": running[0], "var": running[1]}, count, batch_mean, batch_var, rule
+            )
+            ok = moving.update_ok(count, batch_mean, batch_var)
+            # equinox's first training call: the batch statistics replace the (empty) running ones.
+            mean = moving.safe_update(new["mean"], batch_mean, first_time & ok)
+            var = moving.safe_update(new["var"], batch_var, first_time & ok)
+            state = state.set(self.ema_first_time_index, first_time & ~jnp.any(ok))
+            state = state.set(index, (mean, var))
+        y = normalize.normalize_by_stats(
+            xc, _channels_first(mean, x), _channels_first(var, x), scale, bias, self.eps, m
+        )
+        return y.astype(out_dtype), state
 
+    def _batch(
+        self, x: jax.Array, state: State, inference: bool, scale: Any, bias: Any, m: Any, fix: str
+    ) -> tuple[jax.Array, State]:
+        """``mode='batch'``: equinox's debiased averages, read out at inference (``moving.batch_mode_readout``)."""
+        c, axes, rule, sync, params = self._call_constants(x, scale, bias)
         assert self.batch_counter is not None and self.batch_state_index is not None
         counter = state.get(self.batch_counter)
         hidden = [_fit(v, (c,), f"BatchNorm state[batch_state_index][{i}]", fix)
@@ -338,6 +345,12 @@ class BatchNorm(StatefulLayer):
         state = state.set(self.batch_counter, new["steps"])
         state = state.set(self.batch_state_index, (new["mean"], new["var"]))
         return y.astype(out_dtype), state
+
+    def _call_constants(self, x: jax.Array, scale: Any, bias: Any) -> tuple[int, tuple[int, ...], Any, Any, list]:
+        """What both modes read: channels, reduced axes, the moving rule, the named axis, the params in use."""
+        params = [p for p in (scale, bias) if p is not None]
+        return self.input_size, tuple(range(1, x.ndim)), moving.Rule(self.momentum), \
+            validation.axis_name_of(self.axis_name), params
 
 
 # ---------------------------------------------------------------------------------------------- per example
