@@ -20,6 +20,8 @@ from jaxnorm._src import keras_config, layer, streaming, validation
 from jaxnorm._src.layer import Layer, Tree
 
 _STATE_KEYS = ("mean", "variance", "count")
+
+
 def _freeze_stat(value: Any, name: str) -> float | tuple:
     """A given mean/variance as a hashable float or nested tuple of floats (checked real and finite)."""
     try:

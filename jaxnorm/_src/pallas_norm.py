@@ -133,14 +133,18 @@ def _default_num_programs(num_row_blocks: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _unpack(refs, *present):
+    """A kernel's refs in order, None for each operand whose flag in ``present`` is False."""
+    it = iter(refs)
+    out = [next(it) if flag else None for flag in present]
+    assert next(it, None) is None, "more refs than operands"
+    return out
+
+
 def _forward_kernel(*refs, n_rows, n_cols, block_rows, block_n, epsilon, subtract_mean, has_scale, has_bias):
-    refs = list(refs)
-    x_ref = refs.pop(0)
-    scale_ref = refs.pop(0) if has_scale else None
-    bias_ref = refs.pop(0) if has_bias else None
-    y_ref = refs.pop(0)
-    mean_ref = refs.pop(0) if subtract_mean else None
-    (rstd_ref,) = refs
+    x_ref, scale_ref, bias_ref, y_ref, mean_ref, rstd_ref = _unpack(
+        refs, True, has_scale, has_bias, True, subtract_mean, True
+    )
 
     row0 = pl.program_id(0) * block_rows
     row_ok = row0 + jnp.arange(block_rows) < n_rows
@@ -173,16 +177,9 @@ def _forward_kernel(*refs, n_rows, n_cols, block_rows, block_n, epsilon, subtrac
 
 
 def _backward_kernel(*refs, n_rows, n_cols, block_rows, block_n, num_programs, subtract_mean, has_scale, has_bias):
-    refs = list(refs)
-    x_ref = refs.pop(0)
-    scale_ref = refs.pop(0) if has_scale else None
-    mean_ref = refs.pop(0) if subtract_mean else None
-    rstd_ref = refs.pop(0)
-    dy_ref = refs.pop(0)
-    dx_ref = refs.pop(0)
-    dscale_ref = refs.pop(0) if has_scale else None
-    dbias_ref = refs.pop(0) if has_bias else None
-    assert not refs
+    x_ref, scale_ref, mean_ref, rstd_ref, dy_ref, dx_ref, dscale_ref, dbias_ref = _unpack(
+        refs, True, has_scale, subtract_mean, True, True, True, has_scale, has_bias
+    )
 
     pid = pl.program_id(0)
     num_row_blocks = pl.cdiv(n_rows, block_rows)
