@@ -8,13 +8,16 @@ Public API:
 - layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`,
   :class:`GroupNorm`, :class:`InstanceNorm`, :class:`UnitNormalization`, and the preprocessing layer
   :class:`Normalization` (``adapt`` to a data set);
+- normalization-free point-wise layers for Transformers: the ops :func:`dyt` and :func:`derf`, the specs
+  :class:`DyT` and :class:`Derf`;
 - weight reparametrizations (they normalize a kernel, not an activation): the ops :func:`spectral_normalize`
   and :func:`weight_normalize`, and the specs :class:`SpectralNorm` (explicit power-iteration state) and
   :class:`WeightNorm`;
 - train-step helpers over a model's params: :func:`regularization_loss`, :func:`apply_constraints`,
   :func:`constraints_transform` (Optax), :func:`trainable_mask`, :func:`decay_mask`;
 - converters to and from Keras and PyTorch layers in :mod:`jaxnorm.interop`;
-- Flax drop-ins in :mod:`jaxnorm.linen` and :mod:`jaxnorm.nnx` (need ``flax``).
+- Flax drop-ins in :mod:`jaxnorm.linen` and :mod:`jaxnorm.nnx` (need ``flax``), equinox drop-ins in
+  :mod:`jaxnorm.equinox` (need ``equinox``).
 """
 
 from jaxnorm._src.batch_norm import BatchNorm
@@ -31,6 +34,7 @@ from jaxnorm._src.ops import (
     rms_norm,
     unit_norm,
 )
+from jaxnorm._src.pointwise import Derf, DyT, derf, dyt
 from jaxnorm._src.reparam import SpectralNorm, WeightNorm, spectral_normalize, weight_normalize
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.training import (
@@ -46,6 +50,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm",
+    "Derf",
+    "DyT",
     "GroupNorm",
     "InstanceNorm",
     "LayerNorm",
@@ -58,6 +64,8 @@ __all__ = [
     "batch_normalization",
     "constraints_transform",
     "decay_mask",
+    "derf",
+    "dyt",
     "group_norm",
     "instance_norm",
     "layer_norm",

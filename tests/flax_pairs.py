@@ -104,7 +104,7 @@ class Pair:
     layer: str
     flavour: str
     ours: type
-    theirs: type
+    theirs: type | None  # None: a drop-in Flax has no class for (UNPEERED)
     build: Callable[..., Any]
     shape: tuple[int, ...]
     kwargs: dict[str, Any]
@@ -398,3 +398,21 @@ def _wn(flavour: str) -> Pair:
 
 
 PAIRS = [make(flavour) for make in (_bn, _ln, _rms, _gn, _in, _sn, _wn) for flavour in ("linen", "nnx")]
+
+
+def _pointwise(layer: str, kwargs: dict[str, Any]) -> Callable[[str], Pair]:
+    """A drop-in with no Flax peer (DyT, Derf): ``theirs`` None, no configs (test_pointwise.py checks it against
+    the spec); test_export.py and test_promises.py run it as the peers' drop-ins."""
+
+    def make(flavour: str) -> Pair:
+        linen = flavour == "linen"
+        return Pair(layer, flavour, getattr(jln if linen else jnnx, layer), None,
+                    _linen if linen else _nnx(_features("feature_axes", -1)), (4, 3, 6), kwargs, (),
+                    axis_name=False, centered=False)
+
+    return make
+
+
+#: The Flax-family drop-ins that Flax has no class for.
+UNPEERED = [make(flavour) for make in (_pointwise("DyT", {}), _pointwise("Derf", {"shift_init_value": 0.25}))
+            for flavour in ("linen", "nnx")]

@@ -5,6 +5,7 @@ differentiate, in float64 under ``jax.enable_x64``. Every test module takes its 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -322,3 +323,17 @@ def _row_norm_vjp(x, scale, bias, dy, epsilon, subtract_mean):
         return y
 
     return jax.vjp(f, x, scale, bias)[1](dy)
+
+
+_ERF = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def pointwise(x, alpha, shift=0.0, scale=None, bias=None, erf=False):
+    """DyT (``erf=False``) or Derf in float64: ``scale * f(alpha * x + shift) + bias`` and its derivatives.
+
+    Returns ``(y, f(z), f'(z))`` with ``z = alpha * x + shift``; ``scale``/``bias`` broadcast to ``x``."""
+    x = _f64(x)
+    z = float(alpha) * x + float(shift)
+    t, dt = (_ERF(z), 2 / math.sqrt(math.pi) * np.exp(-z * z)) if erf else (np.tanh(z), 1 - np.tanh(z) ** 2)
+    y = t * (1.0 if scale is None else _f64(scale)) + (0.0 if bias is None else _f64(bias))
+    return y, t, dt

@@ -52,5 +52,7 @@ REGISTRY = [
     Entry("SpectralNorm_eval", lambda: jaxnorm.SpectralNorm(), (5, 4), training=False, mask=False,
           per_example=False, input_name="w", finite_differences=False),
     Entry("WeightNorm", lambda: jaxnorm.WeightNorm(), (6, 3, 4), mask=False, per_example=False, input_name="w"),
+    Entry("DyT", lambda: jaxnorm.DyT(), (4, 3, 5)),
+    Entry("Derf", lambda: jaxnorm.Derf(axis=(1, 2), shift_init_value=0.25), (4, 3, 5)),
     Entry("Normalization_given", lambda: jaxnorm.Normalization(axis=(1, 2), mean=0.5, variance=2.0), (4, 3, 5)),
 ]

@@ -81,6 +81,12 @@ CASES = [
     Case("WeightNorm-Linear", lambda m: m.WeightNorm(_linear()), (4,)),
     Case("WeightNorm-Conv1d-all", lambda m: m.WeightNorm(_conv(), axis=None), (2, 7)),
 ]
+#: Our layers that equinox has no class for (test_pointwise.py checks them against the spec; test_export.py
+#: and test_promises.py run them with the others).
+UNPEERED = [
+    Case("DyT", lambda m: m.DyT((3, 4)), (3, 4)),
+    Case("Derf", lambda m: m.Derf(5, alpha_init_value=0.8, shift_init_value=0.1), (5,)),
+]
 BY_NAME = {c.name: c for c in CASES}
 NAMES = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "SpectralNorm", "WeightNorm"]
 # The drop-ins that compute statistics take jaxnorm's `extreme_range` (keyword-only, after equinox's arguments,

@@ -32,7 +32,7 @@ from flax import nnx
 import jaxnorm
 import jaxnorm.linen as jln
 import jaxnorm.nnx as jnnx
-from tests.flax_pairs import PAIRS
+from tests.flax_pairs import PAIRS, UNPEERED
 from tests.registry import REGISTRY
 
 try:  # equinox is a conformance dependency (pyproject's `conformance` extra): its cases skip without it
@@ -42,7 +42,8 @@ except ImportError:  # pragma: no cover - depends on the installation
 if eqx is not None:
     import jaxnorm.equinox as jeqx
     from tests.test_equinox_dropin import BATCHED
-    from tests.test_equinox_dropin import CASES as EQX_CASES
+    from tests.test_equinox_dropin import CASES, UNPEERED as EQX_UNPEERED
+    EQX_CASES = CASES + EQX_UNPEERED
 else:  # pragma: no cover
     jeqx, BATCHED, EQX_CASES = None, None, []
 
@@ -112,6 +113,11 @@ OPS: dict[str, tuple[Callable[..., Any], dict, dict, jax.Array]] = {
         {"mean": _normal((8,), 20), "variance": 1.0 + _normal((8,), 21) ** 2, "offset": _C["offset"],
          "scale": _C["scale"]}, {}, _X),
     "unit_norm": (lambda p, s, x: (jaxnorm.unit_norm(x), s), {}, {}, _X),
+    "dyt": (lambda p, s, x: (jaxnorm.dyt(x, p["alpha"], p["scale"], p["bias"]), s),
+            {"alpha": jnp.float32(0.7), "scale": _C["scale"], "bias": _C["bias"]}, {}, _X),
+    "derf": (lambda p, s, x: (jaxnorm.derf(x, p["alpha"], p["shift"], p["scale"], p["bias"]), s),
+             {"alpha": jnp.float32(0.7), "shift": jnp.float32(0.2), "scale": _C["scale"], "bias": _C["bias"]}, {},
+             _X),
     "spectral_normalize": (  # the power-iteration vector u is the state a training step carries
         lambda p, s, x: (lambda w, u, sigma: ((w, sigma), {"u": u}))(
             *jaxnorm.spectral_normalize(x, s["u"], n_steps=2)),
@@ -347,8 +353,8 @@ def _check(case: Case, transform: str) -> None:
 
 
 _OP_ORDER = ["layer_norm", *sorted(set(OPS) - {"layer_norm"})]  # layer_norm is the default tier's op
-_LINEN = {p.layer: p for p in PAIRS if p.flavour == "linen"}
-_NNX = {p.layer: p for p in PAIRS if p.flavour == "nnx"}
+_LINEN = {p.layer: p for p in PAIRS + UNPEERED if p.flavour == "linen"}
+_NNX = {p.layer: p for p in PAIRS + UNPEERED if p.flavour == "nnx"}
 _SPECS = {e.name: e for e in REGISTRY}
 _EQX = {c.name: c for c in EQX_CASES}
 

@@ -91,6 +91,9 @@ NEITHER = {
     "ops:spectral_normalize": "returns sigma, which scales with the weight",
     "ops:regularization_loss": "a penalty, no normalization",
     "ops:apply_constraints": "a projection, no normalization",
+    **{name: "point-wise (DyT/Derf): tanh/erf of alpha * x, bounded, no statistics to be invariant with"
+       for name in ("ops:dyt", "ops:derf", "specs:DyT", "specs:Derf", "linen:DyT", "linen:Derf", "nnx:DyT",
+                    "nnx:Derf", "equinox:DyT", "equinox:Derf")},
     "specs:BatchNorm_eval": "normalizes by its moving statistics",
     "specs:Normalization": "normalizes by its adapted statistics",
     "specs:Normalization_given": "normalizes by given statistics",
@@ -111,6 +114,7 @@ NO_EMPTY_BATCH = {
     "specs:SpectralNorm": "a weight", "specs:SpectralNorm_eval": "a weight", "specs:WeightNorm": "a weight",
     "equinox:RMSNorm": "equinox's layers take one example (no batch axis)",
     "equinox:LayerNorm": "one example", "equinox:GroupNorm": "one example",
+    "equinox:DyT": "one example", "equinox:Derf": "one example",
     "equinox:SpectralNorm-Linear": "one example", "equinox:SpectralNorm-Conv1d": "one example",
     "equinox:WeightNorm-Linear": "one example", "equinox:WeightNorm-Conv1d-all": "one example",
     "linen:SpectralNorm": "a Dense layer's input", "nnx:SpectralNorm": "a Linear layer's input",

@@ -27,7 +27,7 @@ entries = pytest.mark.parametrize("entry", [
 
 
 def _x(entry, seed=0, dtype=np.float32, shape=None):
-    return jnp.asarray((np.random.default_rng(seed).standard_normal(shape or entry.shape) * 2 + 1).astype(dtype))
+    return jnp.asarray((np.random.default_rng(seed).standard_normal(entry.shape if shape is None else shape) * 2 + 1).astype(dtype))
 
 
 def _setup(entry, x=None):

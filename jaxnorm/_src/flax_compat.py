@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxnorm._src import collectives, moving, normalize, validation
+from jaxnorm._src import collectives, moving, normalize, pointwise, validation
 
 #: A family's variables and dtype rule: ``promote(x, feature_axes) -> (x, variables, out_dtype)`` with the
 #: variables (``scale``, ``bias``; BatchNorm's ``mean``, ``var`` first) created or read and checked for ``x``,
@@ -26,15 +26,16 @@ Promote = Callable[[jax.Array, tuple[int, ...]], tuple[jax.Array, list[Any], Any
 
 def _normalized(
     mdl: Any, x: jax.Array, feature_axes: tuple[int, ...], mask: Any, promote: Promote,
-    op: Callable[..., jax.Array],
+    op: Callable[..., jax.Array], statistics: bool = True,
 ) -> jax.Array:
     """The steps every Flax normalization takes: promote, cast ``x`` to the computation's dtype, shape the
-    params onto ``feature_axes``, then ``op(xc, *params, mask, axis_name=..., extreme_range=...)`` and cast."""
+    per-feature params onto ``feature_axes`` (scalars stay scalars), then ``op(xc, *params, mask, axis_name=...,
+    extreme_range=...)`` (without those two for a layer without ``statistics``) and cast."""
     x, values, out_dtype = promote(x, feature_axes)
     xc = compute_input(x, out_dtype)
     shape = [d if i in feature_axes else 1 for i, d in enumerate(x.shape)]
-    values = [None if v is None else v.reshape(shape) for v in values]
-    y = op(xc, *values, validation.numpy_mask(mask, xc), **core_options(mdl))
+    values = [v if v is None or jnp.ndim(v) == 0 else v.reshape(shape) for v in values]
+    y = op(xc, *values, validation.numpy_mask(mask, xc), **(core_options(mdl) if statistics else {}))
     return y.astype(out_dtype)
 
 
@@ -94,6 +95,21 @@ def group_norm(
         )
     return _normalized(mdl, x, (x.ndim - 1,), mask, promote, lambda xc, scale, bias, m, **options: (
         normalize.normalize_groups(xc, scale, bias, x.ndim - 1, num_groups, reduce[:-1], mdl.epsilon, m, **options)))
+
+
+def dynamic(mdl: Any, x: Any, mask: Any, promote: Promote, erf: bool) -> jax.Array:
+    """DyT's call (``erf``: Derf's): ``promote`` gives ``[alpha, (shift,) scale, bias]``, ``scale``/``bias`` over
+    ``feature_axes``; a point-wise map (:func:`jaxnorm._src.pointwise.pointwise`), no statistics."""
+    x = jnp.asarray(x)
+    feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
+
+    def op(xc: jax.Array, *values: Any) -> jax.Array:
+        *scalars, scale, bias, m = values
+        shift = scalars[1] if erf else None
+        return pointwise.pointwise(xc, scalars[0], shift, scale, bias, erf=erf,
+                                   mask=None if m is None else jnp.broadcast_to(m, xc.shape))
+
+    return _normalized(mdl, x, feature, mask, promote, op, statistics=False)
 
 
 def batch_norm(

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 
 from jaxnorm._src import keras_config, normalize, validation
-from jaxnorm._src.layer import Affine
+from jaxnorm._src.layer import Affine, Statistics
 from jaxnorm._src.per_example import PerExample
 
 
@@ -33,7 +33,7 @@ def _write_keras_groups(spec: Any, config: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True, eq=True, repr=False)
-class GroupNorm(Affine, PerExample):
+class GroupNorm(Affine, Statistics, PerExample):
     r"""Group normalization (Wu & He 2018) as a pure spec: ``init`` and ``apply``.
 
     The channels (along ``axis``) are split into groups of consecutive channels; each example's group is
@@ -123,7 +123,7 @@ class GroupNorm(Affine, PerExample):
 
 
 @dataclasses.dataclass(frozen=True, eq=True, repr=False)
-class InstanceNorm(Affine, PerExample):
+class InstanceNorm(Affine, Statistics, PerExample):
     r"""Instance normalization (Ulyanov et al. 2016) as a pure spec: ``init`` and ``apply``.
 
     Each example's channels are normalized separately over every axis but the batch (axis 0) and ``axis``:

@@ -7,12 +7,12 @@ import dataclasses
 import jax
 
 from jaxnorm._src import keras_config, normalize, stats, validation
-from jaxnorm._src.layer import Affine
+from jaxnorm._src.layer import Affine, Statistics
 from jaxnorm._src.per_example import PerExample
 
 
 @dataclasses.dataclass(frozen=True, eq=True, repr=False)
-class LayerNorm(Affine, PerExample):
+class LayerNorm(Affine, Statistics, PerExample):
     r"""Layer normalization (Ba, Kiros & Hinton 2016) as a pure spec: ``init`` and ``apply``.
 
     Each example is normalized by its own statistics over ``axis``; ``scale`` and ``bias`` span those axes:

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import dataclasses
-
 import jax
 
 from jaxnorm._src import layer, validation
-from jaxnorm._src.layer import Statistics, Tree
+from jaxnorm._src.layer import Layer, Tree
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
-class PerExample(Statistics):
+class PerExample(Layer):
     """A per-example normalization spec: ``init(key, x) -> (params, {})`` and
     ``apply(params, state, x, *, training=None, mask=None) -> (y, {})``. See the subclasses for the formulas."""
 

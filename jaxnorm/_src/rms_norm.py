@@ -8,7 +8,7 @@ from typing import Any
 import jax
 
 from jaxnorm._src import initializers, keras_config, normalize, validation
-from jaxnorm._src.layer import Scaled
+from jaxnorm._src.layer import Scaled, Statistics
 from jaxnorm._src.per_example import PerExample
 
 
@@ -21,7 +21,7 @@ def _is_ones(init: Any) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, eq=True, repr=False)
-class RMSNorm(Scaled, PerExample):
+class RMSNorm(Scaled, Statistics, PerExample):
     r"""Root-mean-square normalization (Zhang & Sennrich 2019) as a pure spec: ``init`` and ``apply``.
 
     Each example is divided by its root mean square over ``axis`` (no centering, no bias) and scaled:

@@ -7,11 +7,12 @@ import dataclasses
 import jax
 
 from jaxnorm._src import keras_config, normalize, validation
+from jaxnorm._src.layer import Statistics
 from jaxnorm._src.per_example import PerExample
 
 
 @dataclasses.dataclass(frozen=True, eq=True, repr=False)
-class UnitNormalization(PerExample):
+class UnitNormalization(Statistics, PerExample):
     r"""Scales each example to unit L2 norm over ``axis``, as ``keras.layers.UnitNormalization``.
 
     .. math::

@@ -404,7 +404,7 @@ def axes_operand(
 
 
 # The keys of the specs' parameter and state trees (for the hint that the two were swapped).
-_PARAM_KEYS = frozenset({"scale", "bias"})
+_PARAM_KEYS = frozenset({"scale", "bias", "alpha", "shift"})
 _STATE_KEYS = frozenset({"mean", "var", "steps", "stddev", "renorm_mean", "renorm_stddev", "count", "u", "sigma"})
 
 

@@ -31,14 +31,18 @@ and the moving-average update come from jaxnorm's core. The intended differences
 - bad input raises ``ValueError``/``TypeError`` naming the argument (an unbound ``axis_name`` is a
   ``ValueError``; equinox raises ``NameError``).
 
+``DyT`` and ``Derf`` (normalization-free point-wise layers that equinox does not have) take the place of
+``LayerNorm`` with its conventions: :class:`jaxnorm.DyT` and :class:`jaxnorm.Derf` on one example.
+
 Importing :mod:`jaxnorm` does not import equinox; this module needs it (``pip install equinox``).
 """
 
 from jaxnorm.equinox.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
+from jaxnorm.equinox.pointwise import Derf, DyT
 from jaxnorm.equinox.reparam import SpectralNorm, WeightNorm
 
-__all__ = ["BatchNorm", "GroupNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
+__all__ = ["BatchNorm", "Derf", "DyT", "GroupNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
 
-for _cls in (BatchNorm, GroupNorm, LayerNorm, RMSNorm, SpectralNorm, WeightNorm):
+for _cls in (BatchNorm, Derf, DyT, GroupNorm, LayerNorm, RMSNorm, SpectralNorm, WeightNorm):
     _cls.__module__ = __name__  # jaxnorm.equinox.<Class>, where users import it from (reprs, pickles, docs)
 del _cls

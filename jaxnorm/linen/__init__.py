@@ -30,6 +30,9 @@ in Flax (mean ``E[x]``, the real variance ``E|x - E[x]|^2``, each part's statist
 The normalizations take one more field after Flax's, ``extreme_range`` (default False; True: statistics exact at
 any finite float32 magnitude, for one more pass), a static option: the variables are unchanged.
 
+``DyT`` and ``Derf`` (normalization-free point-wise layers that Flax does not have) put :class:`jaxnorm.DyT` and
+:class:`jaxnorm.Derf` in a Linen model, with Flax's conventions (``params`` ``alpha``, ``scale``, ``bias``).
+
 ``SpectralNorm`` and ``WeightNorm`` wrap a layer and normalize its weights (not its activations). They keep
 Flax's mechanism (``nn.map_variables`` over the wrapped layer's variables) and Flax's variables (``batch_stats``
 ``'<layer>/kernel/u'`` and ``'<layer>/kernel/sigma'``; ``params`` ``'<layer>/kernel/scale'``); the math is
@@ -37,10 +40,11 @@ Flax's mechanism (``nn.map_variables`` over the wrapped layer's variables) and F
 """
 
 from jaxnorm.linen.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
+from jaxnorm.linen.pointwise import Derf, DyT
 from jaxnorm.linen.reparam import SpectralNorm, WeightNorm
 
-__all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
+__all__ = ["BatchNorm", "Derf", "DyT", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
 
-for _cls in (BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SpectralNorm, WeightNorm):
+for _cls in (BatchNorm, Derf, DyT, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SpectralNorm, WeightNorm):
     _cls.__module__ = __name__  # jaxnorm.linen.<Class>, where users import it from (reprs, pickles, docs)
 del _cls

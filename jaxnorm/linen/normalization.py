@@ -21,18 +21,22 @@ def _check_fields(mdl: module.Module) -> None:
     validation.check_bool(mdl.extreme_range, "extreme_range")
 
 
-def _promote(mdl: module.Module, names: tuple[str, ...]) -> flax_compat.Promote:
-    """Linen's variables and dtype rule: the params ``names`` created as Flax creates them (same order and keys,
-    shape ``[x.shape[a] for a in feature_axes]``; None when disabled), ``canonicalize_dtype`` of them and ``x``."""
+def _promote(mdl: module.Module, names: tuple[str, ...], scalars: tuple[str, ...] = ()) -> flax_compat.Promote:
+    """Linen's variables and dtype rule: the learnable ``scalars`` (shape ``()``, ``<name>_init_value``) then the
+    params ``names`` created as Flax creates them (same order and keys, shape ``[x.shape[a] for a in
+    feature_axes]``; None when disabled), and ``canonicalize_dtype`` of them and ``x``."""
 
     def promote(x: jax.Array, feature_axes: tuple[int, ...]) -> tuple[jax.Array, list[Any], Any]:
         shape = [x.shape[a] for a in feature_axes]
-        values = []
+        values: list[Any] = [
+            mdl.param(name, initializers.constant(getattr(mdl, f"{name}_init_value")), (), mdl.param_dtype)
+            for name in scalars
+        ]
         for name in names:
             p = None
             if getattr(mdl, f"use_{name}"):
                 p = mdl.param(name, getattr(mdl, f"{name}_init"), shape, mdl.param_dtype)
-                if not mdl.force_float32_reductions:
+                if not getattr(mdl, "force_float32_reductions", True):
                     p = jnp.asarray(p, mdl.param_dtype)
             values.append(p)
         return x, values, dtypes.canonicalize_dtype(x, *values, dtype=mdl.dtype)

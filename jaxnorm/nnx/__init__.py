@@ -21,6 +21,9 @@ gradients), an empty selection gives mean and variance 0 (Flax: NaN), complex in
 The normalizations take one more keyword after Flax's, ``extreme_range`` (default False; True: statistics exact at
 any finite float32 magnitude, for one more pass), a plain attribute: the state is unchanged.
 
+``DyT`` and ``Derf`` (normalization-free point-wise layers that Flax does not have) put :class:`jaxnorm.DyT` and
+:class:`jaxnorm.Derf` in an NNX model, with NNX's conventions (``nnx.Param`` ``alpha``, ``scale``, ``bias``).
+
 ``SpectralNorm`` and ``WeightNorm`` wrap a layer and normalize its weights; they keep Flax's arguments and
 state (``batch_stats`` ``{(path, 'u'), (path, 'sigma')}``; ``scales`` ``{path: array}``) and Flax's behaviour of
 writing the normalized weight back into the wrapped layer (google/flax#5576); the math is
@@ -28,10 +31,11 @@ writing the normalized weight back into the wrapped layer (google/flax#5576); th
 """
 
 from jaxnorm.nnx.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
+from jaxnorm.nnx.pointwise import Derf, DyT
 from jaxnorm.nnx.reparam import SpectralNorm, WeightNorm
 
-__all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
+__all__ = ["BatchNorm", "Derf", "DyT", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
 
-for _cls in (BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SpectralNorm, WeightNorm):
+for _cls in (BatchNorm, Derf, DyT, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SpectralNorm, WeightNorm):
     _cls.__module__ = __name__  # jaxnorm.nnx.<Class>, where users import it from (reprs, pickles, docs)
 del _cls

@@ -90,17 +90,20 @@ _FLAX_ATTRIBUTES = (
 )
 
 
-def _promote(module: tp.Any, names: tuple[str, ...]) -> flax_compat.Promote:
-    """NNX's variables and dtype rule: the variables ``names`` checked to hold one value per feature of ``x``, read
-    (None where disabled) and promoted with ``x`` by the module's ``promote_dtype``; the output dtype is
-    ``canonicalize_dtype`` of ``x`` and ``scale``/``bias``."""
+def _promote(module: tp.Any, names: tuple[str, ...], scalars: tuple[str, ...] = ()) -> flax_compat.Promote:
+    """NNX's variables and dtype rule: the learnable ``scalars`` (checked of shape ``()``) then the variables
+    ``names`` (checked to hold one value per feature of ``x``), read (None where disabled) and promoted with ``x``
+    by the module's ``promote_dtype``; the output dtype is ``canonicalize_dtype`` of ``x`` and the params."""
 
     def promote(x: jax.Array, feature_axes: tuple[int, ...]) -> tuple[jax.Array, list[tp.Any], tp.Any]:
         _check_variables(module, jnp.shape(x), feature_axes, names)
-        values = [None if getattr(module, n) is None else getattr(module, n)[...] for n in names]
+        for name in scalars:
+            validation.fit_variable(getattr(module, name)[...], (), f"{type(module).__name__}.{name}",
+                                    "It is one learnable scalar; merge a state saved for this layer.", exact=True)
+        values = [None if getattr(module, n) is None else getattr(module, n)[...] for n in (*scalars, *names)]
         x, *values = module.promote_dtype((x, *values), dtype=module.dtype)
-        affine = [v for n, v in zip(names, values, strict=True) if n in ("scale", "bias")]
-        return x, values, dtypes.canonicalize_dtype(x, *affine, dtype=module.dtype)
+        params = [v for n, v in zip((*scalars, *names), values, strict=True) if n not in ("mean", "var")]
+        return x, values, dtypes.canonicalize_dtype(x, *params, dtype=module.dtype)
 
     return promote
 
