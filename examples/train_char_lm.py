@@ -3,7 +3,7 @@
 The model is a Flax NNX module; the only thing ``--norm`` changes is the module its norm classes come from,
 ``flax.nnx`` or the drop-ins of ``jaxnorm.nnx`` (same arguments, same variables, same initial values)::
 
-    norm_cls = {"flax": flax.nnx, "jaxnorm": jaxnorm.nnx}[norm].LayerNorm   # or .RMSNorm with --kind rms
+    norm_cls = {"flax": flax.nnx, "jaxnorm": jaxnorm.nnx}[norm].LayerNorm   # .RMSNorm, .DyT, .Derf with --kind
 
 Data: the docstrings of the Python standard library's top-level public modules (``*.py`` directly under
 ``sysconfig.get_paths()["stdlib"]``, not starting with ``_``), in sorted file order, each module's docstrings
@@ -35,7 +35,8 @@ Flags:
   --norm {flax,jaxnorm} [...]  where the norm classes come from: ``flax.nnx`` or ``jaxnorm.nnx`` (default:
                      jaxnorm). Several values (and several --kind) train one model per combination, in turn,
                      from the same seed (same initial weights, same batches), and draw them all in one plot.
-  --kind {layer,rms} [...]     LayerNorm or RMSNorm (default: layer).
+  --kind {layer,rms,dyt,derf} [...]  LayerNorm, RMSNorm, or the normalization-free DyT or Derf in their place
+                     (default: layer); DyT and Derf are jaxnorm's only: ``--norm flax`` skips them, saying so.
   --steps N          training steps per model (default 800).
   --batch-size N     sequences per step (default 64).
   --seq-len N        characters per sequence, the attention context (default 64).
@@ -109,7 +110,8 @@ VOCAB_SIZE = len(ALPHABET) + 1  # 97 characters + the unknown symbol
 VAL_FRACTION = 0.1
 WEIGHT_DECAY = 0.1
 NORM_MODULES = {"flax": nnx, "jaxnorm": jnnx}
-NORM_CLASSES = {"layer": "LayerNorm", "rms": "RMSNorm"}
+NORM_CLASSES = {"layer": "LayerNorm", "rms": "RMSNorm", "dyt": "DyT", "derf": "Derf"}
+JAXNORM_ONLY = ("dyt", "derf")  # normalization-free layers flax.nnx has no class for
 # Flags that may differ between a run and the run that resumes it.
 NOT_RESUME_FLAGS = ("out", "max_seconds", "stop_after", "checkpoint_dir", "norm", "kind")
 
@@ -428,7 +430,7 @@ def parse_args(argv=None):
         nargs="+",
         choices=list(NORM_CLASSES),
         default=["layer"],
-        help="LayerNorm or RMSNorm (default: layer)",
+        help="LayerNorm, RMSNorm, or the normalization-free DyT/Derf in their place (jaxnorm only) (default: layer)",
     )
     parser.add_argument("--steps", type=int, default=800, help="training steps per model (default: 800)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per step (default: 64)")
@@ -480,6 +482,9 @@ def main(argv=None):
 
     runs, trained = {}, {}
     for norm, kind in dict.fromkeys(itertools.product(args.norm, args.kind)):  # each once, in the given order
+        if norm != "jaxnorm" and kind in JAXNORM_ONLY:
+            print(f"skipping {norm}-{kind}: flax.nnx has no {NORM_CLASSES[kind]} (use --norm jaxnorm)")
+            continue
         params, opt_state, runs[f"{norm}-{kind}"] = train(norm, kind, (train_ids, windows), args)
         trained[f"{norm}-{kind}"] = (params, opt_state)
 

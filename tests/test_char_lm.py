@@ -153,3 +153,19 @@ def test_resume_is_bit_identical(example, tmp_path):
     for other in (["--lr", "1e-3"], ["--d-model", "16"]):
         with pytest.raises(ValueError, match=r"holds a checkpoint of other flags \(\{'(lr|d_model)'"):
             example.main(argv + ckpt + other)
+
+
+def test_dyt_and_derf_train_in_the_norms_place(example, tmp_path, capsys):
+    """``--kind dyt derf``: jaxnorm's normalization-free layers in every norm's place (alpha a learnable scalar,
+    not weight-decayed); ``--norm flax`` has no such class and is skipped with a message, not an error."""
+    argv = TINY + ["--steps", "6", "--norm", "flax", "jaxnorm", "--kind", "dyt", "derf", "--out", str(tmp_path)]
+    result = example.main(argv)
+    out = capsys.readouterr().out
+    assert "skipping flax-dyt: flax.nnx has no DyT" in out and "skipping flax-derf" in out
+    assert list(result["runs"]) == ["jaxnorm-dyt", "jaxnorm-derf"]
+    for name, h in result["runs"].items():
+        assert all(np.isfinite(h["val_bpc"])), name
+    alphas = [p for path, p in jax.tree_util.tree_leaves_with_path(result["params"]["jaxnorm-derf"])
+              if "alpha" in jax.tree_util.keystr(path)]
+    assert len(alphas) == 3 and all(np.shape(a) == () for a in alphas)  # the block's two norms and the final one
+    assert any(float(a) != 0.5 for a in alphas), "alpha did not train"

@@ -118,14 +118,8 @@ def derf(
     r"""Dynamic erf: :math:`y = \text{scale} \cdot \operatorname{erf}(\alpha x + s) + \text{bias}`, value by value.
 
     Args:
-      x: floating array of any shape.
-      alpha: a float or a floating 0-d array (learnable in a layer).
+      x, alpha, scale, bias, axis, where: as :func:`dyt`'s (``alpha`` scales ``x`` inside the erf).
       shift: :math:`s`, a float or a floating 0-d array (learnable in a layer; 0).
-      scale, bias: None, or floating arrays with the sizes of ``x`` along ``axis`` (or broadcastable to ``x``).
-      axis: int or sequence of ints, the feature axes ``scale`` and ``bias`` span (-1).
-      where: optional mask (Keras's rules, as :func:`jaxnorm.moments`): the output is computed everywhere, as
-        without it (each value maps on its own), but no gradient flows through a masked-out position, so NaN or
-        inf there touches no gradient.
 
     Returns:
       ``y`` of ``x``'s shape and dtype, computed in ``promote_types(x.dtype, float32)``.
