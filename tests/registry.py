@@ -21,7 +21,8 @@ class Entry:
     ``prepare(spec, x, params, state) -> state``: fills a state that ``init`` leaves empty (e.g. ``adapt``);
     ``input_name``: the name ``apply`` gives its input in errors (``w`` for the weight reparametrizations);
     ``finite_differences``: False where the gradient deliberately stops (SpectralNorm's power iteration is under
-    ``stop_gradient``, as in the paper and Flax; its gradient is checked against the closed form instead).
+    ``stop_gradient``, as in the paper and Flax; its gradient is checked against the closed form instead);
+    ``keras``: False where the spec holds a setting Keras has no key for (``to_keras_config`` must refuse it).
     """
 
     name: str
@@ -33,6 +34,7 @@ class Entry:
     prepare: Callable[..., Any] | None = None
     input_name: str = "x"
     finite_differences: bool = True
+    keras: bool = True
 
 
 REGISTRY = [
@@ -41,6 +43,10 @@ REGISTRY = [
     Entry("LayerNorm", lambda: jaxnorm.LayerNorm(), (4, 3, 5)),
     Entry("LayerNorm_axes", lambda: jaxnorm.LayerNorm(axis=(1, 2)), (4, 3, 5)),
     Entry("RMSNorm", lambda: jaxnorm.RMSNorm(), (4, 3, 5)),
+    Entry("LayerNorm_zero_centred", lambda: jaxnorm.LayerNorm(scale_offset=1.0, scale_init="zeros"), (4, 3, 5),
+          keras=False),
+    Entry("RMSNorm_zero_centred", lambda: jaxnorm.RMSNorm(axis=(1, 2), scale_offset=1.0, scale_init="zeros"),
+          (4, 3, 5), keras=False),
     Entry("GroupNorm", lambda: jaxnorm.GroupNorm(num_groups=2), (4, 3, 6)),
     Entry("GroupNorm_channels_first", lambda: jaxnorm.GroupNorm(num_groups=3, axis=1), (4, 6, 3)),
     Entry("InstanceNorm", lambda: jaxnorm.InstanceNorm(), (4, 5, 3)),

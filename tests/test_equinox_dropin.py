@@ -154,6 +154,8 @@ def test_signatures_match_equinox(name):
     ours, theirs = getattr(jeqx, name), getattr(eqx.nn, name)
     extreme = name in EXTREME_RANGE_NAMES
     extra_args = [("extreme_range", inspect.Parameter.KEYWORD_ONLY, False)] if extreme else []
+    if name in ("LayerNorm", "RMSNorm"):  # the zero-centred weight, tests/test_scale_offset.py
+        extra_args.append(("scale_offset", inspect.Parameter.KEYWORD_ONLY, 0.0))
     assert _signature(ours.__init__) == _signature(theirs.__init__) + extra_args
     ours_call, theirs_call = _signature(ours.__call__), _signature(theirs.__call__)
     # equinox's call arguments, in order, plus our keyword-only extras (mask); `state`'s default is a private
@@ -164,7 +166,7 @@ def test_signatures_match_equinox(name):
             assert ours_default == theirs_default, n
     assert all(k is inspect.Parameter.KEYWORD_ONLY and d is None for _, k, d in ours_call[len(theirs_call):])
     fields = lambda cls: [(f.name, f.metadata.get("static", False)) for f in dataclasses.fields(cls)]  # noqa: E731
-    assert fields(ours) == fields(theirs) + ([("extreme_range", True)] if extreme else [])
+    assert fields(ours) == fields(theirs) + [(name, True) for name, *_ in extra_args]  # static fields
     assert issubclass(ours, eqx.nn.StatefulLayer) == issubclass(theirs, eqx.nn.StatefulLayer)
 
 

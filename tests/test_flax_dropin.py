@@ -254,8 +254,10 @@ EXTREME_RANGE = [p for p in PAIRS if p.layer in EXTREME_RANGE_LAYERS]
 
 
 def _extras(pair) -> dict:
-    """jaxnorm's options beyond Flax's arguments, in order, with their defaults."""
-    return {**pair.extras, "extreme_range": False} if pair.layer in EXTREME_RANGE_LAYERS else dict(pair.extras)
+    """jaxnorm's options beyond Flax's arguments, in order, with their defaults (``scale_offset``: the
+    zero-centred scale of LayerNorm and RMSNorm, tests/test_scale_offset.py)."""
+    extras = {**pair.extras, "extreme_range": False} if pair.layer in EXTREME_RANGE_LAYERS else dict(pair.extras)
+    return {**extras, "scale_offset": 0.0} if pair.layer in ("LayerNorm", "RMSNorm") else extras
 
 
 # ---------------------------------------------------------------------------------------------------------

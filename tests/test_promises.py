@@ -71,14 +71,15 @@ def _cases() -> dict[str, ex.Case | None]:
 CASES = _cases()
 
 _CENTRED = ["ops:layer_norm", "ops:group_norm", "ops:instance_norm", "ops:normalize_batch_in_training",
-            "specs:BatchNorm", "specs:LayerNorm", "specs:LayerNorm_axes", "specs:GroupNorm",
+            "specs:BatchNorm", "specs:LayerNorm", "specs:LayerNorm_axes", "specs:LayerNorm_zero_centred", "specs:GroupNorm",
             "specs:GroupNorm_channels_first", "specs:InstanceNorm",
             "linen:BatchNorm", "linen:LayerNorm", "linen:GroupNorm", "linen:InstanceNorm",
             "nnx:BatchNorm", "nnx:LayerNorm", "nnx:GroupNorm", "nnx:InstanceNorm",
             "equinox:BatchNorm-ema", "equinox:BatchNorm-batch", "equinox:BatchNorm-ema-no-affine",
             "equinox:LayerNorm", "equinox:GroupNorm", "impl:layer_norm-pallas", "impl:LayerNorm-pallas"]
 #: y(a x) == y(x) for a > 0 (up to epsilon): the normalizations.
-SCALE_FREE = {*_CENTRED, "ops:rms_norm", "ops:unit_norm", "specs:RMSNorm", "specs:UnitNormalization",
+SCALE_FREE = {*_CENTRED, "ops:rms_norm", "ops:unit_norm", "specs:RMSNorm", "specs:RMSNorm_zero_centred",
+              "specs:UnitNormalization",
               "linen:RMSNorm", "nnx:RMSNorm", "equinox:RMSNorm", "impl:rms_norm-pallas", "impl:RMSNorm-pallas",
               "impl:LayerNorm-rms_scaling", "ops:weight_normalize", "specs:WeightNorm", "specs:SpectralNorm",
               "specs:SpectralNorm_eval"}

@@ -53,21 +53,26 @@ def _owner(mdl: Any) -> str:
 
 
 def layer_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
-    """Flax's ``LayerNorm`` call: statistics over ``reduction_axes``, ``scale``/``bias`` over ``feature_axes``."""
+    """Flax's ``LayerNorm`` call: statistics over ``reduction_axes``, ``scale``/``bias`` over ``feature_axes``;
+    jaxnorm's ``scale_offset`` added to ``scale``."""
     x = jnp.asarray(x)
     reduce = validation.canonicalize_axes(mdl.reduction_axes, x.ndim, "reduction_axes")
     feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
+    offset = validation.check_scale_offset(mdl.scale_offset, mdl.use_scale)
     return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, bias, m, **options: (
-        normalize.normalize_by_moments(xc, scale, bias, reduce, mdl.epsilon, m, **options)[0]))
+        normalize.normalize_layer(xc, scale, bias, reduce, mdl.epsilon, m, scale_offset=offset, **options)))
 
 
 def rms_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
-    """Flax's ``RMSNorm`` call: the mean of squares over ``reduction_axes``, ``scale`` over ``feature_axes``."""
+    """Flax's ``RMSNorm`` call: the mean of squares over ``reduction_axes``, ``scale`` over ``feature_axes``;
+    jaxnorm's ``scale_offset`` added to ``scale``."""
     x = jnp.asarray(x)
     reduce = validation.canonicalize_axes(mdl.reduction_axes, x.ndim, "reduction_axes")
     feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
+    offset = validation.check_scale_offset(mdl.scale_offset, mdl.use_scale)
     return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, m, **options: (
-        normalize.normalize_layer(xc, scale, None, reduce, mdl.epsilon, m, center=False, **options)))
+        normalize.normalize_layer(xc, scale, None, reduce, mdl.epsilon, m, center=False, scale_offset=offset,
+                                  **options)))
 
 
 def instance_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
@@ -97,16 +102,17 @@ def group_norm(
         normalize.normalize_groups(xc, scale, bias, x.ndim - 1, num_groups, reduce[:-1], mdl.epsilon, m, **options)))
 
 
-def dynamic(mdl: Any, x: Any, mask: Any, promote: Promote, erf: bool) -> jax.Array:
-    """DyT's call (``erf``: Derf's): ``promote`` gives ``[alpha, (shift,) scale, bias]``, ``scale``/``bias`` over
-    ``feature_axes``; a point-wise map (:func:`jaxnorm._src.pointwise.pointwise`), no statistics."""
+def dynamic(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
+    """DyT's call, or Derf's: ``promote`` gives ``[alpha, scale, bias]`` (DyT) or ``[alpha, shift, scale, bias]``
+    (Derf), ``scale``/``bias`` over ``feature_axes``; a point-wise map (:func:`jaxnorm._src.pointwise.pointwise`),
+    no statistics."""
     x = jnp.asarray(x)
     feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
 
     def op(xc: jax.Array, *values: Any) -> jax.Array:
         *scalars, scale, bias, m = values
-        shift = scalars[1] if erf else None
-        return pointwise.pointwise(xc, scalars[0], shift, scale, bias, erf=erf,
+        erf = len(scalars) == 2  # Derf's shift
+        return pointwise.pointwise(xc, scalars[0], scalars[1] if erf else None, scale, bias, erf=erf,
                                    mask=None if m is None else jnp.broadcast_to(m, xc.shape))
 
     return _normalized(mdl, x, feature, mask, promote, op, statistics=False)

@@ -448,11 +448,25 @@ def to_torch(
         for f in (*spec._REGULARIZER_FIELDS, *spec._CONSTRAINT_FIELDS)
     }
     if isinstance(spec, BatchNorm):
-        module = _to_torch_batch_norm(torch, spec, params, state, input_shape, extras)
+        convert, why = _to_torch_batch_norm, (
+            ": its rank picks BatchNorm1d (rank 2-3), BatchNorm2d (4) or BatchNorm3d (5)"
+        )
     elif isinstance(spec, GroupNorm | InstanceNorm):
-        module = _to_torch_channels_first(torch, spec, params, state, input_shape, extras)
+        convert, why = _to_torch_channels_first, (
+            ": its channel count (axis 1) and, for InstanceNorm, its rank (which picks InstanceNorm1d/2d/3d)"
+        )
     else:
-        module = _to_torch_layer_norm(torch, spec, params, state, input_shape, extras)
+        convert, why = _to_torch_layer_norm, " without params, to read `normalized_shape`"
+    if input_shape is not None:
+        shape = _check_input_shape(input_shape)
+    elif isinstance(spec, LayerNorm | RMSNorm) and params:
+        shape = (None, *np.shape(next(iter(params.values()))))
+    else:
+        raise ValueError(
+            f"to_torch needs `input_shape` for a {type(spec).__name__}{why}. "
+            "Pass e.g. input_shape=(None, C, H, W)."
+        )
+    module = convert(torch, spec, params, state, shape, extras)
     if not spec.trainable:
         module.eval()
         module.requires_grad_(False)
@@ -460,14 +474,8 @@ def to_torch(
 
 
 def _to_torch_batch_norm(
-    torch: Any, spec: Any, params: Any, state: Any, input_shape: Any, extras: dict[str, Any]
+    torch: Any, spec: Any, params: Any, state: Any, shape: tuple[Any, ...], extras: dict[str, Any]
 ) -> Any:
-    if input_shape is None:
-        raise ValueError(
-            "to_torch needs `input_shape` for a BatchNorm: its rank picks BatchNorm1d (rank 2-3), BatchNorm2d (4) "
-            "or BatchNorm3d (5). Pass e.g. input_shape=(None, C, H, W)."
-        )
-    shape = _check_input_shape(input_shape)
     classes = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
     axes = validation.canonicalize_axes(spec.axis, len(shape), "axis") if len(shape) in classes else None
     _torch_incompatible(
@@ -517,16 +525,8 @@ def _to_torch_batch_norm(
 
 
 def _to_torch_layer_norm(
-    torch: Any, spec: Any, params: Any, state: Any, input_shape: Any, extras: dict[str, Any]
+    torch: Any, spec: Any, params: Any, state: Any, shape: tuple[Any, ...], extras: dict[str, Any]
 ) -> Any:
-    if input_shape is None:
-        if not params:
-            raise ValueError(
-                "to_torch needs `input_shape` for a LayerNorm without params, to read `normalized_shape`."
-            )
-        shape = (None, *np.shape(next(iter(params.values()))))
-    else:
-        shape = _check_input_shape(input_shape)
     axes = validation.canonicalize_axes(spec.axis, len(shape), "axis")
     trailing = axes == tuple(range(len(shape) - len(axes), len(shape)))
     rms = isinstance(spec, RMSNorm)
@@ -560,15 +560,9 @@ def _to_torch_layer_norm(
 
 
 def _to_torch_channels_first(
-    torch: Any, spec: Any, params: Any, state: Any, input_shape: Any, extras: dict[str, Any]
+    torch: Any, spec: Any, params: Any, state: Any, shape: tuple[Any, ...], extras: dict[str, Any]
 ) -> Any:
     """GroupNorm (``torch.nn.GroupNorm``) or InstanceNorm (``torch.nn.InstanceNorm{1,2,3}d``) on axis 1."""
-    if input_shape is None:
-        raise ValueError(
-            f"to_torch needs `input_shape` for a {type(spec).__name__}: its channel count (axis 1) and, for "
-            "InstanceNorm, its rank (which picks InstanceNorm1d/2d/3d). Pass e.g. input_shape=(None, C, H, W)."
-        )
-    shape = _check_input_shape(input_shape)
     axes = validation.canonicalize_axes(spec.axis, len(shape), "axis")
     checks = {
         "axis": (axes == (1,), f"{spec.axis!r}; PyTorch normalizes channels on axis 1 (channels-first)"),

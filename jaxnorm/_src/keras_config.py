@@ -55,6 +55,8 @@ _COMMON_RESTRICTED: Mapping[str, Accepts] = {
     "name": (lambda v: True, "any"),
     "dtype": (_is_float32_dtype, "'float32', 'mixed_float16' or 'mixed_bfloat16' (float32 variables)"),
 }
+# LayerNorm's and RMSNorm's zero-centred scale: Keras multiplies by gamma as stored.
+NO_SCALE_OFFSET: Accepts = (lambda v: v == 0, "0.0 (Keras multiplies by gamma as stored)")
 # jaxnorm fields of many specs with no Keras key (checked on the specs that have them).
 _COMMON_EQUIVALENT: Mapping[str, Accepts] = {"param_dtype": (lambda v: v == "float32", "'float32'")}
 

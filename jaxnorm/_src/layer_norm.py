@@ -18,7 +18,7 @@ class LayerNorm(Affine, Statistics, PerExample):
     Each example is normalized by its own statistics over ``axis``; ``scale`` and ``bias`` span those axes:
 
     .. math::
-        y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\text{scale} + \text{bias}, \qquad
+        y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,(\text{scale} + \text{scale\_offset}) + \text{bias}, \qquad
         \mu, \sigma^2 = \text{moments}(x, \text{axis})
 
     LayerNorm has no moving statistics: its state is ``{}`` and training and inference compute the same thing.
@@ -51,6 +51,10 @@ class LayerNorm(Affine, Statistics, PerExample):
         whose layers compute the default).
       implementation: ``'auto'`` (default), ``'xla'`` or ``'pallas'``, as in :func:`jaxnorm.layer_norm`
         (a performance choice: same numbers to float32 rounding; not written to Keras configs).
+      scale_offset: float added to ``scale`` before it multiplies (default 0.0): 1.0 reads a zero-centred
+        ``scale`` (``gamma - 1``, TransformerEngine's ``zero_centered_gamma``), as in
+        :func:`jaxnorm.layer_norm`; pair it with ``scale_init='zeros'`` to start at the identity. Keras has no
+        such key: only 0.0 writes a Keras config.
       dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
         default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype`` by
         :meth:`to_keras_config` and :func:`jaxnorm.interop.to_keras`. It changes no number here: the output has
@@ -81,16 +85,19 @@ class LayerNorm(Affine, Statistics, PerExample):
     _: dataclasses.KW_ONLY
     rms_scaling: bool = False
     implementation: str = "auto"
+    scale_offset: float = 0.0
 
     KERAS = keras_config.KerasRecord(
         "LayerNormalization",
         renamed={**keras_config.AFFINE_RENAMES, "rms_scaling": "rms_scaling"},
+        equivalent={"scale_offset": keras_config.NO_SCALE_OFFSET},
         params=keras_config.AFFINE_WEIGHTS,
     )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
         validation.check_bool(self.rms_scaling, "rms_scaling")
+        object.__setattr__(self, "scale_offset", validation.check_scale_offset(self.scale_offset, self._has_scale))
         normalize.check_implementation(self.implementation)
         self._post_init_common()
 
@@ -109,9 +116,9 @@ class LayerNorm(Affine, Statistics, PerExample):
             # The kernel's statistics in its own units (x * q, rstd / q), so extreme_range holds here too.
             st = stats.normalizer(x, axes, mask, None, self.epsilon, extreme_range=self.extreme_range)
             keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
-            scale = validation.expand_to_rank(params["scale"], x.ndim, axes)
-            inv = st.rstd_q.reshape(keep) * scale.astype(st.rstd_q.dtype)
+            scale = validation.expand_to_rank(params["scale"], x.ndim, axes).astype(st.rstd_q.dtype)
+            inv = st.rstd_q.reshape(keep) * (scale + self.scale_offset if self.scale_offset else scale)
             return normalize.affine(x, None if st.q is None else st.q.reshape(keep), 0, inv, None, mask)
         scale, bias = self._expanded(params, x.ndim, axes)
         return normalize.normalize_layer(x, scale, bias, axes, self.epsilon, mask, None, self.implementation,
-                                   extreme_range=self.extreme_range)
+                                         extreme_range=self.extreme_range, scale_offset=self.scale_offset)

@@ -24,12 +24,7 @@ _STATE_KEYS = ("mean", "variance", "count")
 
 def _freeze_stat(value: Any, name: str) -> float | tuple:
     """A given mean/variance as a hashable float or nested tuple of floats (checked real and finite)."""
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"`{name}` must be a float or a (nested) list of floats, got {value!r}: {err}"
-        ) from None
+    arr = validation.as_array(value, name, "a float or a (nested) list of floats", np.asarray, ValueError)
     if arr.dtype.kind not in "fiu":
         raise TypeError(
             f"`{name}` must hold real numbers, got {value!r} (dtype {arr.dtype}). Pass a float or a list of "
@@ -76,10 +71,7 @@ def _as_batch(batch: Any, index: int) -> Any:
     if isinstance(batch, tuple) and batch:  # (x, y) or (x, y, sample_weight), as Keras's adapt
         batch = batch[0]
     if not isinstance(batch, jax.Array):
-        try:
-            batch = np.asarray(batch)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"`data` batch {index} is not an array ({type(batch).__name__}): {err}") from None
+        batch = validation.as_array(batch, f"data` batch `{index}", "an array", np.asarray)
     dtype = batch.dtype
     if jnp.issubdtype(dtype, jnp.floating):
         return batch

@@ -127,13 +127,24 @@ def normalize_by_moments(
     return y, st.count.reshape(keep), st.mean.reshape(keep), st.var.reshape(keep)
 
 
+def offset_scale(scale: jax.Array | None, scale_offset: float) -> jax.Array | None:
+    """The multiplier of a zero-centred ``scale``: ``scale + scale_offset`` in the statistics' precision
+    (``promote_types(scale.dtype, float32)``: a bfloat16 gamma near 0 plus 1 loses no bit of gamma), or ``scale``
+    itself for an offset of 0 (the program is then unchanged). The gradient reaching ``scale`` is unchanged."""
+    if scale is None or scale_offset == 0:
+        return scale
+    return scale.astype(validation.stats_dtype(scale.dtype)) + scale_offset
+
+
 def normalize_layer(
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, axes: tuple[int, ...], epsilon: float,
     mask: jax.Array | None = None, axis_name: Any = None, implementation: str = "auto", *,
-    center: bool = True, extreme_range: bool = False,
+    center: bool = True, extreme_range: bool = False, scale_offset: float = 0.0,
 ) -> jax.Array:
     """LayerNorm's and RMSNorm's (``center=False``) one entry point for checked inputs (``scale``/``bias``/
-    ``mask`` None or of x's rank): the Pallas kernels when asked for, else :func:`normalize_by_moments`."""
+    ``mask`` None or of x's rank; ``scale_offset`` a checked float, :func:`offset_scale`): the Pallas kernels
+    when asked for, else :func:`normalize_by_moments`."""
+    scale = offset_scale(scale, scale_offset)
     if check_implementation(implementation) == "pallas":
         if extreme_range:
             raise ValueError(

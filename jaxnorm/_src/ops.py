@@ -221,13 +221,13 @@ def layer_norm(
     axis: validation.Axes = -1,
     epsilon: float = 1e-3,
     where: Any = None,
-    axis_name: Any = None, implementation: str = "auto", extreme_range: bool = False,
+    axis_name: Any = None, implementation: str = "auto", extreme_range: bool = False, scale_offset: float = 0.0,
 ) -> jax.Array:
     r"""Layer normalization: each example normalized over ``axis`` by its own statistics.
 
     .. math::
-        y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \cdot \text{scale} + \text{bias}, \qquad
-        \mu, \sigma^2 = \text{moments}(x, \text{axis})
+        y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \cdot (\text{scale} + \text{scale\_offset})
+        + \text{bias}, \qquad \mu, \sigma^2 = \text{moments}(x, \text{axis})
 
     Args:
       x: floating array of any shape.
@@ -252,17 +252,24 @@ def layer_norm(
         not ``extreme_range=True``, which it refuses.
       extreme_range: static bool: False (default), the default range; True, exact at any finite float32
         magnitude for one more pass over ``x`` (:func:`moments` states both).
+      scale_offset: static float added to ``scale`` before it multiplies (default 0.0). 1.0 reads a
+        zero-centred scale, stored as ``gamma - 1`` (Gemma's checkpoints; MaxText's and tokamax's
+        ``scale_offset``, TransformerEngine's ``zero_centered_gamma``); the sum is taken in
+        ``promote_types(scale.dtype, float32)``, so a bfloat16 gamma near 0 keeps its bits.
 
     Returns:
       An array of ``x``'s shape and dtype; statistics computed in ``promote_types(x.dtype, float32)``.
       See the module docstring for the range, masks and empty inputs.
 
     Raises:
-      TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` complex, a string or not an array.
+      TypeError: ``x``, ``scale`` or ``bias`` not floating; ``where`` complex, a string or not an array;
+        ``scale_offset`` not a static real number.
       ValueError: an axis out of range or repeated; ``scale``/``bias`` of the wrong shape; ``epsilon`` < 0;
-        ``implementation`` unknown, or ``"pallas"`` for a case the kernels do not cover (the message says which).
+        ``implementation`` unknown, or ``"pallas"`` for a case the kernels do not cover (the message says which);
+        a nonzero ``scale_offset`` without a ``scale``.
 
-    Source: Ba, Kiros & Hinton 2016, "Layer Normalization"; semantics of ``keras.layers.LayerNormalization``.
+    Source: Ba, Kiros & Hinton 2016, "Layer Normalization"; semantics of ``keras.layers.LayerNormalization``;
+    ``scale_offset`` as in MaxText's normalizations.
 
     Example:
       >>> import jax.numpy as jnp, jaxnorm
@@ -281,6 +288,7 @@ def layer_norm(
     return normalize.normalize_layer(
         x, scale, bias, axes, epsilon, mask, axis_name, normalize.check_implementation(implementation),
         extreme_range=validation.check_bool(extreme_range, "extreme_range"),
+        scale_offset=validation.check_scale_offset(scale_offset, scale is not None),
     )
 
 
@@ -291,12 +299,12 @@ def rms_norm(
     axis: validation.Axes = -1,
     epsilon: float = 1e-6,
     where: Any = None,
-    axis_name: Any = None, implementation: str = "auto", extreme_range: bool = False,
+    axis_name: Any = None, implementation: str = "auto", extreme_range: bool = False, scale_offset: float = 0.0,
 ) -> jax.Array:
     r"""Root-mean-square normalization: each example divided by its RMS over ``axis`` (no centering).
 
     .. math::
-        y = \frac{x}{\sqrt{\langle x^2\rangle + \epsilon}} \cdot \text{scale}, \qquad
+        y = \frac{x}{\sqrt{\langle x^2\rangle + \epsilon}} \cdot (\text{scale} + \text{scale\_offset}), \qquad
         \langle x^2\rangle = \text{mean of } x^2 \text{ over axis}
 
     Args:
@@ -312,18 +320,21 @@ def rms_norm(
       axis_name: optional named axis (or tuple of names) of an enclosing ``shard_map``/``pmap``/``vmap``
         across which the normalized axes are split; the statistic is then exact over the whole example.
       implementation: ``"auto"``, ``"xla"`` or ``"pallas"``, as in :func:`layer_norm`.
-
       extreme_range: static bool: False (default), the default range; True, exact at any finite float32
         magnitude for one more pass over ``x`` (:func:`moments` states both).
+      scale_offset: static float added to ``scale`` (default 0.0; 1.0 for Gemma's zero-centred
+        ``y = x / rms * (1 + scale)``), as in :func:`layer_norm`.
 
     Returns:
       An array of ``x``'s shape and dtype; the statistic computed in ``promote_types(x.dtype, float32)``.
       See the module docstring for the range, masks and empty inputs.
 
     Raises:
-      TypeError: ``x`` or ``scale`` not floating; ``where`` complex, a string or not an array.
+      TypeError: ``x`` or ``scale`` not floating; ``where`` complex, a string or not an array;
+        ``scale_offset`` not a static real number.
       ValueError: an axis out of range or repeated; ``scale`` of the wrong shape; ``epsilon`` < 0;
-        ``implementation`` unknown or ``"pallas"`` for a case the kernels do not cover.
+        ``implementation`` unknown or ``"pallas"`` for a case the kernels do not cover; a nonzero
+        ``scale_offset`` without a ``scale``.
 
     Source: Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"; semantics of
     ``keras.layers.RMSNormalization``, ``flax.linen.RMSNorm`` and ``torch.nn.RMSNorm``.
@@ -343,6 +354,7 @@ def rms_norm(
     return normalize.normalize_layer(
         x, scale, None, axes, epsilon, mask, axis_name, normalize.check_implementation(implementation),
         center=False, extreme_range=validation.check_bool(extreme_range, "extreme_range"),
+        scale_offset=validation.check_scale_offset(scale_offset, scale is not None),
     )
 
 

@@ -252,6 +252,25 @@ def _out_shape(shape, dtype, like):
     return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=manual)
 
 
+def _launch(kernel, inputs, out_shape, grid, blocking, **static):
+    """Runs a row kernel on ``inputs`` (None entries dropped) with the shape arguments every kernel takes.
+
+    ``blocking`` is ``(block_rows, block_n, interpret, pass)``, ``pass`` "fwd" or "bwd" for the kernel's name;
+    ``static`` holds the kernel's own keyword arguments (``subtract_mean`` among them).
+    """
+    block_rows, block_n, interpret, direction = blocking
+    n_rows, n_cols = inputs[0].shape
+    norm = "layer_norm" if static["subtract_mean"] else "rms_norm"
+    return pl.pallas_call(
+        functools.partial(kernel, n_rows=n_rows, n_cols=n_cols, block_rows=block_rows, block_n=block_n, **static),
+        out_shape=out_shape,
+        grid=grid,
+        compiler_params=_compiler_params(block_rows * block_n),
+        interpret=interpret,
+        name=f"jaxnorm_{norm}_{direction}",
+    )(*[a for a in inputs if a is not None])
+
+
 # jit with static configuration: eager calls reuse the compiled kernel instead of re-tracing pallas_call.
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
 def _forward(x, scale, bias, epsilon, subtract_mean, interpret, block_rows, num_programs):
@@ -265,26 +284,18 @@ def _forward(x, scale, bias, epsilon, subtract_mean, interpret, block_rows, num_
             (jnp.zeros((0,), jnp.float32)),
         )
     block_rows, block_n = _blocks(n_rows, n_cols, block_rows)
-    kernel = functools.partial(
+    out_shape = [_out_shape(x.shape, x.dtype, x)] + [mean_shape] * (2 if subtract_mean else 1)
+    outs = _launch(
         _forward_kernel,
-        n_rows=n_rows,
-        n_cols=n_cols,
-        block_rows=block_rows,
-        block_n=block_n,
+        (x, scale, bias),
+        out_shape,
+        (pl.cdiv(n_rows, block_rows),),
+        (block_rows, block_n, interpret, "fwd"),
         epsilon=float(epsilon),
         subtract_mean=subtract_mean,
         has_scale=scale is not None,
         has_bias=bias is not None,
     )
-    out_shape = [_out_shape(x.shape, x.dtype, x)] + [mean_shape] * (2 if subtract_mean else 1)
-    outs = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=(pl.cdiv(n_rows, block_rows),),
-        compiler_params=_compiler_params(block_rows * block_n),
-        interpret=interpret,
-        name="jaxnorm_layer_norm_fwd" if subtract_mean else "jaxnorm_rms_norm_fwd",
-    )(*[a for a in (x, scale, bias) if a is not None])
     if subtract_mean:
         y, mean, rstd = outs
     else:
@@ -305,27 +316,19 @@ def _backward(x, scale, mean, rstd, dy, has_bias, subtract_mean, interpret, bloc
     if num_programs is None:
         num_programs = _default_num_programs(num_row_blocks)
     num_programs = min(num_programs, num_row_blocks)  # more programs than row blocks would only idle
-    kernel = functools.partial(
+    partial_shape = _out_shape((num_programs, n_cols), jnp.float32, x)
+    out_shape = [_out_shape(x.shape, x.dtype, x)] + [partial_shape] * (has_scale + has_bias)
+    outs = _launch(
         _backward_kernel,
-        n_rows=n_rows,
-        n_cols=n_cols,
-        block_rows=block_rows,
-        block_n=block_n,
+        (x, scale, mean, rstd, dy),
+        out_shape,
+        (num_programs,),
+        (block_rows, block_n, interpret, "bwd"),
         num_programs=num_programs,
         subtract_mean=subtract_mean,
         has_scale=has_scale,
         has_bias=has_bias,
     )
-    partial_shape = _out_shape((num_programs, n_cols), jnp.float32, x)
-    out_shape = [_out_shape(x.shape, x.dtype, x)] + [partial_shape] * (has_scale + has_bias)
-    outs = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=(num_programs,),
-        compiler_params=_compiler_params(block_rows * block_n),
-        interpret=interpret,
-        name="jaxnorm_layer_norm_bwd" if subtract_mean else "jaxnorm_rms_norm_bwd",
-    )(*[a for a in (x, scale, mean, rstd, dy) if a is not None])
     dx, *partials = outs
     dscale = jnp.sum(partials.pop(0), axis=0) if has_scale else None
     dbias = jnp.sum(partials.pop(0), axis=0) if has_bias else None

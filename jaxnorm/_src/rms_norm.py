@@ -27,7 +27,7 @@ class RMSNorm(Scaled, Statistics, PerExample):
     Each example is divided by its root mean square over ``axis`` (no centering, no bias) and scaled:
 
     .. math::
-        y = \frac{x}{\sqrt{\langle x^2\rangle + \epsilon}}\,\text{scale}
+        y = \frac{x}{\sqrt{\langle x^2\rangle + \epsilon}}\,(\text{scale} + \text{scale\_offset})
 
     RMSNorm has no moving statistics: its state is ``{}`` and training and inference compute the same thing.
 
@@ -48,6 +48,9 @@ class RMSNorm(Scaled, Statistics, PerExample):
         float32 magnitude, for one more pass over ``x`` (:func:`jaxnorm.moments`; not written to Keras configs,
         whose layers compute the default).
       implementation: ``'auto'`` (default), ``'xla'`` or ``'pallas'``, as in :func:`jaxnorm.rms_norm`.
+      scale_offset: float added to ``scale`` before it multiplies (default 0.0): 1.0 for Gemma's
+        zero-centred ``x / rms * (1 + scale)``, as in :func:`jaxnorm.rms_norm`; pair it with
+        ``scale_init='zeros'`` to start at the identity. Keras has no such key: only 0.0 writes a Keras config.
       dtype_policy: the Keras dtype policy of the layer this spec was converted from: None ('float32', the
         default), 'mixed_float16' or 'mixed_bfloat16'; written back as Keras's ``dtype`` by
         :meth:`to_keras_config` and :func:`jaxnorm.interop.to_keras`. It changes no number here: the output has
@@ -74,6 +77,7 @@ class RMSNorm(Scaled, Statistics, PerExample):
     epsilon: float = 1e-6
     _: dataclasses.KW_ONLY
     implementation: str = "auto"
+    scale_offset: float = 0.0
 
     KERAS = keras_config.KerasRecord(
         "RMSNormalization",
@@ -83,6 +87,7 @@ class RMSNorm(Scaled, Statistics, PerExample):
             "scale_init": (_is_ones, "a scale initialized to ones, scale_init='ones'"),
             "scale_regularizer": (lambda v: v is None, "no regularizer"),
             "scale_constraint": (lambda v: v is None, "no constraint"),
+            "scale_offset": keras_config.NO_SCALE_OFFSET,
         },
         params={"scale": "scale"},
     )
@@ -90,6 +95,7 @@ class RMSNorm(Scaled, Statistics, PerExample):
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
         normalize.check_implementation(self.implementation)
+        object.__setattr__(self, "scale_offset", validation.check_scale_offset(self.scale_offset, self.use_scale))
         self._post_init_common()
 
     def _normalize(
@@ -97,4 +103,5 @@ class RMSNorm(Scaled, Statistics, PerExample):
     ) -> jax.Array:
         scale, _ = self._expanded(params, x.ndim, axes)
         return normalize.normalize_layer(x, scale, None, axes, self.epsilon, mask, None, self.implementation,
-                                   center=False, extreme_range=self.extreme_range)
+                                         center=False, extreme_range=self.extreme_range,
+                                         scale_offset=self.scale_offset)

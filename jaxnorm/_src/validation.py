@@ -59,6 +59,15 @@ def check_key(key: Any, name: str = "key") -> None:
     )
 
 
+def as_array(value: Any, name: str, expected: str, to: Any = None, error: type[Exception] = TypeError) -> Any:
+    """``to(value)`` (default ``jnp.asarray``), or ``error`` naming the argument ``name``, what it must be
+    (``expected``, e.g. "an array") and the type received: how jaxnorm turns a user's argument into an array."""
+    try:
+        return (jnp.asarray if to is None else to)(value)
+    except (TypeError, ValueError) as err:
+        raise error(f"`{name}` must be {expected}, got {type(value).__name__}: {err}") from None
+
+
 def check_float_array(x: Any, name: str = "x") -> jax.Array:
     """Returns ``x`` as a JAX array, raising ``TypeError`` unless it is a real floating-point array."""
     if isinstance(x, jax.ShapeDtypeStruct):
@@ -68,10 +77,7 @@ def check_float_array(x: Any, name: str = "x") -> jax.Array:
         )
     if x is None:
         raise TypeError(f"`{name}` must be an array, got None. Pass the input array (e.g. a jax.Array of floats).")
-    try:
-        arr = jnp.asarray(x)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"`{name}` must be an array, got {type(x).__name__}: {err}") from None
+    arr = as_array(x, name, "an array")
     check_float_dtype(arr.dtype, name)
     return arr
 
@@ -171,6 +177,27 @@ def check_epsilon(epsilon: Any, name: str = "epsilon") -> None:
         raise ValueError(
             f"`{name}` must be >= 0 and finite, got {epsilon!r}. Use a small positive value such as 1e-3."
         )
+
+
+def check_scale_offset(value: Any, has_scale: bool, name: str = "scale_offset") -> float:
+    """``value`` as a Python float: a static finite real (``scale_offset``, added to ``scale`` before it
+    multiplies: 1.0 for Gemma-style zero-centred checkpoints), a Python, NumPy or concrete JAX scalar.
+    ``TypeError`` for anything else, a traced value included; ``ValueError`` for a non-finite one, or a nonzero
+    one where there is no ``scale`` to offset."""
+    real = isinstance(value, numbers.Real | np.ndarray | np.generic | jax.Array) and not isinstance(value, bool)
+    if not real or isinstance(value, jax.core.Tracer) or np.ndim(value) or np.iscomplexobj(value):
+        raise TypeError(
+            f"`{name}` must be a static float (0.0, or 1.0 for a zero-centred scale), got {value!r} "
+            f"({type(value).__name__}). Pass a Python number; it is part of the program, not an input."
+        )
+    if not math.isfinite(float(value)):
+        raise ValueError(f"`{name}` must be a finite real number, got {value!r}.")
+    if float(value) != 0 and not has_scale:
+        raise ValueError(
+            f"`{name}`={value!r} offsets a scale, but there is none (no `scale` given, or use_scale=False). "
+            "Pass a scale, or leave scale_offset at 0."
+        )
+    return float(value)
 
 
 def check_unit_interval(value: Any, name: str) -> None:
@@ -274,12 +301,7 @@ def mask_array(mask: Any, name: str = "mask") -> jax.Array:
     """
     if isinstance(mask, jax.ShapeDtypeStruct):
         raise TypeError(f"`{name}` must be an array, got a jax.ShapeDtypeStruct {mask}. Pass the mask's values.")
-    try:
-        m = jnp.asarray(mask)
-    except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"`{name}` must be an array of booleans or of 0/1 numbers, got {type(mask).__name__}: {err}"
-        ) from None
+    m = as_array(mask, name, "an array of booleans or of 0/1 numbers")
     if m.dtype == jnp.bool_:
         return m
     if jnp.issubdtype(m.dtype, jnp.integer) or jnp.issubdtype(m.dtype, jnp.floating):

@@ -390,6 +390,9 @@ class LayerNorm(eqx.Module):
         keeps the statistics exact while deviations from the mean stay below ``2**50`` and the variance above
         about ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``.
         A static field (no leaf: checkpoints and states are unchanged).
+      scale_offset: jaxnorm's option, keyword-only: a float added to ``weight`` before it multiplies (0.0);
+        1.0 reads a zero-centred weight stored as ``gamma - 1`` (Gemma's checkpoints), as in
+        :func:`jaxnorm.layer_norm`. A static field.
 
     Call ``__call__(x, state=sentinel, *, key=None, mask=None)``:
       x: array of shape ``shape``. state: optional, passed through (equinox's API). key: ignored.
@@ -422,6 +425,7 @@ class LayerNorm(eqx.Module):
     weight: jax.Array | None
     bias: jax.Array | None
     extreme_range: bool = field(static=True)  # jaxnorm's option, after equinox's fields
+    scale_offset: float = field(static=True)  # jaxnorm's zero-centred weight
 
     def __init__(
         self,
@@ -433,6 +437,7 @@ class LayerNorm(eqx.Module):
         *,
         elementwise_affine: bool | None = None,
         extreme_range: bool = False,
+        scale_offset: float = 0.0,
     ):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         validation.check_epsilon(eps, "eps")
@@ -451,6 +456,7 @@ class LayerNorm(eqx.Module):
         self.weight = jnp.ones(shape, dtype=dtype) if use_weight else None
         self.bias = jnp.zeros(shape, dtype=dtype) if use_bias else None
         self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
+        self.scale_offset = validation.check_scale_offset(scale_offset, use_weight)
 
     def __call__(
         self, x: jax.Array, state: Any = _sentinel, *, key: Any = None, mask: jax.Array | None = None
@@ -463,9 +469,9 @@ class LayerNorm(eqx.Module):
         weight = None if self.weight is None else _fit(self.weight, x.shape, "LayerNorm.weight", fix)
         bias = None if self.bias is None else _fit(self.bias, x.shape, "LayerNorm.bias", fix)
         xc = x.astype(validation.stats_dtype(x.dtype))  # equinox: result_type(x, float32)
-        y, *_ = normalize.normalize_by_moments(
+        y = normalize.normalize_layer(
             xc, weight, bias, tuple(range(x.ndim)), self.eps, validation.numpy_mask(mask, x),
-            extreme_range=self.extreme_range,
+            extreme_range=self.extreme_range, scale_offset=self.scale_offset,
         )
         return _with_state(y.astype(x.dtype), state)
 
@@ -490,6 +496,9 @@ class RMSNorm(eqx.Module):
         keeps the statistic exact while the values stay below ``2**50`` and their mean square above about
         ``2**-100``; True makes it exact at any finite float32 magnitude, for one more pass over ``x``. A
         static field (no leaf: checkpoints are unchanged).
+      scale_offset: jaxnorm's option, keyword-only: a float added to ``weight`` before it multiplies (0.0);
+        1.0 reads a zero-centred weight stored as ``gamma - 1`` (Gemma's checkpoints), as in
+        :func:`jaxnorm.layer_norm`. A static field.
 
     Call ``__call__(x, state=sentinel, *, key=None, mask=None)``: as :class:`LayerNorm`'s.
 
@@ -517,6 +526,7 @@ class RMSNorm(eqx.Module):
     weight: jax.Array | None
     bias: jax.Array | None
     extreme_range: bool = field(static=True)  # jaxnorm's option, after equinox's fields
+    scale_offset: float = field(static=True)  # jaxnorm's zero-centred weight
 
     def __init__(
         self,
@@ -527,6 +537,7 @@ class RMSNorm(eqx.Module):
         dtype: Any = None,
         *,
         extreme_range: bool = False,
+        scale_offset: float = 0.0,
     ):
         dtype = _default_float() if dtype is None else dtype
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -538,6 +549,7 @@ class RMSNorm(eqx.Module):
         self.weight = jnp.ones(shape, dtype=dtype) if use_weight else None
         self.bias = jnp.zeros(shape, dtype=dtype) if use_bias else None
         self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
+        self.scale_offset = validation.check_scale_offset(scale_offset, use_weight)
 
     def __call__(
         self, x: jax.Array, state: Any = _sentinel, *, key: Any = None, mask: jax.Array | None = None
@@ -551,7 +563,7 @@ class RMSNorm(eqx.Module):
         xc = x.astype(validation.stats_dtype(x.dtype))  # equinox: result_type(x, float32)
         y = normalize.normalize_layer(
             xc, weight, None, tuple(range(x.ndim)), self.eps, validation.numpy_mask(mask, x), center=False,
-            extreme_range=self.extreme_range,
+            extreme_range=self.extreme_range, scale_offset=self.scale_offset,
         )
         if self.bias is not None:  # equinox's bias, added in the compute dtype (ops take no RMSNorm bias)
             y = y + _fit(self.bias, x.shape, "RMSNorm.bias", fix).astype(y.dtype)

@@ -19,6 +19,7 @@ def _check_fields(mdl: module.Module) -> None:
     """The construction checks of every normalization: the named axis with its device groups, ``extreme_range``."""
     flax_compat.sync_axis(mdl.axis_name, mdl.axis_index_groups, f"jaxnorm.linen.{type(mdl).__name__}")
     validation.check_bool(mdl.extreme_range, "extreme_range")
+    validation.check_scale_offset(getattr(mdl, "scale_offset", 0.0), mdl.use_scale)  # LayerNorm's and RMSNorm's
 
 
 def _promote(mdl: module.Module, names: tuple[str, ...], scalars: tuple[str, ...] = ()) -> flax_compat.Promote:
@@ -243,6 +244,9 @@ class LayerNorm(module.Module):
         exact while deviations from the mean stay below ``2**50`` and the variance above about ``2**-100``;
         True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A static option,
         not a variable.
+      scale_offset: jaxnorm's option (not Flax's), after ``extreme_range``: a float added to ``scale`` before
+        it multiplies (0.0); 1.0 reads a zero-centred scale stored as ``gamma - 1`` (Gemma's checkpoints),
+        as in :func:`jaxnorm.layer_norm`. Pair it with ``scale_init=nn.initializers.zeros``.
 
     Call ``__call__(x, *, mask=None)``:
       x: array of any rank; real floating (or integer, as in Flax).
@@ -294,6 +298,7 @@ class LayerNorm(module.Module):
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
     extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
+    scale_offset: float = 0.0  # jaxnorm's zero-centred scale: y = norm(x) * (scale + scale_offset)
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -329,6 +334,9 @@ class RMSNorm(module.Module):
         exact while the values stay below ``2**50`` and their mean square above about ``2**-100``; True makes
         it exact at any finite float32 magnitude, for one more pass over ``x``. A static option, not a
         variable.
+      scale_offset: jaxnorm's option (not Flax's), after ``extreme_range``: a float added to ``scale`` before
+        it multiplies (0.0); 1.0 reads a zero-centred scale stored as ``gamma - 1`` (Gemma's checkpoints),
+        as in :func:`jaxnorm.layer_norm`. Pair it with ``scale_init=nn.initializers.zeros``.
 
     Call ``__call__(x, *, mask=None)``:
       x: array of any rank, floating.
@@ -375,6 +383,7 @@ class RMSNorm(module.Module):
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
     extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
+    scale_offset: float = 0.0  # jaxnorm's zero-centred scale: y = norm(x) * (scale + scale_offset)
 
     def __post_init__(self) -> None:
         _check_fields(self)

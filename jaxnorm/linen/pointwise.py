@@ -33,8 +33,7 @@ class _Dynamic(module.Module):
     @module.compact
     def __call__(self, x: ArrayLike, *, mask: jax.Array | None = None) -> jax.Array:
         """Maps each value of ``x``; see the class docstring."""
-        promote = _promote(self, ("scale", "bias"), self._SCALARS)
-        return flax_compat.dynamic(self, x, mask, promote, erf=len(self._SCALARS) == 2)
+        return flax_compat.dynamic(self, x, mask, _promote(self, ("scale", "bias"), self._SCALARS))
 
 
 class DyT(_Dynamic):

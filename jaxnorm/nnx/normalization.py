@@ -72,6 +72,7 @@ class _Normalization(nnx.Module):
     use_fast_variance: bool
     promote_dtype: PromoteDtypeFn
     extreme_range: bool
+    scale_offset: float  # LayerNorm's and RMSNorm's only
 
 
 def _keep_arguments(module: _Normalization, arguments: tp.Mapping[str, tp.Any]) -> None:
@@ -81,6 +82,8 @@ def _keep_arguments(module: _Normalization, arguments: tp.Mapping[str, tp.Any]) 
         if name in arguments:
             setattr(module, name, arguments[name])
     module.extreme_range = validation.check_bool(arguments["extreme_range"], "extreme_range")
+    if "scale_offset" in arguments:  # LayerNorm's and RMSNorm's
+        module.scale_offset = validation.check_scale_offset(arguments["scale_offset"], arguments["use_scale"])
 
 
 #: The plain attributes Flax's normalization classes keep, in Flax's order.
@@ -321,12 +324,15 @@ class LayerNorm(_Normalization):
         the statistics exact while deviations from the mean stay below ``2**50`` and the variance above about
         ``2**-100``; True makes them exact at any finite float32 magnitude, for one more pass over ``x``. A
         plain attribute, not in ``nnx.state``.
+      scale_offset: jaxnorm's option (not Flax's), keyword-only: a float added to ``scale`` before it
+        multiplies (0.0); 1.0 reads a zero-centred scale stored as ``gamma - 1`` (Gemma's checkpoints), as in
+        :func:`jaxnorm.layer_norm`. Pair it with ``scale_init=nnx.initializers.zeros``. A plain attribute.
 
     Call ``__call__(x, *, mask=None)``:
       x: array of any rank; real floating (or integer, as in Flax).
-      mask: optional array broadcastable to ``x`` (cast to bool); only True positions enter each example's
-        statistics (values elsewhere, even NaN, do not touch them). Every position is normalized (a
-        NaN input stays NaN in ``y``).
+      mask: optional array broadcastable to ``x`` (cast to bool) that marks the positions entering each
+        example's statistics; the others, NaN included, leave them untouched. Every position is normalized
+        (NaN input stays NaN in ``y``).
 
     Returns:
       ``y`` of ``x``'s shape, in the dtype ``promote_dtype`` gives (``self.dtype`` if set).
@@ -374,6 +380,7 @@ class LayerNorm(_Normalization):
         bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
         scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
         extreme_range: bool = False,
+        scale_offset: float = 0.0,
     ):
         sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.LayerNorm")
         feature_shape = (num_features,)
@@ -413,6 +420,9 @@ class RMSNorm(_Normalization):
         the statistic exact while the values stay below ``2**50`` and their mean square above about
         ``2**-100``; True makes it exact at any finite float32 magnitude, for one more pass over ``x``. A plain
         attribute, not in ``nnx.state``.
+      scale_offset: jaxnorm's option (not Flax's), keyword-only: a float added to ``scale`` before it
+        multiplies (0.0); 1.0 reads a zero-centred scale stored as ``gamma - 1`` (Gemma's checkpoints), as in
+        :func:`jaxnorm.layer_norm`. Pair it with ``scale_init=nnx.initializers.zeros``. A plain attribute.
 
     ``__call__(x, *, mask=None)`` returns ``y`` of ``x``'s shape; ``mask`` (broadcastable to ``x``) selects the
     positions that enter each example's mean of squares.
@@ -451,6 +461,7 @@ class RMSNorm(_Normalization):
         rngs: rnglib.Rngs,
         scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
         extreme_range: bool = False,
+        scale_offset: float = 0.0,
     ):
         sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.RMSNorm")
         feature_shape = (num_features,)

@@ -55,8 +55,7 @@ class _Dynamic(nnx.Module):
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Maps each value of ``x``; see the class docstring."""
-        promote = _promote(self, ("scale", "bias"), self._SCALARS)
-        return flax_compat.dynamic(self, x, mask, promote, erf=len(self._SCALARS) == 2)
+        return flax_compat.dynamic(self, x, mask, _promote(self, ("scale", "bias"), self._SCALARS))
 
 
 class DyT(_Dynamic):
