@@ -8,6 +8,8 @@ Public API:
 - layer specs with pure ``init``/``apply``: :class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`,
   :class:`GroupNorm`, :class:`InstanceNorm`, :class:`UnitNormalization`, and the preprocessing layer
   :class:`Normalization` (``adapt`` to a data set);
+- residual add & norm, the pre-norm Transformer's step: the ops :func:`add_layer_norm` and :func:`add_rms_norm`
+  (``(y, new_residual)``), the specs :class:`AddLayerNorm` and :class:`AddRMSNorm`;
 - normalization-free point-wise layers for Transformers: the ops :func:`dyt` and :func:`derf`, the specs
   :class:`DyT` and :class:`Derf`;
 - weight reparametrizations (they normalize a kernel, not an activation): the ops :func:`spectral_normalize`
@@ -35,6 +37,7 @@ from jaxnorm._src.ops import (
     unit_norm,
 )
 from jaxnorm._src.pointwise import Derf, DyT, derf, dyt
+from jaxnorm._src.residual import AddLayerNorm, AddRMSNorm, add_layer_norm, add_rms_norm
 from jaxnorm._src.reparam import SpectralNorm, WeightNorm, spectral_normalize, weight_normalize
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.training import (
@@ -49,6 +52,8 @@ from jaxnorm._src.unit_norm import UnitNormalization
 __version__ = "0.1.0"
 
 __all__ = [
+    "AddLayerNorm",
+    "AddRMSNorm",
     "BatchNorm",
     "Derf",
     "DyT",
@@ -60,6 +65,8 @@ __all__ = [
     "SpectralNorm",
     "UnitNormalization",
     "WeightNorm",
+    "add_layer_norm",
+    "add_rms_norm",
     "apply_constraints",
     "batch_normalization",
     "constraints_transform",

@@ -401,8 +401,9 @@ PAIRS = [make(flavour) for make in (_bn, _ln, _rms, _gn, _in, _sn, _wn) for flav
 
 
 def _pointwise(layer: str, kwargs: dict[str, Any]) -> Callable[[str], Pair]:
-    """A drop-in with no Flax peer (DyT, Derf): ``theirs`` None, no configs (test_pointwise.py checks it against
-    the spec); test_export.py and test_promises.py run it as the peers' drop-ins."""
+    """A drop-in with no Flax peer (DyT, Derf, AddLayerNorm, AddRMSNorm): ``theirs`` None, no configs
+    (test_pointwise.py and test_residual.py check them); test_export.py and test_promises.py run it as the peers'
+    drop-ins."""
 
     def make(flavour: str) -> Pair:
         linen = flavour == "linen"
@@ -413,6 +414,8 @@ def _pointwise(layer: str, kwargs: dict[str, Any]) -> Callable[[str], Pair]:
     return make
 
 
-#: The Flax-family drop-ins that Flax has no class for.
-UNPEERED = [make(flavour) for make in (_pointwise("DyT", {}), _pointwise("Derf", {"shift_init_value": 0.25}))
+#: The Flax-family drop-ins that Flax has no class for (the add & norm layers called with x alone, the first
+#: layer's form; tests/test_residual.py checks them with a residual against the unfused Flax forms).
+UNPEERED = [make(flavour) for make in (_pointwise("DyT", {}), _pointwise("Derf", {"shift_init_value": 0.25}),
+                                       _pointwise("AddLayerNorm", {}), _pointwise("AddRMSNorm", {}))
             for flavour in ("linen", "nnx")]

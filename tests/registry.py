@@ -22,7 +22,9 @@ class Entry:
     ``input_name``: the name ``apply`` gives its input in errors (``w`` for the weight reparametrizations);
     ``finite_differences``: False where the gradient deliberately stops (SpectralNorm's power iteration is under
     ``stop_gradient``, as in the paper and Flax; its gradient is checked against the closed form instead);
-    ``keras``: False where the spec holds a setting Keras has no key for (``to_keras_config`` must refuse it).
+    ``keras``: False where the spec holds a setting Keras has no key for (``to_keras_config`` must refuse it);
+    ``residual``: ``apply`` also takes ``residual=`` and returns ``(y, h)`` (add & norm): the checks pass
+    ``residual=cos(x)`` and read ``y`` (tests/test_residual.py checks ``h``).
     """
 
     name: str
@@ -35,6 +37,7 @@ class Entry:
     input_name: str = "x"
     finite_differences: bool = True
     keras: bool = True
+    residual: bool = False
 
 
 REGISTRY = [
@@ -60,5 +63,7 @@ REGISTRY = [
     Entry("WeightNorm", lambda: jaxnorm.WeightNorm(), (6, 3, 4), mask=False, per_example=False, input_name="w"),
     Entry("DyT", lambda: jaxnorm.DyT(), (4, 3, 5)),
     Entry("Derf", lambda: jaxnorm.Derf(axis=(1, 2), shift_init_value=0.25), (4, 3, 5)),
+    Entry("AddLayerNorm", lambda: jaxnorm.AddLayerNorm(), (4, 3, 5), residual=True),
+    Entry("AddRMSNorm", lambda: jaxnorm.AddRMSNorm(axis=(1, 2), residual_in_float32=True), (4, 3, 5), residual=True),
     Entry("Normalization_given", lambda: jaxnorm.Normalization(axis=(1, 2), mean=0.5, variance=2.0), (4, 3, 5)),
 ]

@@ -86,6 +86,8 @@ CASES = [
 UNPEERED = [
     Case("DyT", lambda m: m.DyT((3, 4)), (3, 4)),
     Case("Derf", lambda m: m.Derf(5, alpha_init_value=0.8, shift_init_value=0.1), (5,)),
+    Case("AddLayerNorm", lambda m: m.AddLayerNorm((3, 4)), (3, 4)),  # x alone: the first layer's form
+    Case("AddRMSNorm", lambda m: m.AddRMSNorm(5, eps=1e-3, residual_in_float32=True), (5,)),
 ]
 BY_NAME = {c.name: c for c in CASES}
 NAMES = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "SpectralNorm", "WeightNorm"]

@@ -100,6 +100,11 @@ OPS: dict[str, tuple[Callable[..., Any], dict, dict, jax.Array]] = {
     "layer_norm": (lambda p, s, x, **kw: (jaxnorm.layer_norm(x, p["scale"], p["bias"], **kw), s),
                    {"scale": _C["scale"], "bias": _C["bias"]}, {}, _X),
     "rms_norm": (lambda p, s, x, **kw: (jaxnorm.rms_norm(x, p["scale"], **kw), s), {"scale": _C["scale"]}, {}, _X),
+    # add & norm: a residual stream from x itself (cos x), so that the gradient reaches x through both inputs
+    "add_layer_norm": (lambda p, s, x, **kw: (jaxnorm.add_layer_norm(x, jnp.cos(x), p["scale"], p["bias"], **kw), s),
+                       {"scale": _C["scale"], "bias": _C["bias"]}, {}, _X),
+    "add_rms_norm": (lambda p, s, x, **kw: (jaxnorm.add_rms_norm(x, jnp.cos(x), p["scale"], residual_in_float32=True,
+                                                                 **kw), s), {"scale": _C["scale"]}, {}, _X),
     "group_norm": (lambda p, s, x, **kw: (jaxnorm.group_norm(x, p["scale"], p["bias"], num_groups=2, **kw), s),
                    {"scale": _C["scale"], "bias": _C["bias"]}, {}, _IMG),
     "instance_norm": (lambda p, s, x, **kw: (jaxnorm.instance_norm(x, p["scale"], p["bias"], **kw), s),

@@ -95,6 +95,11 @@ NEITHER = {
     **{name: "point-wise (DyT/Derf): tanh/erf of alpha * x, bounded, no statistics to be invariant with"
        for name in ("ops:dyt", "ops:derf", "specs:DyT", "specs:Derf", "linen:DyT", "linen:Derf", "nnx:DyT",
                     "nnx:Derf", "equinox:DyT", "equinox:Derf")},
+    **{name: "add & norm: returns the stream h = x + residual too, which carries x's scale and offset (y = norm(h)"
+             " exactly: tests/test_residual.py)"
+       for name in ("ops:add_layer_norm", "ops:add_rms_norm", "specs:AddLayerNorm", "specs:AddRMSNorm",
+                    "linen:AddLayerNorm", "linen:AddRMSNorm", "nnx:AddLayerNorm", "nnx:AddRMSNorm",
+                    "equinox:AddLayerNorm", "equinox:AddRMSNorm")},
     "specs:BatchNorm_eval": "normalizes by its moving statistics",
     "specs:Normalization": "normalizes by its adapted statistics",
     "specs:Normalization_given": "normalizes by given statistics",
@@ -116,6 +121,7 @@ NO_EMPTY_BATCH = {
     "equinox:RMSNorm": "equinox's layers take one example (no batch axis)",
     "equinox:LayerNorm": "one example", "equinox:GroupNorm": "one example",
     "equinox:DyT": "one example", "equinox:Derf": "one example",
+    "equinox:AddLayerNorm": "one example", "equinox:AddRMSNorm": "one example",
     "equinox:SpectralNorm-Linear": "one example", "equinox:SpectralNorm-Conv1d": "one example",
     "equinox:WeightNorm-Linear": "one example", "equinox:WeightNorm-Conv1d-all": "one example",
     "linen:SpectralNorm": "a Dense layer's input", "nnx:SpectralNorm": "a Linear layer's input",

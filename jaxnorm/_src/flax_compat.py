@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm._src import collectives, moving, normalize, pointwise, validation
+from jaxnorm._src import residual as residual_lib
 
 #: A family's variables and dtype rule: ``promote(x, feature_axes) -> (x, variables, out_dtype)`` with the
 #: variables (``scale``, ``bias``; BatchNorm's ``mean``, ``var`` first) created or read and checked for ``x``,
@@ -73,6 +74,19 @@ def rms_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
     return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, m, **options: (
         normalize.normalize_layer(xc, scale, None, reduce, mdl.epsilon, m, center=False, scale_offset=offset,
                                   **options)))
+
+
+def add_norm(
+    mdl: Any, x: Any, residual: Any, mask: Any, promote: Promote, norm: Callable[..., jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    """The add & norm drop-ins' call, after the family's own ``Dropout`` on ``x``: ``(norm(h), h)`` with the new
+    residual stream ``h = x + residual`` of :func:`residual.residual_sum` (``mdl.residual_in_float32``) and
+    ``norm`` the family's :func:`layer_norm` or :func:`rms_norm` call on ``h``: the unfused Flax form
+    ``h = x + residual; y = LayerNorm()(h)``, its dtype rule included."""
+    x = validation.check_float_array(x, "x")
+    stream = validation.check_bool(mdl.residual_in_float32, "residual_in_float32")
+    h = residual_lib.residual_sum(x, residual, stream, 0.0, None)
+    return norm(mdl, h, mask, promote), h
 
 
 def instance_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:

@@ -22,6 +22,7 @@ from jaxnorm._src.batch_norm import BatchNorm
 from jaxnorm._src.group_norm import GroupNorm, InstanceNorm
 from jaxnorm._src.layer_norm import LayerNorm
 from jaxnorm._src.normalization import Normalization
+from jaxnorm._src.residual import AddLayerNorm, AddRMSNorm
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.unit_norm import UnitNormalization
 
@@ -438,10 +439,14 @@ def to_torch(
     ``RMSNorm`` (PyTorch 2).
     """
     torch = _import_torch()
-    if not isinstance(spec, BatchNorm | LayerNorm | GroupNorm | InstanceNorm | RMSNorm):
+    if not isinstance(spec, BatchNorm | LayerNorm | GroupNorm | InstanceNorm | RMSNorm) or isinstance(
+        spec, AddLayerNorm | AddRMSNorm
+    ):
         raise TypeError(
             "`spec` must be a jaxnorm.BatchNorm, LayerNorm, GroupNorm, InstanceNorm or RMSNorm to convert to "
             f"PyTorch, got {type(spec).__name__}."
+            + (" PyTorch has no add & norm layer: convert the LayerNorm or RMSNorm of the same options and params, "
+               "and add the residual in the model." if isinstance(spec, AddLayerNorm | AddRMSNorm) else "")
         )
     extras = {
         f: (getattr(spec, f) is None, "PyTorch layers have no regularizers or constraints")
@@ -536,6 +541,8 @@ def _to_torch_layer_norm(
         {
             "axis": (trailing, f"{spec.axis!r}; PyTorch's {name} normalizes the trailing axes"),
             "rms_scaling": (rms or not spec.rms_scaling, "True (Keras's deprecated mode)"),
+            "scale_offset": (spec.scale_offset == 0, f"{spec.scale_offset!r}; PyTorch multiplies by its weight as "
+                             "stored: convert a spec with scale_offset=0.0 and params['scale'] + offset"),
             "use_scale/use_bias": (
                 rms or spec.use_scale or not spec.use_bias,
                 "bias without scale; PyTorch's LayerNorm(bias=True) needs elementwise_affine=True",

@@ -39,7 +39,8 @@ def axis_name_of(axis_name: Any) -> Any:
     return tuple(axis_name) if isinstance(axis_name, list) else axis_name
 
 
-def check_key(key: Any, name: str = "key") -> None:
+def check_key(key: Any, name: str = "key", fix: str = "spec.init(jax.random.key(0), x) (or None for the "
+              "initializers' fixed default key)") -> None:
     """Raises ``TypeError`` unless ``key`` is None or a JAX PRNG key: a typed key (``jax.random.key(seed)``) or
     a raw ``uint32`` key array (``jax.random.PRNGKey(seed)``), or a batch of them."""
     if key is None:
@@ -54,8 +55,7 @@ def check_key(key: Any, name: str = "key") -> None:
         f"{type(key).__name__} of dtype {dtype} and shape {getattr(key, 'shape', None)}" if dtype is not None
         else type(key).__name__)
     raise TypeError(
-        f"`{name}` must be a JAX PRNG key or None, got {shown}. Make one from a seed: "
-        "spec.init(jax.random.key(0), x) (or None for the initializers' fixed default key)."
+        f"`{name}` must be a JAX PRNG key or None, got {shown}. Make one from a seed: {fix}."
     )
 
 

@@ -40,9 +40,13 @@ Importing :mod:`jaxnorm` does not import equinox; this module needs it (``pip in
 from jaxnorm.equinox.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from jaxnorm.equinox.pointwise import Derf, DyT
 from jaxnorm.equinox.reparam import SpectralNorm, WeightNorm
+from jaxnorm.equinox.residual import AddLayerNorm, AddRMSNorm
 
-__all__ = ["BatchNorm", "Derf", "DyT", "GroupNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
+__all__ = [
+    "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GroupNorm", "LayerNorm", "RMSNorm", "SpectralNorm",
+    "WeightNorm",
+]
 
-for _cls in (BatchNorm, Derf, DyT, GroupNorm, LayerNorm, RMSNorm, SpectralNorm, WeightNorm):
+for _cls in (AddLayerNorm, AddRMSNorm, BatchNorm, Derf, DyT, GroupNorm, LayerNorm, RMSNorm, SpectralNorm, WeightNorm):
     _cls.__module__ = __name__  # jaxnorm.equinox.<Class>, where users import it from (reprs, pickles, docs)
 del _cls

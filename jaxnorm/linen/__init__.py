@@ -42,9 +42,13 @@ Flax's mechanism (``nn.map_variables`` over the wrapped layer's variables) and F
 from jaxnorm.linen.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from jaxnorm.linen.pointwise import Derf, DyT
 from jaxnorm.linen.reparam import SpectralNorm, WeightNorm
+from jaxnorm.linen.residual import AddLayerNorm, AddRMSNorm
 
-__all__ = ["BatchNorm", "Derf", "DyT", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm"]
+__all__ = [
+    "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm",
+    "SpectralNorm", "WeightNorm",
+]
 
-for _cls in (BatchNorm, Derf, DyT, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SpectralNorm, WeightNorm):
+for _cls in (AddLayerNorm, AddRMSNorm, BatchNorm, Derf, DyT, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SpectralNorm, WeightNorm):
     _cls.__module__ = __name__  # jaxnorm.linen.<Class>, where users import it from (reprs, pickles, docs)
 del _cls

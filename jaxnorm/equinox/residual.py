@@ -1,0 +1,127 @@
+"""The residual add & norm layers of :mod:`jaxnorm.equinox` (``AddLayerNorm``, ``AddRMSNorm``): no equinox peer;
+they are :class:`LayerNorm` and :class:`RMSNorm` (equinox's arguments and fields) that take the residual stream
+too, and return ``(y, new_residual)`` as the unfused ``eqx.nn.Dropout``, add and ``eqx.nn.LayerNorm`` would."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+from equinox import field
+
+from jaxnorm._src import residual as residual_lib
+from jaxnorm.equinox.normalization import LayerNorm, RMSNorm, _input
+
+
+def _options(residual_in_float32: bool, dropout_rate: float) -> tuple[bool, eqx.nn.Dropout | None]:
+    """``(residual_in_float32, equinox's Dropout or None)`` checked: a Dropout only where ``dropout_rate > 0``."""
+    stream, rate = residual_lib.check_options(residual_in_float32, dropout_rate)
+    return stream, (eqx.nn.Dropout(rate) if rate else None)
+
+
+def _add(
+    module: Any, norm: Any, x: Any, residual: Any, key: Any, inference: bool | None, mask: Any
+) -> tuple[jax.Array, jax.Array]:
+    """``(norm(h), h)``, ``h = dropout(x) + residual`` (:func:`residual.residual_sum`), ``norm`` the parent's call."""
+    if module.dropout is not None:
+        x = module.dropout(x, key=key, inference=inference)
+    h = residual_lib.residual_sum(_input(x), residual, module.residual_in_float32, 0.0, None)
+    return norm(h, mask=mask), h
+
+
+class AddLayerNorm(LayerNorm):
+    r"""Residual add and layer normalization over one example: ``(y, h)`` with ``h = dropout(x) + residual`` and
+    ``y = LayerNorm(h)``, as :func:`jaxnorm.add_layer_norm`.
+
+    Args:
+      shape, eps, use_weight, use_bias, dtype, and the other keyword arguments: those of :class:`jaxnorm.equinox.LayerNorm`
+        (equinox's, and jaxnorm's ``extreme_range`` and ``scale_offset``), the same ``weight``/``bias`` leaves.
+      residual_in_float32: keyword-only; keep ``h`` in float32 (or wider) whatever the input dtypes (False).
+      dropout_rate: keyword-only float in [0, 1): an ``eqx.nn.Dropout`` on ``x`` before the add (0.0: none).
+
+    Call ``__call__(x, residual=None, *, key=None, inference=None, mask=None)``: ``x`` and ``residual`` (None:
+    the first layer) of shape ``shape``; ``key`` and ``inference`` go to the Dropout, as equinox's.
+
+    Returns:
+      ``(y, h)``: ``y`` in ``h``'s dtype, and the new residual stream ``h`` (``result_type(x, residual)``,
+      float32 with ``residual_in_float32``).
+
+    Raises:
+      ValueError: ``x.shape != shape``; ``residual`` not of ``x``'s shape; ``dropout_rate`` outside [0, 1);
+      equinox's Dropout errors (no ``key`` in training). TypeError: complex ``x``, a non-floating ``residual``.
+
+    Source: flash-attn's ``layer_norm_fn(..., residual, prenorm=True, residual_in_fp32)``; Ba, Kiros & Hinton 2016.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxnorm import equinox as jeqx
+      >>> ln = jeqx.AddLayerNorm(2, eps=0.0)
+      >>> y, h = ln(jnp.array([1.0, 2.0]), jnp.array([0.0, 2.0]))
+      >>> print(y, h)
+      [-1.  1.] [1. 4.]
+    """
+
+    residual_in_float32: bool = field(static=True)
+    dropout: eqx.nn.Dropout | None
+
+    def __init__(
+        self, shape: int | Sequence[int], eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True,
+        dtype: Any = None, *, residual_in_float32: bool = False, dropout_rate: float = 0.0, **kwargs: Any,
+    ):
+        super().__init__(shape, eps, use_weight, use_bias, dtype, **kwargs)
+        self.residual_in_float32, self.dropout = _options(residual_in_float32, dropout_rate)
+
+    def __call__(
+        self, x: jax.Array, residual: jax.Array | None = None, *, key: Any = None, inference: bool | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
+        return _add(self, super().__call__, x, residual, key, inference, mask)
+
+
+class AddRMSNorm(RMSNorm):
+    r"""Residual add and RMS normalization over one example: ``(y, h)`` with ``h = dropout(x) + residual`` and
+    ``y = RMSNorm(h)``, as :func:`jaxnorm.add_rms_norm`.
+
+    Args:
+      shape, eps, use_weight, use_bias, dtype, and the other keyword arguments: those of :class:`jaxnorm.equinox.RMSNorm`.
+      residual_in_float32, dropout_rate: as :class:`AddLayerNorm`'s.
+
+    Call ``__call__(x, residual=None, *, key=None, inference=None, mask=None)`` as :class:`AddLayerNorm`'s.
+
+    Returns:
+      ``(y, h)`` as :class:`AddLayerNorm`'s.
+
+    Raises:
+      ValueError, TypeError: as :class:`AddLayerNorm`'s.
+
+    Source: Liger-Kernel's ``LigerFusedAddRMSNorm.forward(hidden, residual) -> (normed, residual)``; Zhang &
+    Sennrich 2019.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxnorm import equinox as jeqx
+      >>> rms = jeqx.AddRMSNorm(2, eps=0.0, use_bias=False)
+      >>> y, h = rms(jnp.array([1.0, 5.0]), jnp.array([0.0, 2.0]))
+      >>> print(y, h)
+      [0.2 1.4] [1. 7.]
+    """
+
+    residual_in_float32: bool = field(static=True)
+    dropout: eqx.nn.Dropout | None
+
+    def __init__(
+        self, shape: int | Sequence[int], eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True,
+        dtype: Any = None, *, residual_in_float32: bool = False, dropout_rate: float = 0.0, **kwargs: Any,
+    ):
+        super().__init__(shape, eps, use_weight, use_bias, dtype, **kwargs)
+        self.residual_in_float32, self.dropout = _options(residual_in_float32, dropout_rate)
+
+    def __call__(
+        self, x: jax.Array, residual: jax.Array | None = None, *, key: Any = None, inference: bool | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
+        return _add(self, super().__call__, x, residual, key, inference, mask)

@@ -1,0 +1,121 @@
+"""The residual add & norm layers of :mod:`jaxnorm.linen` (``AddLayerNorm``, ``AddRMSNorm``): no Flax peer; they
+are :class:`LayerNorm` and :class:`RMSNorm` (Flax's arguments and variables) that take the residual stream too,
+and return ``(y, new_residual)`` as the unfused ``nn.Dropout``, add and ``nn.LayerNorm`` would."""
+
+from __future__ import annotations
+
+import jax
+from flax.linen import module, stochastic
+from jax.typing import ArrayLike
+
+from jaxnorm._src import flax_compat
+from jaxnorm._src import residual as residual_lib
+from jaxnorm.linen.normalization import LayerNorm, RMSNorm, _promote
+
+
+def _dropout(mdl: module.Module, x: ArrayLike, deterministic: bool | None) -> ArrayLike:
+    """``flax.linen.Dropout(dropout_rate)`` on ``x`` (its ``dropout`` rng, ``deterministic`` merged as Flax
+    merges it), or ``x`` where the rate is 0."""
+    if mdl.dropout_rate == 0:
+        return x
+    return stochastic.Dropout(mdl.dropout_rate, deterministic=mdl.deterministic)(x, deterministic=deterministic)
+
+
+class AddLayerNorm(LayerNorm):
+    r"""Residual add and layer normalization: ``(y, h)`` with ``h = dropout(x) + residual`` and
+    ``y = LayerNorm(h)``, as :func:`jaxnorm.add_layer_norm`.
+
+    Attributes:
+      (every attribute of :class:`jaxnorm.linen.LayerNorm`, the same ``params`` ``scale``/``bias``: a
+      ``LayerNorm``'s checkpoint loads), then:
+      residual_in_float32: keep ``h`` in float32 (or wider) whatever the input dtypes (False).
+      dropout_rate: float in [0, 1), ``flax.linen.Dropout`` on ``x`` before the add (0.0; its rng collection is
+        ``'dropout'``).
+      deterministic: as ``flax.linen.Dropout``'s (None: given at the call).
+
+    Call ``__call__(x, residual=None, *, mask=None, deterministic=None)``: ``x`` the sublayer's output,
+    ``residual`` None (the first layer) or the stream, of ``x``'s shape; ``mask`` the statistics' mask.
+
+    Returns:
+      ``(y, h)``: ``y`` in the dtype Flax's rule gives for ``h`` and the params (``self.dtype`` if set), and the
+      new residual stream ``h`` (``result_type(x, residual)``, float32 with ``residual_in_float32``).
+
+    Raises:
+      TypeError: ``x`` or ``residual`` not floating. ValueError: ``residual`` not of ``x``'s shape;
+      ``dropout_rate`` outside [0, 1); Flax's Dropout errors (no ``deterministic``, no ``dropout`` rng).
+
+    Source: flash-attn's ``layer_norm_fn(..., residual, prenorm=True, residual_in_fp32)``; Ba, Kiros & Hinton 2016.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxnorm import linen as jnn
+      >>> ln = jnn.AddLayerNorm(epsilon=0.0)
+      >>> x, stream = jnp.array([[1.0, 2.0]]), jnp.array([[0.0, 2.0]])
+      >>> y, h = ln.apply(ln.init(jax.random.key(0), x, stream), x, stream)
+      >>> print(y, h)
+      [[-1.  1.]] [[1. 4.]]
+    """
+
+    residual_in_float32: bool = False
+    dropout_rate: float = 0.0
+    deterministic: bool | None = None
+
+    def __post_init__(self) -> None:
+        residual_lib.check_options(self.residual_in_float32, self.dropout_rate)
+        super().__post_init__()
+
+    @module.compact
+    def __call__(  # type: ignore[override]
+        self, x: ArrayLike, residual: ArrayLike | None = None, *, mask: jax.Array | None = None,
+        deterministic: bool | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
+        x = _dropout(self, x, deterministic)
+        return flax_compat.add_norm(self, x, residual, mask, _promote(self, ("scale", "bias")), flax_compat.layer_norm)
+
+
+class AddRMSNorm(RMSNorm):
+    r"""Residual add and RMS normalization: ``(y, h)`` with ``h = dropout(x) + residual`` and ``y = RMSNorm(h)``,
+    as :func:`jaxnorm.add_rms_norm`.
+
+    Attributes:
+      (every attribute of :class:`jaxnorm.linen.RMSNorm`, the same ``params`` ``scale``), then
+      ``residual_in_float32``, ``dropout_rate`` and ``deterministic`` as :class:`AddLayerNorm`'s.
+
+    Call ``__call__(x, residual=None, *, mask=None, deterministic=None)`` as :class:`AddLayerNorm`'s.
+
+    Returns:
+      ``(y, h)`` as :class:`AddLayerNorm`'s.
+
+    Raises:
+      TypeError, ValueError: as :class:`AddLayerNorm`'s.
+
+    Source: Liger-Kernel's ``LigerFusedAddRMSNorm.forward(hidden, residual) -> (normed, residual)``; Zhang &
+    Sennrich 2019.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxnorm import linen as jnn
+      >>> rms = jnn.AddRMSNorm(epsilon=0.0)
+      >>> x, stream = jnp.array([[1.0, 5.0]]), jnp.array([[0.0, 2.0]])
+      >>> y, h = rms.apply(rms.init(jax.random.key(0), x, stream), x, stream)
+      >>> print(y, h)
+      [[0.2 1.4]] [[1. 7.]]
+    """
+
+    residual_in_float32: bool = False
+    dropout_rate: float = 0.0
+    deterministic: bool | None = None
+
+    def __post_init__(self) -> None:
+        residual_lib.check_options(self.residual_in_float32, self.dropout_rate)
+        super().__post_init__()
+
+    @module.compact
+    def __call__(  # type: ignore[override]
+        self, x: ArrayLike, residual: ArrayLike | None = None, *, mask: jax.Array | None = None,
+        deterministic: bool | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
+        x = _dropout(self, x, deterministic)
+        return flax_compat.add_norm(self, x, residual, mask, _promote(self, ("scale",)), flax_compat.rms_norm)
