@@ -9,6 +9,9 @@ infinitely fast normalization would reach).
   batch 32 at 32x32x3, 10 classes.
 - ``transformer-layer`` / ``transformer-rms``: a pre-norm Transformer encoder, 4 blocks, sequence 256, width 256,
   4 heads, MLP 1024, batch 8, LayerNorm (or RMSNorm) before attention, before the MLP and at the end.
+- ``transformer-add_rms``: the same network with each residual add fused into the RMSNorm after it
+  (``y, stream = AddRMSNorm()(sublayer(y), stream)``): Flax's variant is the unfused ``x + residual`` then
+  ``nn.RMSNorm`` (same params), the identity variant the add alone.
 
 For each: the jit-compiled train step (forward, backward, Optax Adam update, moving statistics threaded through)
 and inference step (running averages) are timed in one interleaved run (medians after warm-up), with XLA's
@@ -61,12 +64,36 @@ class _Identity(nn.Module):
         return x
 
 
+class AddRMSNorm(nn.RMSNorm):  # named as the drop-in: Flax names submodules by class
+    """Residual add & RMSNorm as a Flax user writes it today: ``h = x + residual``, then ``nn.RMSNorm`` (the same
+    ``scale`` param as ``jaxnorm.linen.AddRMSNorm``)."""
+
+    @nn.compact
+    def __call__(self, x, residual=None):
+        h = x if residual is None else x + residual
+        return super().__call__(h), h
+
+
+class _IdentityAdd(_Identity):
+    """The bound of an add & norm: the add alone, ``(h, h)``."""
+
+    @nn.compact
+    def __call__(self, x, residual=None):
+        h = x if residual is None else x + residual
+        return h, h
+
+
 NORMS = {
-    "flax": types.SimpleNamespace(BatchNorm=nn.BatchNorm, LayerNorm=nn.LayerNorm, RMSNorm=nn.RMSNorm),
-    "jaxnorm": types.SimpleNamespace(
-        BatchNorm=jaxnorm.linen.BatchNorm, LayerNorm=jaxnorm.linen.LayerNorm, RMSNorm=jaxnorm.linen.RMSNorm
+    "flax": types.SimpleNamespace(
+        BatchNorm=nn.BatchNorm, LayerNorm=nn.LayerNorm, RMSNorm=nn.RMSNorm, AddRMSNorm=AddRMSNorm
     ),
-    "identity": types.SimpleNamespace(BatchNorm=_Identity, LayerNorm=_Identity, RMSNorm=_Identity),
+    "jaxnorm": types.SimpleNamespace(
+        BatchNorm=jaxnorm.linen.BatchNorm, LayerNorm=jaxnorm.linen.LayerNorm, RMSNorm=jaxnorm.linen.RMSNorm,
+        AddRMSNorm=jaxnorm.linen.AddRMSNorm,
+    ),
+    "identity": types.SimpleNamespace(
+        BatchNorm=_Identity, LayerNorm=_Identity, RMSNorm=_Identity, AddRMSNorm=_IdentityAdd
+    ),
 }
 VARIANTS = tuple(NORMS)
 
@@ -98,7 +125,7 @@ class Transformer(nn.Module):
     """Pre-norm Transformer encoder over token ids: ``x + attn(norm(x))``, ``x + mlp(norm(x))``, final norm."""
 
     norms: Any
-    kind: str = "layer"  # 'layer' or 'rms'
+    kind: str = "layer"  # 'layer', 'rms', or 'add_rms' (the residual adds fused with the RMSNorms)
     vocab: int = 256
     width: int = 256
     heads: int = 4
@@ -110,6 +137,12 @@ class Transformer(nn.Module):
         norm = (lambda: self.norms.LayerNorm()) if self.kind == "layer" else (lambda: self.norms.RMSNorm())
         x = nn.Embed(self.vocab, self.width)(tokens)
         x = x + self.param("pos", nn.initializers.normal(0.02), (1, tokens.shape[1], self.width))
+        if self.kind == "add_rms":  # the same network, each norm fused with the residual add before it
+            y, stream = self.norms.AddRMSNorm()(x)
+            for _ in range(self.blocks):
+                y, stream = self.norms.AddRMSNorm()(nn.MultiHeadDotProductAttention(self.heads)(y), stream)
+                y, stream = self.norms.AddRMSNorm()(nn.Dense(self.width)(nn.gelu(nn.Dense(4 * self.width)(y))), stream)
+            return nn.Dense(self.vocab)(y)
         for _ in range(self.blocks):
             x = x + nn.MultiHeadDotProductAttention(self.heads)(norm()(x))
             h = nn.Dense(self.width)(nn.gelu(nn.Dense(4 * self.width)(norm()(x))))
@@ -137,7 +170,7 @@ def _cases(mode: str) -> dict[str, dict[str, Any]]:
                 labels=256,
                 tokens=True,
             )
-            for kind in ("layer", "rms")
+            for kind in ("layer", "rms", "add_rms")
         },
     }
 

@@ -54,6 +54,9 @@ MODES = ("fwd", "fwd+bwd")
 ROWS = ("layer_norm", "rms_norm")  # ops over the last axis
 CHANNELS = ("batch_norm", "group_norm")  # NHWC ops with per-channel parameters (PyTorch: channels_last)
 STATEFUL = ("batch_norm",)  # forward(x, scale, bias, mean, var) -> (y, new_mean, new_var); others (x, s, b) -> y
+# Residual add & norm over the last axis: forward(x, residual, scale, bias) -> (y, h), h = x + residual the new
+# stream and y = norm(h); the peers' form is the unfused one a Flax user writes (x + residual, then the norm).
+RESIDUAL = ("add_layer_norm", "add_rms_norm")
 COPY = "copy"  # not a peer: run.py's copy kernel, the memory-bandwidth limit every case is measured against
 
 
@@ -66,18 +69,18 @@ def make_inputs(op, shape, dtype, seed=0):
     """The case's arrays (x, dy, scale, bias; a stateful op's mean and var), generated on the JAX device. The
     last ones are kept: run.py's next case (the other mode) reuses them (JAX arrays are immutable), which saves
     seconds per large case on a CPU."""
-    return dict(_last_inputs(op in STATEFUL, tuple(shape), jnp.dtype(dtype).name, seed))
+    kind = STATEFUL[0] if op in STATEFUL else RESIDUAL[0] if op in RESIDUAL else "stateless"
+    return dict(_last_inputs(kind, tuple(shape), jnp.dtype(dtype).name, seed))
 
 
 @functools.lru_cache(maxsize=1)
-def _last_inputs(stateful, shape, dtype, seed):
-    op = STATEFUL[0] if stateful else "stateless"  # the arrays depend on the op only through its state
-    return jax.block_until_ready(_make_inputs(op, shape, jnp.dtype(dtype), seed))
+def _last_inputs(kind, shape, dtype, seed):  # the arrays depend on the op only through its state or residual
+    return jax.block_until_ready(_make_inputs(kind, shape, jnp.dtype(dtype), seed))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _make_inputs(op, shape, dtype, seed):  # one compiled program per case
-    keys = jax.random.split(jax.random.key(seed), 6)
+    keys = jax.random.split(jax.random.key(seed), 7)
     c = shape[-1]
     x = (jax.random.normal(keys[0], shape, jnp.float32) + 0.5).astype(dtype)
     dy = jax.random.normal(keys[1], shape, jnp.float32).astype(dtype)
@@ -90,6 +93,8 @@ def _make_inputs(op, shape, dtype, seed):  # one compiled program per case
     if op in STATEFUL:
         inputs["mean"] = 0.1 * jax.random.normal(keys[4], (c,), jnp.float32)
         inputs["var"] = 1.0 + 0.1 * jnp.abs(jax.random.normal(keys[5], (c,), jnp.float32))
+    if op in RESIDUAL:
+        inputs["residual"] = (2.0 * jax.random.normal(keys[6], shape, jnp.float32)).astype(dtype)
     return inputs
 
 
@@ -122,7 +127,9 @@ class JaxRunner:
 
 
 def with_backward(forward, op):
-    """(x, dy, scale, bias[, mean, var]) -> (dx, dscale, dbias[, new_mean, new_var]): grad of sum(y * dy)."""
+    """(x, dy, scale, bias[, mean, var]) -> (dx, dscale, dbias[, new_mean, new_var]): grad of sum(y * dy).
+    A residual op: (x, residual, dy, scale, bias) -> (dx, dresidual, dscale, dbias), the grad of
+    sum(y * dy) + sum(h * dy) (``dy`` the cotangent of both outputs, the stream's included)."""
 
     def loss(x, s, b, dy, *state):
         out = forward(x, s, b, *state)
@@ -133,12 +140,20 @@ def with_backward(forward, op):
         grads, aux = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(x, s, b, dy, *state)
         return (*grads, *aux)
 
-    return fwd_bwd
+    def residual_loss(x, r, s, b, dy):
+        y, h = forward(x, r, s, b)
+        return jnp.sum((y.astype(jnp.float32) + h.astype(jnp.float32)) * dy.astype(jnp.float32))
+
+    def residual_fwd_bwd(x, r, dy, s, b):
+        return jax.grad(residual_loss, argnums=(0, 1, 2, 3))(x, r, s, b, dy)
+
+    return residual_fwd_bwd if op in RESIDUAL else fwd_bwd
 
 
 def jax_args(op, mode, inputs):
     """The arguments of ``forward`` (fwd) or ``with_backward(forward)`` (fwd+bwd)."""
-    args = [inputs["x"]] + ([inputs["dy"]] if mode == "fwd+bwd" else []) + [inputs["scale"], inputs["bias"]]
+    lead = [inputs["x"]] + ([inputs["residual"]] if op in RESIDUAL else [])
+    args = lead + ([inputs["dy"]] if mode == "fwd+bwd" else []) + [inputs["scale"], inputs["bias"]]
     if op in STATEFUL:
         args += [inputs["mean"], inputs["var"]]
     return tuple(args)
@@ -300,7 +315,17 @@ def _linen(module, params=("scale", "bias")):
         layer = module(nn, {"epsilon": EPSILON, "dtype": x.dtype})
         return lambda x, s, b: layer.apply({"params": dict(zip(params, (s, b), strict=False))}, x)
 
-    return jax_peer(make)
+    return make
+
+
+def _unfused(make):
+    """A residual op as a user of ``make``'s norm writes it: ``(norm(x + residual), x + residual)``."""
+
+    def residual_make(x):
+        norm = make(x)
+        return lambda x, r, s, b: (norm(x + r, s, b), x + r)
+
+    return jax_peer(residual_make)
 
 
 def _linen_batch_norm(x):
@@ -338,7 +363,7 @@ def _nnx(module, params=("scale", "bias")):
         )
         return lambda x, s, b: nnx.merge(graphdef, _with_leaves(state, dict(zip(params, (s, b), strict=False))))(x)
 
-    return jax_peer(make)
+    return make
 
 
 def _nnx_batch_norm(x):
@@ -464,8 +489,8 @@ TABLE = {
         "jaxnorm_pallas": jax_fn(
             lambda x, s, b: jaxnorm.layer_norm(x, s, b, axis=-1, epsilon=EPSILON, implementation="pallas")
         ),
-        "flax_linen": _linen(lambda nn, kw: nn.LayerNorm(**kw)),
-        "flax_nnx": _nnx(lambda nnx, c, kw: nnx.LayerNorm(c, **kw)),
+        "flax_linen": jax_peer(_linen(lambda nn, kw: nn.LayerNorm(**kw))),
+        "flax_nnx": jax_peer(_nnx(lambda nnx, c, kw: nnx.LayerNorm(c, **kw))),
         "naive_jnp": jax_fn(lambda x, s, b: _naive_normalize(x, s, b, (x.ndim - 1,))[0]),
         "keras": _keras(lambda layers, kw: layers.LayerNormalization(axis=-1, **kw)),
         "equinox": jax_peer(_equinox_layer_norm),  # vmapped over rows
@@ -477,8 +502,8 @@ TABLE = {
         "jaxnorm_pallas": jax_fn(
             lambda x, s, b: jaxnorm.rms_norm(x, s, axis=-1, epsilon=EPSILON, implementation="pallas")
         ),
-        "flax_linen": _linen(lambda nn, kw: nn.RMSNorm(**kw), params=("scale",)),
-        "flax_nnx": _nnx(lambda nnx, c, kw: nnx.RMSNorm(c, **kw), params=("scale",)),
+        "flax_linen": jax_peer(_linen(lambda nn, kw: nn.RMSNorm(**kw), params=("scale",))),
+        "flax_nnx": jax_peer(_nnx(lambda nnx, c, kw: nnx.RMSNorm(c, **kw), params=("scale",))),
         "naive_jnp": jax_fn(_naive_rms_norm),
         "keras": _keras(lambda layers, kw: layers.RMSNormalization(axis=-1, **kw), n_params=1),
         **torch_peers(lambda F, x, s, b: F.rms_norm(x, (x.shape[-1],), s, EPSILON)),
@@ -495,11 +520,29 @@ TABLE = {
     },
     "group_norm": {
         "jaxnorm": jax_fn(lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=GROUPS, epsilon=EPSILON)),
-        "flax_linen": _linen(lambda nn, kw: nn.GroupNorm(num_groups=GROUPS, **kw)),
-        "flax_nnx": _nnx(lambda nnx, c, kw: nnx.GroupNorm(c, num_groups=GROUPS, **kw)),
+        "flax_linen": jax_peer(_linen(lambda nn, kw: nn.GroupNorm(num_groups=GROUPS, **kw))),
+        "flax_nnx": jax_peer(_nnx(lambda nnx, c, kw: nnx.GroupNorm(c, num_groups=GROUPS, **kw))),
         "naive_jnp": jax_fn(_naive_group_norm),
         "keras": _keras(lambda layers, kw: layers.GroupNormalization(groups=GROUPS, axis=-1, **kw)),
         **torch_peers(lambda F, x, s, b: F.group_norm(x, GROUPS, s, b, EPSILON)),
+    },
+    "add_layer_norm": {
+        "jaxnorm": jax_fn(lambda x, r, s, b: jaxnorm.add_layer_norm(x, r, s, b, epsilon=EPSILON)),
+        "jaxnorm_pallas": jax_fn(
+            lambda x, r, s, b: jaxnorm.add_layer_norm(x, r, s, b, epsilon=EPSILON, implementation="pallas")
+        ),
+        "flax_linen": _unfused(_linen(lambda nn, kw: nn.LayerNorm(**kw))),
+        "flax_nnx": _unfused(_nnx(lambda nnx, c, kw: nnx.LayerNorm(c, **kw))),
+        "naive_jnp": jax_fn(lambda x, r, s, b: (_naive_normalize(x + r, s, b, (x.ndim - 1,))[0], x + r)),
+    },
+    "add_rms_norm": {
+        "jaxnorm": jax_fn(lambda x, r, s, b: jaxnorm.add_rms_norm(x, r, s, epsilon=EPSILON)),
+        "jaxnorm_pallas": jax_fn(
+            lambda x, r, s, b: jaxnorm.add_rms_norm(x, r, s, epsilon=EPSILON, implementation="pallas")
+        ),
+        "flax_linen": _unfused(_linen(lambda nn, kw: nn.RMSNorm(**kw), params=("scale",))),
+        "flax_nnx": _unfused(_nnx(lambda nnx, c, kw: nnx.RMSNorm(c, **kw), params=("scale",))),
+        "naive_jnp": jax_fn(lambda x, r, s, b: (_naive_rms_norm(x + r, s, b), x + r)),
     },
 }
 OPS = tuple(TABLE)

@@ -22,6 +22,11 @@ Cases (``op x mode x shape x dtype``):
   quick: the same at batch 8.
 - ``group_norm``: GroupNorm with 32 groups (NHWC, ``axis=-1``) at the BatchNorm shapes but 7x7x2048: full
   batch 32, quick batch 8.
+- ``add_layer_norm`` and ``add_rms_norm``: residual add & norm over the last axis of ``(M, N)``, ``(y, h)`` with
+  ``h = x + residual``; the peers run the unfused form a Flax user writes (``x + residual``, then the norm);
+  full: ``(4096, 1024) (8192, 4096)``; quick: ``(4096, 1024) (2048, 4096)``. Their fwd+bwd is the gradient of
+  ``sum((y + h) * dy)`` with respect to ``x``, ``residual``, ``scale`` and ``bias``; their minimum bytes count
+  the residual and ``h`` too (fwd: read x and residual, write y and h), as their copy kernel moves.
 - mode ``fwd``: the forward pass (``y``; BatchNorm also the new moving mean and variance). Mode ``fwd+bwd``:
   the gradient of ``sum(y * dy)`` with respect to ``x``, ``scale`` and ``bias`` (``dy`` a fixed random array
   of ``x``'s shape and dtype); BatchNorm also returns the new moving statistics.
@@ -106,18 +111,24 @@ SHAPES = {
         "rms_norm": [(4096, n) for n in (512, 1024, 4096, 16384)],
         "batch_norm": [(32, 56, 56, 256), (32, 28, 28, 512), (32, 14, 14, 1024), (32, 7, 7, 2048)],
         "group_norm": [(32, 56, 56, 256), (32, 28, 28, 512), (32, 14, 14, 1024)],
+        "add_layer_norm": [(4096, 1024), (8192, 4096)],
+        "add_rms_norm": [(4096, 1024), (8192, 4096)],
     },
     "quick": {
         "layer_norm": [*((1024, n) for n in (512, 1024, 4096, 16384)), *TRANSFORMER_ROWS],
         "rms_norm": [*((1024, n) for n in (512, 1024, 4096, 16384)), *TRANSFORMER_ROWS],
         "batch_norm": [(8, 56, 56, 256), (8, 28, 28, 512), (8, 14, 14, 1024), (8, 7, 7, 2048)],
         "group_norm": [(8, 56, 56, 256), (8, 28, 28, 512), (8, 14, 14, 1024)],
+        "add_layer_norm": [(4096, 1024), (2048, 4096)],
+        "add_rms_norm": [(4096, 1024), (2048, 4096)],
     },
     "smoke": {
         "layer_norm": [(16, 128)],
         "rms_norm": [(16, 128)],
         "batch_norm": [(2, 4, 4, 32)],
         "group_norm": [(2, 4, 4, 64)],
+        "add_layer_norm": [(16, 128)],
+        "add_rms_norm": [(16, 128)],
     },
 }
 REPEATS = {"full": 20, "quick": 10, "smoke": 3}
@@ -193,7 +204,11 @@ def why_skipped(impl, size, platform_name, skip=()):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _copy_fn(mode):
+def _copy_fn(op, mode):
+    if op in peers.RESIDUAL:  # read x and residual (and dy), write two arrays: y and h (dx and dresidual)
+        if mode == "fwd":
+            return lambda x, r: (x + r, x - r)
+        return lambda x, r, dy: (x + r + dy, x - r + dy)
     if mode == "fwd":
         return lambda x: x + 0  # XLA: one copy kernel, read x, write y
     return lambda x, dy: x + dy  # read x and dy, write one array: the bytes of a fused backward
@@ -201,8 +216,8 @@ def _copy_fn(mode):
 
 def _build(impl, op, mode, inputs):
     if impl == COPY:
-        args = (inputs["x"],) if mode == "fwd" else (inputs["x"], inputs["dy"])
-        return JaxRunner(_copy_fn(mode), args)
+        lead = (inputs["x"], inputs["residual"]) if op in peers.RESIDUAL else (inputs["x"],)
+        return JaxRunner(_copy_fn(op, mode), lead + (() if mode == "fwd" else (inputs["dy"],)))
     return peers.TABLE[op][impl](op, mode, inputs)
 
 
@@ -268,6 +283,8 @@ def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes, on_cpu=True):
     inputs = peers.make_inputs(op, shape, dtype)
     x_bytes = inputs["x"].nbytes
     n_arrays = 2 if mode == "fwd" else 3  # fwd: read x, write y; fwd+bwd: read x, dy, write dx
+    if op in peers.RESIDUAL:
+        n_arrays += 2  # read the residual too, write h too (fwd+bwd: read the residual, write dresidual)
     case = {
         "op": op,
         "mode": mode,

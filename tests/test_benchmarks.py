@@ -55,7 +55,8 @@ def test_benchmarks_smoke(tmp_path, capsys):
 
     for case in data["cases"]:
         results = case["results"]
-        assert case["bytes_moved"] == (2 if case["mode"] == "fwd" else 3) * case["x_bytes"] > 0
+        arrays = (2 if case["mode"] == "fwd" else 3) + (2 if case["op"] in run.peers.RESIDUAL else 0)  # + residual, h
+        assert case["bytes_moved"] == arrays * case["x_bytes"] > 0
         # jaxnorm and the copy kernel always run; flax and the naive reference are always installed here.
         for impl in ("jaxnorm", "copy", "flax_linen", "flax_nnx", "naive_jnp"):
             assert results[impl]["status"] == "ok", (case["op"], case["mode"], impl, results[impl])
@@ -199,7 +200,7 @@ def test_models_smoke_checks_the_swap_changes_no_number(tmp_path, capsys, monkey
     out = capsys.readouterr().out
     assert "figures below time dispatch" in out  # smoke mode says its figures mean nothing
     data = json.loads((tmp_path / "models_smoke.json").read_text())
-    assert set(data["models"]) == {"cnn", "transformer-layer", "transformer-rms"}
+    assert set(data["models"]) == {"cnn", "transformer-layer", "transformer-rms", "transformer-add_rms"}
     for model in data["models"].values():
         assert set(model["variants"]) == {"flax", "jaxnorm", "identity"}
         for variant in model["variants"].values():

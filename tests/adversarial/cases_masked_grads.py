@@ -62,7 +62,8 @@ def _registry_apply(entry):
     mask = _inputs(entry.shape)[1]
 
     def apply(p, x):
-        return spec.apply(p, state, x, training=entry.training, mask=mask)[0]
+        out = spec.apply(p, state, x, training=entry.training, mask=mask)[0]
+        return out[0] if entry.residual else out  # add & norm (residual None, h = x): y of (y, h)
 
     return apply, params
 
