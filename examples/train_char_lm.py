@@ -35,7 +35,9 @@ Flags:
   --norm {flax,jaxnorm} [...]  where the norm classes come from: ``flax.nnx`` or ``jaxnorm.nnx`` (default:
                      jaxnorm). Several values (and several --kind) train one model per combination, in turn,
                      from the same seed (same initial weights, same batches), and draw them all in one plot.
-  --kind {layer,rms,dyt,derf} [...]  LayerNorm, RMSNorm, or the normalization-free DyT or Derf in their place
+  --kind {layer,rms,dyt,derf,add_layer,add_rms} [...]  LayerNorm, RMSNorm, the normalization-free DyT or Derf
+                     in their place, or the residual add & norm (AddLayerNorm, AddRMSNorm: the same network
+                     as layer/rms, each residual add fused into the norm after it; jaxnorm only)
                      (default: layer); DyT and Derf are jaxnorm's only: ``--norm flax`` skips them, saying so.
   --steps N          training steps per model (default 800).
   --batch-size N     sequences per step (default 64).
@@ -110,8 +112,12 @@ VOCAB_SIZE = len(ALPHABET) + 1  # 97 characters + the unknown symbol
 VAL_FRACTION = 0.1
 WEIGHT_DECAY = 0.1
 NORM_MODULES = {"flax": nnx, "jaxnorm": jnnx}
-NORM_CLASSES = {"layer": "LayerNorm", "rms": "RMSNorm", "dyt": "DyT", "derf": "Derf"}
-JAXNORM_ONLY = ("dyt", "derf")  # normalization-free layers flax.nnx has no class for
+NORM_CLASSES = {"layer": "LayerNorm", "rms": "RMSNorm", "dyt": "DyT", "derf": "Derf", "add_layer": "AddLayerNorm",
+                "add_rms": "AddRMSNorm"}
+# flax.nnx has no class for these: the normalization-free layers, and the residual add & norm (whose unfused
+# form, x + residual then the norm, is --kind layer / rms: the same network and parameters)
+JAXNORM_ONLY = ("dyt", "derf", "add_layer", "add_rms")
+FUSED = ("add_layer", "add_rms")
 # Flags that may differ between a run and the run that resumes it.
 NOT_RESUME_FLAGS = ("out", "max_seconds", "stop_after", "checkpoint_dir", "norm", "kind")
 
@@ -178,6 +184,9 @@ class Block(nnx.Module):
         x = x + self.attn(self.attn_norm(x), mask=mask)
         return x + self.mlp_out(nnx.gelu(self.mlp_in(self.mlp_norm(x))))
 
+    def mlp(self, y):
+        return self.mlp_out(nnx.gelu(self.mlp_in(y)))
+
 
 class CharTransformer(nnx.Module):
     """Character-level pre-norm Transformer: ``(batch, seq) int ids -> (batch, seq, VOCAB_SIZE) logits``."""
@@ -186,6 +195,7 @@ class CharTransformer(nnx.Module):
         self, *, norm: str, kind: str, d_model: int, layers: int, heads: int, seq_len: int, rngs: nnx.Rngs
     ):
         norm_cls = getattr(NORM_MODULES[norm], NORM_CLASSES[kind])  # the one difference between --norm values
+        self.fused = kind in FUSED
         embed_init = nnx.initializers.normal(0.02)
         self.tokens = nnx.Embed(VOCAB_SIZE, d_model, embedding_init=embed_init, rngs=rngs)
         self.positions = nnx.Embed(seq_len, d_model, embedding_init=embed_init, rngs=rngs)
@@ -197,6 +207,13 @@ class CharTransformer(nnx.Module):
         seq = ids.shape[1]
         x = self.tokens(ids) + self.positions(jnp.arange(seq))[None]
         mask = nnx.make_causal_mask(ids)  # (batch, 1, seq, seq): position t sees positions <= t
+        if self.fused:  # the same network, each residual add fused into the norm after it: (y, stream) pairs
+            norms = [b.attn_norm for b in self.blocks][1:] + [self.final_norm]
+            y, stream = self.blocks[0].attn_norm(x)  # the first layer: the stream starts at x
+            for block, next_norm in zip(self.blocks, norms, strict=True):
+                y, stream = block.mlp_norm(block.attn(y, mask=mask), stream)
+                y, stream = next_norm(block.mlp(y), stream)
+            return self.head(y)
         for block in self.blocks:
             x = block(x, mask)
         return self.head(self.final_norm(x))

@@ -10,6 +10,7 @@ Public API:
   :class:`Normalization` (``adapt`` to a data set);
 - residual add & norm, the pre-norm Transformer's step: the ops :func:`add_layer_norm` and :func:`add_rms_norm`
   (``(y, new_residual)``), the specs :class:`AddLayerNorm` and :class:`AddRMSNorm`;
+- gated RMSNorm (Mamba-2, Qwen3-Next): the op :func:`gated_rms_norm` and the spec :class:`GatedRMSNorm`;
 - normalization-free point-wise layers for Transformers: the ops :func:`dyt` and :func:`derf`, the specs
   :class:`DyT` and :class:`Derf`;
 - weight reparametrizations (they normalize a kernel, not an activation): the ops :func:`spectral_normalize`
@@ -23,6 +24,7 @@ Public API:
 """
 
 from jaxnorm._src.batch_norm import BatchNorm
+from jaxnorm._src.gated import GatedRMSNorm, gated_rms_norm
 from jaxnorm._src.group_norm import GroupNorm, InstanceNorm
 from jaxnorm._src.layer_norm import LayerNorm
 from jaxnorm._src.normalization import Normalization
@@ -57,6 +59,7 @@ __all__ = [
     "BatchNorm",
     "Derf",
     "DyT",
+    "GatedRMSNorm",
     "GroupNorm",
     "InstanceNorm",
     "LayerNorm",
@@ -73,6 +76,7 @@ __all__ = [
     "decay_mask",
     "derf",
     "dyt",
+    "gated_rms_norm",
     "group_norm",
     "instance_norm",
     "layer_norm",

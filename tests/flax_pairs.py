@@ -400,22 +400,26 @@ def _wn(flavour: str) -> Pair:
 PAIRS = [make(flavour) for make in (_bn, _ln, _rms, _gn, _in, _sn, _wn) for flavour in ("linen", "nnx")]
 
 
-def _pointwise(layer: str, kwargs: dict[str, Any]) -> Callable[[str], Pair]:
-    """A drop-in with no Flax peer (DyT, Derf, AddLayerNorm, AddRMSNorm): ``theirs`` None, no configs
-    (test_pointwise.py and test_residual.py check them); test_export.py and test_promises.py run it as the peers'
-    drop-ins."""
+def _pointwise(layer: str, kwargs: dict[str, Any], call: dict[str, Any] | None = None) -> Callable[[str], Pair]:
+    """A drop-in with no Flax peer (DyT, Derf, AddLayerNorm, AddRMSNorm, GatedRMSNorm): ``theirs`` None, no
+    configs (test_pointwise.py, test_residual.py and test_gated.py check them); test_export.py and
+    test_promises.py run it as the peers' drop-ins, with the call's other inputs ``call`` (the gate)."""
 
     def make(flavour: str) -> Pair:
         linen = flavour == "linen"
         return Pair(layer, flavour, getattr(jln if linen else jnnx, layer), None,
                     _linen if linen else _nnx(_features("feature_axes", -1)), (4, 3, 6), kwargs, (),
-                    axis_name=False, centered=False)
+                    call=lambda train: dict(call or {}), init_call=dict(call or {}), axis_name=False, centered=False)
 
     return make
+
+
+_GATE = {"gate": jnp.linspace(-2.0, 3.0, 72).reshape(4, 3, 6)}
 
 
 #: The Flax-family drop-ins that Flax has no class for (the add & norm layers called with x alone, the first
 #: layer's form; tests/test_residual.py checks them with a residual against the unfused Flax forms).
 UNPEERED = [make(flavour) for make in (_pointwise("DyT", {}), _pointwise("Derf", {"shift_init_value": 0.25}),
-                                       _pointwise("AddLayerNorm", {}), _pointwise("AddRMSNorm", {}))
+                                       _pointwise("AddLayerNorm", {}), _pointwise("AddRMSNorm", {}),
+                                       _pointwise("GatedRMSNorm", {"norm_before_gate": True}, _GATE))
             for flavour in ("linen", "nnx")]

@@ -9,6 +9,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
+
 import jaxnorm
 
 
@@ -23,8 +25,10 @@ class Entry:
     ``finite_differences``: False where the gradient deliberately stops (SpectralNorm's power iteration is under
     ``stop_gradient``, as in the paper and Flax; its gradient is checked against the closed form instead);
     ``keras``: False where the spec holds a setting Keras has no key for (``to_keras_config`` must refuse it);
-    ``residual``: ``apply`` also takes ``residual=`` and returns ``(y, h)`` (add & norm): the checks pass
-    ``residual=cos(x)`` and read ``y`` (tests/test_residual.py checks ``h``).
+    ``inputs(x) -> dict``: the keyword inputs ``apply`` takes besides ``x``, made from ``x`` (add & norm's
+    ``residual``, the gated norm's ``gate``; per example, NaN where ``x`` is); ``output(out) -> y``: the array
+    the checks read from ``apply``'s first output (add & norm's ``y`` of ``(y, h)``; tests/test_residual.py checks
+    ``h``).
     """
 
     name: str
@@ -37,7 +41,26 @@ class Entry:
     input_name: str = "x"
     finite_differences: bool = True
     keras: bool = True
-    residual: bool = False
+    inputs: Callable[[Any], dict] | None = None
+    output: Callable[[Any], Any] | None = None
+
+    def apply(self, spec: Any, params: Any, state: Any, x: Any, **kwargs: Any) -> tuple[Any, Any]:
+        """``spec.apply(params, state, x, training=self.training, **inputs(x), **kwargs)`` as ``(y, state)``."""
+        out, new_state = spec.apply(params, state, x, training=self.training,
+                                    **({} if self.inputs is None else self.inputs(x)), **kwargs)
+        return (out if self.output is None else self.output(out)), new_state
+
+
+def _residual(x: Any) -> dict:
+    return {"residual": jnp.cos(x)}
+
+
+def _gate(x: Any) -> dict:
+    return {"gate": 1.0 - x}
+
+
+def _y_of_pair(out: Any) -> Any:
+    return out[0]
 
 
 REGISTRY = [
@@ -63,7 +86,11 @@ REGISTRY = [
     Entry("WeightNorm", lambda: jaxnorm.WeightNorm(), (6, 3, 4), mask=False, per_example=False, input_name="w"),
     Entry("DyT", lambda: jaxnorm.DyT(), (4, 3, 5)),
     Entry("Derf", lambda: jaxnorm.Derf(axis=(1, 2), shift_init_value=0.25), (4, 3, 5)),
-    Entry("AddLayerNorm", lambda: jaxnorm.AddLayerNorm(), (4, 3, 5), residual=True),
-    Entry("AddRMSNorm", lambda: jaxnorm.AddRMSNorm(axis=(1, 2), residual_in_float32=True), (4, 3, 5), residual=True),
+    Entry("AddLayerNorm", lambda: jaxnorm.AddLayerNorm(), (4, 3, 5), inputs=_residual, output=_y_of_pair),
+    Entry("AddRMSNorm", lambda: jaxnorm.AddRMSNorm(axis=(1, 2), residual_in_float32=True), (4, 3, 5),
+          inputs=_residual, output=_y_of_pair),
+    Entry("GatedRMSNorm", lambda: jaxnorm.GatedRMSNorm(norm_before_gate=True), (4, 3, 6), inputs=_gate),
+    Entry("GatedRMSNorm_groups", lambda: jaxnorm.GatedRMSNorm(norm_before_gate=False, group_size=3), (4, 3, 6),
+          inputs=_gate),
     Entry("Normalization_given", lambda: jaxnorm.Normalization(axis=(1, 2), mean=0.5, variance=2.0), (4, 3, 5)),
 ]

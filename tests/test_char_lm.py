@@ -169,3 +169,21 @@ def test_dyt_and_derf_train_in_the_norms_place(example, tmp_path, capsys):
               if "alpha" in jax.tree_util.keystr(path)]
     assert len(alphas) == 3 and all(np.shape(a) == () for a in alphas)  # the block's two norms and the final one
     assert any(float(a) != 0.5 for a in alphas), "alpha did not train"
+
+
+def test_add_and_norm_is_the_same_network_as_the_unfused_one(example, tmp_path, capsys):
+    """``--kind add_layer add_rms``: each residual add fused into the norm after it. The same modules and
+    parameters as ``layer``/``rms`` (equal initial trees), and the same training to float32 rounding."""
+    argv = TINY + ["--steps", "6", "--norm", "jaxnorm", "flax", "--kind", "rms", "add_rms", "layer", "add_layer",
+                   "--out", str(tmp_path)]
+    result = example.main(argv)
+    assert "skipping flax-add_rms: flax.nnx has no AddRMSNorm" in capsys.readouterr().out
+    args = example.parse_args(argv)
+    for plain, fused in (("rms", "add_rms"), ("layer", "add_layer")):
+        unfused_init = nnx.state(example.init_model("jaxnorm", plain, args))
+        fused_init = nnx.state(example.init_model("jaxnorm", fused, args))
+        assert jax.tree.structure(unfused_init) == jax.tree.structure(fused_init)
+        jax.tree.map(np.testing.assert_array_equal, unfused_init, fused_init)
+        for name in (f"jaxnorm-{plain}", f"flax-{plain}"):
+            np.testing.assert_allclose(result["runs"][f"jaxnorm-{fused}"]["val_bpc"], result["runs"][name]["val_bpc"],
+                                       rtol=1e-3)

@@ -50,6 +50,7 @@ class Case:
     stateful: bool = False
     batched: bool = False
     steps: int = 1  # training calls before the inference call
+    call: dict = dataclasses.field(default_factory=dict)  # the call's other inputs (the gated norm's gate)
 
     def make(self, module):
         if self.stateful:
@@ -88,6 +89,8 @@ UNPEERED = [
     Case("Derf", lambda m: m.Derf(5, alpha_init_value=0.8, shift_init_value=0.1), (5,)),
     Case("AddLayerNorm", lambda m: m.AddLayerNorm((3, 4)), (3, 4)),  # x alone: the first layer's form
     Case("AddRMSNorm", lambda m: m.AddRMSNorm(5, eps=1e-3, residual_in_float32=True), (5,)),
+    Case("GatedRMSNorm", lambda m: m.GatedRMSNorm(6, norm_before_gate=False, group_size=3), (6,),
+         call={"gate": jnp.linspace(-2.0, 3.0, 6)}),
 ]
 BY_NAME = {c.name: c for c in CASES}
 NAMES = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "SpectralNorm", "WeightNorm"]

@@ -100,6 +100,9 @@ OPS: dict[str, tuple[Callable[..., Any], dict, dict, jax.Array]] = {
     "layer_norm": (lambda p, s, x, **kw: (jaxnorm.layer_norm(x, p["scale"], p["bias"], **kw), s),
                    {"scale": _C["scale"], "bias": _C["bias"]}, {}, _X),
     "rms_norm": (lambda p, s, x, **kw: (jaxnorm.rms_norm(x, p["scale"], **kw), s), {"scale": _C["scale"]}, {}, _X),
+    "gated_rms_norm": (lambda p, s, x, **kw: (jaxnorm.gated_rms_norm(x, 1.0 - x, p["scale"], norm_before_gate=False,
+                                                                     group_size=4, **kw), s),
+                       {"scale": _C["scale"]}, {}, _X),
     # add & norm: a residual stream from x itself (cos x), so that the gradient reaches x through both inputs
     "add_layer_norm": (lambda p, s, x, **kw: (jaxnorm.add_layer_norm(x, jnp.cos(x), p["scale"], p["bias"], **kw), s),
                        {"scale": _C["scale"], "bias": _C["bias"]}, {}, _X),
@@ -169,8 +172,9 @@ def _spec_case(entry) -> Case:
     if entry.prepare is not None:
         state = entry.prepare(spec, x, params, state)
 
-    def apply(spec):
-        return lambda p, s, x: spec.apply(p, s, x, training=entry.training)
+    def apply(spec):  # add & norm and the gated norm take a residual or a gate made from x (entry.inputs)
+        return lambda p, s, x: spec.apply(p, s, x, training=entry.training,
+                                          **({} if entry.inputs is None else entry.inputs(x)))
 
     named = apply(dataclasses.replace(spec, axis_name=NAMED)) if _spec_named(spec) else None
     # (Normalization's adapted state is constant; BatchNorm and SpectralNorm in training move theirs.)
@@ -242,7 +246,7 @@ def _eqx_case(case) -> Case:
     def apply(p, s, x):
         m = eqx.combine(p, static)
         f = jax.vmap(m, **BATCHED) if case.batched else m
-        return f(x, s) if case.stateful else (f(x), s)
+        return f(x, s, **case.call) if case.stateful else (f(x, **case.call), s)
 
     return Case(apply, params, state, x, moves_state=case.stateful)
 

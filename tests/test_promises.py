@@ -100,6 +100,9 @@ NEITHER = {
        for name in ("ops:add_layer_norm", "ops:add_rms_norm", "specs:AddLayerNorm", "specs:AddRMSNorm",
                     "linen:AddLayerNorm", "linen:AddRMSNorm", "nnx:AddLayerNorm", "nnx:AddRMSNorm",
                     "equinox:AddLayerNorm", "equinox:AddRMSNorm")},
+    **{name: "gated: y(a x) = y(x) only before the gate (silu(z) does not scale); offsets move both orders"
+       for name in ("ops:gated_rms_norm", "specs:GatedRMSNorm", "specs:GatedRMSNorm_groups", "linen:GatedRMSNorm",
+                    "nnx:GatedRMSNorm", "equinox:GatedRMSNorm")},
     "specs:BatchNorm_eval": "normalizes by its moving statistics",
     "specs:Normalization": "normalizes by its adapted statistics",
     "specs:Normalization_given": "normalizes by given statistics",
@@ -121,7 +124,9 @@ NO_EMPTY_BATCH = {
     "equinox:RMSNorm": "equinox's layers take one example (no batch axis)",
     "equinox:LayerNorm": "one example", "equinox:GroupNorm": "one example",
     "equinox:DyT": "one example", "equinox:Derf": "one example",
-    "equinox:AddLayerNorm": "one example", "equinox:AddRMSNorm": "one example",
+    "equinox:AddLayerNorm": "one example", "equinox:AddRMSNorm": "one example", "equinox:GatedRMSNorm": "one example",
+    **{name: "the registry's gate is a fixed (4, 3, 6) array; the op and spec cases (a gate made from x) take the "
+             "empty batch" for name in ("linen:GatedRMSNorm", "nnx:GatedRMSNorm")},
     "equinox:SpectralNorm-Linear": "one example", "equinox:SpectralNorm-Conv1d": "one example",
     "equinox:WeightNorm-Linear": "one example", "equinox:WeightNorm-Conv1d-all": "one example",
     "linen:SpectralNorm": "a Dense layer's input", "nnx:SpectralNorm": "a Linear layer's input",

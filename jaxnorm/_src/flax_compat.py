@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm._src import collectives, moving, normalize, pointwise, validation
+from jaxnorm._src import gated as gated_lib
 from jaxnorm._src import residual as residual_lib
 
 #: A family's variables and dtype rule: ``promote(x, feature_axes) -> (x, variables, out_dtype)`` with the
@@ -74,6 +75,26 @@ def rms_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
     return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, m, **options: (
         normalize.normalize_layer(xc, scale, None, reduce, mdl.epsilon, m, center=False, scale_offset=offset,
                                   **options)))
+
+
+def gated_rms_norm(mdl: Any, x: Any, gate: Any, mask: Any, promote: Promote) -> jax.Array:
+    """The gated RMSNorm drop-ins' call: Flax's ``RMSNorm`` over the last axis (``reduction_axes`` and
+    ``feature_axes`` must be it), gated by ``silu(gate)`` in ``mdl.norm_before_gate``'s order
+    (:func:`gated.gated_normalize`, over ``mdl.group_size`` groups)."""
+    x = jnp.asarray(x)
+    last = (x.ndim - 1,)
+    for name in ("reduction_axes", "feature_axes"):
+        if validation.canonicalize_axes(getattr(mdl, name), x.ndim, name) != last:
+            raise ValueError(
+                f"{_owner(mdl)} normalizes the last axis (the features, with the gate's groups), got {name}="
+                f"{getattr(mdl, name)!r}. Move the features last and keep {name}=-1."
+            )
+    norm_before_gate, group_size = gated_lib.check_options(mdl.norm_before_gate, mdl.group_size)
+    gate = gated_lib.check_gate(gate, validation.check_float_array(x, "x"))
+    offset = validation.check_scale_offset(mdl.scale_offset, mdl.use_scale)
+    return _normalized(mdl, x, last, mask, promote, lambda xc, scale, m, axis_name, extreme_range: (
+        gated_lib.gated_normalize(xc, gate, scale, norm_before_gate, group_size, mdl.epsilon, m, axis_name,
+                                  extreme_range=extreme_range, scale_offset=offset)))
 
 
 def add_norm(

@@ -38,7 +38,8 @@ def check_options(residual_in_float32: Any, dropout_rate: Any) -> tuple[bool, fl
     validation.check_bool(residual_in_float32, "residual_in_float32")
     if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float):
         raise TypeError(
-            f"`dropout_rate` must be a static float in [0, 1), got {dropout_rate!r} ({type(dropout_rate).__name__})."
+            f"`dropout_rate` must be a static float in [0, 1), got {dropout_rate!r} "
+            f"({type(dropout_rate).__name__})."
         )
     if not 0.0 <= float(dropout_rate) < 1.0:
         raise ValueError(
@@ -63,8 +64,8 @@ def residual_sum(
         residual = validation.check_float_array(residual, "residual")
         if residual.shape != x.shape:
             raise ValueError(
-                f"`residual` must have x's shape {x.shape}, got {residual.shape}: it is the residual stream that x "
-                "is added to (pass None for the first layer, whose stream starts at x)."
+                f"`residual` must have x's shape {x.shape}, got {residual.shape}: it is the residual stream "
+                "that x is added to (pass None for the first layer, whose stream starts at x)."
             )
     stream = x.dtype if residual is None else validation.result_dtype(x, residual)
     if residual_in_float32:

@@ -24,7 +24,8 @@ def _options(residual_in_float32: bool, dropout_rate: float) -> tuple[bool, eqx.
 def _add(
     module: Any, norm: Any, x: Any, residual: Any, key: Any, inference: bool | None, mask: Any
 ) -> tuple[jax.Array, jax.Array]:
-    """``(norm(h), h)``, ``h = dropout(x) + residual`` (:func:`residual.residual_sum`), ``norm`` the parent's call."""
+    """``(norm(h), h)``, ``h = dropout(x) + residual`` (:func:`residual.residual_sum`), ``norm`` the parent's
+    call."""
     if module.dropout is not None:
         x = module.dropout(x, key=key, inference=inference)
     h = residual_lib.residual_sum(_input(x), residual, module.residual_in_float32, 0.0, None)
@@ -36,8 +37,9 @@ class AddLayerNorm(LayerNorm):
     ``y = LayerNorm(h)``, as :func:`jaxnorm.add_layer_norm`.
 
     Args:
-      shape, eps, use_weight, use_bias, dtype, and the other keyword arguments: those of :class:`jaxnorm.equinox.LayerNorm`
-        (equinox's, and jaxnorm's ``extreme_range`` and ``scale_offset``), the same ``weight``/``bias`` leaves.
+      shape, eps, use_weight, use_bias, dtype, and the other keyword arguments: those of
+        :class:`jaxnorm.equinox.LayerNorm` (equinox's, and jaxnorm's ``extreme_range`` and ``scale_offset``), the
+        same ``weight``/``bias`` leaves.
       residual_in_float32: keyword-only; keep ``h`` in float32 (or wider) whatever the input dtypes (False).
       dropout_rate: keyword-only float in [0, 1): an ``eqx.nn.Dropout`` on ``x`` before the add (0.0: none).
 
@@ -86,7 +88,8 @@ class AddRMSNorm(RMSNorm):
     ``y = RMSNorm(h)``, as :func:`jaxnorm.add_rms_norm`.
 
     Args:
-      shape, eps, use_weight, use_bias, dtype, and the other keyword arguments: those of :class:`jaxnorm.equinox.RMSNorm`.
+      shape, eps, use_weight, use_bias, dtype, and the other keyword arguments: those of
+        :class:`jaxnorm.equinox.RMSNorm`.
       residual_in_float32, dropout_rate: as :class:`AddLayerNorm`'s.
 
     Call ``__call__(x, residual=None, *, key=None, inference=None, mask=None)`` as :class:`AddLayerNorm`'s.

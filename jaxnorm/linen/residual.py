@@ -71,7 +71,8 @@ class AddLayerNorm(LayerNorm):
     ) -> tuple[jax.Array, jax.Array]:
         """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
         x = _dropout(self, x, deterministic)
-        return flax_compat.add_norm(self, x, residual, mask, _promote(self, ("scale", "bias")), flax_compat.layer_norm)
+        promote = _promote(self, ("scale", "bias"))
+        return flax_compat.add_norm(self, x, residual, mask, promote, flax_compat.layer_norm)
 
 
 class AddRMSNorm(RMSNorm):

@@ -31,15 +31,16 @@ writing the normalized weight back into the wrapped layer (google/flax#5576); th
 """
 
 from jaxnorm.nnx.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
+from jaxnorm.nnx.gated import GatedRMSNorm
 from jaxnorm.nnx.pointwise import Derf, DyT
 from jaxnorm.nnx.reparam import SpectralNorm, WeightNorm
 from jaxnorm.nnx.residual import AddLayerNorm, AddRMSNorm
 
 __all__ = [
-    "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm",
-    "SpectralNorm", "WeightNorm",
+    "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GatedRMSNorm", "GroupNorm", "InstanceNorm",
+    "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm",
 ]
 
-for _cls in (AddLayerNorm, AddRMSNorm, BatchNorm, Derf, DyT, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SpectralNorm, WeightNorm):
-    _cls.__module__ = __name__  # jaxnorm.nnx.<Class>, where users import it from (reprs, pickles, docs)
-del _cls
+for _name in __all__:  # jaxnorm.nnx.<Class>, where users import it from (reprs, pickles, docs)
+    globals()[_name].__module__ = __name__
+del _name

@@ -47,8 +47,8 @@ class AddLayerNorm(_Residual, LayerNorm):  # type: ignore[misc]  # __call__ retu
     ``y = LayerNorm(h)``, as :func:`jaxnorm.add_layer_norm`.
 
     Args:
-      num_features, rngs, and the other keyword arguments: those of :class:`jaxnorm.nnx.LayerNorm` (Flax's, and jaxnorm's
-        ``extreme_range`` and ``scale_offset``), the same ``nnx.Param`` ``scale``/``bias``.
+      num_features, rngs, and the other keyword arguments: those of :class:`jaxnorm.nnx.LayerNorm` (Flax's, and
+        jaxnorm's ``extreme_range`` and ``scale_offset``), the same ``nnx.Param`` ``scale``/``bias``.
       residual_in_float32: keep ``h`` in float32 (or wider) whatever the input dtypes (False).
       dropout_rate: float in [0, 1): an ``nnx.Dropout`` on ``x`` before the add (0.0: none, and none in the
         state), drawing from ``rngs``'s ``dropout`` stream.
@@ -93,8 +93,8 @@ class AddRMSNorm(_Residual, RMSNorm):  # type: ignore[misc]  # __call__ returns 
     as :func:`jaxnorm.add_rms_norm`.
 
     Args:
-      num_features, rngs, and the other keyword arguments: those of :class:`jaxnorm.nnx.RMSNorm`, the same ``nnx.Param``
-        ``scale``.
+      num_features, rngs, and the other keyword arguments: those of :class:`jaxnorm.nnx.RMSNorm`, the same
+        ``nnx.Param`` ``scale``.
       residual_in_float32, dropout_rate, deterministic: as :class:`AddLayerNorm`'s.
 
     Call ``__call__(x, residual=None, *, mask=None, deterministic=None, rngs=None)`` as :class:`AddLayerNorm`'s.

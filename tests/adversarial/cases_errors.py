@@ -32,7 +32,7 @@ def _apply_with(entry, **overrides):
         params, state = spec.init(jax.random.key(0), x)
         if entry.prepare is not None:
             state = entry.prepare(spec, x, params, state)
-        kwargs = {"training": entry.training}
+        kwargs = {"training": entry.training, **({} if entry.inputs is None else entry.inputs(x))}
         kwargs.update(overrides)
         x_in = kwargs.pop("x", x)
         return spec.apply(params, state, x_in, **kwargs)

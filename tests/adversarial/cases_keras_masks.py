@@ -129,8 +129,8 @@ def _apply_pair(entry, make_masks):
     def run():
         spec, params, state, x = _setup(entry)
         given, equivalent = make_masks(x.shape)
-        got = spec.apply(params, state, x, training=entry.training, mask=given)
-        want = spec.apply(params, state, x, training=entry.training, mask=jnp.asarray(equivalent))
+        got = entry.apply(spec, params, state, x, mask=given)
+        want = entry.apply(spec, params, state, x, mask=jnp.asarray(equivalent))
         return got, want
     return run
 

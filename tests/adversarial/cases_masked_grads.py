@@ -61,9 +61,11 @@ def _registry_apply(entry):
         state = entry.prepare(spec, x, params, state)
     mask = _inputs(entry.shape)[1]
 
+    extra = {} if entry.inputs is None else entry.inputs(x)  # a residual or gate from the clean x: constants
+
     def apply(p, x):
-        out = spec.apply(p, state, x, training=entry.training, mask=mask)[0]
-        return out[0] if entry.residual else out  # add & norm (residual None, h = x): y of (y, h)
+        out = spec.apply(p, state, x, training=entry.training, mask=mask, **extra)[0]
+        return out if entry.output is None else entry.output(out)
 
     return apply, params
 
