@@ -10,6 +10,7 @@ Public API:
   :class:`Normalization` (``adapt`` to a data set);
 - residual add & norm, the pre-norm Transformer's step: the ops :func:`add_layer_norm` and :func:`add_rms_norm`
   (``(y, new_residual)``), the specs :class:`AddLayerNorm` and :class:`AddRMSNorm`;
+- adaptive normalization (AdaLN, DiT): the op :func:`adaptive_norm` and the spec :class:`AdaptiveNorm`;
 - gated RMSNorm (Mamba-2, Qwen3-Next): the op :func:`gated_rms_norm` and the spec :class:`GatedRMSNorm`;
 - normalization-free point-wise layers for Transformers: the ops :func:`dyt` and :func:`derf`, the specs
   :class:`DyT` and :class:`Derf`;
@@ -23,6 +24,7 @@ Public API:
   :mod:`jaxnorm.equinox` (need ``equinox``).
 """
 
+from jaxnorm._src.adaptive import AdaptiveNorm, adaptive_norm
 from jaxnorm._src.batch_norm import BatchNorm
 from jaxnorm._src.gated import GatedRMSNorm, gated_rms_norm
 from jaxnorm._src.group_norm import GroupNorm, InstanceNorm
@@ -54,6 +56,7 @@ from jaxnorm._src.unit_norm import UnitNormalization
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveNorm",
     "AddLayerNorm",
     "AddRMSNorm",
     "BatchNorm",
@@ -68,6 +71,7 @@ __all__ = [
     "SpectralNorm",
     "UnitNormalization",
     "WeightNorm",
+    "adaptive_norm",
     "add_layer_norm",
     "add_rms_norm",
     "apply_constraints",

@@ -401,9 +401,10 @@ PAIRS = [make(flavour) for make in (_bn, _ln, _rms, _gn, _in, _sn, _wn) for flav
 
 
 def _pointwise(layer: str, kwargs: dict[str, Any], call: dict[str, Any] | None = None) -> Callable[[str], Pair]:
-    """A drop-in with no Flax peer (DyT, Derf, AddLayerNorm, AddRMSNorm, GatedRMSNorm): ``theirs`` None, no
-    configs (test_pointwise.py, test_residual.py and test_gated.py check them); test_export.py and
-    test_promises.py run it as the peers' drop-ins, with the call's other inputs ``call`` (the gate)."""
+    """A drop-in with no Flax peer (DyT, Derf, AddLayerNorm, AddRMSNorm, GatedRMSNorm, AdaptiveNorm): ``theirs``
+    None, no configs (test_pointwise.py, test_residual.py, test_gated.py and test_adaptive.py check them);
+    test_export.py and test_promises.py run it as the peers' drop-ins, with the call's other inputs ``call``
+    (the gate; the per-example shift and scale)."""
 
     def make(flavour: str) -> Pair:
         linen = flavour == "linen"
@@ -415,11 +416,13 @@ def _pointwise(layer: str, kwargs: dict[str, Any], call: dict[str, Any] | None =
 
 
 _GATE = {"gate": jnp.linspace(-2.0, 3.0, 72).reshape(4, 3, 6)}
+_MODULATION = {"shift": jnp.linspace(-1.0, 1.0, 24).reshape(4, 6), "scale": jnp.linspace(-0.5, 0.5, 24).reshape(4, 6)}
 
 
 #: The Flax-family drop-ins that Flax has no class for (the add & norm layers called with x alone, the first
 #: layer's form; tests/test_residual.py checks them with a residual against the unfused Flax forms).
 UNPEERED = [make(flavour) for make in (_pointwise("DyT", {}), _pointwise("Derf", {"shift_init_value": 0.25}),
                                        _pointwise("AddLayerNorm", {}), _pointwise("AddRMSNorm", {}),
-                                       _pointwise("GatedRMSNorm", {"norm_before_gate": True}, _GATE))
+                                       _pointwise("GatedRMSNorm", {"norm_before_gate": True}, _GATE),
+                                       _pointwise("AdaptiveNorm", {}, _MODULATION))
             for flavour in ("linen", "nnx")]

@@ -59,6 +59,10 @@ def _gate(x: Any) -> dict:
     return {"gate": 1.0 - x}
 
 
+def _modulation(x: Any) -> dict:
+    return {"shift": jnp.sin(x), "scale": 0.5 * jnp.cos(x)}
+
+
 def _y_of_pair(out: Any) -> Any:
     return out[0]
 
@@ -89,6 +93,8 @@ REGISTRY = [
     Entry("AddLayerNorm", lambda: jaxnorm.AddLayerNorm(), (4, 3, 5), inputs=_residual, output=_y_of_pair),
     Entry("AddRMSNorm", lambda: jaxnorm.AddRMSNorm(axis=(1, 2), residual_in_float32=True), (4, 3, 5),
           inputs=_residual, output=_y_of_pair),
+    Entry("AdaptiveNorm", lambda: jaxnorm.AdaptiveNorm(), (4, 3, 5), inputs=_modulation),
+    Entry("AdaptiveNorm_rms", lambda: jaxnorm.AdaptiveNorm(axis=(1, 2), rms=True), (4, 3, 5), inputs=_modulation),
     Entry("GatedRMSNorm", lambda: jaxnorm.GatedRMSNorm(norm_before_gate=True), (4, 3, 6), inputs=_gate),
     Entry("GatedRMSNorm_groups", lambda: jaxnorm.GatedRMSNorm(norm_before_gate=False, group_size=3), (4, 3, 6),
           inputs=_gate),

@@ -100,6 +100,8 @@ OPS: dict[str, tuple[Callable[..., Any], dict, dict, jax.Array]] = {
     "layer_norm": (lambda p, s, x, **kw: (jaxnorm.layer_norm(x, p["scale"], p["bias"], **kw), s),
                    {"scale": _C["scale"], "bias": _C["bias"]}, {}, _X),
     "rms_norm": (lambda p, s, x, **kw: (jaxnorm.rms_norm(x, p["scale"], **kw), s), {"scale": _C["scale"]}, {}, _X),
+    "adaptive_norm": (lambda p, s, x, **kw: (jaxnorm.adaptive_norm(x, p["shift"], p["scale"], **kw), s),
+                      {"shift": _C["bias"][None], "scale": _C["offset"][None]}, {}, _X),
     "gated_rms_norm": (lambda p, s, x, **kw: (jaxnorm.gated_rms_norm(x, 1.0 - x, p["scale"], norm_before_gate=False,
                                                                      group_size=4, **kw), s),
                        {"scale": _C["scale"]}, {}, _X),

@@ -103,6 +103,9 @@ NEITHER = {
     **{name: "gated: y(a x) = y(x) only before the gate (silu(z) does not scale); offsets move both orders"
        for name in ("ops:gated_rms_norm", "specs:GatedRMSNorm", "specs:GatedRMSNorm_groups", "linen:GatedRMSNorm",
                     "nnx:GatedRMSNorm", "equinox:GatedRMSNorm")},
+    **{name: "AdaLN: the shift and scale come from the conditioning (here from x itself), not from x's scale"
+       for name in ("ops:adaptive_norm", "specs:AdaptiveNorm", "specs:AdaptiveNorm_rms", "linen:AdaptiveNorm",
+                    "nnx:AdaptiveNorm", "equinox:AdaptiveNorm")},
     "specs:BatchNorm_eval": "normalizes by its moving statistics",
     "specs:Normalization": "normalizes by its adapted statistics",
     "specs:Normalization_given": "normalizes by given statistics",
@@ -126,7 +129,9 @@ NO_EMPTY_BATCH = {
     "equinox:DyT": "one example", "equinox:Derf": "one example",
     "equinox:AddLayerNorm": "one example", "equinox:AddRMSNorm": "one example", "equinox:GatedRMSNorm": "one example",
     **{name: "the registry's gate is a fixed (4, 3, 6) array; the op and spec cases (a gate made from x) take the "
-             "empty batch" for name in ("linen:GatedRMSNorm", "nnx:GatedRMSNorm")},
+             "empty batch" for name in ("linen:GatedRMSNorm", "nnx:GatedRMSNorm", "linen:AdaptiveNorm",
+                                        "nnx:AdaptiveNorm")},
+    "equinox:AdaptiveNorm": "one example",
     "equinox:SpectralNorm-Linear": "one example", "equinox:SpectralNorm-Conv1d": "one example",
     "equinox:WeightNorm-Linear": "one example", "equinox:WeightNorm-Conv1d-all": "one example",
     "linen:SpectralNorm": "a Dense layer's input", "nnx:SpectralNorm": "a Linear layer's input",

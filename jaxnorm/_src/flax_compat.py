@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm._src import collectives, moving, normalize, pointwise, validation
+from jaxnorm._src import adaptive as adaptive_lib
 from jaxnorm._src import gated as gated_lib
 from jaxnorm._src import residual as residual_lib
 
@@ -95,6 +96,19 @@ def gated_rms_norm(mdl: Any, x: Any, gate: Any, mask: Any, promote: Promote) -> 
     return _normalized(mdl, x, last, mask, promote, lambda xc, scale, m, axis_name, extreme_range: (
         gated_lib.gated_normalize(xc, gate, scale, norm_before_gate, group_size, mdl.epsilon, m, axis_name,
                                   extreme_range=extreme_range, scale_offset=offset)))
+
+
+def adaptive_norm(mdl: Any, x: Any, shift: Any, scale: Any, mask: Any) -> jax.Array:
+    """The AdaLN drop-ins' call: statistics over ``reduction_axes`` (LayerNorm's, or RMSNorm's with ``mdl.rms``),
+    modulated by ``shift``/``scale`` (:func:`adaptive.adaptive_norm`); no params, output in ``x``'s dtype."""
+    x = validation.check_float_array(jnp.asarray(x), "x")
+    reduce = validation.canonicalize_axes(mdl.reduction_axes, x.ndim, "reduction_axes")
+    options = core_options(mdl)
+    return adaptive_lib.modulate(
+        x, adaptive_lib.modulation(shift, x, "shift"), adaptive_lib.modulation(scale, x, "scale"), reduce,
+        mdl.epsilon, validation.numpy_mask(mask, x), options["axis_name"],
+        rms=validation.check_bool(mdl.rms, "rms"), extreme_range=options["extreme_range"],
+    )
 
 
 def add_norm(

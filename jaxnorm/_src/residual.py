@@ -1,10 +1,10 @@
 r"""Residual add & norm, the pre-norm Transformer's step: ops and specs.
 
 .. math::
-    h = \text{dropout}(x) + \text{residual}, \qquad y = \text{norm}(h)
+    h = \text{gate} \cdot \text{dropout}(x) + \text{residual}, \qquad y = \text{norm}(h)
 
-returned as ``(y, h)``: ``h`` is the new residual stream, ``y`` its normalization (LayerNorm or RMSNorm, every
-option of :func:`jaxnorm.layer_norm` / :func:`jaxnorm.rms_norm`). The sum is taken in at least float32 and rounded
+(``gate``: AdaLN-Zero's, optional) returned as ``(y, h)``: ``h`` is the new residual stream, ``y`` its
+normalization (LayerNorm or RMSNorm, every option of :func:`jaxnorm.layer_norm` / :func:`jaxnorm.rms_norm`). The sum is taken in at least float32 and rounded
 once to the stream's dtype (``result_type(x, residual)``, or float32 with ``residual_in_float32=True``, so a
 bfloat16 model keeps a float32 residual stream); ``y`` normalizes ``h`` as stored, so it equals ``norm(h)``
 exactly, and has ``x``'s dtype. Dropout, when asked for, scales the kept values of ``x`` by ``1 / (1 - rate)``
@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxnorm._src import layer, ops, validation
+from jaxnorm._src import adaptive, layer, ops, validation
 from jaxnorm._src.layer import Tree
 from jaxnorm._src.layer_norm import LayerNorm
 from jaxnorm._src.rms_norm import RMSNorm
@@ -50,15 +50,18 @@ def check_options(residual_in_float32: Any, dropout_rate: Any) -> tuple[bool, fl
 
 
 def residual_sum(
-    x: jax.Array, residual: Any, residual_in_float32: bool, dropout_rate: float, dropout_key: Any
+    x: jax.Array, residual: Any, residual_in_float32: bool, dropout_rate: float, dropout_key: Any,
+    gate: Any = None,
 ) -> jax.Array:
-    """The new residual stream ``dropout(x) + residual`` (``residual`` None: ``dropout(x)``), summed in at least
-    float32 and rounded once to ``result_type(x, residual)`` (float32 or wider with ``residual_in_float32``).
-    ``x`` is a checked floating array; ``dropout_key`` is used (and required) only where ``dropout_rate > 0``.
+    """The new residual stream ``gate * dropout(x) + residual`` (``residual`` None: without it; ``gate`` None: 1),
+    summed in at least float32 and rounded once to ``result_type(x, residual)`` (float32 or wider with
+    ``residual_in_float32``). ``x`` is a checked floating array; ``dropout_key`` is used (and required) only where
+    ``dropout_rate > 0``; ``gate`` (AdaLN-Zero's) is one row per example or broadcasts to ``x``.
 
     Raises:
-      TypeError: ``residual`` not a floating array; ``dropout_key`` not a PRNG key.
-      ValueError: ``residual``'s shape is not ``x``'s; ``dropout_rate > 0`` without a ``dropout_key``.
+      TypeError: ``residual`` or ``gate`` not a floating array; ``dropout_key`` not a PRNG key.
+      ValueError: ``residual``'s shape is not ``x``'s, ``gate``'s does not broadcast; ``dropout_rate > 0``
+        without a ``dropout_key``.
     """
     if residual is not None:
         residual = validation.check_float_array(residual, "residual")
@@ -81,6 +84,8 @@ def residual_sum(
         validation.check_key(dropout_key, "dropout_key", "jax.random.key(0), split or folded in each step")
         keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, x.shape)
         h = jnp.where(keep, h / (1.0 - dropout_rate), 0.0)
+    if gate is not None:
+        h = h * adaptive.modulation(gate, x, "gate").astype(compute)
     if residual is not None:
         h = h + residual.astype(compute)
     return h.astype(stream)
@@ -97,6 +102,7 @@ def add_layer_norm(
     residual_in_float32: bool = False,
     dropout_rate: float = 0.0,
     dropout_key: Any = None,
+    gate: Any = None,
     where: Any = None,
     axis_name: Any = None,
     implementation: str = "auto",
@@ -121,6 +127,8 @@ def add_layer_norm(
       dropout_rate: static float in [0, 1): each value of ``x`` is dropped with this probability and the kept
         ones scaled by ``1 / (1 - dropout_rate)`` before the add (0.0: no dropout, no key needed).
       dropout_key: a JAX PRNG key, required where ``dropout_rate > 0`` (a fresh one each step).
+      gate: None, or AdaLN-Zero's gate of the residual branch, ``h = residual + gate * dropout(x)``: one row per
+        example ``(N, C)`` (broadcast over the tokens) or a shape that broadcasts to ``x`` (DiT's ``gate_msa``).
       where, axis_name, implementation, extreme_range, scale_offset: as :func:`jaxnorm.layer_norm`'s, over
         ``h`` (``where`` masks the statistics; ``axis_name`` merges them across the devices that split ``axis``).
 
@@ -145,7 +153,7 @@ def add_layer_norm(
     """
     x = validation.check_float_array(x, "x")
     residual_in_float32, dropout_rate = check_options(residual_in_float32, dropout_rate)
-    h = residual_sum(x, residual, residual_in_float32, dropout_rate, dropout_key)
+    h = residual_sum(x, residual, residual_in_float32, dropout_rate, dropout_key, gate)
     y = ops.layer_norm(h, scale, bias, axis=axis, epsilon=epsilon, where=where, axis_name=axis_name,
                        implementation=implementation, extreme_range=extreme_range, scale_offset=scale_offset)
     return y.astype(x.dtype), h
@@ -161,6 +169,7 @@ def add_rms_norm(
     residual_in_float32: bool = False,
     dropout_rate: float = 0.0,
     dropout_key: Any = None,
+    gate: Any = None,
     where: Any = None,
     axis_name: Any = None,
     implementation: str = "auto",
@@ -178,7 +187,7 @@ def add_rms_norm(
       x: floating array, the sublayer's output.
       residual: None or a floating array of ``x``'s shape, the residual stream.
       scale, axis, epsilon: as :func:`jaxnorm.rms_norm` (over ``h``).
-      residual_in_float32, dropout_rate, dropout_key: as :func:`add_layer_norm`.
+      residual_in_float32, dropout_rate, dropout_key, gate: as :func:`add_layer_norm`.
       where, axis_name, implementation, extreme_range, scale_offset: as :func:`jaxnorm.rms_norm`'s, over ``h``.
 
     Returns:
@@ -198,7 +207,7 @@ def add_rms_norm(
     """
     x = validation.check_float_array(x, "x")
     residual_in_float32, dropout_rate = check_options(residual_in_float32, dropout_rate)
-    h = residual_sum(x, residual, residual_in_float32, dropout_rate, dropout_key)
+    h = residual_sum(x, residual, residual_in_float32, dropout_rate, dropout_key, gate)
     y = ops.rms_norm(h, scale, axis=axis, epsilon=epsilon, where=where, axis_name=axis_name,
                      implementation=implementation, extreme_range=extreme_range, scale_offset=scale_offset)
     return y.astype(x.dtype), h
@@ -221,7 +230,7 @@ class _Residual(layer.Layer):
 
     def apply(
         self, params: Tree, state: Tree, x: jax.Array, *, residual: jax.Array | None = None,
-        training: bool | None = None, mask: jax.Array | None = None, dropout_key: Any = None,
+        training: bool | None = None, mask: jax.Array | None = None, dropout_key: Any = None, gate: Any = None,
     ) -> tuple[tuple[jax.Array, jax.Array], Tree]:
         """Adds ``x`` to the residual stream and normalizes the sum.
 
@@ -234,6 +243,7 @@ class _Residual(layer.Layer):
             ``Dropout(training=True)``; None or False apply none and need no key.
           mask: optional mask of the statistics, as the normalization's (Keras's rules, over ``h``).
           dropout_key: a PRNG key, required where ``training`` is True and ``dropout_rate > 0``.
+          gate: None, or AdaLN-Zero's gate on ``x``, as :func:`add_layer_norm`'s.
 
         Returns:
           ``((y, h), {})``: ``y`` of ``x``'s shape and dtype, ``h`` the new residual stream (see the module
@@ -246,7 +256,7 @@ class _Residual(layer.Layer):
         """
         x, axes, params = self._per_example_inputs(params, state, x, training)  # type: ignore[attr-defined]
         rate = self.dropout_rate if training else 0.0
-        h = residual_sum(x, residual, self.residual_in_float32, rate, dropout_key)
+        h = residual_sum(x, residual, self.residual_in_float32, rate, dropout_key, gate)
         mask = self._checked_mask(mask, h)  # type: ignore[attr-defined]
         y = self._normalize(params, h, axes, mask)  # type: ignore[attr-defined]
         return (y.astype(x.dtype), h), {}

@@ -38,14 +38,15 @@ Importing :mod:`jaxnorm` does not import equinox; this module needs it (``pip in
 """
 
 from jaxnorm.equinox.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
+from jaxnorm.equinox.adaptive import AdaptiveNorm
 from jaxnorm.equinox.gated import GatedRMSNorm
 from jaxnorm.equinox.pointwise import Derf, DyT
 from jaxnorm.equinox.reparam import SpectralNorm, WeightNorm
 from jaxnorm.equinox.residual import AddLayerNorm, AddRMSNorm
 
 __all__ = [
-    "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GatedRMSNorm", "GroupNorm", "LayerNorm", "RMSNorm",
-    "SpectralNorm", "WeightNorm",
+    "AdaptiveNorm", "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GatedRMSNorm", "GroupNorm",
+    "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm",
 ]
 
 for _name in __all__:  # jaxnorm.equinox.<Class>, where users import it from (reprs, pickles, docs)

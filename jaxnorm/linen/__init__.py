@@ -40,14 +40,15 @@ Flax's mechanism (``nn.map_variables`` over the wrapped layer's variables) and F
 """
 
 from jaxnorm.linen.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
+from jaxnorm.linen.adaptive import AdaptiveNorm
 from jaxnorm.linen.gated import GatedRMSNorm
 from jaxnorm.linen.pointwise import Derf, DyT
 from jaxnorm.linen.reparam import SpectralNorm, WeightNorm
 from jaxnorm.linen.residual import AddLayerNorm, AddRMSNorm
 
 __all__ = [
-    "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GatedRMSNorm", "GroupNorm", "InstanceNorm",
-    "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm",
+    "AdaptiveNorm", "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GatedRMSNorm", "GroupNorm",
+    "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm",
 ]
 
 for _name in __all__:  # jaxnorm.linen.<Class>, where users import it from (reprs, pickles, docs)

@@ -19,7 +19,8 @@ def _check_fields(mdl: module.Module) -> None:
     """The construction checks of every normalization: the named axis with its device groups, ``extreme_range``."""
     flax_compat.sync_axis(mdl.axis_name, mdl.axis_index_groups, f"jaxnorm.linen.{type(mdl).__name__}")
     validation.check_bool(mdl.extreme_range, "extreme_range")
-    validation.check_scale_offset(getattr(mdl, "scale_offset", 0.0), mdl.use_scale)  # LayerNorm's and RMSNorm's
+    if hasattr(mdl, "scale_offset"):  # LayerNorm's and RMSNorm's
+        validation.check_scale_offset(mdl.scale_offset, mdl.use_scale)
 
 
 def _promote(mdl: module.Module, names: tuple[str, ...], scalars: tuple[str, ...] = ()) -> flax_compat.Promote:

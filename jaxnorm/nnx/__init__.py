@@ -31,14 +31,15 @@ writing the normalized weight back into the wrapped layer (google/flax#5576); th
 """
 
 from jaxnorm.nnx.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
+from jaxnorm.nnx.adaptive import AdaptiveNorm
 from jaxnorm.nnx.gated import GatedRMSNorm
 from jaxnorm.nnx.pointwise import Derf, DyT
 from jaxnorm.nnx.reparam import SpectralNorm, WeightNorm
 from jaxnorm.nnx.residual import AddLayerNorm, AddRMSNorm
 
 __all__ = [
-    "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GatedRMSNorm", "GroupNorm", "InstanceNorm",
-    "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm",
+    "AdaptiveNorm", "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GatedRMSNorm", "GroupNorm",
+    "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm",
 ]
 
 for _name in __all__:  # jaxnorm.nnx.<Class>, where users import it from (reprs, pickles, docs)
