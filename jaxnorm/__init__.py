@@ -10,6 +10,8 @@ Public API:
   :class:`Normalization` (``adapt`` to a data set);
 - residual add & norm, the pre-norm Transformer's step: the ops :func:`add_layer_norm` and :func:`add_rms_norm`
   (``(y, new_residual)``), the specs :class:`AddLayerNorm` and :class:`AddRMSNorm`;
+- fp8 output (TransformerEngine's): :func:`layer_norm_fp8` and :func:`rms_norm_fp8` return the quantized output
+  and its amax;
 - adaptive normalization (AdaLN, DiT): the op :func:`adaptive_norm` and the spec :class:`AdaptiveNorm`;
 - gated RMSNorm (Mamba-2, Qwen3-Next): the op :func:`gated_rms_norm` and the spec :class:`GatedRMSNorm`;
 - normalization-free point-wise layers for Transformers: the ops :func:`dyt` and :func:`derf`, the specs
@@ -42,6 +44,7 @@ from jaxnorm._src.ops import (
 )
 from jaxnorm._src.pointwise import Derf, DyT, derf, dyt
 from jaxnorm._src.residual import AddLayerNorm, AddRMSNorm, add_layer_norm, add_rms_norm
+from jaxnorm._src.quantized import layer_norm_fp8, rms_norm_fp8
 from jaxnorm._src.reparam import SpectralNorm, WeightNorm, spectral_normalize, weight_normalize
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.training import (
@@ -84,10 +87,12 @@ __all__ = [
     "group_norm",
     "instance_norm",
     "layer_norm",
+    "layer_norm_fp8",
     "moments",
     "normalize_batch_in_training",
     "regularization_loss",
     "rms_norm",
+    "rms_norm_fp8",
     "spectral_normalize",
     "trainable_mask",
     "unit_norm",
