@@ -126,6 +126,7 @@ class AdaptiveNorm(Statistics, PerExample):
       epsilon: float >= 0 (1e-6, DiT's).
       rms: keyword-only; False: LayerNorm statistics (DiT), True: RMSNorm's.
       extreme_range: as :class:`LayerNorm`'s.
+      trainable: Keras's flag, kept for generic code (there are no params to freeze).
       dtype_policy: kept for symmetry with the other specs (Keras has no such layer).
 
     ``init(key, x) -> ({}, {})``: the modulation comes from the caller's conditioning layer, so the norm has no
@@ -149,9 +150,9 @@ class AdaptiveNorm(Statistics, PerExample):
     epsilon: float = 1e-6
     _: dataclasses.KW_ONLY
     rms: bool = False
+    trainable: bool = True  # Keras's flag, kept for the generic code that reads it (no params to freeze)
 
     KERAS: ClassVar[Any] = None  # Keras has no adaptive normalization
-    trainable: ClassVar[bool] = True  # no params to freeze
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", validation.check_axes_static(self.axis, "axis"))
