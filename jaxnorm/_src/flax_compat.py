@@ -55,27 +55,26 @@ def _owner(mdl: Any) -> str:
     return f"{type(mdl).__module__}.{type(mdl).__name__}"
 
 
-def layer_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
-    """Flax's ``LayerNorm`` call: statistics over ``reduction_axes``, ``scale``/``bias`` over ``feature_axes``;
-    jaxnorm's ``scale_offset`` added to ``scale``."""
+def layer_norm(mdl: Any, x: Any, mask: Any, promote: Promote, center: bool = True) -> jax.Array:
+    """Flax's ``LayerNorm`` call (``center=False``: ``RMSNorm``'s, the mean of squares and no ``bias``):
+    statistics over ``reduction_axes``, ``scale``/``bias`` over ``feature_axes``; jaxnorm's ``scale_offset``
+    added to ``scale``."""
     x = jnp.asarray(x)
     reduce = validation.canonicalize_axes(mdl.reduction_axes, x.ndim, "reduction_axes")
     feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
     offset = validation.check_scale_offset(mdl.scale_offset, mdl.use_scale)
-    return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, bias, m, **options: (
-        normalize.normalize_layer(xc, scale, bias, reduce, mdl.epsilon, m, scale_offset=offset, **options)))
+
+    def op(xc: jax.Array, *values: Any, **options: Any) -> jax.Array:
+        scale, *bias, m = values  # RMSNorm's promote gives no bias
+        return normalize.normalize_layer(xc, scale, bias[0] if bias else None, reduce, mdl.epsilon, m,
+                                         center=center, scale_offset=offset, **options)
+
+    return _normalized(mdl, x, feature, mask, promote, op)
 
 
 def rms_norm(mdl: Any, x: Any, mask: Any, promote: Promote) -> jax.Array:
-    """Flax's ``RMSNorm`` call: the mean of squares over ``reduction_axes``, ``scale`` over ``feature_axes``;
-    jaxnorm's ``scale_offset`` added to ``scale``."""
-    x = jnp.asarray(x)
-    reduce = validation.canonicalize_axes(mdl.reduction_axes, x.ndim, "reduction_axes")
-    feature = validation.canonicalize_axes(mdl.feature_axes, x.ndim, "feature_axes")
-    offset = validation.check_scale_offset(mdl.scale_offset, mdl.use_scale)
-    return _normalized(mdl, x, feature, mask, promote, lambda xc, scale, m, **options: (
-        normalize.normalize_layer(xc, scale, None, reduce, mdl.epsilon, m, center=False, scale_offset=offset,
-                                  **options)))
+    """Flax's ``RMSNorm`` call: :func:`layer_norm`'s with ``center=False``."""
+    return layer_norm(mdl, x, mask, promote, center=False)
 
 
 def gated_rms_norm(mdl: Any, x: Any, gate: Any, mask: Any, promote: Promote) -> jax.Array:

@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxnorm._src import normalize, validation
+from jaxnorm._src import ops, validation
 
 #: The fp8 output dtypes and their largest finite values.
 FP8_DTYPES = {jnp.dtype(jnp.float8_e4m3fn): 448.0, jnp.dtype(jnp.float8_e5m2): 57344.0}
@@ -56,27 +56,6 @@ def quantize(y: jax.Array, out_scale: jax.Array, out_dtype: Any) -> tuple[jax.Ar
     y = y.astype(jnp.float32)
     q = jnp.clip(y * out_scale, -limit, limit).astype(out_dtype)
     return q, jnp.max(jnp.abs(y)) if y.size else jnp.zeros((), jnp.float32)
-
-
-def _fp8_norm(
-    x: Any, scale: Any, bias: Any, *, center: bool, out_scale: Any, out_dtype: Any, axis: Any, epsilon: float,
-    where: Any, axis_name: Any, extreme_range: bool, scale_offset: float,
-) -> tuple[jax.Array, jax.Array]:
-    x = validation.check_float_array(x, "x")
-    validation.check_epsilon(epsilon)
-    s, dtype = _check(out_scale, out_dtype)
-    axes = validation.canonicalize_axes(axis, x.ndim, "axis")
-    if scale is not None:
-        scale = validation.axes_operand(scale, x.shape, axes, "scale", "normalized axes")
-    if bias is not None:
-        bias = validation.axes_operand(bias, x.shape, axes, "bias", "normalized axes")
-    mask = None if where is None else validation.broadcast_mask(where, x.shape, "where")
-    y = normalize.normalize_layer(
-        x.astype(validation.stats_dtype(x.dtype)), scale, bias, axes, epsilon, mask, axis_name, center=center,
-        extreme_range=validation.check_bool(extreme_range, "extreme_range"),
-        scale_offset=validation.check_scale_offset(scale_offset, scale is not None),
-    )
-    return quantize(y, s, dtype)
 
 
 def layer_norm_fp8(
@@ -119,9 +98,11 @@ def layer_norm_fp8(
       >>> print(q.dtype, q, amax)  # y = -1, 1: 100 lies halfway between e4m3's 96 and 104; ties go to even
       float8_e4m3fn [[-96 96]] 1.0
     """
-    return _fp8_norm(x, scale, bias, center=True, out_scale=out_scale, out_dtype=out_dtype, axis=axis,
-                     epsilon=epsilon, where=where, axis_name=axis_name, extreme_range=extreme_range,
-                     scale_offset=scale_offset)
+    s, dtype = _check(out_scale, out_dtype)
+    x = validation.check_float_array(x, "x")
+    y = ops.layer_norm(x.astype(validation.stats_dtype(x.dtype)), scale, bias, axis=axis, epsilon=epsilon,
+                       where=where, axis_name=axis_name, extreme_range=extreme_range, scale_offset=scale_offset)
+    return quantize(y, s, dtype)
 
 
 def rms_norm_fp8(
@@ -158,6 +139,8 @@ def rms_norm_fp8(
       >>> print(q, round(float(amax), 4))  # rms 3.5355: y = (0.8485, 1.1314), times 2
       [[1.75 2.25]] 1.1314
     """
-    return _fp8_norm(x, scale, None, center=False, out_scale=out_scale, out_dtype=out_dtype, axis=axis,
-                     epsilon=epsilon, where=where, axis_name=axis_name, extreme_range=extreme_range,
-                     scale_offset=scale_offset)
+    s, dtype = _check(out_scale, out_dtype)
+    x = validation.check_float_array(x, "x")
+    y = ops.rms_norm(x.astype(validation.stats_dtype(x.dtype)), scale, axis=axis, epsilon=epsilon, where=where,
+                     axis_name=axis_name, extreme_range=extreme_range, scale_offset=scale_offset)
+    return quantize(y, s, dtype)

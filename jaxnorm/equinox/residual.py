@@ -15,24 +15,33 @@ from jaxnorm._src import residual as residual_lib
 from jaxnorm.equinox.normalization import LayerNorm, RMSNorm, _input
 
 
-def _options(residual_in_float32: bool, dropout_rate: float) -> tuple[bool, eqx.nn.Dropout | None]:
-    """``(residual_in_float32, equinox's Dropout or None)`` checked: a Dropout only where ``dropout_rate > 0``."""
-    stream, rate = residual_lib.check_options(residual_in_float32, dropout_rate)
-    return stream, (eqx.nn.Dropout(rate) if rate else None)
+class _Residual(eqx.Module):
+    """The residual fields, constructor and call of both (a mixin before the normalization class): the
+    normalization's own ``__init__`` and ``__call__`` on the sum."""
+
+    residual_in_float32: bool = field(static=True)
+    dropout: eqx.nn.Dropout | None
+
+    def __init__(
+        self, shape: int | Sequence[int], eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True,
+        dtype: Any = None, *, residual_in_float32: bool = False, dropout_rate: float = 0.0, **kwargs: Any,
+    ):
+        super().__init__(shape, eps, use_weight, use_bias, dtype, **kwargs)  # type: ignore[call-arg]
+        stream, rate = residual_lib.check_options(residual_in_float32, dropout_rate)
+        self.residual_in_float32, self.dropout = stream, (eqx.nn.Dropout(rate) if rate else None)
+
+    def __call__(
+        self, x: jax.Array, residual: jax.Array | None = None, *, key: Any = None, inference: bool | None = None,
+        mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
+        if self.dropout is not None:
+            x = self.dropout(x, key=key, inference=inference)
+        h = residual_lib.residual_sum(_input(x), residual, self.residual_in_float32, 0.0, None)
+        return super().__call__(h, mask=mask), h  # type: ignore[misc]
 
 
-def _add(
-    module: Any, norm: Any, x: Any, residual: Any, key: Any, inference: bool | None, mask: Any
-) -> tuple[jax.Array, jax.Array]:
-    """``(norm(h), h)``, ``h = dropout(x) + residual`` (:func:`residual.residual_sum`), ``norm`` the parent's
-    call."""
-    if module.dropout is not None:
-        x = module.dropout(x, key=key, inference=inference)
-    h = residual_lib.residual_sum(_input(x), residual, module.residual_in_float32, 0.0, None)
-    return norm(h, mask=mask), h
-
-
-class AddLayerNorm(LayerNorm):
+class AddLayerNorm(_Residual, LayerNorm):
     r"""Residual add and layer normalization over one example: ``(y, h)`` with ``h = dropout(x) + residual`` and
     ``y = LayerNorm(h)``, as :func:`jaxnorm.add_layer_norm`.
 
@@ -65,25 +74,8 @@ class AddLayerNorm(LayerNorm):
       [-1.  1.] [1. 4.]
     """
 
-    residual_in_float32: bool = field(static=True)
-    dropout: eqx.nn.Dropout | None
 
-    def __init__(
-        self, shape: int | Sequence[int], eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True,
-        dtype: Any = None, *, residual_in_float32: bool = False, dropout_rate: float = 0.0, **kwargs: Any,
-    ):
-        super().__init__(shape, eps, use_weight, use_bias, dtype, **kwargs)
-        self.residual_in_float32, self.dropout = _options(residual_in_float32, dropout_rate)
-
-    def __call__(
-        self, x: jax.Array, residual: jax.Array | None = None, *, key: Any = None, inference: bool | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
-        return _add(self, super().__call__, x, residual, key, inference, mask)
-
-
-class AddRMSNorm(RMSNorm):
+class AddRMSNorm(_Residual, RMSNorm):
     r"""Residual add and RMS normalization over one example: ``(y, h)`` with ``h = dropout(x) + residual`` and
     ``y = RMSNorm(h)``, as :func:`jaxnorm.add_rms_norm`.
 
@@ -92,13 +84,8 @@ class AddRMSNorm(RMSNorm):
         :class:`jaxnorm.equinox.RMSNorm`.
       residual_in_float32, dropout_rate: as :class:`AddLayerNorm`'s.
 
-    Call ``__call__(x, residual=None, *, key=None, inference=None, mask=None)`` as :class:`AddLayerNorm`'s.
-
-    Returns:
-      ``(y, h)`` as :class:`AddLayerNorm`'s.
-
-    Raises:
-      ValueError, TypeError: as :class:`AddLayerNorm`'s.
+    Call ``__call__(x, residual=None, *, key=None, inference=None, mask=None)``,
+    returning ``(y, h)``, and its errors: as :class:`AddLayerNorm`'s.
 
     Source: Liger-Kernel's ``LigerFusedAddRMSNorm.forward(hidden, residual) -> (normed, residual)``; Zhang &
     Sennrich 2019.
@@ -111,20 +98,3 @@ class AddRMSNorm(RMSNorm):
       >>> print(y, h)
       [0.2 1.4] [1. 7.]
     """
-
-    residual_in_float32: bool = field(static=True)
-    dropout: eqx.nn.Dropout | None
-
-    def __init__(
-        self, shape: int | Sequence[int], eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True,
-        dtype: Any = None, *, residual_in_float32: bool = False, dropout_rate: float = 0.0, **kwargs: Any,
-    ):
-        super().__init__(shape, eps, use_weight, use_bias, dtype, **kwargs)
-        self.residual_in_float32, self.dropout = _options(residual_in_float32, dropout_rate)
-
-    def __call__(
-        self, x: jax.Array, residual: jax.Array | None = None, *, key: Any = None, inference: bool | None = None,
-        mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
-        return _add(self, super().__call__, x, residual, key, inference, mask)

@@ -4,6 +4,8 @@ and return ``(y, new_residual)`` as the unfused ``nn.Dropout``, add and ``nn.Lay
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import jax
 from flax.linen import module, stochastic
 from jax.typing import ArrayLike
@@ -21,7 +23,32 @@ def _dropout(mdl: module.Module, x: ArrayLike, deterministic: bool | None) -> Ar
     return stochastic.Dropout(mdl.dropout_rate, deterministic=mdl.deterministic)(x, deterministic=deterministic)
 
 
-class AddLayerNorm(LayerNorm):
+class _Residual(module.Module):
+    """The residual options and call of both (a mixin before the normalization class: its fields come after the
+    normalization's, Flax's arguments first)."""
+
+    residual_in_float32: bool = False
+    dropout_rate: float = 0.0
+    deterministic: bool | None = None
+
+    _NORM: ClassVar[Any]
+    _PARAMS: ClassVar[tuple[str, ...]]
+
+    def __post_init__(self) -> None:
+        residual_lib.check_options(self.residual_in_float32, self.dropout_rate)
+        super().__post_init__()
+
+    @module.compact
+    def __call__(
+        self, x: ArrayLike, residual: ArrayLike | None = None, *, mask: jax.Array | None = None,
+        deterministic: bool | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
+        x = _dropout(self, x, deterministic)
+        return flax_compat.add_norm(self, x, residual, mask, _promote(self, self._PARAMS), self._NORM)
+
+
+class AddLayerNorm(_Residual, LayerNorm):  # type: ignore[misc]  # __call__ returns (y, h)
     r"""Residual add and layer normalization: ``(y, h)`` with ``h = dropout(x) + residual`` and
     ``y = LayerNorm(h)``, as :func:`jaxnorm.add_layer_norm`.
 
@@ -56,26 +83,11 @@ class AddLayerNorm(LayerNorm):
       [[-1.  1.]] [[1. 4.]]
     """
 
-    residual_in_float32: bool = False
-    dropout_rate: float = 0.0
-    deterministic: bool | None = None
-
-    def __post_init__(self) -> None:
-        residual_lib.check_options(self.residual_in_float32, self.dropout_rate)
-        super().__post_init__()
-
-    @module.compact
-    def __call__(  # type: ignore[override]
-        self, x: ArrayLike, residual: ArrayLike | None = None, *, mask: jax.Array | None = None,
-        deterministic: bool | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
-        x = _dropout(self, x, deterministic)
-        promote = _promote(self, ("scale", "bias"))
-        return flax_compat.add_norm(self, x, residual, mask, promote, flax_compat.layer_norm)
+    _NORM = staticmethod(flax_compat.layer_norm)
+    _PARAMS = ("scale", "bias")
 
 
-class AddRMSNorm(RMSNorm):
+class AddRMSNorm(_Residual, RMSNorm):  # type: ignore[misc]  # __call__ returns (y, h)
     r"""Residual add and RMS normalization: ``(y, h)`` with ``h = dropout(x) + residual`` and ``y = RMSNorm(h)``,
     as :func:`jaxnorm.add_rms_norm`.
 
@@ -83,13 +95,8 @@ class AddRMSNorm(RMSNorm):
       (every attribute of :class:`jaxnorm.linen.RMSNorm`, the same ``params`` ``scale``), then
       ``residual_in_float32``, ``dropout_rate`` and ``deterministic`` as :class:`AddLayerNorm`'s.
 
-    Call ``__call__(x, residual=None, *, mask=None, deterministic=None)`` as :class:`AddLayerNorm`'s.
-
-    Returns:
-      ``(y, h)`` as :class:`AddLayerNorm`'s.
-
-    Raises:
-      TypeError, ValueError: as :class:`AddLayerNorm`'s.
+    Call ``__call__(x, residual=None, *, mask=None, deterministic=None)``,
+    returning ``(y, h)``, and its errors: as :class:`AddLayerNorm`'s.
 
     Source: Liger-Kernel's ``LigerFusedAddRMSNorm.forward(hidden, residual) -> (normed, residual)``; Zhang &
     Sennrich 2019.
@@ -104,19 +111,5 @@ class AddRMSNorm(RMSNorm):
       [[0.2 1.4]] [[1. 7.]]
     """
 
-    residual_in_float32: bool = False
-    dropout_rate: float = 0.0
-    deterministic: bool | None = None
-
-    def __post_init__(self) -> None:
-        residual_lib.check_options(self.residual_in_float32, self.dropout_rate)
-        super().__post_init__()
-
-    @module.compact
-    def __call__(  # type: ignore[override]
-        self, x: ArrayLike, residual: ArrayLike | None = None, *, mask: jax.Array | None = None,
-        deterministic: bool | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
-        x = _dropout(self, x, deterministic)
-        return flax_compat.add_norm(self, x, residual, mask, _promote(self, ("scale",)), flax_compat.rms_norm)
+    _NORM = staticmethod(flax_compat.rms_norm)
+    _PARAMS = ("scale",)

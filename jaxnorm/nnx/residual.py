@@ -97,13 +97,8 @@ class AddRMSNorm(_Residual, RMSNorm):  # type: ignore[misc]  # __call__ returns 
         ``nnx.Param`` ``scale``.
       residual_in_float32, dropout_rate, deterministic: as :class:`AddLayerNorm`'s.
 
-    Call ``__call__(x, residual=None, *, mask=None, deterministic=None, rngs=None)`` as :class:`AddLayerNorm`'s.
-
-    Returns:
-      ``(y, h)`` as :class:`AddLayerNorm`'s.
-
-    Raises:
-      TypeError, ValueError: as :class:`AddLayerNorm`'s.
+    Call ``__call__(x, residual=None, *, mask=None, deterministic=None, rngs=None)``,
+    returning ``(y, h)``, and its errors: as :class:`AddLayerNorm`'s.
 
     Source: Liger-Kernel's ``LigerFusedAddRMSNorm.forward(hidden, residual) -> (normed, residual)``; Zhang &
     Sennrich 2019.
