@@ -57,6 +57,10 @@ STATEFUL = ("batch_norm",)  # forward(x, scale, bias, mean, var) -> (y, new_mean
 # Residual add & norm over the last axis: forward(x, residual, scale, bias) -> (y, h), h = x + residual the new
 # stream and y = norm(h); the peers' form is the unfused one a Flax user writes (x + residual, then the norm).
 RESIDUAL = ("add_layer_norm", "add_rms_norm")
+# Adaptive LayerNorm (DiT's AdaLN) on (N, tokens, C): forward(x, scale, shift) -> norm(x) * (1 + scale) + shift,
+# its scale and shift one row per example, (N, C), in the slots of the others' scale and bias; the peers' form is
+# Flax's LayerNorm without params, then the modulation.
+ADAPTIVE = ("adaptive_norm",)
 COPY = "copy"  # not a peer: run.py's copy kernel, the memory-bandwidth limit every case is measured against
 
 
@@ -69,7 +73,7 @@ def make_inputs(op, shape, dtype, seed=0):
     """The case's arrays (x, dy, scale, bias; a stateful op's mean and var), generated on the JAX device. The
     last ones are kept: run.py's next case (the other mode) reuses them (JAX arrays are immutable), which saves
     seconds per large case on a CPU."""
-    kind = STATEFUL[0] if op in STATEFUL else RESIDUAL[0] if op in RESIDUAL else "stateless"
+    kind = next((group[0] for group in (STATEFUL, RESIDUAL, ADAPTIVE) if op in group), "stateless")
     return dict(_last_inputs(kind, tuple(shape), jnp.dtype(dtype).name, seed))
 
 
@@ -95,6 +99,9 @@ def _make_inputs(op, shape, dtype, seed):  # one compiled program per case
         inputs["var"] = 1.0 + 0.1 * jnp.abs(jax.random.normal(keys[5], (c,), jnp.float32))
     if op in RESIDUAL:
         inputs["residual"] = (2.0 * jax.random.normal(keys[6], shape, jnp.float32)).astype(dtype)
+    if op in ADAPTIVE:  # per example: (N, C)
+        inputs["scale"] = 0.1 * jax.random.normal(keys[2], (shape[0], c), jnp.float32)
+        inputs["bias"] = 0.1 * jax.random.normal(keys[3], (shape[0], c), jnp.float32)
     return inputs
 
 
@@ -318,6 +325,19 @@ def _linen(module, params=("scale", "bias")):
     return make
 
 
+def _modulated(y, s, b):
+    """DiT's ``modulate``: ``y * (1 + scale) + shift`` with one (scale, shift) row per example, in y's dtype."""
+    return y * (1 + s[:, None].astype(y.dtype)) + b[:, None].astype(y.dtype)
+
+
+def _linen_adaptive(x):
+    """AdaLN as a Flax user writes it: ``nn.LayerNorm(use_scale=False, use_bias=False)``, then ``modulate``."""
+    from flax import linen as nn
+
+    layer = nn.LayerNorm(epsilon=EPSILON, use_scale=False, use_bias=False, dtype=x.dtype)
+    return lambda x, s, b: _modulated(layer.apply({}, x), s, b)
+
+
 def _unfused(make):
     """A residual op as a user of ``make``'s norm writes it: ``(norm(x + residual), x + residual)``."""
 
@@ -534,6 +554,13 @@ TABLE = {
         "flax_linen": _unfused(_linen(lambda nn, kw: nn.LayerNorm(**kw))),
         "flax_nnx": _unfused(_nnx(lambda nnx, c, kw: nnx.LayerNorm(c, **kw))),
         "naive_jnp": jax_fn(lambda x, r, s, b: (_naive_normalize(x + r, s, b, (x.ndim - 1,))[0], x + r)),
+    },
+    "adaptive_norm": {
+        "jaxnorm": jax_fn(lambda x, s, b: jaxnorm.adaptive_norm(x, b, s, epsilon=EPSILON)),
+        "flax_linen": jax_peer(_linen_adaptive),
+        "naive_jnp": jax_fn(lambda x, s, b: _modulated(_naive_normalize(x, jnp.ones(x.shape[-1]),
+                                                                        jnp.zeros(x.shape[-1]), (x.ndim - 1,))[0],
+                                                       s, b)),
     },
     "add_rms_norm": {
         "jaxnorm": jax_fn(lambda x, r, s, b: jaxnorm.add_rms_norm(x, r, s, epsilon=EPSILON)),

@@ -27,6 +27,10 @@ Cases (``op x mode x shape x dtype``):
   full: ``(4096, 1024) (8192, 4096)``; quick: ``(4096, 1024) (2048, 4096)``. Their fwd+bwd is the gradient of
   ``sum((y + h) * dy)`` with respect to ``x``, ``residual``, ``scale`` and ``bias``; their minimum bytes count
   the residual and ``h`` too (fwd: read x and residual, write y and h), as their copy kernel moves.
+- ``adaptive_norm``: DiT's AdaLN, ``LayerNorm(x) * (1 + scale) + shift`` over the last axis of ``(N, tokens, C)``
+  with one ``(scale, shift)`` row per example (``(N, C)``); the peers run Flax's LayerNorm without params, then
+  the modulation; full: ``(8, 1024, 1152) (32, 256, 1152)`` (DiT-XL's width); quick: ``(8, 1024, 1152)
+  (8, 256, 1152)``. Its fwd+bwd differentiates ``x``, ``scale`` and ``shift``.
 - mode ``fwd``: the forward pass (``y``; BatchNorm also the new moving mean and variance). Mode ``fwd+bwd``:
   the gradient of ``sum(y * dy)`` with respect to ``x``, ``scale`` and ``bias`` (``dy`` a fixed random array
   of ``x``'s shape and dtype); BatchNorm also returns the new moving statistics.
@@ -113,6 +117,7 @@ SHAPES = {
         "group_norm": [(32, 56, 56, 256), (32, 28, 28, 512), (32, 14, 14, 1024)],
         "add_layer_norm": [(4096, 1024), (8192, 4096)],
         "add_rms_norm": [(4096, 1024), (8192, 4096)],
+        "adaptive_norm": [(8, 1024, 1152), (32, 256, 1152)],
     },
     "quick": {
         "layer_norm": [*((1024, n) for n in (512, 1024, 4096, 16384)), *TRANSFORMER_ROWS],
@@ -121,6 +126,7 @@ SHAPES = {
         "group_norm": [(8, 56, 56, 256), (8, 28, 28, 512), (8, 14, 14, 1024)],
         "add_layer_norm": [(4096, 1024), (2048, 4096)],
         "add_rms_norm": [(4096, 1024), (2048, 4096)],
+        "adaptive_norm": [(8, 1024, 1152), (8, 256, 1152)],
     },
     "smoke": {
         "layer_norm": [(16, 128)],
@@ -129,6 +135,7 @@ SHAPES = {
         "group_norm": [(2, 4, 4, 64)],
         "add_layer_norm": [(16, 128)],
         "add_rms_norm": [(16, 128)],
+        "adaptive_norm": [(2, 8, 128)],
     },
 }
 REPEATS = {"full": 20, "quick": 10, "smoke": 3}
