@@ -11,7 +11,7 @@ Public API:
 - residual add & norm, the pre-norm Transformer's step: the ops :func:`add_layer_norm` and :func:`add_rms_norm`
   (``(y, new_residual)``), the specs :class:`AddLayerNorm` and :class:`AddRMSNorm`;
 - fp8 output (TransformerEngine's): :func:`layer_norm_fp8` and :func:`rms_norm_fp8` return the quantized output
-  and its amax;
+  and its amax; the specs :class:`LayerNormFP8` and :class:`RMSNormFP8`;
 - adaptive normalization (AdaLN, DiT): the op :func:`adaptive_norm` and the spec :class:`AdaptiveNorm`;
 - gated RMSNorm (Mamba-2, Qwen3-Next): the op :func:`gated_rms_norm` and the spec :class:`GatedRMSNorm`;
 - normalization-free point-wise layers for Transformers: the ops :func:`dyt` and :func:`derf`, the specs
@@ -44,7 +44,7 @@ from jaxnorm._src.ops import (
 )
 from jaxnorm._src.pointwise import Derf, DyT, derf, dyt
 from jaxnorm._src.residual import AddLayerNorm, AddRMSNorm, add_layer_norm, add_rms_norm
-from jaxnorm._src.quantized import layer_norm_fp8, rms_norm_fp8
+from jaxnorm._src.quantized import LayerNormFP8, RMSNormFP8, layer_norm_fp8, rms_norm_fp8
 from jaxnorm._src.reparam import SpectralNorm, WeightNorm, spectral_normalize, weight_normalize
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.training import (
@@ -69,8 +69,10 @@ __all__ = [
     "GroupNorm",
     "InstanceNorm",
     "LayerNorm",
+    "LayerNormFP8",
     "Normalization",
     "RMSNorm",
+    "RMSNormFP8",
     "SpectralNorm",
     "UnitNormalization",
     "WeightNorm",

@@ -424,5 +424,7 @@ _MODULATION = {"shift": jnp.linspace(-1.0, 1.0, 24).reshape(4, 6), "scale": jnp.
 UNPEERED = [make(flavour) for make in (_pointwise("DyT", {}), _pointwise("Derf", {"shift_init_value": 0.25}),
                                        _pointwise("AddLayerNorm", {}), _pointwise("AddRMSNorm", {}),
                                        _pointwise("GatedRMSNorm", {"norm_before_gate": True}, _GATE),
-                                       _pointwise("AdaptiveNorm", {}, _MODULATION))
+                                       _pointwise("AdaptiveNorm", {}, _MODULATION),
+                                       _pointwise("LayerNormFP8", {}, {"out_scale": 16.0}),
+                                       _pointwise("RMSNormFP8", {"out_dtype": "float8_e5m2"}, {"out_scale": 16.0}))
             for flavour in ("linen", "nnx")]

@@ -28,7 +28,8 @@ class Entry:
     ``inputs(x) -> dict``: the keyword inputs ``apply`` takes besides ``x``, made from ``x`` (add & norm's
     ``residual``, the gated norm's ``gate``; per example, NaN where ``x`` is); ``output(out) -> y``: the array
     the checks read from ``apply``'s first output (add & norm's ``y`` of ``(y, h)``; tests/test_residual.py checks
-    ``h``).
+    ``h``); ``half``: False where the output's dtype is not the input's (the fp8 layers: tests/test_quantized.py
+    checks their half inputs).
     """
 
     name: str
@@ -41,6 +42,7 @@ class Entry:
     input_name: str = "x"
     finite_differences: bool = True
     keras: bool = True
+    half: bool = True
     inputs: Callable[[Any], dict] | None = None
     output: Callable[[Any], Any] | None = None
 
@@ -61,6 +63,14 @@ def _gate(x: Any) -> dict:
 
 def _modulation(x: Any) -> dict:
     return {"shift": jnp.sin(x), "scale": 0.5 * jnp.cos(x)}
+
+
+def _out_scale(x: Any) -> dict:
+    return {"out_scale": 16.0}
+
+
+def _q_of_pair(out: Any) -> Any:  # (q, amax): the fp8 values, as float32
+    return out[0].astype(jnp.float32)
 
 
 def _y_of_pair(out: Any) -> Any:
@@ -93,6 +103,10 @@ REGISTRY = [
     Entry("AddLayerNorm", lambda: jaxnorm.AddLayerNorm(), (4, 3, 5), inputs=_residual, output=_y_of_pair),
     Entry("AddRMSNorm", lambda: jaxnorm.AddRMSNorm(axis=(1, 2), residual_in_float32=True), (4, 3, 5),
           inputs=_residual, output=_y_of_pair),
+    Entry("LayerNormFP8", lambda: jaxnorm.LayerNormFP8(), (4, 3, 5), inputs=_out_scale, output=_q_of_pair,
+          half=False, finite_differences=False),
+    Entry("RMSNormFP8", lambda: jaxnorm.RMSNormFP8(out_dtype="float8_e5m2"), (4, 3, 5), inputs=_out_scale,
+          output=_q_of_pair, half=False, finite_differences=False),
     Entry("AdaptiveNorm", lambda: jaxnorm.AdaptiveNorm(), (4, 3, 5), inputs=_modulation),
     Entry("AdaptiveNorm_rms", lambda: jaxnorm.AdaptiveNorm(axis=(1, 2), rms=True), (4, 3, 5), inputs=_modulation),
     Entry("GatedRMSNorm", lambda: jaxnorm.GatedRMSNorm(norm_before_gate=True), (4, 3, 6), inputs=_gate),

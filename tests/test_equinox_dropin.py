@@ -91,6 +91,8 @@ UNPEERED = [
     Case("AddRMSNorm", lambda m: m.AddRMSNorm(5, eps=1e-3, residual_in_float32=True), (5,)),
     Case("GatedRMSNorm", lambda m: m.GatedRMSNorm(6, norm_before_gate=False, group_size=3), (6,),
          call={"gate": jnp.linspace(-2.0, 3.0, 6)}),
+    Case("LayerNormFP8", lambda m: m.LayerNormFP8((3, 4)), (3, 4), call={"out_scale": 16.0}),
+    Case("RMSNormFP8", lambda m: m.RMSNormFP8(5, use_bias=False), (5,), call={"out_scale": 16.0}),
     Case("AdaptiveNorm", lambda m: m.AdaptiveNorm(6), (6,),
          call={"shift": jnp.linspace(-1.0, 1.0, 6), "scale": jnp.linspace(-0.5, 0.5, 6)}),
 ]

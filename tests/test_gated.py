@@ -167,5 +167,5 @@ def test_configs_round_trip_and_the_converters_refuse():
     if importlib.util.find_spec("torch") is not None:
         from jaxnorm import interop
 
-        with pytest.raises(TypeError, match=r"PyTorch has no add & norm or gated layer"):
+        with pytest.raises(TypeError, match=r"PyTorch has no add & norm, gated or fp8-output layer"):
             interop.to_torch(spec, {"scale": jnp.ones(8)}, {})

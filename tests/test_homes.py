@@ -28,7 +28,7 @@ HOMES = {
 }
 MIXINS = {"Scaled", "Affine", "Statistics"}
 CORES = {"layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm", "dynamic", "add_norm",
-         "gated_rms_norm", "adaptive_norm"}  # flax_compat's calls
+         "gated_rms_norm", "adaptive_norm", "quantized_norm"}  # flax_compat's calls
 # Fields a spec declares itself, and why: WeightNorm's scale is the paper's g, not an affine parameter (no
 # regularizer or constraint fields); the layers without params keep Keras's `trainable` flag alone.
 OWN_FIELDS = {"WeightNorm": {"use_scale", "scale_init", "param_dtype", "trainable"},
@@ -87,7 +87,7 @@ def test_parameter_and_statistics_fields_are_declared_by_the_mixins_alone():
 @pytest.mark.parametrize("family", ["linen", "nnx"])
 def test_flax_dropins_hold_no_math_and_call_the_core_once(family):
     kernels = {"ops", "normalize", "stats", "fused", "passes", "collectives", "pointwise"}
-    for module in ("normalization.py", "pointwise.py", "residual.py", "gated.py", "adaptive.py"):
+    for module in ("normalization.py", "pointwise.py", "residual.py", "gated.py", "adaptive.py", "quantized.py"):
         tree = SOURCES[f"{family}/{module}"]
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "jaxnorm._src"
                     for a in n.names}

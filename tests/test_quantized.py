@@ -98,3 +98,46 @@ def test_bad_arguments_name_the_argument_and_the_fix():
         jaxnorm.rms_norm_fp8(x, out_scale=jnp.ones(4))
     with pytest.raises(TypeError, match=r"`out_scale` must be an array"):
         jaxnorm.rms_norm_fp8(x, out_scale="big")
+
+
+def test_every_family_matches_the_op():
+    from flax import nnx
+
+    from jaxnorm import linen as jnn
+    from jaxnorm import nnx as jnnx
+
+    x, w, b = _data((2, 3, 8)), _data((8,), 1, loc=1.0, scale=0.3), _data((8,), 2, scale=0.3)
+    for name, op, params in (("LayerNormFP8", jaxnorm.layer_norm_fp8, {"scale": w, "bias": b}),
+                             ("RMSNormFP8", jaxnorm.rms_norm_fp8, {"scale": w})):
+        want = op(x, *params.values(), out_scale=24.0, epsilon=1e-5)
+        spec = getattr(jaxnorm, name)(epsilon=1e-5)
+        assert spec.init(None, x)[0].keys() == params.keys()  # the normalization's params
+        got = {"spec": spec.apply(params, {}, x, out_scale=24.0)[0],
+               "linen": getattr(jnn, name)(epsilon=1e-5).apply({"params": params}, x, 24.0)}
+        mod = getattr(jnnx, name)(8, epsilon=1e-5, rngs=nnx.Rngs(0))
+        nnx.update(mod, nnx.State({k: nnx.Param(jnp.asarray(v)) for k, v in params.items()}))
+        got["nnx"] = mod(x, 24.0)
+        try:
+            import equinox as eqx
+
+            import jaxnorm.equinox as jeqx
+        except ImportError:
+            pass
+        else:
+            eq = getattr(jeqx, name)(8, eps=1e-5, use_bias=name == "LayerNormFP8")
+            eq = eqx.tree_at(lambda m: m.weight, eq, jnp.asarray(w))
+            if name == "LayerNormFP8":
+                eq = eqx.tree_at(lambda m: m.bias, eq, jnp.asarray(b))
+            q, amax = jax.vmap(jax.vmap(lambda v: eq(v, 24.0)))(x)
+            got["equinox"] = (q, jnp.max(amax))  # per token, as equinox's layers see one example
+        for family, (q, amax) in got.items():
+            assert q.dtype == jnp.float8_e4m3fn, family
+            np.testing.assert_array_equal(np.asarray(q, np.float32), np.asarray(want[0], np.float32), family)
+            assert_close(amax, want[1])
+        assert type(spec).from_config(spec.get_config()) == spec
+        with pytest.raises(ValueError, match=r"has no Keras layer equivalent"):
+            spec.to_keras_config()
+    with pytest.raises(ValueError, match=r"`out_dtype` must be an fp8 dtype"):
+        jaxnorm.RMSNormFP8(out_dtype="bfloat16")
+    with pytest.raises(TypeError, match=r"`out_scale` must be given"):
+        jaxnorm.LayerNormFP8().apply({"scale": jnp.ones(8), "bias": jnp.zeros(8)}, {}, x)

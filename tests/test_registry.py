@@ -112,6 +112,8 @@ def test_gradients_match_finite_differences_in_float64(entry):
 @entries
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float64])
 def test_dtypes_keep_the_input_dtype_and_agree_with_float32(entry, dtype):
+    if not entry.half:
+        pytest.skip("the output has a dtype of its own (fp8): tests/test_quantized.py checks half inputs")
     with jax.enable_x64(dtype == jnp.float64):
         spec, params, state, x = _setup(entry)
         want = _apply(entry, spec, params, state, x)[0]

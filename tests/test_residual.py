@@ -169,7 +169,7 @@ def test_specs_share_the_normalization_s_params_and_refuse_keras_and_torch():
     if importlib.util.find_spec("torch") is not None:
         from jaxnorm import interop
 
-        with pytest.raises(TypeError, match=r"PyTorch has no add & norm or gated layer"):
+        with pytest.raises(TypeError, match=r"PyTorch has no add & norm, gated or fp8-output layer"):
             interop.to_torch(jaxnorm.AddRMSNorm(), {"scale": jnp.ones(6)}, {})
         with pytest.raises(ValueError, match=r"scale_offset: 1.0; PyTorch multiplies by its weight"):
             interop.to_torch(jaxnorm.RMSNorm(scale_offset=1.0), {"scale": jnp.ones(6)}, {})

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxnorm._src import collectives, moving, normalize, pointwise, validation
 from jaxnorm._src import adaptive as adaptive_lib
 from jaxnorm._src import gated as gated_lib
+from jaxnorm._src import quantized as quantized_lib
 from jaxnorm._src import residual as residual_lib
 
 #: A family's variables and dtype rule: ``promote(x, feature_axes) -> (x, variables, out_dtype)`` with the
@@ -108,6 +109,15 @@ def adaptive_norm(mdl: Any, x: Any, shift: Any, scale: Any, mask: Any) -> jax.Ar
         mdl.epsilon, validation.numpy_mask(mask, x), options["axis_name"],
         rms=validation.check_bool(mdl.rms, "rms"), extreme_range=options["extreme_range"],
     )
+
+
+def quantized_norm(
+    mdl: Any, x: Any, out_scale: Any, mask: Any, promote: Promote, norm: Callable[..., jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    """The fp8-output drop-ins' call: ``norm`` (the family's :func:`layer_norm` or :func:`rms_norm` call, Flax's
+    dtype rule) quantized to ``mdl.out_dtype`` with ``out_scale``: ``(q, amax)`` (:func:`quantized.quantize`)."""
+    s, dtype = quantized_lib.check_quantization(out_scale, mdl.out_dtype)
+    return quantized_lib.quantize(norm(mdl, x, mask, promote), s, dtype)
 
 
 def add_norm(

@@ -23,6 +23,7 @@ from jaxnorm._src.group_norm import GroupNorm, InstanceNorm
 from jaxnorm._src.layer_norm import LayerNorm
 from jaxnorm._src.normalization import Normalization
 from jaxnorm._src.gated import GatedRMSNorm
+from jaxnorm._src.quantized import LayerNormFP8, RMSNormFP8
 from jaxnorm._src.residual import AddLayerNorm, AddRMSNorm
 from jaxnorm._src.rms_norm import RMSNorm
 from jaxnorm._src.unit_norm import UnitNormalization
@@ -441,14 +442,14 @@ def to_torch(
     """
     torch = _import_torch()
     if not isinstance(spec, BatchNorm | LayerNorm | GroupNorm | InstanceNorm | RMSNorm) or isinstance(
-        spec, AddLayerNorm | AddRMSNorm | GatedRMSNorm
+        spec, AddLayerNorm | AddRMSNorm | GatedRMSNorm | LayerNormFP8 | RMSNormFP8
     ):
         raise TypeError(
             "`spec` must be a jaxnorm.BatchNorm, LayerNorm, GroupNorm, InstanceNorm or RMSNorm to convert to "
             f"PyTorch, got {type(spec).__name__}."
-            + (" PyTorch has no add & norm or gated layer: convert the LayerNorm or RMSNorm of the same options and "
-               "params, and add the residual (or apply the gate) in the model."
-               if isinstance(spec, AddLayerNorm | AddRMSNorm | GatedRMSNorm) else "")
+            + (" PyTorch has no add & norm, gated or fp8-output layer: convert the LayerNorm or RMSNorm of the same "
+               "options and params, and add the residual (apply the gate, quantize) in the model."
+               if isinstance(spec, AddLayerNorm | AddRMSNorm | GatedRMSNorm | LayerNormFP8 | RMSNormFP8) else "")
         )
     extras = {
         f: (getattr(spec, f) is None, "PyTorch layers have no regularizers or constraints")

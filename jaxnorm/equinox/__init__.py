@@ -41,12 +41,13 @@ from jaxnorm.equinox.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNo
 from jaxnorm.equinox.adaptive import AdaptiveNorm
 from jaxnorm.equinox.gated import GatedRMSNorm
 from jaxnorm.equinox.pointwise import Derf, DyT
+from jaxnorm.equinox.quantized import LayerNormFP8, RMSNormFP8
 from jaxnorm.equinox.reparam import SpectralNorm, WeightNorm
 from jaxnorm.equinox.residual import AddLayerNorm, AddRMSNorm
 
 __all__ = [
     "AdaptiveNorm", "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GatedRMSNorm", "GroupNorm",
-    "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm",
+    "LayerNorm", "LayerNormFP8", "RMSNorm", "RMSNormFP8", "SpectralNorm", "WeightNorm",
 ]
 
 for _name in __all__:  # jaxnorm.equinox.<Class>, where users import it from (reprs, pickles, docs)

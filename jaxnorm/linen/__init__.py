@@ -43,12 +43,13 @@ from jaxnorm.linen.normalization import BatchNorm, GroupNorm, InstanceNorm, Laye
 from jaxnorm.linen.adaptive import AdaptiveNorm
 from jaxnorm.linen.gated import GatedRMSNorm
 from jaxnorm.linen.pointwise import Derf, DyT
+from jaxnorm.linen.quantized import LayerNormFP8, RMSNormFP8
 from jaxnorm.linen.reparam import SpectralNorm, WeightNorm
 from jaxnorm.linen.residual import AddLayerNorm, AddRMSNorm
 
 __all__ = [
     "AdaptiveNorm", "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GatedRMSNorm", "GroupNorm",
-    "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm",
+    "InstanceNorm", "LayerNorm", "LayerNormFP8", "RMSNorm", "RMSNormFP8", "SpectralNorm", "WeightNorm",
 ]
 
 for _name in __all__:  # jaxnorm.linen.<Class>, where users import it from (reprs, pickles, docs)

@@ -34,12 +34,13 @@ from jaxnorm.nnx.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerN
 from jaxnorm.nnx.adaptive import AdaptiveNorm
 from jaxnorm.nnx.gated import GatedRMSNorm
 from jaxnorm.nnx.pointwise import Derf, DyT
+from jaxnorm.nnx.quantized import LayerNormFP8, RMSNormFP8
 from jaxnorm.nnx.reparam import SpectralNorm, WeightNorm
 from jaxnorm.nnx.residual import AddLayerNorm, AddRMSNorm
 
 __all__ = [
     "AdaptiveNorm", "AddLayerNorm", "AddRMSNorm", "BatchNorm", "Derf", "DyT", "GatedRMSNorm", "GroupNorm",
-    "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm", "WeightNorm",
+    "InstanceNorm", "LayerNorm", "LayerNormFP8", "RMSNorm", "RMSNormFP8", "SpectralNorm", "WeightNorm",
 ]
 
 for _name in __all__:  # jaxnorm.nnx.<Class>, where users import it from (reprs, pickles, docs)
