@@ -338,6 +338,15 @@ def _linen_adaptive(x):
     return lambda x, s, b: _modulated(layer.apply({}, x), s, b)
 
 
+def _nnx_adaptive(x):
+    """AdaLN as an NNX user writes it: ``nnx.LayerNorm(use_scale=False, use_bias=False)``, then ``modulate``."""
+    from flax import nnx
+
+    layer = nnx.LayerNorm(x.shape[-1], epsilon=EPSILON, use_scale=False, use_bias=False, dtype=x.dtype,
+                          rngs=nnx.Rngs(0))
+    return lambda x, s, b: _modulated(layer(x), s, b)
+
+
 def _unfused(make):
     """A residual op as a user of ``make``'s norm writes it: ``(norm(x + residual), x + residual)``."""
 
@@ -558,6 +567,7 @@ TABLE = {
     "adaptive_norm": {
         "jaxnorm": jax_fn(lambda x, s, b: jaxnorm.adaptive_norm(x, b, s, epsilon=EPSILON)),
         "flax_linen": jax_peer(_linen_adaptive),
+        "flax_nnx": jax_peer(_nnx_adaptive),
         "naive_jnp": jax_fn(lambda x, s, b: _modulated(_naive_normalize(x, jnp.ones(x.shape[-1]),
                                                                         jnp.zeros(x.shape[-1]), (x.ndim - 1,))[0],
                                                        s, b)),
