@@ -7,7 +7,9 @@ home and the places that must use it, checked on the source (AST), so a copy tha
 - the Flax drop-ins hold no math: their modules import none of the kernel modules, and each normalization's call
   is one call of ``flax_compat``;
 - the dtype of the statistics is ``validation.stats_dtype``, defined once;
-- the groups rule is ``validation.resolve_groups`` (Flax's argument rule ``flax_compat.flax_groups`` reads it).
+- the groups rule is ``validation.resolve_groups`` (Flax's argument rule ``flax_compat.flax_groups`` reads it);
+- the defaults of jaxnorm's moving-statistics options are ``moving.DROP_IN_OPTIONS``, which the drop-ins read;
+- no module over 700 lines and no function over 80 (issue 24's reading limits).
 """
 
 import ast
@@ -89,6 +91,14 @@ def test_flax_dropins_hold_no_math_and_call_the_core_once(family):
     kernels = {"ops", "normalize", "stats", "fused", "passes", "collectives", "pointwise"}
     for module in ("normalization.py", "pointwise.py", "residual.py", "gated.py", "adaptive.py", "quantized.py"):
         tree = SOURCES[f"{family}/{module}"]
+        for node in ast.walk(tree):  # `_NORM` names a core of flax_compat, wrapped as a staticmethod
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_NORM" for t in node.targets):
+                value = node.value
+                assert isinstance(value, ast.Call) and getattr(value.func, "id", None) == "staticmethod", \
+                    f"{family}/{module}:{node.lineno}"
+                core = value.args[0]
+                assert isinstance(core, ast.Attribute) and getattr(core.value, "id", None) == "flax_compat" \
+                    and core.attr in CORES, f"{family}/{module}:{node.lineno} _NORM is not a flax_compat core"
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "jaxnorm._src"
                     for a in n.names}
         assert not imported & kernels, f"{family}/{module} imports {sorted(imported & kernels)}"
@@ -96,7 +106,34 @@ def test_flax_dropins_hold_no_math_and_call_the_core_once(family):
             call = next((f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__call__"), None)
             if call is None:
                 continue
+            # a core called by name, or through the class's `_NORM = staticmethod(flax_compat.<core>)`
             cores = [c for c in ast.walk(call) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
-                     and isinstance(c.func.value, ast.Name) and c.func.value.id == "flax_compat"
-                     and c.func.attr in CORES]
+                     and isinstance(c.func.value, ast.Name)
+                     and (c.func.value.id == "flax_compat" and c.func.attr in CORES
+                          or c.func.value.id == "self" and c.func.attr == "_NORM")]
             assert len(cores) == 1, f"{family}.{cls.name}.__call__ calls flax_compat {len(cores)} times"
+
+
+def test_no_module_over_700_lines_and_no_function_over_80():
+    for path, tree in SOURCES.items():
+        lines = (ROOT / path).read_text().count("\n")
+        assert lines <= 700, f"{path} has {lines} lines (split it by concept)"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 80, f"{path}:{node.lineno} {node.name} runs {length} lines"
+
+
+@pytest.mark.parametrize("family", ["linen", "nnx"])
+def test_the_drop_ins_take_the_moving_option_defaults_from_their_one_home(family):
+    import inspect
+
+    from jaxnorm import linen, nnx
+    from jaxnorm._src import moving
+
+    layer = {"linen": linen, "nnx": nnx}[family].BatchNorm
+    parameters = inspect.signature(layer).parameters
+    assert {k: parameters[k].default for k in moving.DROP_IN_OPTIONS} == moving.DROP_IN_OPTIONS
+    text = (ROOT / family / "normalization.py").read_text()
+    for option in moving.DROP_IN_OPTIONS:  # read from the home, not written again
+        assert f'{option}: ' in text and f'_MOVING["{option}"]' in text, option

@@ -177,7 +177,7 @@ class Rule:
 
 #: The moving-statistics options that the Flax drop-ins' BatchNorm accepts after Flax's own arguments, with
 #: their defaults (Flax's behaviour, plus per-feature safe updates); see :class:`Rule`.
-DROP_IN_OPTIONS = {
+DROP_IN_OPTIONS: dict[str, Any] = {
     "momentum_convention": "keras",
     "moving_var_estimator": "biased",
     "averaging": "exponential",

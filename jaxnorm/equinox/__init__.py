@@ -37,6 +37,7 @@ and the moving-average update come from jaxnorm's core. The intended differences
 Importing :mod:`jaxnorm` does not import equinox; this module needs it (``pip install equinox``).
 """
 
+from jaxnorm._src import public
 from jaxnorm.equinox.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from jaxnorm.equinox.adaptive import AdaptiveNorm
 from jaxnorm.equinox.gated import GatedRMSNorm
@@ -50,6 +51,4 @@ __all__ = [
     "LayerNorm", "LayerNormFP8", "RMSNorm", "RMSNormFP8", "SpectralNorm", "WeightNorm",
 ]
 
-for _name in __all__:  # jaxnorm.equinox.<Class>, where users import it from (reprs, pickles, docs)
-    globals()[_name].__module__ = __name__
-del _name
+public.publish(globals(), __all__)

@@ -368,7 +368,53 @@ def _with_state(out: jax.Array, state: Any) -> Any:
     return out if state is _sentinel else (out, state)
 
 
-class LayerNorm(eqx.Module):
+class _Normalization(eqx.Module):
+    """The fields, constructor and call of :class:`LayerNorm` and :class:`RMSNorm` (equinox's, in equinox's
+    order: the leaves ``weight`` then ``bias``, so serialised trees are unchanged)."""
+
+    shape: tuple[int, ...] = field(static=True)
+    eps: float = field(static=True)
+    use_weight: bool = field(static=True)
+    use_bias: bool = field(static=True)
+    weight: jax.Array | None
+    bias: jax.Array | None
+    extreme_range: bool = field(static=True)  # jaxnorm's option, after equinox's fields
+    scale_offset: float = field(static=True)  # jaxnorm's zero-centred weight
+
+    def __init__(
+        self, shape: int | Sequence[int], eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True,
+        dtype: Any = None, *, extreme_range: bool = False, scale_offset: float = 0.0,
+    ):
+        dtype = _default_float() if dtype is None else dtype
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        validation.check_epsilon(eps, "eps")
+        self.eps = eps
+        self.use_weight = use_weight
+        self.use_bias = use_bias
+        self.weight = jnp.ones(self.shape, dtype=dtype) if use_weight else None
+        self.bias = jnp.zeros(self.shape, dtype=dtype) if use_bias else None
+        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
+        self.scale_offset = validation.check_scale_offset(scale_offset, use_weight)
+
+    def _normalize(self, x: jax.Array, mask: jax.Array | None, owner: str, call: str, *, center: bool) -> jax.Array:
+        """``y`` for ``x`` of ``shape``: the statistics over every axis (with ``center``, LayerNorm's; without,
+        RMSNorm's, whose equinox ``bias`` is then added in the compute dtype), in ``x``'s dtype."""
+        x = _input(x)
+        _check_shape(x, self.shape, owner, call)
+        fix = "Build the layer with this shape."
+        weight = None if self.weight is None else _fit(self.weight, x.shape, f"{owner}.weight", fix)
+        bias = None if self.bias is None else _fit(self.bias, x.shape, f"{owner}.bias", fix)
+        xc = x.astype(validation.stats_dtype(x.dtype))  # equinox: result_type(x, float32)
+        y = normalize.normalize_layer(
+            xc, weight, bias if center else None, tuple(range(x.ndim)), self.eps, validation.numpy_mask(mask, x),
+            center=center, extreme_range=self.extreme_range, scale_offset=self.scale_offset,
+        )
+        if bias is not None and not center:  # ops take no RMSNorm bias
+            y = y + bias.astype(y.dtype)
+        return y.astype(x.dtype)
+
+
+class LayerNorm(_Normalization):
     r"""Layer normalization over the whole input, a drop-in for ``equinox.nn.LayerNorm``.
 
     .. math::
@@ -418,15 +464,6 @@ class LayerNorm(eqx.Module):
       [-1.  1. nan]
     """
 
-    shape: tuple[int, ...] = field(static=True)
-    eps: float = field(static=True)
-    use_weight: bool = field(static=True)
-    use_bias: bool = field(static=True)
-    weight: jax.Array | None
-    bias: jax.Array | None
-    extreme_range: bool = field(static=True)  # jaxnorm's option, after equinox's fields
-    scale_offset: float = field(static=True)  # jaxnorm's zero-centred weight
-
     def __init__(
         self,
         shape: int | Sequence[int],
@@ -439,8 +476,6 @@ class LayerNorm(eqx.Module):
         extreme_range: bool = False,
         scale_offset: float = 0.0,
     ):
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        validation.check_epsilon(eps, "eps")
         if elementwise_affine is not None:
             use_weight = elementwise_affine
             use_bias = elementwise_affine
@@ -449,34 +484,18 @@ class LayerNorm(eqx.Module):
                 "LayerNorm(use_bias=...)",
                 stacklevel=_callers_level(),
             )
-        self.shape = shape
-        self.eps = eps
-        self.use_weight = use_weight
-        self.use_bias = use_bias
-        self.weight = jnp.ones(shape, dtype=dtype) if use_weight else None
-        self.bias = jnp.zeros(shape, dtype=dtype) if use_bias else None
-        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
-        self.scale_offset = validation.check_scale_offset(scale_offset, use_weight)
+        super().__init__(shape, eps, use_weight, use_bias, dtype, extreme_range=extreme_range,
+                         scale_offset=scale_offset)
 
     def __call__(
         self, x: jax.Array, state: Any = _sentinel, *, key: Any = None, mask: jax.Array | None = None
     ) -> Any:
         """Normalizes ``x`` over all of its axes; see the class docstring."""
-        del key
-        x = _input(x)
-        _check_shape(x, self.shape, "LayerNorm", "layer_norm")
-        fix = "Build the layer with this shape."
-        weight = None if self.weight is None else _fit(self.weight, x.shape, "LayerNorm.weight", fix)
-        bias = None if self.bias is None else _fit(self.bias, x.shape, "LayerNorm.bias", fix)
-        xc = x.astype(validation.stats_dtype(x.dtype))  # equinox: result_type(x, float32)
-        y = normalize.normalize_layer(
-            xc, weight, bias, tuple(range(x.ndim)), self.eps, validation.numpy_mask(mask, x),
-            extreme_range=self.extreme_range, scale_offset=self.scale_offset,
-        )
-        return _with_state(y.astype(x.dtype), state)
+        del key  # equinox's API
+        return _with_state(self._normalize(x, mask, "LayerNorm", "layer_norm", center=True), state)
 
 
-class RMSNorm(eqx.Module):
+class RMSNorm(_Normalization):
     r"""Root-mean-square normalization over the whole input, a drop-in for ``equinox.nn.RMSNorm``.
 
     .. math::
@@ -519,55 +538,14 @@ class RMSNorm(eqx.Module):
       [0.2 1.4]
     """
 
-    shape: tuple[int, ...] = field(static=True)
-    eps: float = field(static=True)
-    use_weight: bool = field(static=True)
-    use_bias: bool = field(static=True)
-    weight: jax.Array | None
-    bias: jax.Array | None
-    extreme_range: bool = field(static=True)  # jaxnorm's option, after equinox's fields
-    scale_offset: float = field(static=True)  # jaxnorm's zero-centred weight
-
-    def __init__(
-        self,
-        shape: int | Sequence[int],
-        eps: float = 1e-5,
-        use_weight: bool = True,
-        use_bias: bool = True,
-        dtype: Any = None,
-        *,
-        extreme_range: bool = False,
-        scale_offset: float = 0.0,
-    ):
-        dtype = _default_float() if dtype is None else dtype
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        validation.check_epsilon(eps, "eps")
-        self.shape = shape
-        self.eps = eps
-        self.use_weight = use_weight
-        self.use_bias = use_bias
-        self.weight = jnp.ones(shape, dtype=dtype) if use_weight else None
-        self.bias = jnp.zeros(shape, dtype=dtype) if use_bias else None
-        self.extreme_range = validation.check_bool(extreme_range, "extreme_range")
-        self.scale_offset = validation.check_scale_offset(scale_offset, use_weight)
+    __init__ = _Normalization.__init__  # equinox's arguments (spelled out for type checkers)
 
     def __call__(
         self, x: jax.Array, state: Any = _sentinel, *, key: Any = None, mask: jax.Array | None = None
     ) -> Any:
         """Divides ``x`` by its root mean square, then applies ``weight`` and ``bias``; see the class."""
-        del key
-        x = _input(x)
-        _check_shape(x, self.shape, "RMSNorm", "rms_norm")
-        fix = "Build the layer with this shape."
-        weight = None if self.weight is None else _fit(self.weight, x.shape, "RMSNorm.weight", fix)
-        xc = x.astype(validation.stats_dtype(x.dtype))  # equinox: result_type(x, float32)
-        y = normalize.normalize_layer(
-            xc, weight, None, tuple(range(x.ndim)), self.eps, validation.numpy_mask(mask, x), center=False,
-            extreme_range=self.extreme_range, scale_offset=self.scale_offset,
-        )
-        if self.bias is not None:  # equinox's bias, added in the compute dtype (ops take no RMSNorm bias)
-            y = y + _fit(self.bias, x.shape, "RMSNorm.bias", fix).astype(y.dtype)
-        return _with_state(y.astype(x.dtype), state)
+        del key  # equinox's API
+        return _with_state(self._normalize(x, mask, "RMSNorm", "rms_norm", center=False), state)
 
 
 class GroupNorm(eqx.Module):

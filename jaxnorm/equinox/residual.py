@@ -76,16 +76,10 @@ class AddLayerNorm(_Residual, LayerNorm):
 
 
 class AddRMSNorm(_Residual, RMSNorm):
-    r"""Residual add and RMS normalization over one example: ``(y, h)`` with ``h = dropout(x) + residual`` and
-    ``y = RMSNorm(h)``, as :func:`jaxnorm.add_rms_norm`.
-
-    Args:
-      shape, eps, use_weight, use_bias, dtype, and the other keyword arguments: those of
-        :class:`jaxnorm.equinox.RMSNorm`.
-      residual_in_float32, dropout_rate: as :class:`AddLayerNorm`'s.
-
-    Call ``__call__(x, residual=None, *, key=None, inference=None, mask=None)``,
-    returning ``(y, h)``, and its errors: as :class:`AddLayerNorm`'s.
+    r"""Residual add and RMS normalization of one example, :func:`jaxnorm.add_rms_norm` as an
+    ``eqx.Module``: :class:`jaxnorm.equinox.RMSNorm`'s arguments and ``weight`` leaf with :class:`AddLayerNorm`'s
+    keyword-only ``residual_in_float32`` and ``dropout_rate``, its call ``(x, residual=None, *, key=None,
+    inference=None, mask=None) -> (y, h)`` and its errors.
 
     Source: Liger-Kernel's ``LigerFusedAddRMSNorm.forward(hidden, residual) -> (normed, residual)``; Zhang &
     Sennrich 2019.
@@ -94,7 +88,8 @@ class AddRMSNorm(_Residual, RMSNorm):
       >>> import jax.numpy as jnp
       >>> from jaxnorm import equinox as jeqx
       >>> rms = jeqx.AddRMSNorm(2, eps=0.0, use_bias=False)
-      >>> y, h = rms(jnp.array([1.0, 5.0]), jnp.array([0.0, 2.0]))
-      >>> print(y, h)
-      [0.2 1.4] [1. 7.]
+      >>> _, stream = rms(jnp.array([0.0, 2.0]))  # residual=None: the first layer starts the stream
+      >>> y, stream = rms(jnp.array([1.0, 5.0]), stream)  # RMS of the stream [1, 7] is 5
+      >>> print(stream, y)
+      [1. 7.] [0.2 1.4]
     """

@@ -39,6 +39,7 @@ Flax's mechanism (``nn.map_variables`` over the wrapped layer's variables) and F
 :func:`jaxnorm.spectral_normalize` and :func:`jaxnorm.weight_normalize`, Flax's arithmetic.
 """
 
+from jaxnorm._src import public
 from jaxnorm.linen.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from jaxnorm.linen.adaptive import AdaptiveNorm
 from jaxnorm.linen.gated import GatedRMSNorm
@@ -52,6 +53,4 @@ __all__ = [
     "InstanceNorm", "LayerNorm", "LayerNormFP8", "RMSNorm", "RMSNormFP8", "SpectralNorm", "WeightNorm",
 ]
 
-for _name in __all__:  # jaxnorm.linen.<Class>, where users import it from (reprs, pickles, docs)
-    globals()[_name].__module__ = __name__
-del _name
+public.publish(globals(), __all__)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +13,8 @@ from jax.nn import initializers
 from jax.typing import ArrayLike
 
 from jaxnorm._src import flax_compat, moving, validation
+
+_MOVING = moving.DROP_IN_OPTIONS  # the defaults of jaxnorm's moving-statistics options: one home
 
 
 def _check_fields(mdl: module.Module) -> None:
@@ -154,11 +156,11 @@ class BatchNorm(module.Module):
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
     # jaxnorm's moving-statistics options (moving.DROP_IN_OPTIONS), after Flax's own arguments.
-    momentum_convention: str = "keras"
-    moving_var_estimator: str = "biased"
-    averaging: str = "exponential"
-    safe_update: bool = True
-    count_steps: bool = False
+    momentum_convention: str = _MOVING["momentum_convention"]
+    moving_var_estimator: str = _MOVING["moving_var_estimator"]
+    averaging: str = _MOVING["averaging"]
+    safe_update: bool = _MOVING["safe_update"]
+    count_steps: bool = _MOVING["count_steps"]
     extreme_range: bool = False  # jaxnorm's static statistics option, after Flax's own arguments
 
     def __post_init__(self) -> None:
@@ -305,10 +307,14 @@ class LayerNorm(module.Module):
         _check_fields(self)
         super().__post_init__()
 
+    # the core this layer calls and its params, which AddLayerNorm, LayerNormFP8 and the like inherit
+    _NORM = staticmethod(flax_compat.layer_norm)
+    _PARAMS: ClassVar[tuple[str, ...]] = ("scale", "bias")
+
     @module.compact
     def __call__(self, x: ArrayLike, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example of ``x`` over ``reduction_axes``; see the class docstring."""
-        return flax_compat.layer_norm(self, x, mask, _promote(self, ("scale", "bias")))
+        return self._NORM(self, x, mask, _promote(self, self._PARAMS))
 
 
 class RMSNorm(module.Module):
@@ -390,10 +396,13 @@ class RMSNorm(module.Module):
         _check_fields(self)
         super().__post_init__()
 
+    _NORM = staticmethod(flax_compat.rms_norm)
+    _PARAMS: ClassVar[tuple[str, ...]] = ("scale",)
+
     @module.compact
     def __call__(self, x: ArrayLike, *, mask: jax.Array | None = None) -> jax.Array:
         """Divides each example of ``x`` by its root mean square over ``reduction_axes``; see the class."""
-        return flax_compat.rms_norm(self, x, mask, _promote(self, ("scale",)))
+        return self._NORM(self, x, mask, _promote(self, self._PARAMS))
 
 
 class GroupNorm(module.Module):

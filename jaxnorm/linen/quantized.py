@@ -62,8 +62,6 @@ class LayerNormFP8(_Quantized, LayerNorm):  # type: ignore[misc]  # __call__ ret
       (Array([[-4, 4]], dtype=float8_e4m3fn), Array(1., dtype=float32))
     """
 
-    _NORM = staticmethod(flax_compat.layer_norm)
-    _PARAMS = ("scale", "bias")
 
 
 class RMSNormFP8(_Quantized, RMSNorm):  # type: ignore[misc]  # __call__ returns (q, amax)
@@ -81,12 +79,11 @@ class RMSNormFP8(_Quantized, RMSNorm):  # type: ignore[misc]  # __call__ returns
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from jaxnorm import linen as jnn
-      >>> rms = jnn.RMSNormFP8(epsilon=0.0)
-      >>> x = jnp.array([[3.0, 4.0]])
-      >>> q, amax = rms.apply(rms.init(jax.random.key(0), x, 2.0), x, 2.0)
+      >>> rms, x = jnn.RMSNormFP8(epsilon=0.0), jnp.array([[3.0, 4.0]])
+      >>> params = rms.init(jax.random.key(0), x, 1.0)
+      >>> _, amax = rms.apply(params, x, 1.0)  # delayed scaling: the next step's scale from this amax
+      >>> q, _ = jax.jit(rms.apply)(params, x, 448.0 / amax)  # 448 is e4m3's largest value
       >>> print(q)
-      [[1.75 2.25]]
+      [[320 448]]
     """
 
-    _NORM = staticmethod(flax_compat.rms_norm)
-    _PARAMS = ("scale",)

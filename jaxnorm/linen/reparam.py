@@ -177,11 +177,13 @@ class WeightNorm(module.Module):
       >>> import jax, jax.numpy as jnp
       >>> from flax import linen as nn
       >>> from jaxnorm import linen as jnn
-      >>> wn = jnn.WeightNorm(nn.Dense(3))
-      >>> x = jnp.ones((2, 4))
-      >>> variables = wn.init(jax.random.key(0), x)
-      >>> jax.tree.map(jnp.shape, variables)
-      {'params': {'layer_instance': {'bias': (3,), 'kernel': (4, 3)}, 'layer_instance/kernel/scale': (3,)}}
+      >>> wn = jnn.WeightNorm(nn.Dense(3, use_bias=False))
+      >>> params = wn.init(jax.random.key(0), jnp.ones((2, 4)))['params']
+      >>> sorted(params)  # 'scale' joins Dense's own params
+      ['layer_instance', 'layer_instance/kernel/scale']
+      >>> w = wn.apply({'params': params}, jnp.eye(4))  # the rows of eye(4) read out the normalized kernel
+      >>> print(jnp.linalg.norm(w, axis=0).round(4))  # each column's norm is its scale (ones at init)
+      [1. 1. 1.]
     """
 
     layer_instance: module.Module

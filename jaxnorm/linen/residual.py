@@ -83,8 +83,6 @@ class AddLayerNorm(_Residual, LayerNorm):  # type: ignore[misc]  # __call__ retu
       [[-1.  1.]] [[1. 4.]]
     """
 
-    _NORM = staticmethod(flax_compat.layer_norm)
-    _PARAMS = ("scale", "bias")
 
 
 class AddRMSNorm(_Residual, RMSNorm):  # type: ignore[misc]  # __call__ returns (y, h)
@@ -105,11 +103,11 @@ class AddRMSNorm(_Residual, RMSNorm):  # type: ignore[misc]  # __call__ returns 
       >>> import jax, jax.numpy as jnp
       >>> from jaxnorm import linen as jnn
       >>> rms = jnn.AddRMSNorm(epsilon=0.0)
-      >>> x, stream = jnp.array([[1.0, 5.0]]), jnp.array([[0.0, 2.0]])
-      >>> y, h = rms.apply(rms.init(jax.random.key(0), x, stream), x, stream)
-      >>> print(y, h)
-      [[0.2 1.4]] [[1. 7.]]
+      >>> first, second = jnp.array([[0.0, 2.0]]), jnp.array([[1.0, 5.0]])  # two sublayers' outputs
+      >>> params = rms.init(jax.random.key(0), first)  # residual=None: the first layer starts the stream
+      >>> _, stream = rms.apply(params, first)
+      >>> y, stream = rms.apply(params, second, stream)  # RMS of the stream [1, 7] is 5
+      >>> print(stream, y)
+      [[1. 7.]] [[0.2 1.4]]
     """
 
-    _NORM = staticmethod(flax_compat.rms_norm)
-    _PARAMS = ("scale",)

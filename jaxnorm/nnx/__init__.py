@@ -30,6 +30,7 @@ writing the normalized weight back into the wrapped layer (google/flax#5576); th
 :func:`jaxnorm.spectral_normalize` and :func:`jaxnorm.weight_normalize`.
 """
 
+from jaxnorm._src import public
 from jaxnorm.nnx.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from jaxnorm.nnx.adaptive import AdaptiveNorm
 from jaxnorm.nnx.gated import GatedRMSNorm
@@ -43,6 +44,4 @@ __all__ = [
     "InstanceNorm", "LayerNorm", "LayerNormFP8", "RMSNorm", "RMSNormFP8", "SpectralNorm", "WeightNorm",
 ]
 
-for _name in __all__:  # jaxnorm.nnx.<Class>, where users import it from (reprs, pickles, docs)
-    globals()[_name].__module__ = __name__
-del _name
+public.publish(globals(), __all__)

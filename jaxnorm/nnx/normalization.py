@@ -19,6 +19,8 @@ from jax import lax
 from jaxnorm._src import flax_compat, moving, validation
 from jaxnorm._src.flax_compat import flax_groups, sync_axis
 
+_MOVING = moving.DROP_IN_OPTIONS  # the defaults of jaxnorm's moving-statistics options: one home
+
 
 _ZEROS_INIT = initializers.zeros_init()  # Flax's default objects, so signatures compare equal
 _ONES_INIT = initializers.ones_init()
@@ -224,11 +226,11 @@ class BatchNorm(nnx.Module):
         rngs: rnglib.Rngs,
         bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
         scale_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
-        momentum_convention: str = "keras",
-        moving_var_estimator: str = "biased",
-        averaging: str = "exponential",
-        safe_update: bool = True,
-        count_steps: bool = False,
+        momentum_convention: str = _MOVING["momentum_convention"],
+        moving_var_estimator: str = _MOVING["moving_var_estimator"],
+        averaging: str = _MOVING["averaging"],
+        safe_update: bool = _MOVING["safe_update"],
+        count_steps: bool = _MOVING["count_steps"],
         extreme_range: bool = False,
     ):
         sync_axis(axis_name, axis_index_groups, "jaxnorm.nnx.BatchNorm")
@@ -390,9 +392,13 @@ class LayerNorm(_Normalization):
 
         _keep_arguments(self, locals())
 
+    # the core this layer calls and its params, which AddLayerNorm, LayerNormFP8 and the like inherit
+    _NORM = staticmethod(flax_compat.layer_norm)
+    _PARAMS: tp.ClassVar[tuple[str, ...]] = ("scale", "bias")
+
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each example of ``x`` over ``reduction_axes``; see the class docstring."""
-        return flax_compat.layer_norm(self, x, mask, _promote(self, ("scale", "bias")))
+        return self._NORM(self, x, mask, _promote(self, self._PARAMS))
 
 
 class RMSNorm(_Normalization):
@@ -468,9 +474,12 @@ class RMSNorm(_Normalization):
         self.scale = _affine_param(use_scale, scale_init, rngs, feature_shape, param_dtype, scale_metadata)
         _keep_arguments(self, locals())
 
+    _NORM = staticmethod(flax_compat.rms_norm)
+    _PARAMS: tp.ClassVar[tuple[str, ...]] = ("scale",)
+
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Divides each example of ``x`` by its root mean square over ``reduction_axes``; see the class."""
-        return flax_compat.rms_norm(self, x, mask, _promote(self, ("scale",)))
+        return self._NORM(self, x, mask, _promote(self, self._PARAMS))
 
 
 class GroupNorm(_Normalization):

@@ -56,19 +56,12 @@ class LayerNormFP8(_Quantized, LayerNorm):  # type: ignore[misc]  # __call__ ret
       [[-4 4]] 1.0
     """
 
-    _NORM = staticmethod(flax_compat.layer_norm)
-    _PARAMS = ("scale", "bias")
 
 
 class RMSNormFP8(_Quantized, RMSNorm):  # type: ignore[misc]  # __call__ returns (q, amax)
-    r"""RMS normalization with an fp8 output: ``(q, amax)``, as :func:`jaxnorm.rms_norm_fp8`.
-
-    Args:
-      num_features, rngs, and the other keyword arguments: those of :class:`jaxnorm.nnx.RMSNorm`.
-      out_dtype: as :class:`LayerNormFP8`'s.
-
-    Call ``__call__(x, out_scale, *, mask=None)``, returning ``(q, amax)``, and its errors: as
-    :class:`jaxnorm.linen.LayerNormFP8`'s.
+    r"""RMS normalization written as fp8, :func:`jaxnorm.rms_norm_fp8` as an ``nnx.Module``:
+    :class:`jaxnorm.nnx.RMSNorm`'s arguments and ``scale``, and :class:`LayerNormFP8`'s ``out_dtype``, call
+    ``(x, out_scale, *, mask=None) -> (q, amax)`` and errors.
 
     Source: TransformerEngine's ``rmsnorm_fwd_fp8``.
 
@@ -76,9 +69,10 @@ class RMSNormFP8(_Quantized, RMSNorm):  # type: ignore[misc]  # __call__ returns
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> from jaxnorm import nnx as jnnx
-      >>> print(jnnx.RMSNormFP8(2, epsilon=0.0, rngs=nnx.Rngs(0))(jnp.array([[3.0, 4.0]]), 2.0)[0])
-      [[1.75 2.25]]
+      >>> rms = jnnx.RMSNormFP8(2, epsilon=0.0, out_dtype="float8_e5m2", rngs=nnx.Rngs(0))
+      >>> q, amax = rms(jnp.array([[3.0, 4.0]]), 1.0)  # y = (0.8485, 1.1314) rounds to (0.875, 1.25)
+      >>> w = jnp.ones((2, 1), jnp.float8_e5m2)  # an fp8 matmul takes q as it is
+      >>> print(jnp.dot(q, w, preferred_element_type=jnp.float32))
+      [[2.125]]
     """
 
-    _NORM = staticmethod(flax_compat.rms_norm)
-    _PARAMS = ("scale",)

@@ -23,9 +23,11 @@ class _Residual:
     _NORM: tp.ClassVar[tp.Any]
     _PARAMS: tp.ClassVar[tuple[str, ...]]
 
-    def _residual_options(
-        self, residual_in_float32: bool, dropout_rate: float, deterministic: bool, rngs: rnglib.Rngs
-    ) -> None:
+    def __init__(
+        self, num_features: int, *, residual_in_float32: bool = False, dropout_rate: float = 0.0,
+        deterministic: bool = False, rngs: rnglib.Rngs, **kwargs: tp.Any,
+    ):
+        super().__init__(num_features, rngs=rngs, **kwargs)  # type: ignore[call-arg]  # the normalization's
         stream, rate = residual_lib.check_options(residual_in_float32, dropout_rate)
         self.residual_in_float32 = stream
         # Flax's own Dropout (its `dropout` rng stream and deterministic flag, `model.eval()`), only where asked
@@ -77,48 +79,24 @@ class AddLayerNorm(_Residual, LayerNorm):  # type: ignore[misc]  # __call__ retu
       [[-1.  1.]] [[1. 4.]]
     """
 
-    _NORM = staticmethod(flax_compat.layer_norm)
-    _PARAMS = ("scale", "bias")
-
-    def __init__(
-        self, num_features: int, *, residual_in_float32: bool = False, dropout_rate: float = 0.0,
-        deterministic: bool = False, rngs: rnglib.Rngs, **kwargs: tp.Any,
-    ):
-        super().__init__(num_features, rngs=rngs, **kwargs)
-        self._residual_options(residual_in_float32, dropout_rate, deterministic, rngs)
 
 
 class AddRMSNorm(_Residual, RMSNorm):  # type: ignore[misc]  # __call__ returns (y, h)
-    r"""Residual add and RMS normalization: ``(y, h)`` with ``h = dropout(x) + residual`` and ``y = RMSNorm(h)``,
-    as :func:`jaxnorm.add_rms_norm`.
+    r"""Residual add and RMS normalization, :func:`jaxnorm.add_rms_norm` as an ``nnx.Module``: an
+    :class:`AddLayerNorm` whose statistics, arguments and ``nnx.Param`` ``scale`` are :class:`jaxnorm.nnx.RMSNorm`'s
+    (its checkpoint loads). The residual arguments, the call ``(x, residual=None, *, mask=None, deterministic=None,
+    rngs=None) -> (y, h)`` and the errors are :class:`AddLayerNorm`'s.
 
-    Args:
-      num_features, rngs, and the other keyword arguments: those of :class:`jaxnorm.nnx.RMSNorm`, the same
-        ``nnx.Param`` ``scale``.
-      residual_in_float32, dropout_rate, deterministic: as :class:`AddLayerNorm`'s.
-
-    Call ``__call__(x, residual=None, *, mask=None, deterministic=None, rngs=None)``,
-    returning ``(y, h)``, and its errors: as :class:`AddLayerNorm`'s.
-
-    Source: Liger-Kernel's ``LigerFusedAddRMSNorm.forward(hidden, residual) -> (normed, residual)``; Zhang &
-    Sennrich 2019.
+    Source: Liger-Kernel's ``LigerFusedAddRMSNorm``, vLLM's ``fused_add_rms_norm``; Zhang & Sennrich 2019.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> from jaxnorm import nnx as jnnx
       >>> rms = jnnx.AddRMSNorm(2, epsilon=0.0, rngs=nnx.Rngs(0))
-      >>> y, h = rms(jnp.array([[1.0, 5.0]]), jnp.array([[0.0, 2.0]]))
-      >>> print(y, h)
-      [[0.2 1.4]] [[1. 7.]]
+      >>> _, stream = rms(jnp.array([[0.0, 2.0]]))  # residual=None: the first layer starts the stream
+      >>> y, stream = rms(jnp.array([[1.0, 5.0]]), stream)  # RMS of the stream [1, 7] is 5
+      >>> print(stream, y)
+      [[1. 7.]] [[0.2 1.4]]
     """
 
-    _NORM = staticmethod(flax_compat.rms_norm)
-    _PARAMS = ("scale",)
-
-    def __init__(
-        self, num_features: int, *, residual_in_float32: bool = False, dropout_rate: float = 0.0,
-        deterministic: bool = False, rngs: rnglib.Rngs, **kwargs: tp.Any,
-    ):
-        super().__init__(num_features, rngs=rngs, **kwargs)
-        self._residual_options(residual_in_float32, dropout_rate, deterministic, rngs)
