@@ -132,7 +132,7 @@ def test_the_drop_ins_take_the_moving_option_defaults_from_their_one_home(family
     from jaxnorm._src import moving
 
     layer = {"linen": linen, "nnx": nnx}[family].BatchNorm
-    parameters = inspect.signature(layer).parameters
+    parameters = inspect.signature(layer.__init__).parameters
     assert {k: parameters[k].default for k in moving.DROP_IN_OPTIONS} == moving.DROP_IN_OPTIONS
     text = (ROOT / family / "normalization.py").read_text()
     for option in moving.DROP_IN_OPTIONS:  # read from the home, not written again
