@@ -25,6 +25,8 @@ _COTANGENT_SHAPES = [
     # columns (BatchNorm): leading axes, params along the kept ones (or varying along a reduced one)
     ((4, 5), (0,), (1, 5)), ((4, 3, 4), (0, 1), (1, 1, 4)), ((4, 3, 4), (0,), (1, 3, 4)),
     ((4, 3, 4), (0,), (1, 1, 4)), ((4, 3, 4), (0, 1), (4, 1, 4)),
+    # per-example params (AdaLN's (N, 1, C)), which the forward maps over the examples
+    ((4, 3, 4), (2,), (4, 1, 4)), ((3, 2, 2, 4), (3,), (3, 1, 1, 4)), ((4, 3, 4), (2,), (4, 1, 4)),
 ]
 # Each shape runs with and without scale/bias, in turn, and with extreme_range on every third case.
 @pytest.mark.parametrize(
@@ -107,6 +109,11 @@ FORWARD_MODE_OPS = [
      (2, 3, 4), (4,)),
     ("instance_norm", lambda x, s, b: jaxnorm.instance_norm(x, s, b, epsilon=0.3),
      lambda x, s, b: _textbook(x, (1,), 0.3) * _p(s, 3) + _p(b, 3), (2, 5, 3), (3,)),
+    # per-example (N, C) modulation rows, broadcast over the tokens: the forward maps over the examples
+    ("adaptive_norm", lambda x, s, b: jaxnorm.adaptive_norm(x, b, s, epsilon=0.3),
+     lambda x, s, b: _textbook(x, (2,), 0.3) * (1 + s[:, None]) + b[:, None], (3, 4, 5), (3, 5)),
+    ("adaptive_rms_norm", lambda x, s, b: jaxnorm.adaptive_norm(x, b, s, rms=True, epsilon=0.3),
+     lambda x, s, b: _textbook(x, (2,), 0.3, center=False) * (1 + s[:, None]) + b[:, None], (3, 4, 5), (3, 5)),
 ]
 
 
@@ -188,6 +195,9 @@ _OPS_FOR_TEMPS = {
     "rms_norm": ((256, 1024), lambda x, s, b: jaxnorm.rms_norm(x, s)),
     "batch_norm": ((8, 16, 16, 256), lambda x, s, b: ops.normalize_batch_in_training(x, s, b, (0, 1, 2))[0]),
     "group_norm": ((8, 16, 16, 256), lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=32)),
+    # per-example modulation rows (the forward mapped over the examples)
+    "adaptive_norm": ((8, 32, 1024), lambda x, s, b: jaxnorm.adaptive_norm(
+        x, jnp.broadcast_to(b, (8, 1024)) * jnp.arange(8.0)[:, None], jnp.broadcast_to(s, (8, 1024)))),
 }
 
 

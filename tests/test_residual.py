@@ -233,6 +233,30 @@ def test_equinox_drop_ins_equal_the_unfused_equinox_form():
         assert [a.shape for a in jax.tree.leaves(plain)] == [a.shape for a in jax.tree.leaves(theirs)]
 
 
+def test_every_family_takes_adaln_zero_s_gate_as_the_op_does():
+    """DiT's ``h = h + gate * attn(y)`` through each drop-in: the same ``(y, h)`` as the op with the layer's
+    params, a gate per example broadcast over the tokens (a zero gate keeps the stream)."""
+    x, r = jnp.asarray(_data((2, 3, 6))), jnp.asarray(_data((2, 3, 6), 1))
+    gate = jnp.asarray(_data((2, 6), 2, scale=0.5))
+    for kind, linen_cls, nnx_cls in (("layer", jnn.AddLayerNorm, jnnx.AddLayerNorm),
+                                     ("rms", jnn.AddRMSNorm, jnnx.AddRMSNorm)):
+        layer = linen_cls()
+        variables = layer.init(jax.random.key(0), x, r)
+        params = dict(variables["params"])
+        want = _op(kind, x, r, params["scale"], params.get("bias"), gate=gate, epsilon=1e-6)
+        jax.tree.map(assert_close, layer.apply(variables, x, r, gate=gate), want)
+        jax.tree.map(assert_close, nnx_cls(6, rngs=nnx.Rngs(0))(x, r, gate=gate), want)
+        assert_close(layer.apply(variables, x, r, gate=jnp.zeros((2, 6)))[1], r)
+    if HAS_EQUINOX:
+        import jaxnorm.equinox as jeqx
+
+        g = gate[0]
+        for kind, cls in (("layer", jeqx.AddLayerNorm), ("rms", jeqx.AddRMSNorm)):
+            layer = cls(6, eps=1e-6, **({} if kind == "layer" else {"use_bias": False}))
+            want = _op(kind, x[0, 0], r[0, 0], layer.weight, getattr(layer, "bias", None), gate=g, epsilon=1e-6)
+            jax.tree.map(assert_close, layer(x[0, 0], r[0, 0], gate=g), want)
+
+
 def test_bad_arguments_name_the_argument_and_the_fix():
     x = jnp.ones((2, 4))
     with pytest.raises(ValueError, match=r"`residual` must have x's shape \(2, 4\), got \(4,\).*pass None"):

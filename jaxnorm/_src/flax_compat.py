@@ -121,15 +121,16 @@ def quantized_norm(
 
 
 def add_norm(
-    mdl: Any, x: Any, residual: Any, mask: Any, promote: Promote, norm: Callable[..., jax.Array]
+    mdl: Any, x: Any, residual: Any, mask: Any, promote: Promote, norm: Callable[..., jax.Array], gate: Any = None
 ) -> tuple[jax.Array, jax.Array]:
     """The add & norm drop-ins' call, after the family's own ``Dropout`` on ``x``: ``(norm(h), h)`` with the new
-    residual stream ``h = x + residual`` of :func:`residual.residual_sum` (``mdl.residual_in_float32``) and
+    residual stream ``h = gate * x + residual`` of :func:`residual.residual_sum` (``mdl.residual_in_float32``;
+    ``gate`` None or AdaLN-Zero's, per example or broadcasting) and
     ``norm`` the family's :func:`layer_norm` or :func:`rms_norm` call on ``h``: the unfused Flax form
     ``h = x + residual; y = LayerNorm()(h)``, its dtype rule included."""
     x = validation.check_float_array(x, "x")
     stream = validation.check_bool(mdl.residual_in_float32, "residual_in_float32")
-    h = residual_lib.residual_sum(x, residual, stream, 0.0, None)
+    h = residual_lib.residual_sum(x, residual, stream, 0.0, None, gate)
     return norm(mdl, h, mask, promote), h
 
 

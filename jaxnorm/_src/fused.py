@@ -76,8 +76,35 @@ def _normalize(x, scale, bias, epsilon, axes, center, extreme):
     return y, mean, var
 
 
+def _per_example(x, scale, bias, problem):
+    """Whether ``scale`` or ``bias`` is per example (AdaLN's ``(N, 1, C)`` for an ``(N, T, C)`` ``x``): full along
+    the kept leading axis and 1 along another kept axis, so that the view cannot merge the rows."""
+    axes, split = problem
+    kept = passes.kept_axes(x.ndim, axes)
+    return split is None and 0 in kept and x.shape[0] > 1 and any(
+        p is not None and p.shape[0] == x.shape[0] and any(p.shape[i] == 1 != x.shape[i] for i in kept[1:])
+        for p in (scale, bias)
+    )
+
+
 def _forward(x, scale, bias, epsilon, axes, center, extreme):
-    """``(y, mean, var, (q, mean_q, rstd_q))``, the statistics flat in the view's kept shape."""
+    """``(y, mean, var, (q, mean_q, rstd_q))``, the statistics flat in the view's kept shape.
+
+    Per-example operands (:func:`_per_example`) are mapped over the examples (``jax.vmap``), each example's
+    problem a plain one with shared operands: XLA CPU compiles one fused loop over the merged rows then (measured
+    at DiT's ``(8, 1024, 1152)`` float32: 19.8 ms, against 39.9 ms for the rank-3 view with the operands
+    broadcast over the tokens); the statistics come out in the rank-3 view's kept shape, as the backward reads
+    them."""
+    if _per_example(x, scale, bias, axes):
+        inner = (tuple(a - 1 for a in axes[0]), None)
+        # each operand mapped along the examples, or (size 1 there) shared by them
+        operands = [(None, None) if p is None else (p, 0) if p.shape[0] != 1 else (p[0], None)
+                    for p in (scale, bias)]
+        one = lambda xe, se, be: _forward(xe, se, be, epsilon, inner, center, extreme)  # noqa: E731
+        y, mean, var, stat = jax.vmap(one, in_axes=(0, *(a for _, a in operands)))(x, *(p for p, _ in operands))
+        kept = _view(x, scale, None if bias is None else bias.shape, axes).kept
+        stat = tuple(None if a is None else a.reshape(kept) for a in stat)
+        return y, mean.reshape(_kept(x, axes)), var.reshape(_kept(x, axes)), stat
     view = _view(x, scale, None if bias is None else bias.shape, axes)
     st = stats.normalizer(x, axes[0], epsilon=epsilon, center=center, extreme_range=extreme, split=axes[1])
     stat = tuple(None if a is None else a.reshape(view.kept) for a in (st.q, st.mean_q, st.rstd_q))

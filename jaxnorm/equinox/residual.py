@@ -32,12 +32,12 @@ class _Residual(eqx.Module):
 
     def __call__(
         self, x: jax.Array, residual: jax.Array | None = None, *, key: Any = None, inference: bool | None = None,
-        mask: jax.Array | None = None,
+        mask: jax.Array | None = None, gate: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
+        """Adds ``x`` (times ``gate``) to the residual stream and normalizes the sum; see the class docstring."""
         if self.dropout is not None:
             x = self.dropout(x, key=key, inference=inference)
-        h = residual_lib.residual_sum(_input(x), residual, self.residual_in_float32, 0.0, None)
+        h = residual_lib.residual_sum(_input(x), residual, self.residual_in_float32, 0.0, None, gate)
         return super().__call__(h, mask=mask), h  # type: ignore[misc]
 
 
@@ -52,8 +52,9 @@ class AddLayerNorm(_Residual, LayerNorm):
       residual_in_float32: keyword-only; keep ``h`` in float32 (or wider) whatever the input dtypes (False).
       dropout_rate: keyword-only float in [0, 1): an ``eqx.nn.Dropout`` on ``x`` before the add (0.0: none).
 
-    Call ``__call__(x, residual=None, *, key=None, inference=None, mask=None)``: ``x`` and ``residual`` (None:
-    the first layer) of shape ``shape``; ``key`` and ``inference`` go to the Dropout, as equinox's.
+    Call ``__call__(x, residual=None, *, key=None, inference=None, mask=None, gate=None)``: ``x`` and
+    ``residual`` (None: the first layer) of shape ``shape``; ``key`` and ``inference`` go to the Dropout, as
+    equinox's; ``gate`` AdaLN-Zero's gate, ``h = residual + gate * dropout(x)``, broadcasting to ``shape``.
 
     Returns:
       ``(y, h)``: ``y`` in ``h``'s dtype, and the new residual stream ``h`` (``result_type(x, residual)``,
@@ -79,7 +80,7 @@ class AddRMSNorm(_Residual, RMSNorm):
     r"""Residual add and RMS normalization of one example, :func:`jaxnorm.add_rms_norm` as an
     ``eqx.Module``: :class:`jaxnorm.equinox.RMSNorm`'s arguments and ``weight`` leaf with :class:`AddLayerNorm`'s
     keyword-only ``residual_in_float32`` and ``dropout_rate``, its call ``(x, residual=None, *, key=None,
-    inference=None, mask=None) -> (y, h)`` and its errors.
+    inference=None, mask=None, gate=None) -> (y, h)`` and its errors.
 
     Source: Liger-Kernel's ``LigerFusedAddRMSNorm.forward(hidden, residual) -> (normed, residual)``; Zhang &
     Sennrich 2019.

@@ -41,11 +41,11 @@ class _Residual(module.Module):
     @module.compact
     def __call__(
         self, x: ArrayLike, residual: ArrayLike | None = None, *, mask: jax.Array | None = None,
-        deterministic: bool | None = None,
+        deterministic: bool | None = None, gate: ArrayLike | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
+        """Adds ``x`` (times ``gate``) to the residual stream and normalizes the sum; see the class docstring."""
         x = _dropout(self, x, deterministic)
-        return flax_compat.add_norm(self, x, residual, mask, _promote(self, self._PARAMS), self._NORM)
+        return flax_compat.add_norm(self, x, residual, mask, _promote(self, self._PARAMS), self._NORM, gate)
 
 
 class AddLayerNorm(_Residual, LayerNorm):  # type: ignore[misc]  # __call__ returns (y, h)
@@ -60,8 +60,10 @@ class AddLayerNorm(_Residual, LayerNorm):  # type: ignore[misc]  # __call__ retu
         ``'dropout'``).
       deterministic: as ``flax.linen.Dropout``'s (None: given at the call).
 
-    Call ``__call__(x, residual=None, *, mask=None, deterministic=None)``: ``x`` the sublayer's output,
-    ``residual`` None (the first layer) or the stream, of ``x``'s shape; ``mask`` the statistics' mask.
+    Call ``__call__(x, residual=None, *, mask=None, deterministic=None, gate=None)``: ``x`` the sublayer's output,
+    ``residual`` None (the first layer) or the stream, of ``x``'s shape; ``mask`` the statistics' mask; ``gate``
+    AdaLN-Zero's gate of the branch, ``h = residual + gate * dropout(x)`` (None; one row per example ``(N, C)``,
+    broadcast over the tokens, or a shape that broadcasts to ``x``), as :func:`jaxnorm.add_layer_norm`'s.
 
     Returns:
       ``(y, h)``: ``y`` in the dtype Flax's rule gives for ``h`` and the params (``self.dtype`` if set), and the
@@ -93,7 +95,7 @@ class AddRMSNorm(_Residual, RMSNorm):  # type: ignore[misc]  # __call__ returns 
       (every attribute of :class:`jaxnorm.linen.RMSNorm`, the same ``params`` ``scale``), then
       ``residual_in_float32``, ``dropout_rate`` and ``deterministic`` as :class:`AddLayerNorm`'s.
 
-    Call ``__call__(x, residual=None, *, mask=None, deterministic=None)``,
+    Call ``__call__(x, residual=None, *, mask=None, deterministic=None, gate=None)``,
     returning ``(y, h)``, and its errors: as :class:`AddLayerNorm`'s.
 
     Source: Liger-Kernel's ``LigerFusedAddRMSNorm.forward(hidden, residual) -> (normed, residual)``; Zhang &

@@ -36,12 +36,12 @@ class _Residual:
 
     def __call__(
         self, x: jax.Array, residual: jax.Array | None = None, *, mask: jax.Array | None = None,
-        deterministic: bool | None = None, rngs: rnglib.Rngs | None = None,
+        deterministic: bool | None = None, rngs: rnglib.Rngs | None = None, gate: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Adds ``x`` to the residual stream and normalizes the sum; see the class docstring."""
+        """Adds ``x`` (times ``gate``) to the residual stream and normalizes the sum; see the class docstring."""
         if self.dropout is not None:
             x = self.dropout(x, deterministic=deterministic, rngs=rngs)
-        return flax_compat.add_norm(self, x, residual, mask, _promote(self, self._PARAMS), self._NORM)
+        return flax_compat.add_norm(self, x, residual, mask, _promote(self, self._PARAMS), self._NORM, gate)
 
 
 class AddLayerNorm(_Residual, LayerNorm):  # type: ignore[misc]  # __call__ returns (y, h)
@@ -56,8 +56,9 @@ class AddLayerNorm(_Residual, LayerNorm):  # type: ignore[misc]  # __call__ retu
         state), drawing from ``rngs``'s ``dropout`` stream.
       deterministic: the Dropout's flag (False; ``model.eval()`` sets it).
 
-    Call ``__call__(x, residual=None, *, mask=None, deterministic=None, rngs=None)``: ``residual`` None (the
-    first layer) or the stream, of ``x``'s shape; ``deterministic``/``rngs`` override the Dropout's.
+    Call ``__call__(x, residual=None, *, mask=None, deterministic=None, rngs=None, gate=None)``: ``residual``
+    None (the first layer) or the stream, of ``x``'s shape; ``deterministic``/``rngs`` override the Dropout's;
+    ``gate`` AdaLN-Zero's gate, ``h = residual + gate * dropout(x)``, as :func:`jaxnorm.add_layer_norm`'s.
 
     Returns:
       ``(y, h)``: ``y`` in the dtype ``promote_dtype`` gives for ``h`` and the params, and the new residual
@@ -85,7 +86,7 @@ class AddRMSNorm(_Residual, RMSNorm):  # type: ignore[misc]  # __call__ returns 
     r"""Residual add and RMS normalization, :func:`jaxnorm.add_rms_norm` as an ``nnx.Module``: an
     :class:`AddLayerNorm` whose statistics, arguments and ``nnx.Param`` ``scale`` are :class:`jaxnorm.nnx.RMSNorm`'s
     (its checkpoint loads). The residual arguments, the call ``(x, residual=None, *, mask=None, deterministic=None,
-    rngs=None) -> (y, h)`` and the errors are :class:`AddLayerNorm`'s.
+    rngs=None, gate=None) -> (y, h)`` and the errors are :class:`AddLayerNorm`'s.
 
     Source: Liger-Kernel's ``LigerFusedAddRMSNorm``, vLLM's ``fused_add_rms_norm``; Zhang & Sennrich 2019.
 
