@@ -61,6 +61,9 @@ RESIDUAL = ("add_layer_norm", "add_rms_norm")
 # its scale and shift one row per example, (N, C), in the slots of the others' scale and bias; the peers' form is
 # Flax's LayerNorm without params, then the modulation.
 ADAPTIVE = ("adaptive_norm",)
+# Gated RMSNorm over the last axis (Mamba-2's ``RMSNormGated(norm_before_gate=False)``): forward(x, gate, scale,
+# bias) -> rms_norm(x * silu(gate)) * scale, the gate of x's shape; the peers' form is ``nn.RMSNorm`` of the product.
+GATED = ("gated_rms_norm",)
 COPY = "copy"  # not a peer: run.py's copy kernel, the memory-bandwidth limit every case is measured against
 
 
@@ -73,7 +76,7 @@ def make_inputs(op, shape, dtype, seed=0):
     """The case's arrays (x, dy, scale, bias; a stateful op's mean and var), generated on the JAX device. The
     last ones are kept: run.py's next case (the other mode) reuses them (JAX arrays are immutable), which saves
     seconds per large case on a CPU."""
-    kind = next((group[0] for group in (STATEFUL, RESIDUAL, ADAPTIVE) if op in group), "stateless")
+    kind = next((group[0] for group in (STATEFUL, RESIDUAL, ADAPTIVE, GATED) if op in group), "stateless")
     return dict(_last_inputs(kind, tuple(shape), jnp.dtype(dtype).name, seed))
 
 
@@ -99,6 +102,8 @@ def _make_inputs(op, shape, dtype, seed):  # one compiled program per case
         inputs["var"] = 1.0 + 0.1 * jnp.abs(jax.random.normal(keys[5], (c,), jnp.float32))
     if op in RESIDUAL:
         inputs["residual"] = (2.0 * jax.random.normal(keys[6], shape, jnp.float32)).astype(dtype)
+    if op in GATED:
+        inputs["gate"] = jax.random.normal(keys[6], shape, jnp.float32).astype(dtype)
     if op in ADAPTIVE:  # per example: (N, C)
         inputs["scale"] = 0.1 * jax.random.normal(keys[2], (shape[0], c), jnp.float32)
         inputs["bias"] = 0.1 * jax.random.normal(keys[3], (shape[0], c), jnp.float32)
@@ -136,7 +141,8 @@ class JaxRunner:
 def with_backward(forward, op):
     """(x, dy, scale, bias[, mean, var]) -> (dx, dscale, dbias[, new_mean, new_var]): grad of sum(y * dy).
     A residual op: (x, residual, dy, scale, bias) -> (dx, dresidual, dscale, dbias), the grad of
-    sum(y * dy) + sum(h * dy) (``dy`` the cotangent of both outputs, the stream's included)."""
+    sum(y * dy) + sum(h * dy) (``dy`` the cotangent of both outputs, the stream's included); a gated op:
+    (x, gate, dy, scale, bias) -> (dx, dgate, dscale, dbias)."""
 
     def loss(x, s, b, dy, *state):
         out = forward(x, s, b, *state)
@@ -154,12 +160,23 @@ def with_backward(forward, op):
     def residual_fwd_bwd(x, r, dy, s, b):
         return jax.grad(residual_loss, argnums=(0, 1, 2, 3))(x, r, s, b, dy)
 
-    return residual_fwd_bwd if op in RESIDUAL else fwd_bwd
+    def gated_loss(x, z, s, b, dy):
+        return jnp.sum(forward(x, z, s, b).astype(jnp.float32) * dy.astype(jnp.float32))
+
+    def gated_fwd_bwd(x, z, dy, s, b):  # (dx, dgate, dscale, dbias)
+        return jax.grad(gated_loss, argnums=(0, 1, 2, 3))(x, z, s, b, dy)
+
+    return residual_fwd_bwd if op in RESIDUAL else gated_fwd_bwd if op in GATED else fwd_bwd
+
+
+def second_inputs(op):
+    """The op's full-size inputs, in its forward's order: ``x``, then the residual stream or the gate."""
+    return ("x", "residual") if op in RESIDUAL else ("x", "gate") if op in GATED else ("x",)
 
 
 def jax_args(op, mode, inputs):
     """The arguments of ``forward`` (fwd) or ``with_backward(forward)`` (fwd+bwd)."""
-    lead = [inputs["x"]] + ([inputs["residual"]] if op in RESIDUAL else [])
+    lead = [inputs[k] for k in second_inputs(op)]
     args = lead + ([inputs["dy"]] if mode == "fwd+bwd" else []) + [inputs["scale"], inputs["bias"]]
     if op in STATEFUL:
         args += [inputs["mean"], inputs["var"]]
@@ -355,6 +372,16 @@ def _unfused(make):
         return lambda x, r, s, b: (norm(x + r, s, b), x + r)
 
     return jax_peer(residual_make)
+
+
+def _gated(make):
+    """Mamba-2's gated RMSNorm as a Flax user writes it: ``make``'s RMSNorm of ``x * silu(gate)``."""
+
+    def gated_make(x):
+        norm = make(x)
+        return lambda x, z, s, b: norm(x * jax.nn.silu(z), s, b)
+
+    return gated_make
 
 
 def _linen_batch_norm(x):
@@ -581,6 +608,12 @@ TABLE = {
         "flax_nnx": _unfused(_nnx(lambda nnx, c, kw: nnx.RMSNorm(c, **kw), params=("scale",))),
         "naive_jnp": jax_fn(lambda x, r, s, b: (_naive_rms_norm(x + r, s, b), x + r)),
     },
+}
+TABLE["gated_rms_norm"] = {
+    "jaxnorm": jax_fn(lambda x, z, s, b: jaxnorm.gated_rms_norm(x, z, s, norm_before_gate=False, epsilon=EPSILON)),
+    "flax_linen": jax_peer(_gated(_linen(lambda nn, kw: nn.RMSNorm(**kw), params=("scale",)))),
+    "flax_nnx": jax_peer(_gated(_nnx(lambda nnx, c, kw: nnx.RMSNorm(c, **kw), params=("scale",)))),
+    "naive_jnp": jax_fn(lambda x, z, s, b: _naive_rms_norm(x * jax.nn.silu(z), s, b)),
 }
 OPS = tuple(TABLE)
 IMPLS = (*PEERS, COPY)  # every implementation, in the order they run and are reported

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 
-from peers import ADAPTIVE, CHANNELS, IMPLS, MODES, OPS, RESIDUAL, ROWS
+from peers import ADAPTIVE, CHANNELS, GATED, IMPLS, MODES, OPS, RESIDUAL, ROWS
 
 BASELINE = "flax_linen"
 # The JAX peers a cell is judged against (whichever ran): not jaxnorm's own Pallas kernels, not PyTorch, not copy.
@@ -212,8 +212,8 @@ def summarize(cases, targets):
         ),
         target(
             "rows_fwd_time_over_copy_beyond_cache",
-            "fwd beyond the last-level cache, layer/rms_norm, add & norm and AdaLN: jaxnorm time / copy time",
-            beyond(ROWS + RESIDUAL + ADAPTIVE),
+            "fwd beyond the last-level cache, layer/rms_norm, add & norm, AdaLN, gated: jaxnorm time / copy time",
+            beyond(ROWS + RESIDUAL + ADAPTIVE + GATED),
             "lower",
         ),
         target(

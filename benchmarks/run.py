@@ -31,6 +31,10 @@ Cases (``op x mode x shape x dtype``):
   with one ``(scale, shift)`` row per example (``(N, C)``); the peers run Flax's LayerNorm without params, then
   the modulation; full: ``(8, 1024, 1152) (32, 256, 1152)`` (DiT-XL's width); quick: ``(8, 1024, 1152)
   (8, 256, 1152)``. Its fwd+bwd differentiates ``x``, ``scale`` and ``shift``.
+- ``gated_rms_norm``: Mamba-2's gated RMSNorm, ``rms_norm(x * silu(gate)) * scale`` over the last axis of ``(M, N)``
+  (``norm_before_gate=False``); the peers run Flax's RMSNorm of the product; full: ``(4096, 1024) (8192, 4096)``;
+  quick: ``(4096, 1024) (2048, 4096)``. Its fwd+bwd differentiates ``x``, the gate and ``scale``; its minimum
+  bytes count the gate (fwd: read x and the gate, write y; fwd+bwd: read x, the gate and dy, write dx and dgate).
 - mode ``fwd``: the forward pass (``y``; BatchNorm also the new moving mean and variance). Mode ``fwd+bwd``:
   the gradient of ``sum(y * dy)`` with respect to ``x``, ``scale`` and ``bias`` (``dy`` a fixed random array
   of ``x``'s shape and dtype); BatchNorm also returns the new moving statistics.
@@ -118,6 +122,7 @@ SHAPES = {
         "add_layer_norm": [(4096, 1024), (8192, 4096)],
         "add_rms_norm": [(4096, 1024), (8192, 4096)],
         "adaptive_norm": [(8, 1024, 1152), (32, 256, 1152)],
+        "gated_rms_norm": [(4096, 1024), (8192, 4096)],
     },
     "quick": {
         "layer_norm": [*((1024, n) for n in (512, 1024, 4096, 16384)), *TRANSFORMER_ROWS],
@@ -127,6 +132,7 @@ SHAPES = {
         "add_layer_norm": [(4096, 1024), (2048, 4096)],
         "add_rms_norm": [(4096, 1024), (2048, 4096)],
         "adaptive_norm": [(8, 1024, 1152), (8, 256, 1152)],
+        "gated_rms_norm": [(4096, 1024), (2048, 4096)],
     },
     "smoke": {
         "layer_norm": [(16, 128)],
@@ -136,6 +142,7 @@ SHAPES = {
         "add_layer_norm": [(16, 128)],
         "add_rms_norm": [(16, 128)],
         "adaptive_norm": [(2, 8, 128)],
+        "gated_rms_norm": [(16, 128)],
     },
 }
 REPEATS = {"full": 20, "quick": 10, "smoke": 3}
@@ -212,6 +219,8 @@ def why_skipped(impl, size, platform_name, skip=()):
 
 
 def _copy_fn(op, mode):
+    if op in peers.GATED:  # read x and the gate (and dy), write y (dx and dgate)
+        return (lambda x, z: x + z) if mode == "fwd" else (lambda x, z, dy: (x + z + dy, x - z + dy))
     if op in peers.RESIDUAL:  # read x and residual (and dy), write two arrays: y and h (dx and dresidual)
         if mode == "fwd":
             return lambda x, r: (x + r, x - r)
@@ -223,7 +232,7 @@ def _copy_fn(op, mode):
 
 def _build(impl, op, mode, inputs):
     if impl == COPY:
-        lead = (inputs["x"], inputs["residual"]) if op in peers.RESIDUAL else (inputs["x"],)
+        lead = tuple(inputs[k] for k in peers.second_inputs(op))
         return JaxRunner(_copy_fn(op, mode), lead + (() if mode == "fwd" else (inputs["dy"],)))
     return peers.TABLE[op][impl](op, mode, inputs)
 
@@ -292,6 +301,8 @@ def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes, on_cpu=True):
     n_arrays = 2 if mode == "fwd" else 3  # fwd: read x, write y; fwd+bwd: read x, dy, write dx
     if op in peers.RESIDUAL:
         n_arrays += 2  # read the residual too, write h too (fwd+bwd: read the residual, write dresidual)
+    if op in peers.GATED:
+        n_arrays += 1 if mode == "fwd" else 2  # read the gate too (fwd+bwd: and write dgate)
     case = {
         "op": op,
         "mode": mode,

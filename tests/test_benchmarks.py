@@ -56,6 +56,7 @@ def test_benchmarks_smoke(tmp_path, capsys):
     for case in data["cases"]:
         results = case["results"]
         arrays = (2 if case["mode"] == "fwd" else 3) + (2 if case["op"] in run.peers.RESIDUAL else 0)  # + residual, h
+        arrays += (1 if case["mode"] == "fwd" else 2) if case["op"] in run.peers.GATED else 0  # + gate (dgate)
         assert case["bytes_moved"] == arrays * case["x_bytes"] > 0
         # jaxnorm and the copy kernel always run; flax and the naive reference are always installed here.
         for impl in ("jaxnorm", "copy", "flax_linen", "flax_nnx", "naive_jnp"):

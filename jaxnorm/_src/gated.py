@@ -66,10 +66,15 @@ def gated_normalize(
     silu = jax.nn.silu(gate.astype(validation.stats_dtype(out)))
 
     def norm(v: jax.Array) -> jax.Array:  # RMSNorm over each group of the last axis, in v's dtype
-        s, b = (None if p is None else p.reshape(p.shape[:-1] + (c // g, g)) for p in (scale, bias))  # v's view
-        m = None if mask is None else mask.reshape(grouped)
+        # One group is the last axis itself: no (..., 1, C) view, which 16-bit input keeps at rank 3 (unmerged)
+        # and XLA CPU then compiles several times slower (bfloat16 (2048, 4096) fwd+bwd: 180 ms against 39).
+        shape, s, b = v.shape, scale, bias
+        if g != c:
+            shape = grouped
+            s, b = (None if p is None else p.reshape(p.shape[:-1] + (c // g, g)) for p in (scale, bias))
+        m = None if mask is None else mask.reshape(shape)
         y = normalize.normalize_layer(
-            v.reshape(grouped), s, b, (len(grouped) - 1,), epsilon, m, axis_name, implementation, center=False,
+            v.reshape(shape), s, b, (len(shape) - 1,), epsilon, m, axis_name, implementation, center=False,
             extreme_range=extreme_range, scale_offset=scale_offset,
         )
         return y.reshape(v.shape)
