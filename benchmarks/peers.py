@@ -64,6 +64,11 @@ ADAPTIVE = ("adaptive_norm",)
 # Gated RMSNorm over the last axis (Mamba-2's ``RMSNormGated(norm_before_gate=False)``): forward(x, gate, scale,
 # bias) -> rms_norm(x * silu(gate)) * scale, the gate of x's shape; the peers' form is ``nn.RMSNorm`` of the product.
 GATED = ("gated_rms_norm",)
+# RMSNorm written as fp8 (TransformerEngine's rmsnorm_fwd_fp8): forward(x, scale, bias) -> (q, amax), q float8_e4m3fn
+# of rms_norm(x) * OUT_SCALE; forward only (its gradient is RMSNorm's, straight through the rounding). The peers'
+# form is Flax's RMSNorm, then the saturating cast and the amax.
+QUANTIZED = ("rms_norm_fp8",)
+OUT_SCALE = 16.0  # a delayed-scaling factor that puts RMS-normalized values well inside e4m3's range (448)
 COPY = "copy"  # not a peer: run.py's copy kernel, the memory-bandwidth limit every case is measured against
 
 
@@ -167,6 +172,11 @@ def with_backward(forward, op):
         return jax.grad(gated_loss, argnums=(0, 1, 2, 3))(x, z, s, b, dy)
 
     return residual_fwd_bwd if op in RESIDUAL else gated_fwd_bwd if op in GATED else fwd_bwd
+
+
+def modes_of(op):
+    """The modes an op is timed in: both, or ``fwd`` alone for the fp8 outputs."""
+    return ("fwd",) if op in QUANTIZED else MODES
 
 
 def second_inputs(op):
@@ -372,6 +382,23 @@ def _unfused(make):
         return lambda x, r, s, b: (norm(x + r, s, b), x + r)
 
     return jax_peer(residual_make)
+
+
+def _quantized(make):
+    """An fp8 output as a Flax user writes it: ``make``'s norm, then ``clip(y * s, -448, 448)`` cast to e4m3, and
+    ``max |y|``."""
+
+    def quantized_make(x):
+        norm = make(x)
+
+        def forward(x, s, b):
+            y = norm(x, s, b).astype(jnp.float32)
+            q = jnp.clip(y * OUT_SCALE, -448.0, 448.0).astype(jnp.float8_e4m3fn)
+            return q, jnp.max(jnp.abs(y))
+
+        return forward
+
+    return quantized_make
 
 
 def _gated(make):
@@ -614,6 +641,12 @@ TABLE["gated_rms_norm"] = {
     "flax_linen": jax_peer(_gated(_linen(lambda nn, kw: nn.RMSNorm(**kw), params=("scale",)))),
     "flax_nnx": jax_peer(_gated(_nnx(lambda nnx, c, kw: nnx.RMSNorm(c, **kw), params=("scale",)))),
     "naive_jnp": jax_fn(lambda x, z, s, b: _naive_rms_norm(x * jax.nn.silu(z), s, b)),
+}
+TABLE["rms_norm_fp8"] = {
+    "jaxnorm": jax_fn(lambda x, s, b: jaxnorm.rms_norm_fp8(x, s, out_scale=OUT_SCALE, epsilon=EPSILON)),
+    "flax_linen": jax_peer(_quantized(_linen(lambda nn, kw: nn.RMSNorm(**kw), params=("scale",)))),
+    "flax_nnx": jax_peer(_quantized(_nnx(lambda nnx, c, kw: nnx.RMSNorm(c, **kw), params=("scale",)))),
+    "naive_jnp": jax_peer(_quantized(lambda x: _naive_rms_norm)),
 }
 OPS = tuple(TABLE)
 IMPLS = (*PEERS, COPY)  # every implementation, in the order they run and are reported

@@ -35,6 +35,10 @@ Cases (``op x mode x shape x dtype``):
   (``norm_before_gate=False``); the peers run Flax's RMSNorm of the product; full: ``(4096, 1024) (8192, 4096)``;
   quick: ``(4096, 1024) (2048, 4096)``. Its fwd+bwd differentiates ``x``, the gate and ``scale``; its minimum
   bytes count the gate (fwd: read x and the gate, write y; fwd+bwd: read x, the gate and dy, write dx and dgate).
+- ``rms_norm_fp8``: RMSNorm written as ``float8_e4m3fn`` with a scale of 16 and the amax (TransformerEngine's
+  ``rmsnorm_fwd_fp8``), fwd only; the peers run Flax's RMSNorm, then the saturating cast and ``max |y|``; shapes as
+  ``gated_rms_norm``'s; its minimum bytes: read x, write one byte a value (its copy kernel: ``x`` cast to fp8);
+  outputs checked within one e4m3 step.
 - mode ``fwd``: the forward pass (``y``; BatchNorm also the new moving mean and variance). Mode ``fwd+bwd``:
   the gradient of ``sum(y * dy)`` with respect to ``x``, ``scale`` and ``bias`` (``dy`` a fixed random array
   of ``x``'s shape and dtype); BatchNorm also returns the new moving statistics.
@@ -93,6 +97,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is imported (by us
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxnorm  # noqa: E402
@@ -123,6 +128,7 @@ SHAPES = {
         "add_rms_norm": [(4096, 1024), (8192, 4096)],
         "adaptive_norm": [(8, 1024, 1152), (32, 256, 1152)],
         "gated_rms_norm": [(4096, 1024), (8192, 4096)],
+        "rms_norm_fp8": [(4096, 1024), (8192, 4096)],
     },
     "quick": {
         "layer_norm": [*((1024, n) for n in (512, 1024, 4096, 16384)), *TRANSFORMER_ROWS],
@@ -133,6 +139,7 @@ SHAPES = {
         "add_rms_norm": [(4096, 1024), (2048, 4096)],
         "adaptive_norm": [(8, 1024, 1152), (8, 256, 1152)],
         "gated_rms_norm": [(4096, 1024), (2048, 4096)],
+        "rms_norm_fp8": [(4096, 1024), (2048, 4096)],
     },
     "smoke": {
         "layer_norm": [(16, 128)],
@@ -143,6 +150,7 @@ SHAPES = {
         "add_rms_norm": [(16, 128)],
         "adaptive_norm": [(2, 8, 128)],
         "gated_rms_norm": [(16, 128)],
+        "rms_norm_fp8": [(16, 128)],
     },
 }
 REPEATS = {"full": 20, "quick": 10, "smoke": 3}
@@ -151,7 +159,8 @@ REPEATS = {"full": 20, "quick": 10, "smoke": 3}
 FULL_ONLY = ("flax_nnx", "naive_jnp")
 DTYPES = ("float32", "bfloat16")
 # Relative max error (max |peer - jaxnorm| / max |jaxnorm|, per output) above which a peer is not timed.
-TOLERANCE = {"float32": 2e-3, "bfloat16": 5e-2}
+# fp8 outputs: one e4m3 step (2**-3 of a value) where a peer rounds y to 16 bits before the cast.
+TOLERANCE = {"float32": 2e-3, "bfloat16": 5e-2, "float8_e4m3fn": 0.13}
 # The speed targets, which report.summarize evaluates: per cell (op, mode, shape, dtype), the fastest JAX peer's
 # median time / jaxnorm's (report.JAX_PEERS: not PyTorch, not copy); per op and dtype, flax.linen time / jaxnorm
 # time as a geometric mean over the shapes; per forward case beyond the last-level cache, jaxnorm time / copy
@@ -219,6 +228,8 @@ def why_skipped(impl, size, platform_name, skip=()):
 
 
 def _copy_fn(op, mode):
+    if op in peers.QUANTIZED:  # read x, write one byte a value
+        return lambda x: x.astype(jnp.float8_e4m3fn)
     if op in peers.GATED:  # read x and the gate (and dy), write y (dx and dgate)
         return (lambda x, z: x + z) if mode == "fwd" else (lambda x, z, dy: (x + z + dy, x - z + dy))
     if op in peers.RESIDUAL:  # read x and residual (and dy), write two arrays: y and h (dx and dresidual)
@@ -303,13 +314,16 @@ def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes, on_cpu=True):
         n_arrays += 2  # read the residual too, write h too (fwd+bwd: read the residual, write dresidual)
     if op in peers.GATED:
         n_arrays += 1 if mode == "fwd" else 2  # read the gate too (fwd+bwd: and write dgate)
+    bytes_moved = n_arrays * x_bytes
+    if op in peers.QUANTIZED:  # read x, write q (one byte a value)
+        bytes_moved = x_bytes + inputs["x"].size
     case = {
         "op": op,
         "mode": mode,
         "shape": list(shape),
         "dtype": dtype,
         "x_bytes": int(x_bytes),
-        "bytes_moved": int(n_arrays * x_bytes),
+        "bytes_moved": int(bytes_moved),
         "beyond_cache": bool(2 * x_bytes > cache_bytes),  # x and y together outgrow the last-level cache
         "results": {},
     }
@@ -335,8 +349,9 @@ def run_case(op, mode, shape, dtype, impls, repeats, cache_bytes, on_cpu=True):
             err = max(errors)
             entry["rel_err_per_output"] = [e if math.isfinite(e) else None for e in errors]
         entry["max_rel_err"] = err if err is None or math.isfinite(err) else None  # None: shapes differ or inf
-        if err is not None and not err <= TOLERANCE[dtype]:
-            entry["status"] = f"mismatch: relative error {err:.3g} > {TOLERANCE[dtype]:g}; not timed"
+        tolerance = TOLERANCE["float8_e4m3fn"] if op in peers.QUANTIZED else TOLERANCE[dtype]
+        if err is not None and not err <= tolerance:
+            entry["status"] = f"mismatch: relative error {err:.3g} > {tolerance:g}; not timed"
             continue
         entry["status"] = "ok"
         entry["compile_s"] = runner.compile_s
@@ -505,7 +520,7 @@ def main(argv=None):
     for op in args.only:
         for shape in SHAPES[args.mode][op]:
             for dtype in args.dtypes:
-                for mode in args.modes:
+                for mode in (m for m in args.modes if m in peers.modes_of(op)):
                     case = run_case(op, mode, shape, dtype, impls, repeats, cache, device.platform == "cpu")
                     info["cases"].append(case)
                     print("\n".join(format_rows(case)), flush=True)
